@@ -1,0 +1,1 @@
+"""Glimpse3D diffusion service."""

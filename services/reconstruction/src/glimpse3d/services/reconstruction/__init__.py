@@ -1,0 +1,1 @@
+"""Glimpse3D reconstruction service."""
