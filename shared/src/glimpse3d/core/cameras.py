@@ -24,10 +24,21 @@ MAX_IMAGE_SIDE = 8192
 
 
 def _finite(name: str, value: float) -> float:
-    v = float(value)
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"camera {name} must be a number, got {value!r}", field=f"camera.{name}") from None
     if not math.isfinite(v):
         raise InvalidInput(f"camera {name} must be finite, got {value}", field=f"camera.{name}")
     return v
+
+
+def _is_integral(value: float) -> bool:
+    """True for a finite whole number (int, or a float such as 256.0); False for NaN, inf, strings."""
+    try:
+        return int(value) == value
+    except (TypeError, ValueError, OverflowError):
+        return False
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,7 +60,7 @@ class Camera:
             )
         for name in ("width", "height"):
             v = getattr(self, name)
-            if int(v) != v or not 1 <= int(v) <= MAX_IMAGE_SIDE:
+            if not _is_integral(v) or not 1 <= int(v) <= MAX_IMAGE_SIDE:
                 raise InvalidInput(
                     f"camera {name} must be an integer in 1..{MAX_IMAGE_SIDE}, got {v}", field=f"camera.{name}"
                 )
@@ -62,9 +73,10 @@ class Camera:
         if not np.isfinite(m).all():
             raise InvalidInput("camera world_to_camera has a non-finite entry", field="camera.world_to_camera")
         r = m[:3, :3]
-        if not np.allclose(r @ r.T, np.eye(3), atol=1e-4) or not np.allclose(m[3], [0, 0, 0, 1]):
+        rigid = np.allclose(r @ r.T, np.eye(3), atol=1e-4) and np.linalg.det(r) > 0
+        if not rigid or not np.allclose(m[3], [0, 0, 0, 1]):
             raise InvalidInput(
-                "camera world_to_camera must be a rigid transform (orthonormal rotation, last row 0 0 0 1)",
+                "camera world_to_camera must be a rigid transform (proper rotation, det +1; last row 0 0 0 1)",
                 field="camera.world_to_camera",
             )
         object.__setattr__(self, "world_to_camera", m)
@@ -140,6 +152,8 @@ def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray = (0.0, 1.0, 0.0
     eye = np.asarray(eye, np.float64)
     target = np.asarray(target, np.float64)
     up = np.asarray(up, np.float64)
+    if not (np.isfinite(eye).all() and np.isfinite(target).all() and np.isfinite(up).all()):
+        raise InvalidInput("look_at needs finite eye, target and up", field="eye")
     fwd = target - eye
     if np.linalg.norm(fwd) < 1e-12:
         raise InvalidInput("look_at needs eye and target to differ", field="eye")

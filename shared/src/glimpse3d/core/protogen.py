@@ -25,14 +25,14 @@ INIT_TEXT = '"""Generated protobuf and gRPC code for glimpse3d.v1. Run `make pro
 
 def _common_protos_root() -> Path:
     """Folder that holds google/rpc/status.proto (shipped by googleapis-common-protos)."""
-    import google.rpc  # noqa: PLC0415 - only needed when generating
+    import google.rpc
 
     return Path(next(iter(google.rpc.__path__))).parent.parent
 
 
 def generate(protos_root: Path, out_root: Path) -> list[Path]:
     """Runs protoc on every .proto under ``protos_root``; returns the generated files."""
-    from grpc_tools import protoc  # noqa: PLC0415 - development dependency
+    from grpc_tools import protoc
 
     sources = sorted(str(p.relative_to(protos_root)) for p in protos_root.rglob("*.proto"))
     if not sources:

@@ -72,6 +72,14 @@ def _check(name: str, arr: object, shape_tail: tuple[int, ...]) -> np.ndarray:
     return out
 
 
+def _broadcast(name: str, value: object, shape: tuple[int, ...]) -> np.ndarray:
+    try:
+        return np.broadcast_to(np.asarray(value, dtype=np.float32), shape)
+    except (TypeError, ValueError):
+        got = list(np.shape(value)) if isinstance(value, np.ndarray | list | tuple) else type(value).__name__
+        raise InvalidInput(f"{name} must broadcast to shape {list(shape)}, got {got}", field=name) from None
+
+
 @dataclass(frozen=True, eq=False)
 class Splat:
     means: np.ndarray  # [N, 3]
@@ -98,7 +106,7 @@ class Splat:
                 raise InvalidInput(
                     f"{name} has {arr.shape[0]} rows but means has {n}", field=name
                 )
-        norms = np.linalg.norm(quats, axis=1)
+        norms = np.linalg.norm(quats.astype(np.float64), axis=1)  # float32 squares overflow past ~1.8e19
         if n and (norms < 1e-12).any():
             raise InvalidInput(
                 f"quats has a zero quaternion at Gaussian {int(np.argmax(norms < 1e-12))}", field="quats"
@@ -130,7 +138,8 @@ class Splat:
 
     @property
     def unit_quats(self) -> np.ndarray:
-        return self.quats / np.linalg.norm(self.quats, axis=1, keepdims=True)
+        q = self.quats.astype(np.float64)
+        return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
 
     @property
     def base_colors(self) -> np.ndarray:
@@ -144,22 +153,23 @@ class Splat:
         colors: np.ndarray,
         scales: np.ndarray,
         opacities: np.ndarray,
+        *,
         quats: np.ndarray | None = None,
         sh_degree: int = 0,
     ) -> Splat:
         """Build a splat from linear quantities: colours in [0,1], scales > 0, opacities in (0,1)."""
         means = np.asarray(means, dtype=np.float32)
         n = means.shape[0]
-        scales = np.broadcast_to(np.asarray(scales, dtype=np.float32), (n, 3))
-        if (scales <= 0).any():
-            raise InvalidInput("scales must be positive", field="scales")
-        opacities = np.broadcast_to(np.asarray(opacities, dtype=np.float32), (n,))
-        if ((opacities <= 0) | (opacities >= 1)).any():
+        scales = _broadcast("scales", scales, (n, 3))
+        if not (np.isfinite(scales) & (scales > 0)).all():
+            raise InvalidInput("scales must be positive and finite", field="scales")
+        opacities = _broadcast("opacities", opacities, (n,))
+        if not ((opacities > 0) & (opacities < 1)).all():
             raise InvalidInput("opacities must be in the open interval (0, 1)", field="opacities")
         if quats is None:
             quats = np.tile(np.array([1, 0, 0, 0], np.float32), (n, 1))
         sh = np.zeros((n, sh_coeffs_for_degree(sh_degree), 3), np.float32)
-        sh[:, 0, :] = rgb_to_sh0(np.broadcast_to(np.asarray(colors, np.float32), (n, 3)))
+        sh[:, 0, :] = rgb_to_sh0(_broadcast("colors", colors, (n, 3)))
         return cls(
             means=means,
             quats=np.asarray(quats, np.float32),

@@ -1,0 +1,192 @@
+"""Splat exporters: 3DGS ``.ply``, the web ``.splat`` and glTF 2.0 binary with KHR_gaussian_splatting.
+
+GLB layout (following the ratified KHR_gaussian_splatting text): one mesh with one primitive of mode
+POINTS (0) whose ``extensions.KHR_gaussian_splatting`` is ``{"kernel": "ellipse", "colorSpace":
+"srgb_rec709_display"}`` and whose attributes are, all FLOAT, one tightly packed, 4-byte aligned
+buffer view each:
+
+- ``POSITION`` VEC3: the means, with the ``min``/``max`` the glTF spec requires;
+- ``KHR_gaussian_splatting:ROTATION`` VEC4: unit quaternions in glTF order (x, y, z, w); our
+  :class:`~glimpse3d.core.splat.Splat` stores (w, x, y, z), possibly unnormalised;
+- ``KHR_gaussian_splatting:SCALE`` VEC3: *linear* standard deviations, ``exp(log_scales)`` (the
+  spec says scale values are linear and never negative);
+- ``KHR_gaussian_splatting:OPACITY`` SCALAR: ``sigmoid(opacity_logit)`` in [0, 1];
+- ``KHR_gaussian_splatting:SH_DEGREE_0_COEF_0`` VEC3 and, for SH degree l >= 1,
+  ``KHR_gaussian_splatting:SH_DEGREE_l_COEF_n`` (n = 0..2l) VEC3: the raw coefficients. The spec
+  orders each degree from m = -l to m = l with the Condon-Shortley phase, which is exactly the
+  3DGS order and sign convention, so coefficient ``l*l + n`` of our [N, K, 3] array is COEF_n;
+- ``COLOR_0`` VEC4: the point-cloud fallback for viewers without the extension: the band-0 colour
+  ``clip(0.5 + C0 * sh0, 0, 1)`` decoded from sRGB to linear (``COLOR_0`` is linear in glTF,
+  while splat colours are display-referred sRGB, hence ``colorSpace``), alpha = opacity.
+
+The extension is listed in ``extensionsUsed`` but not in ``extensionsRequired``: the spec designs
+it to degrade to a point cloud, so viewers without it can still open the file.
+
+Coordinates need no conversion. glTF is right-handed, +Y up, with the asset's front facing +Z;
+Glimpse3D world space is right-handed, +y up, and the input photo looks at the object from the +z
+axis (orbit azimuth 0), so the object's front faces +z as well. Units stay as they are: objects
+are normalised to a radius of about 1, i.e. about a metre in glTF terms.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from typing import Literal
+
+import numpy as np
+import pygltflib
+
+from glimpse3d.core.errors import FailedPrecondition, InvalidInput
+from glimpse3d.core.formats import splat_to_ply_bytes, splat_to_splat_bytes
+from glimpse3d.core.splat import Splat
+
+ExportFormat = Literal["ply", "splat", "glb"]
+
+EXTENSION = "KHR_gaussian_splatting"
+PREFIX = f"{EXTENSION}:"
+COLOR_SPACE = "srgb_rec709_display"
+
+MEDIA_TYPES: dict[str, str] = {
+    "ply": "application/x-glimpse3d-splat+ply",
+    "splat": "application/x-glimpse3d-splat",
+    "glb": "model/gltf-binary",
+}
+FILE_EXTENSIONS: dict[str, str] = {"ply": ".ply", "splat": ".splat", "glb": ".glb"}
+
+_TYPE_WIDTHS = {"SCALAR": 1, "VEC3": 3, "VEC4": 4}
+_GLB_MAGIC = b"glTF"
+_SH_NAME_RE = re.compile(rf"{re.escape(PREFIX)}SH_DEGREE_([0-3])_COEF_([0-6])")
+
+
+def export_splat(splat: Splat, fmt: ExportFormat) -> tuple[bytes, str, str]:
+    """Encode ``splat`` as ``fmt``; returns ``(bytes, media type, file extension)``."""
+    if fmt == "ply":
+        data = splat_to_ply_bytes(splat)
+    elif fmt == "splat":
+        data = splat_to_splat_bytes(splat)
+    elif fmt == "glb":
+        data = splat_to_glb_bytes(splat)
+    else:
+        raise InvalidInput(f"format must be one of ply, splat, glb; got {fmt!r}", field="format")
+    return data, MEDIA_TYPES[fmt], FILE_EXTENSIONS[fmt]
+
+
+def srgb_to_linear(c: np.ndarray) -> np.ndarray:
+    """The sRGB transfer function inverted (IEC 61966-2-1), for values in [0, 1]."""
+    c = np.asarray(c, dtype=np.float64)
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+
+
+def _sh_attribute_names(degree: int) -> list[str]:
+    """glTF semantics of the SH coefficients of degrees 0..``degree``, in our array order."""
+    return [f"{PREFIX}SH_DEGREE_{band}_COEF_{n}" for band in range(degree + 1) for n in range(2 * band + 1)]
+
+
+def _gaussian_attributes(splat: Splat) -> dict[str, np.ndarray]:
+    """Every attribute as a float32 [N, width] array, keyed by its glTF semantic."""
+    quats_wxyz = splat.unit_quats
+    opacity = splat.opacities
+    fallback = np.empty((splat.num_gaussians, 4), np.float32)
+    fallback[:, :3] = srgb_to_linear(splat.base_colors)
+    fallback[:, 3] = opacity
+    attributes = {
+        "POSITION": splat.means,
+        "COLOR_0": fallback,
+        f"{PREFIX}ROTATION": quats_wxyz[:, [1, 2, 3, 0]],
+        f"{PREFIX}SCALE": splat.scales,
+        f"{PREFIX}OPACITY": opacity[:, None],
+    }
+    for k, name in enumerate(_sh_attribute_names(splat.sh_degree)):
+        attributes[name] = splat.sh[:, k, :]
+    return {name: np.ascontiguousarray(a, dtype="<f4") for name, a in attributes.items()}
+
+
+def _accessor_type(width: int) -> str:
+    return {1: pygltflib.SCALAR, 3: pygltflib.VEC3, 4: pygltflib.VEC4}[width]
+
+
+def splat_to_glb_bytes(splat: Splat) -> bytes:
+    """The splat as a binary glTF 2.0 file (see the module docstring for the layout)."""
+    if splat.num_gaussians == 0:
+        raise FailedPrecondition("the splat has no Gaussians; glTF accessors need at least one element")
+    gltf = pygltflib.GLTF2(asset=pygltflib.Asset(version="2.0", generator="glimpse3d"))
+    blob = bytearray()
+    semantics: dict[str, int] = {}
+    for name, array in _gaussian_attributes(splat).items():
+        offset = len(blob)
+        blob += array.tobytes()
+        blob += b"\x00" * (-len(blob) % 4)
+        gltf.bufferViews.append(pygltflib.BufferView(
+            buffer=0, byteOffset=offset, byteLength=array.nbytes, target=pygltflib.ARRAY_BUFFER))
+        accessor = pygltflib.Accessor(
+            bufferView=len(gltf.bufferViews) - 1, componentType=pygltflib.FLOAT,
+            count=splat.num_gaussians, type=_accessor_type(array.shape[1]))
+        if name == "POSITION":
+            accessor.min = [float(v) for v in array.min(axis=0)]
+            accessor.max = [float(v) for v in array.max(axis=0)]
+        gltf.accessors.append(accessor)
+        semantics[name] = len(gltf.accessors) - 1
+    gltf.buffers.append(pygltflib.Buffer(byteLength=len(blob)))
+    primitive = pygltflib.Primitive(
+        attributes=pygltflib.Attributes(**semantics), mode=pygltflib.POINTS,
+        extensions={EXTENSION: {"kernel": "ellipse", "colorSpace": COLOR_SPACE}})
+    gltf.meshes.append(pygltflib.Mesh(name="gaussians", primitives=[primitive]))
+    gltf.nodes.append(pygltflib.Node(name="splat", mesh=0))
+    gltf.scenes.append(pygltflib.Scene(nodes=[0]))
+    gltf.scene = 0
+    gltf.extensionsUsed = [EXTENSION]
+    gltf.set_binary_blob(bytes(blob))
+    return b"".join(gltf.save_to_bytes())
+
+
+def _read_accessor(gltf: pygltflib.GLTF2, blob: bytes, index: int) -> np.ndarray:
+    accessor = gltf.accessors[index]
+    if accessor.componentType != pygltflib.FLOAT or accessor.type not in _TYPE_WIDTHS:
+        raise InvalidInput(f"accessor {index} is not a FLOAT SCALAR/VEC3/VEC4 accessor", field="glb")
+    width = _TYPE_WIDTHS[accessor.type]
+    view = gltf.bufferViews[accessor.bufferView]
+    stride = view.byteStride or 4 * width
+    start = (view.byteOffset or 0) + (accessor.byteOffset or 0)
+    needed = stride * (accessor.count - 1) + 4 * width if accessor.count else 0
+    if start + needed > len(blob) or needed > view.byteLength:
+        raise InvalidInput(f"accessor {index} reaches past the end of its buffer view", field="glb")
+    rows = np.ndarray((accessor.count, width), dtype="<f4", buffer=blob, offset=start, strides=(stride, 4))
+    return np.array(rows, dtype=np.float32)
+
+
+def read_glb_gaussians(data: bytes) -> dict[str, np.ndarray]:
+    """The Gaussian attributes of the first KHR_gaussian_splatting primitive of a GLB, keyed by
+    glTF semantic (``POSITION``, ``COLOR_0``, ``KHR_gaussian_splatting:ROTATION``, ...), each a
+    float32 [N, width] array. Only FLOAT accessors (what :func:`splat_to_glb_bytes` writes) are read.
+    """
+    if len(data) < 12 or data[:4] != _GLB_MAGIC or struct.unpack_from("<I", data, 4)[0] != 2:
+        raise InvalidInput("data is not a glTF 2.0 binary (GLB) file", field="glb")
+    gltf = pygltflib.GLTF2.load_from_bytes(data)
+    blob = gltf.binary_blob() or b""
+    for mesh in gltf.meshes:
+        for primitive in mesh.primitives:
+            if EXTENSION in (primitive.extensions or {}):
+                semantics = {k: v for k, v in vars(primitive.attributes).items() if v is not None}
+                return {name: _read_accessor(gltf, blob, index) for name, index in semantics.items()}
+    raise InvalidInput(f"the GLB has no primitive with the {EXTENSION} extension", field="glb")
+
+
+def gaussians_to_splat(attributes: dict[str, np.ndarray]) -> Splat:
+    """A :class:`Splat` back from :func:`read_glb_gaussians` output (inverse of the GLB export up
+    to float32 rounding; opacities of exactly 0 or 1 are clamped to keep the logit finite)."""
+    sh_names = [name for name in attributes if _SH_NAME_RE.fullmatch(name)]
+    if not sh_names:
+        raise InvalidInput(f"the GLB has no {PREFIX}SH_DEGREE_0_COEF_0 attribute", field="glb")
+    degree = max(int(_SH_NAME_RE.fullmatch(name).group(1)) for name in sh_names)  # type: ignore[union-attr]
+    expected = _sh_attribute_names(degree)
+    if sorted(sh_names) != sorted(expected):
+        raise InvalidInput(f"spherical harmonics of degree {degree} are only partially defined", field="glb")
+    opacity = np.clip(attributes[f"{PREFIX}OPACITY"][:, 0].astype(np.float64), 1e-7, 1 - 1e-7)
+    return Splat(
+        means=attributes["POSITION"],
+        quats=attributes[f"{PREFIX}ROTATION"][:, [3, 0, 1, 2]],
+        log_scales=np.log(np.maximum(attributes[f"{PREFIX}SCALE"].astype(np.float64), 1e-30)).astype(np.float32),
+        opacity_logits=(np.log(opacity) - np.log1p(-opacity)).astype(np.float32),
+        sh=np.stack([attributes[name] for name in expected], axis=1),
+    )

@@ -1,0 +1,310 @@
+"""The gateway's domain records (jobs, versions, rounds) and their JSON form in the job store.
+
+These are plain frozen dataclasses with no protobuf in them, so that the gRPC servicer and the
+HTTP facade share one application layer; :mod:`glimpse3d.gateway.protos` converts them to
+messages. Constructors validate and raise :class:`~glimpse3d.core.errors.InvalidInput` whose
+``field`` is the request field path (e.g. ``options.num_views``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from google.rpc import error_details_pb2
+
+from glimpse3d.core.artifacts import ArtifactRef
+from glimpse3d.core.cameras import Camera
+from glimpse3d.core.errors import InvalidInput
+from glimpse3d.core.rpc.errors import to_rpc_status
+from glimpse3d.gateway.states import JobState
+
+MAX_NUM_VIEWS = 16
+MAX_ENHANCE_ROUNDS = 10
+MAX_PROMPT_CHARS = 1000
+MAX_REQUEST_ID_CHARS = 128
+MAX_DISPLAY_NAME_CHARS = 200
+MIN_RESOLUTION, MAX_RESOLUTION, DEFAULT_RESOLUTION = 64, 1024, 256
+MAX_SEED = 2**64 - 1
+
+DEFAULT_TENANT = "default"
+TENANT_HEADER = "x-glimpse3d-tenant"
+_TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+JOB_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
+_JOB_NAME_RE = re.compile(rf"jobs/({JOB_ID_PATTERN})")
+_VERSION_NAME_RE = re.compile(rf"jobs/({JOB_ID_PATTERN})/versions/([1-9][0-9]{{0,8}})")
+
+
+def _check_int(value: int, lo: int, hi: int, field_name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise InvalidInput(f"{field_name} must be an integer in {lo}..{hi}, got {value!r}", field=field_name)
+
+
+def check_text(value: str, limit: int, field_name: str) -> None:
+    """``value`` must be a str of at most ``limit`` characters."""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{field_name} must be a string", field=field_name)
+    if len(value) > limit:
+        raise InvalidInput(
+            f"{field_name} has {len(value)} characters; the limit is {limit}", field=field_name
+        )
+
+
+def check_seed(value: int, field_name: str) -> None:
+    _check_int(value, 0, MAX_SEED, field_name)
+
+
+def check_tenant(tenant: str) -> str:
+    """``tenant`` if it is 1..63 characters of letters, digits, '.', '_' or '-' (starting with a
+    letter or digit); InvalidInput naming the metadata key otherwise."""
+    if not isinstance(tenant, str) or not _TENANT_RE.fullmatch(tenant):
+        raise InvalidInput(
+            f"{TENANT_HEADER} must be 1..63 letters, digits, '.', '_' or '-' starting with a letter or digit,"
+            f" got {tenant!r}",
+            field=TENANT_HEADER,
+        )
+    return tenant
+
+
+# ---- resource names -------------------------------------------------------------------------------
+
+
+def job_name(job_id: str) -> str:
+    return f"jobs/{job_id}"
+
+
+def version_name(job_id: str, number: int) -> str:
+    return f"jobs/{job_id}/versions/{number}"
+
+
+def parse_job_name(name: str, field_name: str = "name") -> str:
+    """The job id of ``jobs/{id}``; InvalidInput for anything else."""
+    match = _JOB_NAME_RE.fullmatch(name) if isinstance(name, str) else None
+    if match is None:
+        raise InvalidInput(f"{field_name} must look like 'jobs/{{job_id}}', got {name!r}", field=field_name)
+    return match.group(1)
+
+
+def parse_export_name(name: str, field_name: str = "name") -> tuple[str, int | None]:
+    """(job id, version number or None for the latest) of ``jobs/{id}[/versions/{n}]``."""
+    if isinstance(name, str) and (match := _VERSION_NAME_RE.fullmatch(name)):
+        return match.group(1), int(match.group(2))
+    if isinstance(name, str) and (match := _JOB_NAME_RE.fullmatch(name)):
+        return match.group(1), None
+    raise InvalidInput(
+        f"{field_name} must look like 'jobs/{{job_id}}' or 'jobs/{{job_id}}/versions/{{n}}', got {name!r}",
+        field=field_name,
+    )
+
+
+# ---- options, progress, errors --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """Validated ``JobOptions``; the ranges are those documented in glimpse3d.proto."""
+
+    num_views: int = 0
+    enhance_rounds: int = 0
+    prompt: str = ""
+    seed: int = 0
+    resolution: int = 0  # 0 = DEFAULT_RESOLUTION
+
+    def __post_init__(self) -> None:
+        _check_int(self.num_views, 0, MAX_NUM_VIEWS, "options.num_views")
+        _check_int(self.enhance_rounds, 0, MAX_ENHANCE_ROUNDS, "options.enhance_rounds")
+        check_text(self.prompt, MAX_PROMPT_CHARS, "options.prompt")
+        check_seed(self.seed, "options.seed")
+        if self.resolution != 0:
+            _check_int(self.resolution, MIN_RESOLUTION, MAX_RESOLUTION, "options.resolution")
+
+    @property
+    def effective_resolution(self) -> int:
+        return self.resolution or DEFAULT_RESOLUTION
+
+    def to_json(self) -> dict[str, Any]:
+        return {"num_views": self.num_views, "enhance_rounds": self.enhance_rounds,
+                "prompt": self.prompt, "seed": self.seed, "resolution": self.resolution}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> JobOptions:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Progress:
+    stage: str = ""
+    fraction: float = 0.0  # [0, 1]
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class JobError:
+    """Why a job (or its last round) failed: a google.rpc.Status in plain form."""
+
+    code: int  # google.rpc.Code number
+    message: str
+    reason: str  # google.rpc.ErrorInfo.reason, e.g. "UNAVAILABLE"
+    field: str | None = None
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> JobError:
+        """The status the shared error mapping gives ``exc`` (unexpected errors are logged there
+        with a reference id and become INTERNAL with a generic message)."""
+        status = to_rpc_status(exc, method="gateway.job")
+        reason, field_path = "INTERNAL", None
+        for detail in status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                reason = info.reason
+            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad = error_details_pb2.BadRequest()
+                detail.Unpack(bad)
+                field_path = bad.field_violations[0].field if bad.field_violations else None
+        return cls(status.code, status.message, reason, field_path)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "reason": self.reason, "field": self.field}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> JobError:
+        return cls(**data)
+
+
+# ---- rounds and versions --------------------------------------------------------------------------
+
+
+def camera_to_json(camera: Camera) -> dict[str, Any]:
+    return {"fx": camera.fx, "fy": camera.fy, "cx": camera.cx, "cy": camera.cy,
+            "width": camera.width, "height": camera.height,
+            "world_to_camera": [float(v) for v in camera.world_to_camera.reshape(-1)]}
+
+
+def camera_from_json(data: Mapping[str, Any]) -> Camera:
+    w2c = np.asarray(data["world_to_camera"], dtype=np.float64).reshape(4, 4)
+    return Camera(data["fx"], data["fy"], data["cx"], data["cy"], data["width"], data["height"], w2c)
+
+
+def artifact_to_json(ref: ArtifactRef) -> dict[str, Any]:
+    return {"uri": ref.uri, "sha256": ref.sha256, "size": ref.size, "media_type": ref.media_type}
+
+
+def artifact_from_json(data: Mapping[str, Any]) -> ArtifactRef:
+    return ArtifactRef(**data)
+
+
+@dataclass(frozen=True)
+class RoundSpec:
+    """One requested enhancement round. ``camera`` None means "auto": the pipeline picks the view."""
+
+    camera: Camera | None = None
+    prompt: str = ""
+    strength: float = 0.0  # [0, 1]; 0 = the pipeline's default
+    seed: int = 0
+    request_id: str = ""
+
+    def __post_init__(self) -> None:
+        check_text(self.prompt, MAX_PROMPT_CHARS, "prompt")
+        if not (isinstance(self.strength, int | float) and math.isfinite(self.strength)
+                and 0.0 <= self.strength <= 1.0):
+            raise InvalidInput(f"strength must be in [0, 1], got {self.strength!r}", field="strength")
+        check_seed(self.seed, "seed")
+        check_text(self.request_id, MAX_REQUEST_ID_CHARS, "request_id")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"camera": None if self.camera is None else camera_to_json(self.camera),
+                "prompt": self.prompt, "strength": self.strength, "seed": self.seed,
+                "request_id": self.request_id}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RoundSpec:
+        camera = data.get("camera")
+        return cls(camera=None if camera is None else camera_from_json(camera), prompt=data["prompt"],
+                   strength=data["strength"], seed=data["seed"], request_id=data["request_id"])
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    """The MVCRM report of a round (mirrors glimpse3d.v1.RefineReport)."""
+
+    accepted_fraction: float = 0.0
+    photometric_error_before: float = 0.0
+    photometric_error_after: float = 0.0
+    clip_score: float | None = None
+    clip_note: str = ""
+    rejected: bool = False
+    steps: int = 0
+    mean_confidence: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RoundReport:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class VersionResult:
+    """What a pipeline run produces: the next version of the splat (see :class:`Pipeline`)."""
+
+    splat: ArtifactRef  # 3DGS .ply
+    confidence: ArtifactRef | None = None  # float32 [N] .npy
+    camera: Camera | None = None  # the round's camera; None for version 1
+    report: RoundReport | None = None  # None for version 1
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Version:
+    job_id: str
+    number: int
+    splat: ArtifactRef
+    confidence: ArtifactRef | None
+    camera: Camera | None
+    report: RoundReport | None
+    metrics: Mapping[str, float]
+    create_time: datetime
+
+    @property
+    def name(self) -> str:
+        return version_name(self.job_id, self.number)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A snapshot of one job. ``revision`` grows by one with every stored change."""
+
+    id: str
+    tenant: str
+    request_id: str
+    display_name: str
+    state: JobState
+    progress: Progress
+    options: JobOptions
+    input_image: ArtifactRef
+    error: JobError | None
+    pending_rounds: tuple[RoundSpec, ...]
+    versions: tuple[Version, ...]
+    create_time: datetime
+    update_time: datetime
+    revision: int
+
+    @property
+    def name(self) -> str:
+        return job_name(self.id)
+
+    @property
+    def done(self) -> bool:
+        return self.state.done
+
+    @property
+    def latest_version(self) -> Version | None:
+        return self.versions[-1] if self.versions else None

@@ -1,0 +1,221 @@
+"""The real :class:`~glimpse3d.gateway.app.Pipeline`: a job's model work done by calling the five
+services over gRPC, with large data moving through the artifact store by reference.
+
+Every downstream call has the deadline of its stage (``GatewayConfig.*_deadline_s``); channels retry
+UNAVAILABLE with backoff (:func:`glimpse3d.core.rpc.create_channel`). Cancelling the job's task
+cancels the call in flight, which the service sees as a cancelled RPC. Downstream errors come back
+as the domain error the service raised (same type, message and field).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+
+from glimpse3d.core import convert
+from glimpse3d.core.artifacts import ArtifactStore
+from glimpse3d.core.cameras import Camera, orbit_camera
+from glimpse3d.core.formats import read_ply
+from glimpse3d.core.images import decode_image, decode_npy, encode_png, resize_longest
+from glimpse3d.core.rpc import create_channel, error_from_rpc
+from glimpse3d.gateway.app import ProgressReporter
+from glimpse3d.gateway.config import GatewayConfig
+from glimpse3d.gateway.models import Job, RoundSpec, VersionResult
+from glimpse3d.gateway.protos import report_from_proto
+from glimpse3d.gateway.states import Stage
+from glimpse3d.v1 import (
+    backprojection_pb2,
+    backprojection_pb2_grpc,
+    common_pb2,
+    depth_pb2,
+    depth_pb2_grpc,
+    diffusion_pb2,
+    diffusion_pb2_grpc,
+    multiview_pb2,
+    multiview_pb2_grpc,
+    reconstruction_pb2,
+    reconstruction_pb2_grpc,
+)
+
+log = logging.getLogger(__name__)
+R = TypeVar("R")
+
+NOVEL_VIEW_ELEVATION_DEG = 15.0
+AUTO_AZIMUTHS_DEG = tuple(range(0, 360, 45))
+AUTO_ELEVATIONS_DEG = (0.0, 25.0)
+
+
+class ServiceClients:
+    """One channel and stub per downstream service."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self._channels = [
+            create_channel(addr, default_timeout_s=None)
+            for addr in (config.depth_addr, config.reconstruction_addr, config.multiview_addr,
+                         config.diffusion_addr, config.backprojection_addr)
+        ]
+        self.depth = depth_pb2_grpc.DepthStub(self._channels[0])
+        self.reconstruction = reconstruction_pb2_grpc.ReconstructionStub(self._channels[1])
+        self.multiview = multiview_pb2_grpc.MultiviewStub(self._channels[2])
+        self.diffusion = diffusion_pb2_grpc.DiffusionStub(self._channels[3])
+        self.backprojection = backprojection_pb2_grpc.BackprojectionStub(self._channels[4])
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.close() for c in self._channels))
+
+
+async def _call(method: Callable[..., Awaitable[R]], request: Any, timeout_s: float) -> R:
+    """One downstream call with its deadline; gRPC errors become the original domain errors."""
+    try:
+        return await method(request, timeout=timeout_s)
+    except grpc.aio.AioRpcError as err:
+        raise error_from_rpc(err) from err
+
+
+def pick_least_confident_view(means: np.ndarray, confidence: np.ndarray | None,
+                              size: int, used: list[Camera]) -> Camera:
+    """The orbit view whose visible Gaussians have the lowest mean confidence ("auto" Enhance).
+
+    A Gaussian counts as visible from a view when it lies on the camera's side of the object
+    centre (a cheap stand-in for occlusion that is exact for convex objects). Views already used
+    by earlier rounds lose ties, so repeated "auto" clicks walk around the object.
+    """
+    centre = means.mean(axis=0) if len(means) else np.zeros(3)
+    conf = np.zeros(len(means)) if confidence is None or len(confidence) != len(means) else confidence
+    best: tuple[float, int, Camera] | None = None
+    for el in AUTO_ELEVATIONS_DEG:
+        for az in AUTO_AZIMUTHS_DEG:
+            cam = orbit_camera(az, el, convert.DEFAULT_ORBIT_RADIUS, width=size, height=size)
+            facing = (means - centre) @ (cam.position - centre) > 0
+            score = float(conf[facing].mean()) if facing.any() else float("inf")
+            reuse = sum(np.allclose(cam.world_to_camera, u.world_to_camera, atol=1e-6) for u in used)
+            key = (score, reuse)
+            if best is None or key < best[:2]:
+                best = (score, reuse, cam)
+    assert best is not None
+    return best[2]
+
+
+class ServicePipeline:
+    """Implements the gateway's Pipeline protocol on top of :class:`ServiceClients`."""
+
+    def __init__(self, config: GatewayConfig, clients: ServiceClients, artifacts: ArtifactStore) -> None:
+        self.config = config
+        self.clients = clients
+        self.artifacts = artifacts
+
+    async def _working_image(self, job: Job) -> tuple[common_pb2.ArtifactRef, int]:
+        """The input photo resized to the job's working resolution (content addressed, so cheap to redo)."""
+        data = await asyncio.to_thread(self.artifacts.get, job.input_image)
+        img = decode_image(data, field="image")
+        side = job.options.effective_resolution()
+        small = resize_longest(img, side)
+        ref = await asyncio.to_thread(self.artifacts.put, encode_png(small), "image/png")
+        return convert.artifact_to_proto(ref), side
+
+    async def _depth(self, image: common_pb2.ArtifactRef, camera: common_pb2.Camera | None = None,
+                     ) -> depth_pb2.EstimateDepthResponse:
+        request = depth_pb2.EstimateDepthRequest(image=image, camera=camera)
+        return await _call(self.clients.depth.Estimate, request, self.config.depth_deadline_s)
+
+    async def _refine(self, splat: common_pb2.ArtifactRef, confidence: common_pb2.ArtifactRef | None,
+                      view: common_pb2.ArtifactRef, camera: common_pb2.Camera, reference: common_pb2.ArtifactRef,
+                      seed: int, rendered_depth: common_pb2.ArtifactRef | None = None,
+                      ) -> backprojection_pb2.RefineResponse:
+        depth = await self._depth(view, camera)
+        request = backprojection_pb2.RefineRequest(
+            splat=splat, view=view, camera=camera, view_depth=depth.depth, reference=reference,
+            confidence=confidence, rendered_depth=rendered_depth,
+            options=backprojection_pb2.RefineOptions(seed=seed),
+        )
+        return await _call(self.clients.backprojection.Refine, request, self.config.refine_deadline_s)
+
+    async def run_initial(self, job: Job, report: ProgressReporter) -> VersionResult:
+        start = time.perf_counter()
+        image, _ = await self._working_image(job)
+        await report(Stage.MATTING_DEPTH, 0.0, "matting and depth")
+        depth = await self._depth(image)
+        await report(Stage.RECONSTRUCT, 0.2, "coarse reconstruction")
+        recon = await _call(self.clients.reconstruction.Reconstruct, reconstruction_pb2.ReconstructRequest(
+            image=image, depth=depth.depth, mask=depth.mask, camera=depth.camera, seed=job.options.seed,
+        ), self.config.reconstruct_deadline_s)
+        splat, confidence = recon.splat, None
+        if job.options.num_views:
+            splat, confidence = await self._novel_views(job, image, depth, splat, report)
+        await report(Stage.RECONSTRUCT, 1.0, "coarse splat ready")
+        return VersionResult(
+            splat=convert.artifact_from_proto(splat, "splat"),
+            confidence=convert.artifact_from_proto(confidence, "confidence") if confidence else None,
+            metrics={"input_view_psnr_db": recon.input_view_psnr_db, "num_gaussians": float(recon.num_gaussians),
+                     "num_views": float(job.options.num_views), "seconds": time.perf_counter() - start},
+        )
+
+    async def _novel_views(self, job: Job, image: common_pb2.ArtifactRef, depth: depth_pb2.EstimateDepthResponse,
+                           splat: common_pb2.ArtifactRef, report: ProgressReporter,
+                           ) -> tuple[common_pb2.ArtifactRef, common_pb2.ArtifactRef | None]:
+        """Generate K novel views, then fuse each into the coarse splat through MVCRM."""
+        k = job.options.num_views
+        size = depth.camera.intrinsics.height
+        views = [common_pb2.ViewSpec(orbit=common_pb2.OrbitView(
+            azimuth_deg=360.0 * (i + 1) / (k + 1), elevation_deg=NOVEL_VIEW_ELEVATION_DEG,
+            width=size, height=size)) for i in range(k)]
+        await report(Stage.MULTIVIEW, 0.4, f"generating {k} novel views")
+        generated = await _call(self.clients.multiview.Generate, multiview_pb2.GenerateViewsRequest(
+            image=image, mask=depth.mask, input_camera=depth.camera, splat=splat, views=views,
+            seed=job.options.seed,
+        ), self.config.multiview_deadline_s)
+        confidence = None
+        for i, view in enumerate(generated.views):
+            await report(Stage.REFINE, 0.5 + 0.5 * i / k, f"fusing novel view {i + 1}/{k}")
+            refined = await self._refine(splat, confidence, view.rgb, view.camera, image, job.options.seed + i)
+            splat, confidence = refined.splat, refined.confidence
+        return splat, confidence
+
+    async def _round_camera(self, job: Job, spec: RoundSpec, size: int) -> Camera:
+        if spec.camera is not None:
+            return spec.camera
+        latest = job.versions[-1]
+        splat = await asyncio.to_thread(lambda: read_ply(self.artifacts.get(latest.splat)))
+        conf = None
+        if latest.confidence is not None:
+            conf = decode_npy(await asyncio.to_thread(self.artifacts.get, latest.confidence), field="confidence")
+        used = [v.camera for v in job.versions if v.camera is not None]
+        return pick_least_confident_view(splat.means, conf, size, used)
+
+    async def run_round(self, job: Job, round_spec: RoundSpec, report: ProgressReporter) -> VersionResult:
+        start = time.perf_counter()
+        latest = job.versions[-1]
+        image, side = await self._working_image(job)
+        camera = await self._round_camera(job, round_spec, side)
+        cam_msg = convert.camera_to_proto(camera)
+        splat = convert.artifact_to_proto(latest.splat)
+        await report(Stage.ENHANCE, 0.0, "rendering the view")
+        rendered = (await _call(self.clients.reconstruction.Render, reconstruction_pb2.RenderRequest(
+            splat=splat, views=[common_pb2.ViewSpec(camera=cam_msg)]), self.config.render_deadline_s)).views[0]
+        await report(Stage.ENHANCE, 0.25, "enhancing the view")
+        enhanced = await _call(self.clients.diffusion.Enhance, diffusion_pb2.EnhanceViewRequest(
+            view=rendered.rgb, depth=rendered.depth, alpha=rendered.alpha, reference=image,
+            prompt=round_spec.prompt or job.options.prompt, strength=round_spec.strength, seed=round_spec.seed,
+        ), self.config.enhance_deadline_s)
+        await report(Stage.REFINE, 0.5, "fusing the enhanced view (MVCRM)")
+        confidence = convert.artifact_to_proto(latest.confidence) if latest.confidence else None
+        refined = await self._refine(splat, confidence, enhanced.view, cam_msg, image, round_spec.seed,
+                                     rendered_depth=rendered.depth)
+        await report(Stage.REFINE, 1.0, "round done")
+        rep = report_from_proto(refined.report)
+        return VersionResult(
+            splat=convert.artifact_from_proto(refined.splat, "splat"),
+            confidence=convert.artifact_from_proto(refined.confidence, "confidence"),
+            camera=camera, report=rep,
+            metrics={"accepted_fraction": rep.accepted_fraction,
+                     "photometric_error_before": rep.photometric_error_before,
+                     "photometric_error_after": rep.photometric_error_after,
+                     "seconds": time.perf_counter() - start},
+        )
+

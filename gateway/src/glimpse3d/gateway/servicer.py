@@ -1,0 +1,105 @@
+# ruff: noqa: N802 - gRPC method names are CamelCase
+"""``glimpse3d.v1.Glimpse3D`` over gRPC: a thin adapter from messages to :class:`GatewayApp` calls.
+
+The tenant comes from the ``x-glimpse3d-tenant`` request metadata (``default`` when absent). Domain
+errors propagate unchanged; the shared server interceptor turns them into rich statuses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from glimpse3d.core.artifacts import ArtifactRef
+from glimpse3d.core.convert import artifact_from_proto, view_from_proto
+from glimpse3d.core.errors import InvalidInput
+from glimpse3d.gateway.app import GatewayApp
+from glimpse3d.gateway.models import DEFAULT_TENANT, TENANT_HEADER, check_tenant
+from glimpse3d.gateway.protos import (
+    event_to_proto,
+    export_to_proto,
+    format_from_proto,
+    job_to_proto,
+    options_from_proto,
+)
+from glimpse3d.v1 import glimpse3d_pb2, glimpse3d_pb2_grpc
+
+SERVICE_NAME = glimpse3d_pb2.DESCRIPTOR.services_by_name["Glimpse3D"].full_name
+
+
+def tenant_of(context: grpc.aio.ServicerContext) -> str:
+    """The caller's tenant from the request metadata, validated."""
+    for key, value in context.invocation_metadata() or ():
+        if key == TENANT_HEADER:
+            return check_tenant(value if isinstance(value, str) else "")
+    return DEFAULT_TENANT
+
+
+class Glimpse3DServicer(glimpse3d_pb2_grpc.Glimpse3DServicer):
+    def __init__(self, app: GatewayApp) -> None:
+        self._app = app
+
+    async def CreateJob(
+        self, request: glimpse3d_pb2.CreateJobRequest, context: grpc.aio.ServicerContext
+    ) -> glimpse3d_pb2.Job:
+        tenant = tenant_of(context)
+        source = request.WhichOneof("image_source")
+        if source == "image_data":
+            image: bytes | ArtifactRef = request.image_data
+        elif source == "image":
+            image = artifact_from_proto(request.image, "image")
+        else:
+            raise InvalidInput("set image_data (PNG or JPEG bytes) or image (an artifact)", field="image_data")
+        job = await self._app.create_job(
+            tenant, image, options_from_proto(request.options),
+            request_id=request.request_id, display_name=request.display_name,
+        )
+        return job_to_proto(job)
+
+    async def GetJob(
+        self, request: glimpse3d_pb2.GetJobRequest, context: grpc.aio.ServicerContext
+    ) -> glimpse3d_pb2.Job:
+        return job_to_proto(await self._app.get_job(tenant_of(context), request.name))
+
+    async def ListJobs(
+        self, request: glimpse3d_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
+    ) -> glimpse3d_pb2.ListJobsResponse:
+        jobs, token = await self._app.list_jobs(tenant_of(context), request.page_size, request.page_token)
+        return glimpse3d_pb2.ListJobsResponse(jobs=[job_to_proto(job) for job in jobs], next_page_token=token)
+
+    async def WatchJob(
+        self, request: glimpse3d_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[glimpse3d_pb2.JobEvent]:
+        # When the client goes away grpc cancels this generator, which unsubscribes the watch.
+        async for event in self._app.watch_job(tenant_of(context), request.name):
+            yield event_to_proto(event)
+
+    async def CancelJob(
+        self, request: glimpse3d_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
+    ) -> glimpse3d_pb2.Job:
+        return job_to_proto(await self._app.cancel_job(tenant_of(context), request.name))
+
+    async def Enhance(
+        self, request: glimpse3d_pb2.EnhanceRequest, context: grpc.aio.ServicerContext
+    ) -> glimpse3d_pb2.Job:
+        tenant = tenant_of(context)
+        target = request.WhichOneof("target")
+        if target == "view":
+            camera = view_from_proto(request.view, "view")
+        elif target == "auto" and request.auto:
+            camera = None
+        else:
+            raise InvalidInput("set view (a camera or orbit view) or auto = true", field="view")
+        job = await self._app.enhance(
+            tenant, request.name, camera=camera, prompt=request.prompt, strength=request.strength,
+            seed=request.seed, request_id=request.request_id,
+        )
+        return job_to_proto(job)
+
+    async def Export(
+        self, request: glimpse3d_pb2.ExportRequest, context: grpc.aio.ServicerContext
+    ) -> glimpse3d_pb2.ExportResponse:
+        tenant = tenant_of(context)
+        result = await self._app.export(tenant, request.name, format_from_proto(request.format))
+        return export_to_proto(result)

@@ -1,0 +1,352 @@
+"""MVCRM, the multi-view consistency refinement module: fuse one enhanced view into a splat.
+
+One round (:func:`refine`):
+
+1. render the current splat at the view's camera (colour, depth, alpha);
+2. trust per pixel from depth consistency (:mod:`.weights`): the view's depth, aligned by a
+   robust scale + shift, must agree with the rendered depth; without a view depth the trust is
+   the rendered alpha alone;
+3. optional CLIP check: a round whose enhanced view is semantically far from the reference photo
+   (or, without one, from the render) is rejected and changes nothing;
+4. footprints: for every Gaussian, its total blend weight in the view ``cov_i`` (pixels) and the
+   trusted part ``tru_i = sum_p w_p c_ip``, read off one backward pass of the rasterizer;
+5. fusion (:mod:`.fusion`): Adam on the weighted photometric loss, each update scaled by the
+   Gaussian's trusted share ``tru_i / cov_i``, plus the anchor ``a_i ||theta_i - theta_i^0||^2``
+   with ``a_i = anchor_weight * conf_i * cov_i`` and the normal terms (:mod:`.normals`);
+6. confidence: ``conf_i += (tru_i / cov_i) * cov_i / (cov_i + median_j cov_j)``: the trusted share
+   times a saturating observation strength (a Gaussian with the view's median footprint scores
+   1/2, one seen face-on over many pixels approaches 1, one seen edge-on little), so each round
+   adds less than 1 and mostly to what the view showed clearly and trusted.
+
+Scaling the anchor by the footprint makes it compete with the photometric term pixel for pixel,
+so ``anchor_weight`` means the same at any resolution and splat size: with an L1-like loss a
+conflicting view can pull a confirmed Gaussian's colour at most about C0^2 / (6 anchor_weight
+conf_i) ~ 0.013 / (anchor_weight conf_i) away from where earlier rounds left it, so the more often
+a Gaussian has been confirmed, the less a later view can drag it: repeated clicks converge.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from glimpse3d.core.cameras import Camera
+from glimpse3d.core.errors import Glimpse3DError, InvalidInput
+from glimpse3d.core.render import GaussianTensors, from_tensors, rasterize, to_tensors
+from glimpse3d.core.splat import SH_C0, Splat
+from glimpse3d.services.backprojection import normals as nrm
+from glimpse3d.services.backprojection.fusion import FusionProblem, NormalTerms, fuse
+from glimpse3d.services.backprojection.options import ClipScorer, RefineOptions, RefineReport, RefineResult
+from glimpse3d.services.backprojection.weights import OBJECT_ALPHA, Trust, pixel_trust, weighted_mae
+
+logger = logging.getLogger(__name__)
+
+MIN_FOOTPRINT_PX = 0.01  # blend weight (pixels) below which a Gaussian does not count as shown
+MIN_TRUSTED_SHARE = 0.05  # Gaussians below this trusted share take no part in normal smoothing
+NEIGHBOURS = 8
+_VIEW_RANGE_SLACK = 0.01  # float views may overshoot [0, 1] by this much (then clipped)
+CLIP_SKIPPED_NOTE = "CLIP check skipped: no CLIP model is configured (the weight-free default)"
+
+# ---------------------------------------------------------------------------- input validation
+
+
+def _check_view(view: object, camera: Camera) -> np.ndarray:
+    """[H, W, 3] float32 in [0, 1] from a float or uint8 image matching the camera size."""
+    if not isinstance(view, np.ndarray):
+        raise InvalidInput(f"view must be a numpy array, got {type(view).__name__}", field="view")
+    want = (camera.height, camera.width, 3)
+    if view.shape != want:
+        raise InvalidInput(
+            f"view must have shape [H, W, 3] = {list(want)} to match the camera, got {list(view.shape)}", field="view"
+        )
+    if view.dtype == np.uint8:
+        return view.astype(np.float32) / 255.0
+    if not np.issubdtype(view.dtype, np.floating):
+        raise InvalidInput(f"view must be uint8 or floating point, got {view.dtype}", field="view")
+    out = view.astype(np.float32)
+    if not np.isfinite(out).all():
+        raise InvalidInput("view has a non-finite value", field="view")
+    if out.min() < -_VIEW_RANGE_SLACK or out.max() > 1 + _VIEW_RANGE_SLACK:
+        raise InvalidInput(f"float view must be in [0, 1], got [{out.min():.4g}, {out.max():.4g}]", field="view")
+    return np.clip(out, 0.0, 1.0)
+
+
+def _check_depth(view_depth: object, camera: Camera) -> np.ndarray | None:
+    """[H, W] float32 (values <= 0 mean "no depth") or None."""
+    if view_depth is None:
+        return None
+    if not isinstance(view_depth, np.ndarray) or not np.issubdtype(view_depth.dtype, np.floating):
+        got = view_depth.dtype if isinstance(view_depth, np.ndarray) else type(view_depth).__name__
+        raise InvalidInput(f"view_depth must be a floating-point numpy array, got {got}", field="view_depth")
+    if view_depth.shape != (camera.height, camera.width):
+        raise InvalidInput(
+            f"view_depth must have shape [H, W] = {[camera.height, camera.width]}, got {list(view_depth.shape)}",
+            field="view_depth",
+        )
+    if not np.isfinite(view_depth).all():
+        bad = np.argwhere(~np.isfinite(view_depth))[0].tolist()
+        raise InvalidInput(f"view_depth has a non-finite value at pixel (row, col) {bad}", field="view_depth")
+    return view_depth.astype(np.float32)
+
+
+def _check_confidence(confidence: object, n: int) -> np.ndarray:
+    if confidence is None:
+        return np.zeros(n, np.float32)
+    if not isinstance(confidence, np.ndarray) or not np.issubdtype(confidence.dtype, np.number):
+        raise InvalidInput("confidence must be a numeric numpy array", field="confidence")
+    if confidence.shape != (n,):
+        raise InvalidInput(
+            f"confidence must have shape [N] = [{n}] (one value per Gaussian), got {list(confidence.shape)}",
+            field="confidence",
+        )
+    conf = confidence.astype(np.float32)
+    if not np.isfinite(conf).all() or (conf < 0).any():
+        raise InvalidInput("confidence must be finite and >= 0", field="confidence")
+    return conf
+
+
+def _check_reference(reference: object) -> np.ndarray | None:
+    if reference is None:
+        return None
+    if not isinstance(reference, np.ndarray) or reference.ndim != 3 or reference.shape[2] != 3:
+        got = list(reference.shape) if isinstance(reference, np.ndarray) else type(reference).__name__
+        raise InvalidInput(f"reference must be an image [H, W, 3], got {got}", field="reference")
+    if reference.dtype == np.uint8:
+        return reference.astype(np.float32) / 255.0
+    ref = reference.astype(np.float32)
+    if not np.isfinite(ref).all():
+        raise InvalidInput("reference has a non-finite value", field="reference")
+    return np.clip(ref, 0.0, 1.0)
+
+
+def _check_splat(splat: object) -> Splat:
+    if not isinstance(splat, Splat):
+        raise InvalidInput(f"splat must be a Splat, got {type(splat).__name__}", field="splat")
+    if splat.num_gaussians == 0:
+        raise InvalidInput("splat has no Gaussians", field="splat")
+    return splat
+
+
+def _background(background: Sequence[float]) -> tuple[float, float, float]:
+    values = tuple(float(v) for v in background)
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise InvalidInput(f"background must be 3 finite numbers, got {background!r}", field="background")
+    return values  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------- round analysis
+
+
+def _render_np(g: GaussianTensors, camera: Camera, background: Tensor) -> tuple[np.ndarray, ...]:
+    """(rgb [H, W, 3], depth [H, W], alpha [H, W]) as float32 numpy, no autograd."""
+    with torch.no_grad():
+        out = rasterize(g, camera, background=background)
+    return tuple(t.detach().cpu().numpy().astype(np.float32) for t in (out.rgb, out.depth, out.alpha))
+
+
+def footprints(g: GaussianTensors, camera: Camera, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-Gaussian blend weight in the view: (total cov [N], trusted tru [N] = sum_p w_p c_ip).
+
+    One backward pass through the rasterizer of a grey copy (every colour 0.5, so no clamping):
+    the gradient of sum_p (w_p R_p + G_p) with respect to Gaussian i's band-0 red and green SH
+    coefficients is C0 * sum_p w_p c_ip and C0 * sum_p c_ip, where c_ip is i's blend weight at p.
+    """
+    assert weight.shape == (camera.height, camera.width), "weight must be [H, W] of the camera"
+    sh = torch.zeros_like(g.sh).requires_grad_(True)  # [N, K, 3]
+    grey = GaussianTensors(g.means.detach(), g.quats.detach(), g.log_scales.detach(), g.opacity_logits.detach(), sh)
+    with torch.enable_grad():
+        out = rasterize(grey, camera)
+        (weight * out.rgb[..., 0] + out.rgb[..., 1]).sum().backward()
+    grad = sh.grad[:, 0, :] / SH_C0  # [N, 3]
+    cov = grad[:, 1].clamp(min=0.0)
+    return cov, torch.minimum(grad[:, 0].clamp(min=0.0), cov)
+
+
+def observation_strength(cov: Tensor) -> Tensor:
+    """[N] in [0, 1): cov / (cov + median cov of the Gaussians the view shows), a saturating count.
+
+    A Gaussian seen face-on over many pixels is observed better than one seen edge-on over a
+    fraction of a pixel; relative to the view's median footprint, so it does not depend on the
+    image resolution. A Gaussian with the median footprint scores 1/2.
+    """
+    shown = cov[cov > MIN_FOOTPRINT_PX]
+    if shown.numel() == 0:
+        return torch.zeros_like(cov)
+    ref = shown.median()
+    return cov / (cov + ref)
+
+
+def _normal_terms(
+    g: GaussianTensors, camera: Camera, depth: np.ndarray, alpha: np.ndarray, share: Tensor, opts: RefineOptions
+) -> NormalTerms | None:
+    """Normal smoothing set-up for the Gaussians this view trusts (None when normal_weight is 0)."""
+    if opts.normal_weight == 0:
+        return None
+    active = torch.nonzero(share > MIN_TRUSTED_SHARE).squeeze(1)  # [A]
+    dev = g.device
+    means = g.means.detach()[active]  # [A, 3]
+    rays = torch.as_tensor(camera.pixel_rays(), dtype=torch.float32, device=dev)  # [H, W, 3]
+    rot = torch.as_tensor(camera.rotation.T, dtype=torch.float32, device=dev)  # camera -> world
+    d_t = torch.as_tensor(depth, device=dev)
+    normal_map, valid_map = nrm.depth_normals(d_t, torch.as_tensor(alpha, device=dev), rays, rot)
+    uv, z = camera.project(means.cpu().numpy())
+    uv_t = torch.as_tensor(np.nan_to_num(uv, nan=-1.0), device=dev)  # [A, 2]
+    col, row = torch.floor(uv_t[:, 0]).long(), torch.floor(uv_t[:, 1]).long()
+    inside = (col >= 0) & (col < camera.width) & (row >= 0) & (row < camera.height) & torch.as_tensor(z > 0)
+    col, row = col.clamp(0, camera.width - 1), row.clamp(0, camera.height - 1)
+    radius = torch.exp(g.log_scales.detach()[active].max(dim=1).values)  # [A]
+    z_t = torch.as_tensor(z, dtype=torch.float32, device=dev)
+    front = (z_t - d_t[row, col]).abs() <= torch.maximum(opts.depth_tolerance * d_t[row, col], 2 * radius)
+    return NormalTerms(
+        active=active,
+        neighbours=nrm.knn(means, NEIGHBOURS, seed=opts.seed),
+        flat=nrm.flatness(g.log_scales.detach()[active]),
+        target=normal_map[row, col],
+        target_valid=inside & front & valid_map[row, col],
+        weight=opts.normal_weight,
+    )
+
+
+def _clip_check(
+    clip: ClipScorer | None, opts: RefineOptions, view: np.ndarray, rendered: np.ndarray, reference: np.ndarray | None
+) -> tuple[float | None, str, bool]:
+    """(score or None, note, passed)."""
+    if clip is None:
+        return None, CLIP_SKIPPED_NOTE, True
+    if not opts.clip_check:
+        return None, "CLIP check skipped: options.clip_check is off", True
+    other, name = (reference, "reference photo") if reference is not None else (rendered, "rendered view")
+    score = float(clip.score(view, other))
+    if not math.isfinite(score):
+        raise Glimpse3DError(f"CLIP scorer returned a non-finite score {score}")
+    if score < opts.clip_threshold:
+        note = (
+            f"rejected: CLIP similarity {score:.3f} between the enhanced view and the {name} is below the "
+            f"threshold {opts.clip_threshold:.3f} (semantic drift)"
+        )
+        return score, note, False
+    return score, f"CLIP similarity {score:.3f} to the {name} passes the threshold {opts.clip_threshold:.3f}", True
+
+
+# ---------------------------------------------------------------------------- public API
+
+
+def refine(
+    splat: Splat,
+    view: np.ndarray,
+    camera: Camera,
+    view_depth: np.ndarray | None = None,
+    confidence: np.ndarray | None = None,
+    options: RefineOptions | None = None,
+    clip: ClipScorer | None = None,
+    reference: np.ndarray | None = None,
+    *,
+    background: Sequence[float] = (0.0, 0.0, 0.0),
+    device: str | torch.device = "cpu",
+) -> RefineResult:
+    """Fuse one enhanced ``view`` [H, W, 3] seen from ``camera`` into ``splat`` (one MVCRM round).
+
+    ``view_depth`` [H, W]: depth estimated from the view, any positive scale and shift, <= 0 where
+    there is no object; ``confidence`` [N]: accumulated by earlier rounds (None = zeros);
+    ``reference``: the input photo for the CLIP check; ``background``: the colour the view was
+    rendered over. Returns the refined splat (the input object when rejected), the new confidence
+    and the report. Raises :class:`InvalidInput` naming the bad field.
+    """
+    opts = options if options is not None else RefineOptions()
+    if not isinstance(opts, RefineOptions):
+        raise InvalidInput(f"options must be RefineOptions, got {type(opts).__name__}", field="options")
+    splat = _check_splat(splat)
+    target = _check_view(view, camera)
+    depth_in = _check_depth(view_depth, camera)
+    conf = _check_confidence(confidence, splat.num_gaussians)
+    ref = _check_reference(reference)
+    bg = torch.tensor(_background(background), dtype=torch.float32, device=device)
+    g0 = to_tensors(splat, device)
+    rgb0, depth0, alpha0 = _render_np(g0, camera, bg)
+    trust = pixel_trust(depth0, alpha0, depth_in, opts.depth_tolerance)
+    before = weighted_mae(rgb0, target, trust.weight)
+    score, note, passed = _clip_check(clip, opts, target, rgb0, ref)
+    if passed and float(trust.weight.sum()) <= 1e-6:
+        passed, note = False, f"{note}; rejected: no pixel of the view is trusted (its geometry disagrees)"
+    if not passed:
+        logger.info("MVCRM round rejected: %s", note)
+        report = RefineReport(trust.accepted_fraction, before, before, score, note, True, 0, float(conf.mean()))
+        return RefineResult(splat, conf, report)
+    g, share, seen = _fuse_round(g0, camera, target, trust, conf, opts, bg, depth0, alpha0)
+    rgb1, _, _ = _render_np(g, camera, bg)
+    after = weighted_mae(rgb1, target, trust.weight)
+    new_conf = (conf + (share * seen).cpu().numpy()).astype(np.float32)
+    report = RefineReport(trust.accepted_fraction, before, after, score, note, False, opts.steps, float(new_conf.mean()))
+    logger.info(
+        "MVCRM round: accepted %.3f, error %.4f -> %.4f, mean confidence %.3f",
+        report.accepted_fraction, before, after, report.mean_confidence,
+    )
+    return RefineResult(from_tensors(g), new_conf, report)
+
+
+def _fuse_round(
+    g0: GaussianTensors,
+    camera: Camera,
+    target: np.ndarray,
+    trust: Trust,
+    conf: np.ndarray,
+    opts: RefineOptions,
+    bg: Tensor,
+    depth0: np.ndarray,
+    alpha0: np.ndarray,
+) -> tuple[GaussianTensors, Tensor, Tensor]:
+    """Footprints, anchor, normal terms and the fusion itself: (result, trusted share [N], seen [N])."""
+    dev = g0.device
+    weight = torch.as_tensor(trust.weight, device=dev)  # [H, W]
+    cov, tru = footprints(g0, camera, weight)  # [N], [N]
+    share = torch.where(cov > 1e-8, tru / cov.clamp(min=1e-8), 0.0).clamp(0.0, 1.0)  # [N]
+    seen = observation_strength(cov)  # [N]
+    problem = FusionProblem(
+        camera=camera,
+        view=torch.as_tensor(target, device=dev),
+        pixel_weight=weight,
+        normaliser=float(max(1, int(trust.object_mask.sum()))),
+        step_scale=share,
+        anchor=opts.anchor_weight * torch.as_tensor(conf, device=dev) * cov,
+        background=bg,
+        normals=_normal_terms(g0, camera, depth0, alpha0, share, opts),
+    )
+    return fuse(g0, problem, opts.steps, opts.learning_rate), share, seen
+
+
+def naive_fuse(
+    splat: Splat,
+    view: np.ndarray,
+    camera: Camera,
+    steps: int = 200,
+    learning_rate: float | None = None,
+    *,
+    background: Sequence[float] = (0.0, 0.0, 0.0),
+    device: str | torch.device = "cpu",
+) -> Splat:
+    """Baseline without MVCRM: uniform pixel weights, no anchor, no normal term, same optimiser."""
+    opts = RefineOptions(steps=steps) if learning_rate is None else RefineOptions(steps=steps, learning_rate=learning_rate)
+    splat = _check_splat(splat)
+    target = _check_view(view, camera)
+    bg = torch.tensor(_background(background), dtype=torch.float32, device=device)
+    g0 = to_tensors(splat, device)
+    n = g0.num_gaussians
+    problem = FusionProblem(
+        camera=camera,
+        view=torch.as_tensor(target, device=device),
+        pixel_weight=torch.ones(camera.height, camera.width, device=device),
+        normaliser=float(camera.height * camera.width),
+        step_scale=torch.ones(n, device=device),
+        anchor=torch.zeros(n, device=device),
+        background=bg,
+        normals=None,
+    )
+    return from_tensors(fuse(g0, problem, opts.steps, opts.learning_rate))
+
+
+__all__ = ["CLIP_SKIPPED_NOTE", "OBJECT_ALPHA", "footprints", "naive_fuse", "refine"]

@@ -1,0 +1,142 @@
+"""MVCRM contract types: options, report, result and the optional CLIP scorer.
+
+:class:`RefineOptions` and :class:`RefineReport` mirror ``glimpse3d.v1.RefineOptions`` and
+``glimpse3d.v1.RefineReport`` (protos/glimpse3d/v1/backprojection.proto) field for field. In the
+proto a zero means "use the default"; :meth:`RefineOptions.from_proto` applies that rule, while the
+dataclass itself takes explicit values and validates them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from glimpse3d.core.errors import InvalidInput
+from glimpse3d.core.splat import Splat
+
+MAX_STEPS = 5000  # the proto's upper bound on fusion steps
+
+DEFAULT_STEPS = 200
+# Base Adam step; applies to band-0 SH (colour) and is scaled per parameter group (see mvcrm.py).
+DEFAULT_LEARNING_RATE = 0.01
+# Weight of the anchor term (per unit of accumulated confidence, per Gaussian, see mvcrm.py).
+DEFAULT_ANCHOR_WEIGHT = 0.2
+# Relative depth residual |aligned view depth - rendered depth| / rendered depth at which the
+# per-pixel geometric trust halves (trust = 2^-(r / tol)^2).
+DEFAULT_DEPTH_TOLERANCE = 0.03
+DEFAULT_NORMAL_WEIGHT = 0.05
+DEFAULT_CLIP_THRESHOLD = 0.75
+
+
+@runtime_checkable
+class ClipScorer(Protocol):
+    """Image-embedding similarity, e.g. CLIP.
+
+    ``score(a, b)`` takes two float32 RGB images [H, W, 3] in [0, 1] (sizes may differ) and returns
+    the cosine similarity of their embeddings (in [-1, 1]; 1 = same content).
+    """
+
+    def score(self, a: np.ndarray, b: np.ndarray) -> float: ...
+
+
+@dataclass(frozen=True)
+class RefineOptions:
+    """Knobs of one MVCRM round (defaults documented at the module constants above).
+
+    steps: fusion Adam steps, 1..5000. learning_rate: base Adam step (> 0). anchor_weight (>= 0):
+    pull of the anchor towards the parameters earlier rounds confirmed. depth_tolerance (> 0):
+    relative depth residual at which trust halves. normal_weight (>= 0): normal smoothing.
+    clip_check: run the CLIP check when a scorer is configured. clip_threshold in [0, 1]: cosine
+    similarity below which the round is rejected. seed: makes the round deterministic.
+    """
+
+    steps: int = DEFAULT_STEPS
+    learning_rate: float = DEFAULT_LEARNING_RATE
+    anchor_weight: float = DEFAULT_ANCHOR_WEIGHT
+    depth_tolerance: float = DEFAULT_DEPTH_TOLERANCE
+    normal_weight: float = DEFAULT_NORMAL_WEIGHT
+    clip_check: bool = True
+    clip_threshold: float = DEFAULT_CLIP_THRESHOLD
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int | np.integer):
+            raise InvalidInput(f"steps must be an integer, got {self.steps!r}", field="options.steps")
+        if not 1 <= int(self.steps) <= MAX_STEPS:
+            raise InvalidInput(f"steps must be in 1..{MAX_STEPS}, got {self.steps}", field="options.steps")
+        object.__setattr__(self, "steps", int(self.steps))
+        _number(self, "learning_rate", low=0.0, low_open=True)
+        _number(self, "anchor_weight", low=0.0)
+        _number(self, "depth_tolerance", low=0.0, low_open=True)
+        _number(self, "normal_weight", low=0.0)
+        _number(self, "clip_threshold", low=0.0, high=1.0)
+        if not isinstance(self.clip_check, bool | np.bool_):
+            raise InvalidInput(f"clip_check must be a bool, got {self.clip_check!r}", field="options.clip_check")
+        object.__setattr__(self, "clip_check", bool(self.clip_check))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int | np.integer) or not 0 <= self.seed < 2**64:
+            raise InvalidInput(f"seed must be an integer in [0, 2^64), got {self.seed!r}", field="options.seed")
+        object.__setattr__(self, "seed", int(self.seed))
+
+    @classmethod
+    def from_proto(cls, message: Any) -> RefineOptions:
+        """Options from a ``glimpse3d.v1.RefineOptions`` (or anything with its attributes).
+
+        Zero steps, learning_rate, anchor_weight, depth_tolerance, normal_weight and clip_threshold
+        mean "default", as the proto documents. ``clip_check`` is taken as is (proto3 cannot tell an
+        unset bool from false, so a caller that wants the check must set it).
+        """
+        values: dict[str, Any] = {}
+        defaults = cls()
+        for f in fields(cls):
+            value = getattr(message, f.name)
+            if f.name not in ("clip_check", "seed") and value == 0:
+                value = getattr(defaults, f.name)
+            values[f.name] = value
+        return cls(**values)
+
+
+def _number(opts: RefineOptions, name: str, low: float, high: float = math.inf, low_open: bool = False) -> None:
+    value = getattr(opts, name)
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise InvalidInput(f"{name} must be a number, got {value!r}", field=f"options.{name}")
+    v = float(value)
+    bad_low = v <= low if low_open else v < low
+    if not math.isfinite(v) or bad_low or v > high:
+        bound = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if math.isfinite(high) else "")
+        raise InvalidInput(f"{name} must be finite and {bound}, got {value}", field=f"options.{name}")
+    object.__setattr__(opts, name, v)
+
+
+@dataclass(frozen=True)
+class RefineReport:
+    """What one round did; mirrors ``glimpse3d.v1.RefineReport``.
+
+    accepted_fraction: fraction of object pixels (rendered alpha > 0.5) whose trust exceeds 0.5.
+    photometric_error_before/after: trust-weighted mean absolute colour error in [0, 1] between the
+    render and the view, before and after the fusion (equal when nothing was fused).
+    clip_score: cosine similarity, None when the check did not run (clip_note says why).
+    rejected: True when the round left the splat and the confidence unchanged.
+    steps: fusion steps run (0 when rejected). mean_confidence: mean per-Gaussian confidence after.
+    """
+
+    accepted_fraction: float
+    photometric_error_before: float
+    photometric_error_after: float
+    clip_score: float | None
+    clip_note: str
+    rejected: bool
+    steps: int
+    mean_confidence: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, eq=False)
+class RefineResult:
+    splat: Splat  # refined splat (the input object itself when rejected)
+    confidence: np.ndarray  # [N] float32 accumulated per-Gaussian confidence
+    report: RefineReport

@@ -1,0 +1,72 @@
+"""Depth backends: one :class:`DepthBackend` protocol, implementations chosen by name.
+
+A backend turns a decoded photo (uint8 ``[H, W, 3|4]``) and the camera it was taken with into a
+foreground matte and a camera-space z-depth map (see ``protos/glimpse3d/v1/depth.proto``).
+Implementations live in their own modules and are imported only when selected, so choosing the
+weight-free ``silhouette`` backend never imports torch or a model library.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from glimpse3d.core.cameras import Camera
+from glimpse3d.core.errors import InvalidInput
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class DepthResult:
+    depth: np.ndarray  # [H, W] float32, camera-space z in world units; 0 outside the mask
+    mask: np.ndarray  # [H, W] float32 in [0, 1], 1 = object
+
+
+@runtime_checkable
+class DepthBackend(Protocol):
+    name: str
+
+    @property
+    def ready(self) -> bool:
+        """True once :meth:`load` has finished (the server reports SERVING only then)."""
+        ...
+
+    def load(self) -> None:
+        """Load weights / warm up. Idempotent."""
+        ...
+
+    def estimate(self, image: np.ndarray, camera: Camera) -> DepthResult:
+        """``image`` uint8 [H, W, 3|4] (alpha, when not all opaque, is the matte) -> depth and mask."""
+        ...
+
+
+# name -> (module, class). Learned backends ("dpt", "triton") register here when they arrive.
+_BACKENDS: dict[str, tuple[str, str]] = {
+    "silhouette": ("glimpse3d.services.depth.silhouette", "SilhouetteDepthBackend"),
+}
+
+
+def backend_names() -> list[str]:
+    return sorted(_BACKENDS)
+
+
+def make_backend(name: str, **options: Any) -> DepthBackend:
+    """Instantiate the backend called ``name`` with keyword ``options`` (not loaded yet)."""
+    if name not in _BACKENDS:
+        valid = ", ".join(backend_names())
+        raise InvalidInput(f"unknown depth backend {name!r}; valid names: {valid}", field="backend")
+    module_name, class_name = _BACKENDS[name]
+    cls = getattr(importlib.import_module(module_name), class_name)
+    try:
+        inspect.signature(cls).bind(**options)
+    except TypeError as err:
+        raise InvalidInput(f"bad options for depth backend {name!r}: {err}", field="backend_options") from err
+    backend = cls(**options)
+    log.info("depth backend created", extra={"backend": name, "options": sorted(options)})
+    return backend

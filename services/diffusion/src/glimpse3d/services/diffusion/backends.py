@@ -1,0 +1,214 @@
+"""Diffusion backends: one :class:`DiffusionBackend` protocol, implementations chosen by name.
+
+A backend enhances one rendered view of the splat, guided by the view's depth (the ControlNet
+condition for learned backends), its coverage (alpha) and the input photo
+(``protos/glimpse3d/v1/diffusion.proto``). Every backend validates its arguments with
+:func:`validate_request`, so they all accept and reject the same things.
+
+Parameters are *resolved* values here: ``strength`` 0 really means "return the view unchanged".
+The proto's "0 = backend default" convention is applied by the caller with
+:func:`apply_proto_defaults` before calling :meth:`DiffusionBackend.enhance`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from glimpse3d.core.cameras import MAX_IMAGE_SIDE
+from glimpse3d.core.errors import InvalidInput
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STRENGTH = 0.5
+DEFAULT_STEPS = 30
+DEFAULT_GUIDANCE = 7.5
+MAX_STEPS = 200
+MAX_GUIDANCE = 30.0
+MAX_PROMPT_CHARS = 1000
+MAX_SEED = 2**64 - 1
+
+
+@dataclass(frozen=True, eq=False)
+class EnhanceRequest:
+    """Validated, normalised arguments of one enhancement."""
+
+    view: np.ndarray  # [H, W, 3] uint8 RGB
+    depth: np.ndarray | None  # [H, W] float32 camera-space z, 0 = background
+    alpha: np.ndarray | None  # [H, W] float32 in [0, 1] (from the argument or the view's alpha channel)
+    reference: np.ndarray | None  # [h, w, 3|4] uint8 input photo
+    prompt: str
+    strength: float  # [0, 1]
+    steps: int  # [1, MAX_STEPS]
+    guidance: float  # [0, MAX_GUIDANCE]
+    seed: int  # [0, 2^64 - 1]
+
+
+@runtime_checkable
+class DiffusionBackend(Protocol):
+    name: str
+
+    @property
+    def ready(self) -> bool:
+        """True once :meth:`load` has finished (the server reports SERVING only then)."""
+        ...
+
+    def load(self) -> None:
+        """Load weights / warm up. Idempotent."""
+        ...
+
+    def enhance(
+        self,
+        view: np.ndarray,
+        *,
+        depth: np.ndarray | None,
+        alpha: np.ndarray | None,
+        reference: np.ndarray | None,
+        prompt: str,
+        strength: float,
+        steps: int,
+        guidance: float,
+        seed: int,
+    ) -> np.ndarray:
+        """``view`` uint8 [H, W, 3|4] -> enhanced uint8 [H, W, 3]; identical output for identical inputs."""
+        ...
+
+
+# --------------------------------------------------------------------------------------------- #
+# Parameters
+# --------------------------------------------------------------------------------------------- #
+
+
+def apply_proto_defaults(strength: float, steps: int, guidance: float) -> tuple[float, int, float]:
+    """EnhanceViewRequest values, where 0 means "backend default", -> resolved values."""
+    return (
+        DEFAULT_STRENGTH if strength == 0 else strength,
+        DEFAULT_STEPS if steps == 0 else steps,
+        DEFAULT_GUIDANCE if guidance == 0 else guidance,
+    )
+
+
+def _real(value: object, field: str, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidInput(f"{field} must be a number, got {type(value).__name__}", field=field)
+    v = float(value)
+    if not math.isfinite(v) or not lo <= v <= hi:
+        raise InvalidInput(f"{field} must be in [{lo:g}, {hi:g}], got {value}", field=field)
+    return v
+
+
+def _integer(value: object, field: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InvalidInput(f"{field} must be an integer, got {type(value).__name__}", field=field)
+    v = int(value)
+    if not lo <= v <= hi:
+        raise InvalidInput(f"{field} must be in [{lo}, {hi}], got {v}", field=field)
+    return v
+
+
+def _image(arr: object, field: str) -> np.ndarray:
+    """uint8 or float ([0, 1]) [H, W, 3|4] -> uint8 [H, W, 3|4]."""
+    if not isinstance(arr, np.ndarray):
+        raise InvalidInput(f"{field} must be a numpy array, got {type(arr).__name__}", field=field)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4) or 0 in arr.shape:
+        raise InvalidInput(f"{field} must have shape [H, W, 3] or [H, W, 4], got {list(arr.shape)}", field=field)
+    if max(arr.shape[:2]) > MAX_IMAGE_SIDE:
+        raise InvalidInput(f"{field} is larger than {MAX_IMAGE_SIDE} pixels a side", field=field)
+    if arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr)
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise InvalidInput(f"{field} must be uint8 or floating point, got {arr.dtype}", field=field)
+    if not np.isfinite(arr).all():
+        raise InvalidInput(f"{field} has a non-finite value", field=field)
+    return np.rint(np.clip(arr, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _plane(arr: object, field: str, shape: tuple[int, int], hi: float | None) -> np.ndarray:
+    """A finite [H, W] map matching the view, values in [0, hi] (hi=None: no upper bound)."""
+    if not isinstance(arr, np.ndarray) or arr.shape != shape:
+        got = list(arr.shape) if isinstance(arr, np.ndarray) else type(arr).__name__
+        raise InvalidInput(f"{field} must have shape {list(shape)} (the view's), got {got}", field=field)
+    if not (np.issubdtype(arr.dtype, np.floating) or arr.dtype in (np.uint8, np.bool_)):
+        raise InvalidInput(f"{field} must be floating point, got {arr.dtype}", field=field)
+    out = arr.astype(np.float32)
+    if not np.isfinite(out).all():
+        raise InvalidInput(f"{field} has a non-finite value", field=field)
+    top = np.inf if hi is None else hi + 1e-3
+    if out.min() < -1e-3 or out.max() > top:
+        bound = "non-negative" if hi is None else f"in [0, {hi:g}]"
+        raise InvalidInput(f"{field} values must be {bound}", field=field)
+    return np.clip(out, 0.0, hi if hi is not None else None)
+
+
+def validate_request(
+    view: object,
+    *,
+    depth: object,
+    alpha: object,
+    reference: object,
+    prompt: object,
+    strength: object,
+    steps: object,
+    guidance: object,
+    seed: object,
+) -> EnhanceRequest:
+    """Check every argument (InvalidInput naming the field) and normalise dtypes and shapes."""
+    img = _image(view, "view")
+    shape = (img.shape[0], img.shape[1])
+    alpha_map = None if alpha is None else _plane(alpha, "alpha", shape, 1.0)
+    if alpha_map is None and img.shape[2] == 4:
+        alpha_map = img[:, :, 3].astype(np.float32) / np.float32(255.0)
+    if prompt is None:
+        prompt = ""
+    if not isinstance(prompt, str):
+        raise InvalidInput(f"prompt must be a string, got {type(prompt).__name__}", field="prompt")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise InvalidInput(f"prompt has {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}", field="prompt")
+    return EnhanceRequest(
+        view=np.ascontiguousarray(img[:, :, :3]),
+        depth=None if depth is None else _plane(depth, "depth", shape, None),
+        alpha=alpha_map,
+        reference=None if reference is None else _image(reference, "reference"),
+        prompt=prompt,
+        strength=_real(strength, "strength", 0.0, 1.0),
+        steps=_integer(steps, "steps", 1, MAX_STEPS),
+        guidance=_real(guidance, "guidance", 0.0, MAX_GUIDANCE),
+        seed=_integer(seed, "seed", 0, MAX_SEED),
+    )
+
+
+# --------------------------------------------------------------------------------------------- #
+# Registry
+# --------------------------------------------------------------------------------------------- #
+
+# name -> (module, class). Learned backends ("sdxl", "triton") register here when they arrive.
+_BACKENDS: dict[str, tuple[str, str]] = {
+    "classical": ("glimpse3d.services.diffusion.classical", "ClassicalDiffusionBackend"),
+}
+
+
+def backend_names() -> list[str]:
+    return sorted(_BACKENDS)
+
+
+def make_backend(name: str, **options: Any) -> DiffusionBackend:
+    """Instantiate the backend called ``name`` with keyword ``options`` (not loaded yet)."""
+    if name not in _BACKENDS:
+        valid = ", ".join(backend_names())
+        raise InvalidInput(f"unknown diffusion backend {name!r}; valid names: {valid}", field="backend")
+    module_name, class_name = _BACKENDS[name]
+    cls = getattr(importlib.import_module(module_name), class_name)
+    try:
+        inspect.signature(cls).bind(**options)
+    except TypeError as err:
+        raise InvalidInput(f"bad options for diffusion backend {name!r}: {err}", field="backend_options") from err
+    backend = cls(**options)
+    log.info("diffusion backend created", extra={"backend": name, "options": sorted(options)})
+    return backend

@@ -1,0 +1,398 @@
+"""Artifact references, the store contract and the logic every backend shares.
+
+An artifact is an immutable blob (an input photo, a depth map, a ``.ply`` splat) addressed by the
+sha256 of its bytes. Services pass :class:`ArtifactRef` values to each other instead of the bytes.
+
+Every backend lays blobs out under the same relative key, ``sha256/<first two hex>/<full hex>``;
+the URI of an artifact is that key placed under the backend's location (``file:///…/sha256/…`` or
+``s3://bucket/prefix/sha256/…``). Because the key carries the hash, a bare URI is as good as a ref
+for reading: the sha256 to verify against is the one in the key.
+
+Contract shared by all backends (implemented once in :class:`BaseArtifactStore`):
+
+- ``put`` is idempotent and cheap when the bytes are already there: if an object with the same key
+  and size exists (and its metadata is consistent) nothing is written. The returned ref always
+  carries the ``media_type`` passed to that call, while the stored media type (what ``stat``
+  reports) stays the one recorded when the bytes were written. ``put`` does not re-read existing
+  content (``get`` is where corruption is caught); it rewrites an object whose size or metadata
+  is wrong.
+- ``get``/``get_to_file`` verify the sha256 of every read and raise
+  :class:`~glimpse3d.core.errors.IntegrityError` on a mismatch. ``max_bytes`` is checked against
+  the stored size before any content is read.
+- ``stat`` reports the stored size and media type without reading the content.
+- ``delete`` is idempotent: deleting a missing artifact is a no-op. Keys are content addressed, so
+  two refs to identical bytes share one blob; deciding when nothing references it any more is the
+  caller's job.
+- ``presign`` raises :class:`~glimpse3d.core.errors.NotFound` for a missing artifact and accepts an
+  expiry in ``(0, 7 days]`` (the S3 SigV4 limit) on every backend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import re
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import BinaryIO, NamedTuple, Protocol, runtime_checkable
+
+from glimpse3d.core.errors import IntegrityError, InvalidInput, NotFound
+
+logger = logging.getLogger(__name__)
+
+CHUNK_SIZE = 1 << 20
+"""Bytes read or written per step when streaming; bounds the memory a transfer needs."""
+
+DEFAULT_PRESIGN_EXPIRY = timedelta(hours=1)
+MAX_PRESIGN_EXPIRY = timedelta(days=7)
+OCTET_STREAM = "application/octet-stream"
+
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_KEY_RE = re.compile(r"sha256/([0-9a-f]{2})/([0-9a-f]{64})")
+# RFC 6838 restricted-name for type and subtype; parameters (";charset=…") are not accepted.
+_MEDIA_TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}")
+
+
+def validate_sha256(value: object, *, field: str = "sha256") -> str:
+    """Return ``value`` if it is 64 lowercase hex characters, else raise InvalidInput."""
+    if not isinstance(value, str) or not _SHA256_RE.fullmatch(value):
+        raise InvalidInput(f"{field} must be 64 lowercase hex characters, got {value!r}", field=field)
+    return value
+
+
+def validate_media_type(value: object) -> str:
+    """Return ``value`` if it looks like ``type/subtype``, else raise InvalidInput."""
+    if not isinstance(value, str) or not _MEDIA_TYPE_RE.fullmatch(value):
+        raise InvalidInput(
+            f"media_type must look like 'type/subtype' (e.g. 'image/png'), got {value!r}",
+            field="media_type",
+        )
+    return value
+
+
+def content_key(sha256: str) -> str:
+    """The relative, content-addressed key of a blob: ``sha256/<aa>/<full hex>``."""
+    validate_sha256(sha256)
+    return f"sha256/{sha256[:2]}/{sha256}"
+
+
+def sha256_of_key(key: str) -> str:
+    """Inverse of :func:`content_key`; raises InvalidInput for anything else."""
+    match = _KEY_RE.fullmatch(key)
+    if match is None or match.group(2)[:2] != match.group(1):
+        raise InvalidInput(f"artifact key must look like 'sha256/<aa>/<64 hex>', got {key!r}", field="uri")
+    return match.group(2)
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactRef:
+    """Where an artifact lives and what it is. Validated on construction."""
+
+    uri: str
+    sha256: str
+    size: int
+    media_type: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.uri, str) or "://" not in self.uri:
+            raise InvalidInput(f"uri must be an absolute URI, got {self.uri!r}", field="uri")
+        validate_sha256(self.sha256)
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 0:
+            raise InvalidInput(f"size must be a non-negative int, got {self.size!r}", field="size")
+        validate_media_type(self.media_type)
+
+
+RefOrUri = ArtifactRef | str
+
+
+@runtime_checkable
+class ArtifactStore(Protocol):
+    """What services program against; see the module docstring for the shared semantics."""
+
+    def put(self, data: bytes | BinaryIO, media_type: str, *, size: int | None = None) -> ArtifactRef: ...
+
+    def get(self, ref_or_uri: RefOrUri, *, max_bytes: int | None = None) -> bytes: ...
+
+    def get_to_file(self, ref_or_uri: RefOrUri, path: Path, *, max_bytes: int | None = None) -> ArtifactRef: ...
+
+    def stat(self, ref_or_uri: RefOrUri) -> ArtifactRef: ...
+
+    def exists(self, ref_or_uri: RefOrUri) -> bool: ...
+
+    def delete(self, ref_or_uri: RefOrUri) -> None: ...
+
+    def presign(self, ref_or_uri: RefOrUri, expires: timedelta = DEFAULT_PRESIGN_EXPIRY) -> str: ...
+
+
+class Blob(NamedTuple):
+    """An open stored blob, as a backend hands it to :class:`BaseArtifactStore`."""
+
+    size: int
+    media_type: str
+    chunks: Iterator[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Spooled:
+    """A stream copied to a temporary file, hashed on the way."""
+
+    path: Path
+    sha256: str
+    size: int
+
+
+def _copy_hashing(stream: BinaryIO, out: BinaryIO, limit: int | None) -> tuple[str, int]:
+    """Copy ``stream`` to ``out`` in chunks; stop after ``limit + 1`` bytes if a limit is given."""
+    digest = hashlib.sha256()
+    total = 0
+    while limit is None or total <= limit:
+        want = CHUNK_SIZE if limit is None else min(CHUNK_SIZE, limit + 1 - total)
+        chunk = stream.read(want)
+        if not chunk:
+            break
+        if not isinstance(chunk, bytes | bytearray | memoryview):
+            raise InvalidInput(
+                f"data must be bytes or a binary file object; read() returned {type(chunk).__name__}",
+                field="data",
+            )
+        digest.update(chunk)
+        out.write(chunk)
+        total += len(chunk)
+    return digest.hexdigest(), total
+
+
+@contextmanager
+def spool(stream: BinaryIO, directory: Path | None, expected_size: int | None) -> Iterator[Spooled]:
+    """Copy ``stream`` to a temporary file in ``directory`` while hashing it; memory stays bounded.
+
+    The file is removed on exit unless the caller moved it away. Raises InvalidInput if
+    ``expected_size`` is given and the stream holds a different number of bytes.
+    """
+    fd, name = tempfile.mkstemp(prefix="spool-", suffix=".part", dir=directory)
+    path = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            sha256, size = _copy_hashing(stream, out, expected_size)
+        if expected_size is not None and size != expected_size:
+            shown = f"more than {expected_size}" if size > expected_size else str(size)
+            raise InvalidInput(f"size says {expected_size} bytes but the stream held {shown}", field="size")
+        yield Spooled(path, sha256, size)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _check_max_bytes(max_bytes: int | None) -> None:
+    if max_bytes is not None and (isinstance(max_bytes, bool) or max_bytes < 0):
+        raise InvalidInput(f"max_bytes must be >= 0, got {max_bytes!r}", field="max_bytes")
+
+
+def _too_big(uri: str, size: int, max_bytes: int) -> InvalidInput:
+    return InvalidInput(
+        f"artifact {uri} is {size} bytes, over the limit of {max_bytes} bytes",
+        field="max_bytes",
+        metadata={"size": str(size), "max_bytes": str(max_bytes)},
+    )
+
+
+def _check_expiry(expires: timedelta) -> None:
+    if not isinstance(expires, timedelta) or not timedelta(0) < expires <= MAX_PRESIGN_EXPIRY:
+        raise InvalidInput(
+            f"expires must be a timedelta in (0, {MAX_PRESIGN_EXPIRY}], got {expires!r}",
+            field="expires",
+        )
+
+
+class BaseArtifactStore(ABC):
+    """Implements :class:`ArtifactStore` on top of a few per-backend hooks keyed by relative key."""
+
+    # ---- public API -----------------------------------------------------------------------------
+
+    def put(self, data: bytes | BinaryIO, media_type: str, *, size: int | None = None) -> ArtifactRef:
+        """Store ``data`` (bytes or a binary file object, read to EOF) and return its ref.
+
+        ``size``, if given, is the exact byte count expected; a mismatch raises InvalidInput.
+        """
+        validate_media_type(media_type)
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+            raise InvalidInput(f"size must be a non-negative int, got {size!r}", field="size")
+        if isinstance(data, bytes | bytearray | memoryview):
+            return self._put_bytes(bytes(data), media_type, size)
+        if not callable(getattr(data, "read", None)):
+            raise InvalidInput(
+                f"data must be bytes or a binary file object, got {type(data).__name__}",
+                field="data",
+            )
+        with spool(data, self._spool_dir(), size) as spooled:
+            key = content_key(spooled.sha256)
+            if self._already_stored(key, spooled.size):
+                logger.debug("artifact %s already stored; put is a no-op", key)
+            else:
+                self._write_spooled(key, spooled, media_type)
+                logger.debug("stored artifact %s (%d bytes, %s)", key, spooled.size, media_type)
+        return ArtifactRef(self._uri_for_key(key), spooled.sha256, spooled.size, media_type)
+
+    def get(self, ref_or_uri: RefOrUri, *, max_bytes: int | None = None) -> bytes:
+        """Return the verified bytes of an artifact."""
+        buffer = io.BytesIO()
+        self._read_verified(ref_or_uri, max_bytes, buffer.write)
+        return buffer.getvalue()
+
+    def get_to_file(self, ref_or_uri: RefOrUri, path: Path, *, max_bytes: int | None = None) -> ArtifactRef:
+        """Stream a verified artifact to ``path`` (atomically replaced) and return its stored ref.
+
+        On any failure ``path`` is left untouched.
+        """
+        path = Path(path)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        tmp = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                ref = self._read_verified(ref_or_uri, max_bytes, out.write)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return ref
+
+    def stat(self, ref_or_uri: RefOrUri) -> ArtifactRef:
+        """The stored ref (size and media type as stored); the content is not read."""
+        key, sha256 = self._resolve(ref_or_uri)
+        size, media_type = self._stat_key(key)
+        return ArtifactRef(self._uri_for_key(key), sha256, size, media_type)
+
+    def exists(self, ref_or_uri: RefOrUri) -> bool:
+        key, _ = self._resolve(ref_or_uri)
+        try:
+            self._stat_key(key)
+        except NotFound:
+            return False
+        return True
+
+    def delete(self, ref_or_uri: RefOrUri) -> None:
+        """Remove an artifact; a missing one is not an error."""
+        key, _ = self._resolve(ref_or_uri)
+        self._delete_key(key)
+        logger.debug("deleted artifact %s", key)
+
+    def presign(self, ref_or_uri: RefOrUri, expires: timedelta = DEFAULT_PRESIGN_EXPIRY) -> str:
+        """A URL from which a client can download the artifact until ``expires`` has passed."""
+        _check_expiry(expires)
+        key, _ = self._resolve(ref_or_uri)
+        self._stat_key(key)
+        return self._presign_key(key, expires)
+
+    # ---- shared helpers -------------------------------------------------------------------------
+
+    def _resolve(self, ref_or_uri: RefOrUri) -> tuple[str, str]:
+        """(relative key, sha256) of a ref or URI that belongs to this store."""
+        if isinstance(ref_or_uri, ArtifactRef):
+            key = self._key_from_uri(ref_or_uri.uri)
+            sha256 = sha256_of_key(key)
+            if sha256 != ref_or_uri.sha256:
+                raise InvalidInput(
+                    f"ref sha256 {ref_or_uri.sha256} does not match the key of its uri {ref_or_uri.uri}",
+                    field="sha256",
+                )
+            return key, sha256
+        if not isinstance(ref_or_uri, str):
+            raise InvalidInput(
+                f"expected an ArtifactRef or a URI string, got {type(ref_or_uri).__name__}",
+                field="uri",
+            )
+        key = self._key_from_uri(ref_or_uri)
+        return key, sha256_of_key(key)
+
+    def _already_stored(self, key: str, size: int) -> bool:
+        try:
+            stored_size, _ = self._stat_key(key)
+        except NotFound:
+            return False
+        except IntegrityError as exc:
+            logger.warning("rewriting artifact %s: %s", key, exc.message)
+            return False
+        return stored_size == size
+
+    def _put_bytes(self, data: bytes, media_type: str, size: int | None) -> ArtifactRef:
+        if size is not None and size != len(data):
+            raise InvalidInput(f"size says {size} bytes but data holds {len(data)}", field="size")
+        sha256 = hashlib.sha256(data).hexdigest()
+        key = content_key(sha256)
+        if self._already_stored(key, len(data)):
+            logger.debug("artifact %s already stored; put is a no-op", key)
+        else:
+            self._write_bytes(key, data, media_type)
+            logger.debug("stored artifact %s (%d bytes, %s)", key, len(data), media_type)
+        return ArtifactRef(self._uri_for_key(key), sha256, len(data), media_type)
+
+    def _read_verified(
+        self, ref_or_uri: RefOrUri, max_bytes: int | None, sink: Callable[[bytes], object]
+    ) -> ArtifactRef:
+        """Stream an artifact into ``sink`` and verify its sha256; returns the stored ref."""
+        _check_max_bytes(max_bytes)
+        key, sha256 = self._resolve(ref_or_uri)
+        uri = self._uri_for_key(key)
+        if isinstance(ref_or_uri, ArtifactRef) and max_bytes is not None:
+            if ref_or_uri.size > max_bytes:
+                raise _too_big(uri, ref_or_uri.size, max_bytes)
+        digest = hashlib.sha256()
+        total = 0
+        with self._open_key(key) as blob:
+            if max_bytes is not None and blob.size > max_bytes:
+                raise _too_big(uri, blob.size, max_bytes)
+            for chunk in blob.chunks:
+                total += len(chunk)
+                if total > blob.size:
+                    break
+                digest.update(chunk)
+                sink(chunk)
+        if total != blob.size or digest.hexdigest() != sha256:
+            logger.error("integrity failure reading artifact %s", uri)
+            raise IntegrityError(
+                f"artifact {uri} is corrupt: read {total} bytes hashing to {digest.hexdigest()}, "
+                f"expected {blob.size} bytes hashing to {sha256}",
+                field="sha256",
+                metadata={"uri": uri},
+            )
+        return ArtifactRef(uri, sha256, blob.size, blob.media_type)
+
+    # ---- backend hooks --------------------------------------------------------------------------
+
+    @abstractmethod
+    def _uri_for_key(self, key: str) -> str:
+        """The absolute URI of a relative key."""
+
+    @abstractmethod
+    def _key_from_uri(self, uri: str) -> str:
+        """The relative key of a URI of this store; InvalidInput for anything else."""
+
+    @abstractmethod
+    def _stat_key(self, key: str) -> tuple[int, str]:
+        """(size, media type) of a stored blob; NotFound if missing."""
+
+    @abstractmethod
+    def _open_key(self, key: str) -> AbstractContextManager[Blob]:
+        """Open a stored blob for streaming; NotFound if missing."""
+
+    @abstractmethod
+    def _spool_dir(self) -> Path | None:
+        """Where put spools file objects (None: the system temp dir)."""
+
+    @abstractmethod
+    def _write_bytes(self, key: str, data: bytes, media_type: str) -> None: ...
+
+    @abstractmethod
+    def _write_spooled(self, key: str, spooled: Spooled, media_type: str) -> None:
+        """Store a spooled file; the backend may move ``spooled.path`` away."""
+
+    @abstractmethod
+    def _delete_key(self, key: str) -> None:
+        """Remove a blob; no-op if missing."""
+
+    @abstractmethod
+    def _presign_key(self, key: str, expires: timedelta) -> str: ...

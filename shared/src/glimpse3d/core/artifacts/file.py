@@ -1,0 +1,167 @@
+"""The default backend: content-addressed files under a local (or shared-volume) directory.
+
+Layout under ``root``::
+
+    sha256/<aa>/<hex>        the blob
+    sha256/<aa>/<hex>.json   sidecar: {"sha256", "size", "media_type"}
+    .tmp/                    temporary files; same filesystem, so os.replace is atomic
+
+The sidecar is written before the blob, so a visible blob always has its media type recorded;
+both are written to a temporary file, fsync'ed and moved into place with ``os.replace``, so
+readers never see partial files. URIs are ``file://`` URIs of the blob path; a URI that resolves
+outside ``root`` (``..``, percent-encoded or not, or a symlink) is rejected with InvalidInput.
+
+``presign`` returns the blob's ``file://`` URI: only clients that share the filesystem can use it,
+and the expiry is validated but not enforced.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from glimpse3d.core.artifacts.base import (
+    CHUNK_SIZE,
+    OCTET_STREAM,
+    BaseArtifactStore,
+    Blob,
+    Spooled,
+    validate_media_type,
+)
+from glimpse3d.core.errors import IntegrityError, InvalidInput, NotFound
+
+logger = logging.getLogger(__name__)
+
+_TMP_DIR = ".tmp"
+_FILE_MODE = 0o644
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FileArtifactStore(BaseArtifactStore):
+    """Artifacts as files under ``root`` (created if missing). Safe for concurrent writers."""
+
+    def __init__(self, root: Path | str) -> None:
+        self._root = Path(root).expanduser().resolve()
+        self._tmp = self._root / _TMP_DIR
+        self._tmp.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def root(self) -> Path:
+        return self._root
+
+    def __repr__(self) -> str:
+        return f"FileArtifactStore({str(self._root)!r})"
+
+    # ---- paths and URIs -------------------------------------------------------------------------
+
+    def _blob_path(self, key: str) -> Path:
+        return self._root / key
+
+    def _sidecar_path(self, key: str) -> Path:
+        return self._root / f"{key}.json"
+
+    def _uri_for_key(self, key: str) -> str:
+        return self._blob_path(key).as_uri()
+
+    def _key_from_uri(self, uri: str) -> str:
+        parts = urlsplit(uri)
+        if parts.scheme != "file":
+            raise InvalidInput(f"{self!r} only reads file:// URIs, got {uri!r}", field="uri")
+        if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
+            raise InvalidInput(
+                f"file URI must be file:///absolute/path without host, query or fragment, got {uri!r}",
+                field="uri",
+            )
+        try:
+            relative = Path(unquote(parts.path)).resolve().relative_to(self._root)
+        except (ValueError, OSError):
+            raise InvalidInput(f"file URI {uri!r} points outside the artifact root {self._root}", field="uri") from None
+        return relative.as_posix()
+
+    # ---- reads ----------------------------------------------------------------------------------
+
+    def _read_media_type(self, key: str) -> str:
+        sidecar = self._sidecar_path(key)
+        try:
+            meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            logger.warning("artifact %s has no metadata sidecar; assuming %s", key, OCTET_STREAM)
+            return OCTET_STREAM
+        except (OSError, ValueError) as exc:
+            raise IntegrityError(f"metadata sidecar {sidecar} is unreadable: {exc}") from exc
+        media_type = meta.get("media_type") if isinstance(meta, dict) else None
+        try:
+            return validate_media_type(media_type)
+        except InvalidInput as exc:
+            raise IntegrityError(f"metadata sidecar {sidecar} is invalid: {exc.message}") from exc
+
+    def _stat_key(self, key: str) -> tuple[int, str]:
+        try:
+            size = self._blob_path(key).stat().st_size
+        except FileNotFoundError:
+            raise NotFound(f"artifact {self._uri_for_key(key)} not found", field="uri") from None
+        return size, self._read_media_type(key)
+
+    @contextmanager
+    def _open_key(self, key: str) -> Iterator[Blob]:
+        try:
+            handle = self._blob_path(key).open("rb")
+        except FileNotFoundError:
+            raise NotFound(f"artifact {self._uri_for_key(key)} not found", field="uri") from None
+        with handle:
+            size = os.fstat(handle.fileno()).st_size
+            yield Blob(size, self._read_media_type(key), iter(lambda: handle.read(CHUNK_SIZE), b""))
+
+    # ---- writes ---------------------------------------------------------------------------------
+
+    def _spool_dir(self) -> Path:
+        return self._tmp
+
+    def _move_into_place(self, tmp: Path, final: Path) -> None:
+        _fsync_file(tmp)
+        os.chmod(tmp, _FILE_MODE)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, final)
+
+    def _atomic_write(self, final: Path, data: bytes) -> None:
+        fd, name = tempfile.mkstemp(prefix="put-", suffix=".part", dir=self._tmp)
+        tmp = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            self._move_into_place(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _write_sidecar(self, key: str, size: int, media_type: str) -> None:
+        meta = {"sha256": key.rsplit("/", 1)[1], "size": size, "media_type": media_type}
+        self._atomic_write(self._sidecar_path(key), json.dumps(meta).encode("utf-8"))
+
+    def _write_bytes(self, key: str, data: bytes, media_type: str) -> None:
+        self._write_sidecar(key, len(data), media_type)
+        self._atomic_write(self._blob_path(key), data)
+
+    def _write_spooled(self, key: str, spooled: Spooled, media_type: str) -> None:
+        self._write_sidecar(key, spooled.size, media_type)
+        self._move_into_place(spooled.path, self._blob_path(key))
+
+    def _delete_key(self, key: str) -> None:
+        self._blob_path(key).unlink(missing_ok=True)
+        self._sidecar_path(key).unlink(missing_ok=True)
+
+    def _presign_key(self, key: str, expires: timedelta) -> str:
+        return self._uri_for_key(key)

@@ -1,0 +1,303 @@
+"""S3-compatible backend (MinIO, AWS S3, …) through the ``minio`` SDK.
+
+Objects live at ``<prefix>/sha256/<aa>/<hex>`` in one bucket; their URI is
+``s3://<bucket>/<prefix>/sha256/<aa>/<hex>``. Each object carries its media type as Content-Type
+and its sha256 as user metadata (``x-amz-meta-sha256``); reads verify the content against the key
+and fail with IntegrityError if either disagrees.
+
+Uploads of more than ``part_size`` bytes (default and minimum 5 MiB) go multipart; the SDK holds
+a few parts in memory at a time, and file objects are first spooled to a temporary file to be
+hashed, so memory stays bounded whatever the artifact size.
+
+The bucket is created on the first upload if it does not exist; services may call
+:meth:`S3ArtifactStore.ensure_bucket` at start-up to fail fast instead. The HTTP client uses
+short connect timeouts and few retries so that an unreachable endpoint surfaces quickly as
+:class:`~glimpse3d.core.errors.Unavailable`.
+
+Errors: a missing object or bucket is NotFound; transport failures and any other S3 error code
+(AccessDenied, SlowDown, 5xx after retries, …) are Unavailable, with the endpoint and object in
+the message; content or recorded sha256 that disagree with the key are IntegrityError.
+
+Presigned URLs are signed for the endpoint this store talks to; a client must reach S3 under the
+same host name.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import certifi
+import urllib3
+from glimpse3d.core.artifacts.base import (
+    CHUNK_SIZE,
+    OCTET_STREAM,
+    BaseArtifactStore,
+    Blob,
+    Spooled,
+    sha256_of_key,
+)
+from glimpse3d.core.errors import IntegrityError, InvalidInput, NotFound, Unavailable
+from minio import Minio
+from minio.error import MinioException, S3Error
+from minio.helpers import MAX_PART_SIZE, MIN_PART_SIZE
+from urllib3.response import BaseHTTPResponse
+
+logger = logging.getLogger(__name__)
+
+SHA256_METADATA = "x-amz-meta-sha256"
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NoSuchObject", "ResourceNotFound"})
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_PREFIX_SEGMENT_RE = re.compile(r"[A-Za-z0-9!_.*'()-]+")
+
+
+def _validate_bucket(bucket: str) -> str:
+    if not isinstance(bucket, str) or not _BUCKET_RE.fullmatch(bucket) or ".." in bucket:
+        raise InvalidInput(f"invalid S3 bucket name {bucket!r}", field="bucket")
+    return bucket
+
+
+def _normalise_prefix(prefix: str) -> str:
+    prefix = prefix.strip("/")
+    if not prefix:
+        return ""
+    for segment in prefix.split("/"):
+        if segment in (".", "..") or not _PREFIX_SEGMENT_RE.fullmatch(segment):
+            raise InvalidInput(f"invalid S3 key prefix {prefix!r}", field="prefix")
+    return prefix
+
+
+def _media_type(content_type: str | None) -> str:
+    """The stored Content-Type without parameters (``text/plain; charset=…`` -> ``text/plain``)."""
+    return (content_type or "").split(";", 1)[0].strip() or OCTET_STREAM
+
+
+def _split_endpoint(endpoint: str, secure: bool) -> tuple[str, bool]:
+    """Accept ``host:port`` or ``http(s)://host:port``; a scheme decides ``secure``."""
+    if "://" not in endpoint:
+        host, scheme_secure = endpoint, secure
+    else:
+        parts = urlsplit(endpoint)
+        if parts.scheme not in ("http", "https") or parts.path.strip("/") or parts.query:
+            raise InvalidInput(
+                f"S3 endpoint must be host:port or http(s)://host:port, got {endpoint!r}",
+                field="endpoint",
+            )
+        if secure and parts.scheme == "http":
+            raise InvalidInput(f"secure=True conflicts with the http:// endpoint {endpoint!r}", field="endpoint")
+        host, scheme_secure = parts.netloc, parts.scheme == "https"
+    if not host or "/" in host:
+        raise InvalidInput(f"invalid S3 endpoint {endpoint!r}", field="endpoint")
+    return host, scheme_secure
+
+
+def _http_client(connect_timeout: float, read_timeout: float, retries: int) -> urllib3.PoolManager:
+    return urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+        maxsize=16,
+        cert_reqs="CERT_REQUIRED",
+        ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        retries=urllib3.Retry(
+            total=retries,
+            backoff_factor=0.2,
+            status_forcelist=(500, 502, 503, 504),
+        ),
+    )
+
+
+class S3ArtifactStore(BaseArtifactStore):
+    """Artifacts as objects in an S3 bucket. Thread safe (the minio client is)."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        access_key: str,
+        secret_key: str,
+        bucket: str,
+        prefix: str = "",
+        *,
+        secure: bool = False,
+        region: str | None = None,
+        part_size: int = MIN_PART_SIZE,
+        connect_timeout: float = 3.0,
+        read_timeout: float = 60.0,
+        retries: int = 2,
+    ) -> None:
+        if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
+            raise InvalidInput(
+                f"part_size must be in [{MIN_PART_SIZE}, {MAX_PART_SIZE}], got {part_size}",
+                field="part_size",
+            )
+        host, secure = _split_endpoint(endpoint, secure)
+        self._endpoint = f"{'https' if secure else 'http'}://{host}"
+        self._bucket = _validate_bucket(bucket)
+        self._prefix = _normalise_prefix(prefix)
+        self._part_size = part_size
+        self._client = Minio(
+            host,
+            access_key=access_key,
+            secret_key=secret_key,
+            secure=secure,
+            region=region,
+            http_client=_http_client(connect_timeout, read_timeout, retries),
+        )
+        self._region = region
+        self._bucket_ready = False
+        self._bucket_lock = threading.Lock()
+
+    @property
+    def bucket(self) -> str:
+        return self._bucket
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    def __repr__(self) -> str:
+        return f"S3ArtifactStore({self._endpoint!r}, bucket={self._bucket!r}, prefix={self._prefix!r})"
+
+    # ---- errors ---------------------------------------------------------------------------------
+
+    @contextmanager
+    def _translate(self, action: str, target: str) -> Iterator[None]:
+        """Map minio / urllib3 failures to domain errors that name the endpoint and the object."""
+        try:
+            yield
+        except S3Error as exc:
+            if exc.code in _NOT_FOUND_CODES:
+                what = "bucket" if exc.code == "NoSuchBucket" else "artifact"
+                raise NotFound(f"{action} {target}: {what} not found (S3 {exc.code})", field="uri") from exc
+            raise Unavailable(f"{action} {target} at {self._endpoint} failed: S3 {exc.code}: {exc.message}") from exc
+        except MinioException as exc:
+            raise Unavailable(f"{action} {target} at {self._endpoint} failed: {exc}") from exc
+        except urllib3.exceptions.HTTPError as exc:
+            raise Unavailable(f"S3 endpoint {self._endpoint} is unreachable ({action} {target}): {exc}") from exc
+
+    # ---- bucket ---------------------------------------------------------------------------------
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket if it does not exist. Idempotent; Unavailable if S3 is unreachable."""
+        target = f"s3://{self._bucket}"
+        with self._translate("checking bucket", target):
+            if self._client.bucket_exists(self._bucket):
+                self._bucket_ready = True
+                return
+        with self._translate("creating bucket", target):
+            try:
+                self._client.make_bucket(self._bucket, location=self._region)
+                logger.info("created S3 bucket %s at %s", self._bucket, self._endpoint)
+            except S3Error as exc:
+                if exc.code != "BucketAlreadyOwnedByYou":  # lost a race with another creator
+                    raise
+        self._bucket_ready = True
+
+    def _ensure_bucket_once(self) -> None:
+        if self._bucket_ready:
+            return
+        with self._bucket_lock:
+            if not self._bucket_ready:
+                self.ensure_bucket()
+
+    # ---- keys and URIs --------------------------------------------------------------------------
+
+    def _object_name(self, key: str) -> str:
+        return f"{self._prefix}/{key}" if self._prefix else key
+
+    def _uri_for_key(self, key: str) -> str:
+        return f"s3://{self._bucket}/{self._object_name(key)}"
+
+    def _key_from_uri(self, uri: str) -> str:
+        parts = urlsplit(uri)
+        if parts.scheme != "s3":
+            raise InvalidInput(f"{self!r} only reads s3:// URIs, got {uri!r}", field="uri")
+        if parts.netloc != self._bucket:
+            raise InvalidInput(f"URI {uri!r} is not in this store's bucket {self._bucket!r}", field="uri")
+        if parts.query or parts.fragment:
+            raise InvalidInput(f"s3 URI must not have a query or fragment: {uri!r}", field="uri")
+        name = parts.path.lstrip("/")
+        head = f"{self._prefix}/" if self._prefix else ""
+        if not name.startswith(head):
+            raise InvalidInput(f"URI {uri!r} is not under this store's prefix {self._prefix!r}", field="uri")
+        return name[len(head) :]
+
+    def _check_sha_metadata(self, key: str, headers: Mapping[str, str]) -> None:
+        recorded = headers.get(SHA256_METADATA)
+        if recorded is not None and recorded != sha256_of_key(key):
+            raise IntegrityError(
+                f"object {self._uri_for_key(key)} records sha256 {recorded}, which does not match its key",
+                field="sha256",
+            )
+
+    # ---- reads ----------------------------------------------------------------------------------
+
+    def _stat_key(self, key: str) -> tuple[int, str]:
+        with self._translate("stat", self._uri_for_key(key)):
+            info = self._client.stat_object(self._bucket, self._object_name(key))
+        self._check_sha_metadata(key, info.metadata)
+        return int(info.size or 0), _media_type(info.content_type)
+
+    def _stream(self, response: BaseHTTPResponse, uri: str) -> Iterator[bytes]:
+        with self._translate("download", uri):
+            yield from response.stream(CHUNK_SIZE, decode_content=False)
+
+    @contextmanager
+    def _open_key(self, key: str) -> Iterator[Blob]:
+        uri = self._uri_for_key(key)
+        with self._translate("download", uri):
+            response = self._client.get_object(self._bucket, self._object_name(key))
+        try:
+            self._check_sha_metadata(key, response.headers)
+            length = response.headers.get("content-length")
+            if length is None:
+                raise Unavailable(f"S3 at {self._endpoint} sent {uri} without a Content-Length")
+            media_type = _media_type(response.headers.get("content-type"))
+            yield Blob(int(length), media_type, self._stream(response, uri))
+        finally:
+            response.close()
+            response.release_conn()
+
+    # ---- writes ---------------------------------------------------------------------------------
+
+    def _spool_dir(self) -> Path | None:
+        return None
+
+    def _upload(self, key: str, stream: io.BufferedIOBase, length: int, media_type: str) -> None:
+        self._ensure_bucket_once()
+        uri = self._uri_for_key(key)
+        with self._translate("upload", uri):
+            result = self._client.put_object(
+                self._bucket,
+                self._object_name(key),
+                stream,
+                length,
+                content_type=media_type,
+                metadata={SHA256_METADATA: sha256_of_key(key)},
+                part_size=self._part_size,
+            )
+        logger.debug("uploaded %s (%d bytes, etag %s)", uri, length, result.etag)
+
+    def _write_bytes(self, key: str, data: bytes, media_type: str) -> None:
+        self._upload(key, io.BytesIO(data), len(data), media_type)
+
+    def _write_spooled(self, key: str, spooled: Spooled, media_type: str) -> None:
+        with spooled.path.open("rb") as handle:
+            self._upload(key, handle, spooled.size, media_type)
+
+    def _delete_key(self, key: str) -> None:
+        try:
+            with self._translate("delete", self._uri_for_key(key)):
+                self._client.remove_object(self._bucket, self._object_name(key))
+        except NotFound:
+            logger.debug("delete of %s: bucket %s does not exist", key, self._bucket)
+
+    def _presign_key(self, key: str, expires: timedelta) -> str:
+        with self._translate("presign", self._uri_for_key(key)):
+            return self._client.presigned_get_object(self._bucket, self._object_name(key), expires=expires)

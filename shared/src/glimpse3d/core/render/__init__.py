@@ -1,0 +1,12 @@
+"""Gaussian-splat rasterization (needs torch).
+
+``rasterize`` renders colour, expected depth and alpha. On CUDA tensors it calls gsplat's fused
+kernels; elsewhere it runs a differentiable, tile-based pure-torch rasterizer with the same math
+(3DGS "classic": EWA projection, 0.3 px^2 low-pass, front-to-back alpha compositing) whose memory
+stays bounded for large scenes.
+"""
+
+from glimpse3d.core.render._rasterize import RenderOutput, rasterize
+from glimpse3d.core.render.gaussians import GaussianTensors, from_tensors, to_tensors
+
+__all__ = ["GaussianTensors", "RenderOutput", "from_tensors", "rasterize", "to_tensors"]

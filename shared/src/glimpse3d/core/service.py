@@ -1,0 +1,241 @@
+"""Runtime shared by the five backend services: settings, bounded compute, artifact I/O,
+cancellation and the ``main()`` that wires a servicer into :func:`glimpse3d.core.rpc.create_server`.
+
+Each service keeps only its servicer (a thin adapter) and its backends; this module does the rest
+once. CPU/GPU work runs in worker threads through :class:`ComputeLimiter`, which bounds both the
+work in progress and the calls waiting for it (a full queue answers RESOURCE_EXHAUSTED). When a
+call is cancelled (the client went away or the gateway cancelled the job), the running work sees
+it at its next :func:`check_cancelled` and stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+
+from glimpse3d.core import convert
+from glimpse3d.core.artifacts import ArtifactRef, ArtifactStore, store_from_env
+from glimpse3d.core.config import ConfigError, ServerConfig, load_config
+from glimpse3d.core.errors import Cancelled, InvalidInput, Overloaded
+from glimpse3d.core.formats import read_ply, splat_to_ply_bytes
+from glimpse3d.core.images import decode_image, decode_npy, encode_npy, encode_png
+from glimpse3d.core.logs import configure_logging
+from glimpse3d.core.rpc import Registration, create_server_from_config
+from glimpse3d.core.splat import Splat
+from glimpse3d.v1 import common_pb2
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MEDIA_PNG = "image/png"
+MEDIA_NPY = "application/x-npy"
+MEDIA_PLY = "application/x-glimpse3d-splat+ply"
+
+_cancel_event: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
+    "glimpse3d_cancel", default=None
+)
+
+
+def check_cancelled() -> None:
+    """Raise :class:`Cancelled` if the call this work belongs to was cancelled. Long loops
+    (fitting, diffusion steps) call it every iteration; it is a no-op outside a service call."""
+    event = _cancel_event.get()
+    if event is not None and event.is_set():
+        raise Cancelled("the call was cancelled")
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """Settings every backend service shares (``GLIMPSE3D_*`` variables).
+
+    backend: which backend to serve; empty means the service's weight-free default.
+    max_concurrency: calls computing at once (threads), 1..64.
+    max_waiting: calls allowed to wait for a slot before RESOURCE_EXHAUSTED, 0..10000.
+    torch_threads: intra-op threads for torch, 0 keeps torch's default.
+    device: "auto" (CUDA when present), "cpu" or "cuda".
+    model_dir: local folder with model weights for learned backends (filled by `make models`).
+    artifact_max_bytes: largest artifact a request may make the service read.
+    ready_file: when set, a JSON file {"port", "metrics_port"} written once the service is SERVING
+        (lets launchers use port 0 without races).
+    """
+
+    backend: str = ""
+    max_concurrency: int = 1
+    max_waiting: int = 16
+    torch_threads: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    model_dir: Path | None = None
+    artifact_max_bytes: int = 512 * 1024 * 1024
+    ready_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_concurrency <= 64:
+            raise ConfigError(f"max_concurrency must be in 1..64, got {self.max_concurrency}", field="max_concurrency")
+        if not 0 <= self.max_waiting <= 10000:
+            raise ConfigError(f"max_waiting must be in 0..10000, got {self.max_waiting}", field="max_waiting")
+        if not 0 <= self.torch_threads <= 256:
+            raise ConfigError(f"torch_threads must be in 0..256, got {self.torch_threads}", field="torch_threads")
+        if self.artifact_max_bytes < 1024:
+            raise ConfigError("artifact_max_bytes must be at least 1024", field="artifact_max_bytes")
+
+
+class ComputeLimiter:
+    """Runs blocking work in threads, at most ``max_concurrency`` at once, with a bounded wait list."""
+
+    def __init__(self, max_concurrency: int = 1, max_waiting: int = 16) -> None:
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._max_waiting = max_waiting
+        self._waiting = 0
+        self.max_concurrency = max_concurrency
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if self._slots.locked() and self._waiting >= self._max_waiting:
+            raise Overloaded(
+                f"service is busy: {self.max_concurrency} calls running and {self._waiting} waiting; retry later"
+            )
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+        event = threading.Event()
+        token = _cancel_event.set(event)
+        try:
+            work = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
+            try:
+                return await asyncio.shield(work)
+            except asyncio.CancelledError:
+                event.set()  # the thread stops at its next check_cancelled(); keep the slot until it has
+                with contextlib.suppress(BaseException):
+                    await work
+                raise
+        finally:
+            _cancel_event.reset(token)
+            self._slots.release()
+
+
+class ArtifactIO:
+    """Reads and writes request artifacts with validation; errors name the request field."""
+
+    def __init__(self, store: ArtifactStore, max_bytes: int = 512 * 1024 * 1024) -> None:
+        self.store = store
+        self.max_bytes = max_bytes
+
+    async def _get(self, msg: common_pb2.ArtifactRef, field: str) -> bytes:
+        ref = convert.artifact_from_proto(msg, field)
+        try:
+            return await asyncio.to_thread(self.store.get, ref, max_bytes=self.max_bytes)
+        except InvalidInput as err:
+            raise InvalidInput(f"{field}: {err.message}", field=field) from None
+
+    async def image(self, msg: common_pb2.ArtifactRef, field: str) -> np.ndarray:
+        """uint8 [H, W, 3|4]."""
+        return decode_image(await self._get(msg, field), field=field)
+
+    async def array(self, msg: common_pb2.ArtifactRef, field: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        """float32 array from .npy; ``shape`` (when given) must match exactly."""
+        arr = decode_npy(await self._get(msg, field), field=field)
+        if shape is not None and tuple(arr.shape) != tuple(shape):
+            raise InvalidInput(f"{field} must have shape {list(shape)}, got {list(arr.shape)}", field=field)
+        arr = np.asarray(arr, dtype=np.float32)
+        if not np.isfinite(arr).all():
+            raise InvalidInput(f"{field} contains NaN or infinite values", field=field)
+        return arr
+
+    async def splat(self, msg: common_pb2.ArtifactRef, field: str) -> Splat:
+        data = await self._get(msg, field)
+        try:
+            return await asyncio.to_thread(read_ply, data)
+        except InvalidInput as err:
+            raise InvalidInput(f"{field}: {err.message}", field=field) from None
+
+    async def _put(self, data: bytes, media_type: str) -> common_pb2.ArtifactRef:
+        ref: ArtifactRef = await asyncio.to_thread(self.store.put, data, media_type)
+        return convert.artifact_to_proto(ref)
+
+    async def put_png(self, img: np.ndarray) -> common_pb2.ArtifactRef:
+        return await self._put(await asyncio.to_thread(encode_png, img), MEDIA_PNG)
+
+    async def put_array(self, arr: np.ndarray) -> common_pb2.ArtifactRef:
+        return await self._put(encode_npy(np.asarray(arr, dtype=np.float32)), MEDIA_NPY)
+
+    async def put_splat(self, splat: Splat) -> common_pb2.ArtifactRef:
+        return await self._put(await asyncio.to_thread(splat_to_ply_bytes, splat), MEDIA_PLY)
+
+
+@dataclass
+class ServiceRuntime:
+    """What a servicer factory gets: settings, artifact I/O and the compute limiter."""
+
+    settings: ServiceSettings
+    io: ArtifactIO
+    limiter: ComputeLimiter
+
+
+# Builds a service: returns its gRPC registration and the blocking backend load function.
+Builder = Callable[[ServiceRuntime], tuple[Registration, Callable[[], None]]]
+
+
+def configure_torch(settings: ServiceSettings) -> None:
+    """Apply thread settings; only imports torch when the service uses it."""
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+
+
+def write_ready_file(path: Path, port: int, metrics_port: int | None) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps({"port": port, "metrics_port": metrics_port, "pid": os.getpid()}))
+    os.replace(tmp, path)
+
+
+async def serve(
+    name: str,
+    service_names: list[str],
+    build: Builder,
+    *,
+    server_config: ServerConfig | None = None,
+    settings: ServiceSettings | None = None,
+    store: ArtifactStore | None = None,
+) -> None:
+    """Run a service until SIGTERM: build the servicer, bind, load the backend in a thread (the
+    health check says NOT_SERVING until it has loaded), then serve."""
+    server_config = server_config or load_config(ServerConfig)
+    settings = settings or load_config(ServiceSettings)
+    runtime = ServiceRuntime(
+        settings=settings,
+        io=ArtifactIO(store or store_from_env(), settings.artifact_max_bytes),
+        limiter=ComputeLimiter(settings.max_concurrency, settings.max_waiting),
+    )
+    registration, load = build(runtime)
+    server, port = create_server_from_config(registration, service_names, server_config)
+    log.info("%s listening", name, extra={"port": port, "metrics_port": server.metrics_port})
+
+    async def _load() -> None:
+        configure_torch(settings)
+        await asyncio.to_thread(load)
+        if settings.ready_file is not None:
+            write_ready_file(settings.ready_file, port, server.metrics_port)
+        log.info("%s ready", name, extra={"port": port})
+
+    await server.serve_forever(_load)
+
+
+def main(name: str, service_names: list[str], build: Builder) -> None:
+    """Entry point for ``python -m glimpse3d.services.<name>``."""
+    server_config = load_config(ServerConfig)
+    configure_logging(name, server_config.log_level, server_config.log_json)
+    asyncio.run(serve(name, service_names, build, server_config=server_config))
+
