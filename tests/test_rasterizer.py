@@ -1,9 +1,11 @@
 """Rasterizer tests: the projection and SH kernels against gsplat's pure-torch reference, the full
 torch rasterizer against a dense (untiled) reference and analytic images, gradients, a fit, bounded
 memory, input validation, and (with a GPU) gsplat's CUDA rasterizer."""
+# ruff: noqa: E402  (torch and gsplat are imported through pytest.importorskip first)
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -12,16 +14,15 @@ import pytest
 torch = pytest.importorskip("torch")
 gsplat_ref = pytest.importorskip("gsplat.cuda._torch_impl")
 
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
-from torch.utils._pytree import tree_flatten  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
-from glimpse3d.core.cameras import Camera, orbit_camera  # noqa: E402
-from glimpse3d.core.errors import InvalidInput  # noqa: E402
-from glimpse3d.core.render import GaussianTensors, from_tensors, rasterize, to_tensors  # noqa: E402
-from glimpse3d.core.render import _torch_raster  # noqa: E402
-from glimpse3d.core.render._project import covariance_3d, pixel_radii, project  # noqa: E402
-from glimpse3d.core.render._sh import eval_sh  # noqa: E402
-from glimpse3d.core.splat import Splat  # noqa: E402
+from glimpse3d.core.cameras import Camera, orbit_camera
+from glimpse3d.core.errors import InvalidInput
+from glimpse3d.core.render import GaussianTensors, _torch_raster, from_tensors, rasterize, to_tensors
+from glimpse3d.core.render._project import covariance_3d, pixel_radii, project
+from glimpse3d.core.render._sh import eval_sh
+from glimpse3d.core.splat import Splat
 
 FIELDS = ("means", "quats", "log_scales", "opacity_logits", "sh")
 
@@ -309,7 +310,7 @@ def test_plan_batches_respects_the_work_limit_and_covers_all_tiles():
     counts = sorted(np.random.default_rng(3).integers(1, 3000, 200).tolist())
     batches = _torch_raster.plan_batches(counts, tile_pixels=256, max_work=1 << 16)
     assert batches[0].first == 0 and batches[-1].last == len(counts)
-    assert all(a.last == b.first for a, b in zip(batches, batches[1:], strict=False))
+    assert all(a.last == b.first for a, b in itertools.pairwise(batches))
     for b in batches:
         assert (b.last - b.first) * b.chunk * 256 <= 1 << 16
         assert b.chunk == min(counts[b.last - 1], (1 << 16) // 256)
@@ -360,6 +361,24 @@ def test_no_tensor_scales_with_pixels_times_gaussians():
     assert sum(saved.values()) <= 32 * size * size + 128 * n, sum(saved.values())
 
 
+def test_gradients_are_bit_identical_across_runs_with_threads():
+    splat = random_splat(3000, seed=15, spread=0.6, scale_range=(0.01, 0.05), sh_degree=1)
+    camera = orbit_camera(0.0, 0.0, 2.5, width=96, height=96)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)  # atomic-add scatters would make the accumulation order vary
+    try:
+        runs = []
+        for _ in range(3):
+            g = to_tensors(splat, requires_grad=True)
+            out = rasterize(g, camera)
+            (out.rgb.sum() + out.depth.sum()).backward()
+            runs.append([getattr(g, f).grad for f in FIELDS])
+    finally:
+        torch.set_num_threads(threads)
+    for run in runs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(runs[0], run, strict=True))
+
+
 # ----------------------------------------------------------------------------------- 7. gsplat CUDA
 
 
@@ -372,12 +391,18 @@ def test_gsplat_cuda_matches_torch_path():
     g_gpu = to_tensors(splat, device="cuda", requires_grad=True)
     cpu = rasterize(g_cpu, camera, background=bg, backend="torch")
     gpu = rasterize(g_gpu, camera, background=bg)  # auto -> gsplat
-    for a, b in zip(gpu, cpu, strict=True):
-        torch.testing.assert_close(a.cpu(), b, rtol=1e-3, atol=2e-3)
+    # A Gaussian right at the 1/255 cut-off may be kept by one and dropped by the other (fast-math
+    # exp on the GPU): that moves a pixel by < 1/255, and the depth only where alpha is tiny.
+    torch.testing.assert_close(gpu.rgb.cpu(), cpu.rgb, rtol=0, atol=5e-3)
+    torch.testing.assert_close(gpu.alpha.cpu(), cpu.alpha, rtol=0, atol=5e-3)
+    solid = (cpu.alpha > 0.5) & (gpu.alpha.cpu() > 0.5)
+    assert solid.sum() > 500
+    torch.testing.assert_close(gpu.depth.cpu()[solid], cpu.depth[solid], rtol=1e-3, atol=1e-3)
     (cpu.rgb.sum() + cpu.alpha.sum()).backward()
     (gpu.rgb.sum() + gpu.alpha.sum()).backward()
     for f in FIELDS:
-        torch.testing.assert_close(getattr(g_gpu, f).grad.cpu(), getattr(g_cpu, f).grad, rtol=2e-2, atol=2e-3)
+        a, b = getattr(g_gpu, f).grad.cpu(), getattr(g_cpu, f).grad
+        assert float((a - b).norm() / b.norm()) < 2e-2, f
 
 
 def test_gsplat_call_uses_the_torch_path_conventions(monkeypatch):

@@ -114,7 +114,7 @@ class ServicePipeline:
         """The input photo resized to the job's working resolution (content addressed, so cheap to redo)."""
         data = await asyncio.to_thread(self.artifacts.get, job.input_image)
         img = decode_image(data, field="image")
-        side = job.options.effective_resolution()
+        side = job.options.effective_resolution
         small = resize_longest(img, side)
         ref = await asyncio.to_thread(self.artifacts.put, encode_png(small), "image/png")
         return convert.artifact_to_proto(ref), side

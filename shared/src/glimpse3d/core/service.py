@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import json
 import logging
 import os
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +24,9 @@ import numpy as np
 
 from glimpse3d.core import convert
 from glimpse3d.core.artifacts import ArtifactRef, ArtifactStore, store_from_env
+from glimpse3d.core.cancel import cancel_scope
 from glimpse3d.core.config import ConfigError, ServerConfig, load_config
-from glimpse3d.core.errors import Cancelled, InvalidInput, Overloaded
+from glimpse3d.core.errors import InvalidInput, Overloaded
 from glimpse3d.core.formats import read_ply, splat_to_ply_bytes
 from glimpse3d.core.images import decode_image, decode_npy, encode_npy, encode_png
 from glimpse3d.core.logs import configure_logging
@@ -41,19 +40,6 @@ T = TypeVar("T")
 MEDIA_PNG = "image/png"
 MEDIA_NPY = "application/x-npy"
 MEDIA_PLY = "application/x-glimpse3d-splat+ply"
-
-_cancel_event: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
-    "glimpse3d_cancel", default=None
-)
-
-
-def check_cancelled() -> None:
-    """Raise :class:`Cancelled` if the call this work belongs to was cancelled. Long loops
-    (fitting, diffusion steps) call it every iteration; it is a no-op outside a service call."""
-    event = _cancel_event.get()
-    if event is not None and event.is_set():
-        raise Cancelled("the call was cancelled")
-
 
 @dataclass(frozen=True)
 class ServiceSettings:
@@ -109,10 +95,9 @@ class ComputeLimiter:
             await self._slots.acquire()
         finally:
             self._waiting -= 1
-        event = threading.Event()
-        token = _cancel_event.set(event)
         try:
-            work = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
+            with cancel_scope() as event:
+                work = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
             try:
                 return await asyncio.shield(work)
             except asyncio.CancelledError:
@@ -121,7 +106,6 @@ class ComputeLimiter:
                     await work
                 raise
         finally:
-            _cancel_event.reset(token)
             self._slots.release()
 
 

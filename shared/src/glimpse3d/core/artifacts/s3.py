@@ -37,6 +37,11 @@ from urllib.parse import urlsplit
 
 import certifi
 import urllib3
+from minio import Minio
+from minio.error import MinioException, S3Error
+from minio.helpers import MAX_PART_SIZE, MIN_PART_SIZE
+from urllib3.response import BaseHTTPResponse
+
 from glimpse3d.core.artifacts.base import (
     CHUNK_SIZE,
     OCTET_STREAM,
@@ -46,10 +51,6 @@ from glimpse3d.core.artifacts.base import (
     sha256_of_key,
 )
 from glimpse3d.core.errors import IntegrityError, InvalidInput, NotFound, Unavailable
-from minio import Minio
-from minio.error import MinioException, S3Error
-from minio.helpers import MAX_PART_SIZE, MIN_PART_SIZE
-from urllib3.response import BaseHTTPResponse
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from glimpse3d.core.render._project import EPS2D, NEAR_PLANE
-from glimpse3d.core.render._torch_raster import MIN_DEPTH_ALPHA, TILE_SIZE
+from glimpse3d.core.render._torch_raster import MIN_DEPTH_ALPHA
 from glimpse3d.core.render.gaussians import GaussianTensors
 
 
@@ -40,7 +40,6 @@ def render(
         near_plane=NEAR_PLANE,
         eps2d=EPS2D,
         sh_degree=sh_degree,
-        tile_size=TILE_SIZE,
         backgrounds=background[None].to(f32),  # [1, 3]
         render_mode="RGB+ED",
         rasterize_mode="classic",

@@ -6,11 +6,11 @@ Pipeline, following gsplat's "classic" 3DGS rasterizer:
 2. bin: each Gaussian is listed in every screen tile its alpha >= 1/255 bounding box touches, and
    each tile's list is sorted front to back by camera z (one integer sort over (tile, depth rank));
 3. composite: tiles are processed in batches of similar list length, padded to a common length and
-   split into chunks of Gaussians, so one work block [tiles, gaussians, pixels] never exceeds
-   ``max_work`` elements. Transmittance is carried from chunk to chunk. Each chunk runs under
-   ``torch.utils.checkpoint`` so autograd keeps only the chunk's inputs (an index list and the
-   incoming transmittance), never its per-pixel intermediates: memory stays bounded by one work
-   block plus O(intersections + pixels), whatever the number of Gaussians.
+   split into chunks of Gaussians, so one work block [tiles, pixels, gaussians] never exceeds
+   ``max_work`` elements. Transmittance is carried from chunk to chunk. Each chunk is blended by
+   :class:`._blend.BlendChunk`, whose backward pass recomputes the block from the chunk's inputs
+   (activation checkpointing with closed-form gradients), so autograd keeps O(intersections +
+   pixels) between forward and backward, never per-pixel intermediates, whatever the scene size.
 
 Per pixel and Gaussian: alpha = min(0.999, o * exp(-q/2)) with q = d^T conic d, dropped below
 1/255; weights w_i = alpha_i * prod_{j<i}(1 - alpha_j); a pixel stops once its transmittance would
@@ -19,35 +19,22 @@ fall to 1e-4 or below (the Gaussian that would cross is excluded), as in gsplat.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
-from glimpse3d.core.render._project import (
-    ALPHA_THRESHOLD,
-    MAX_ALPHA,
-    NEAR_PLANE,
-    covariance_3d,
-    pixel_radii,
-    project,
-)
+from glimpse3d.core.render._blend import FEATURES, LOG_OPACITY, MIN_TRANSMITTANCE, BlendChunk
+from glimpse3d.core.render._project import NEAR_PLANE, covariance_3d, pixel_radii, project
 from glimpse3d.core.render._sh import eval_sh
 from glimpse3d.core.render.gaussians import GaussianTensors
 
 TILE_SIZE = 16
-# Elements in one [tiles, gaussians, pixels] work block; ~20 such temporaries live at once in the
-# backward pass, so 2^20 float32 elements keeps the compositing working set near 100 MB.
+# Elements in one [tiles, pixels, gaussians] work block; about a dozen such temporaries live at once
+# in the backward pass, so 2^20 float32 elements keeps the blending working set near 50 MB.
 MAX_WORK = 1 << 20
 MIN_DEPTH_ALPHA = 1e-6  # expected depth is reported only where alpha exceeds this (0 elsewhere)
-_LOG_MIN_TRANSMITTANCE = math.log(1e-4)
-_LOG_ALPHA_THRESHOLD = math.log(ALPHA_THRESHOLD)
-# Feature columns of one screen-space Gaussian: u, v, conic a, b, c, log opacity, r, g, b, depth.
-FEATURES = 10
 _PAD_LOG_OPACITY = -1e4  # the padding row: alpha = exp(-1e4) = 0 everywhere, with finite gradients
-_VALUES = slice(6, 10)  # colour and depth, accumulated with the same weights
 
 
 class Binned(NamedTuple):
@@ -111,36 +98,6 @@ def plan_batches(counts: list[int], tile_pixels: int, max_work: int) -> list[Bat
     return batches
 
 
-def _composite_chunk(feats: Tensor, index: Tensor, log_t: Tensor, xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor]:
-    """Blend one chunk of Gaussians into a batch of tiles.
-
-    feats [N + 1, F] (last row: a transparent pad), index [B, G] rows of feats front to back,
-    log_t [B, S, S] log transmittance before this chunk (counting every Gaussian, see module doc),
-    xs, ys [B, S] pixel-centre coordinates of each tile's columns and rows.
-    Returns (values [B, S, S, 5]: weighted colour, weighted depth, weight sum; log_t after the chunk).
-    """
-    b, g = index.shape
-    s = xs.shape[1]
-    assert log_t.shape == (b, s, s) and ys.shape == (b, s), (
-        f"log_t must be [{b}, {s}, {s}] and ys [{b}, {s}], got {list(log_t.shape)}, {list(ys.shape)}"
-    )
-    f = feats[index]  # [B, G, F]
-    dx = xs[:, None, :] - f[..., 0:1]  # [B, G, S] along a tile row
-    dy = ys[:, None, :] - f[..., 1:2]  # [B, G, S] along a tile column
-    qx = f[..., 5:6] - 0.5 * f[..., 2:3] * dx * dx  # [B, G, S]
-    qy = 0.5 * f[..., 4:5] * dy * dy  # [B, G, S]
-    power = torch.addcmul(qx[:, :, None, :] - qy[:, :, :, None], (f[..., 3:4] * dx)[:, :, None, :],
-                          dy[:, :, :, None], value=-1.0)  # [B, G, S(y), S(x)]
-    visible = power >= _LOG_ALPHA_THRESHOLD  # [B, G, S, S]
-    alpha = torch.where(visible, torch.exp(power).clamp(max=MAX_ALPHA), 0.0)  # [B, G, S, S]
-    log_keep = torch.log1p(-alpha)  # [B, G, S, S]
-    log_after = log_t[:, None] + torch.cumsum(log_keep, dim=1)  # [B, G, S, S] including each Gaussian
-    weights = alpha * torch.exp(log_after - log_keep) * (log_after > _LOG_MIN_TRANSMITTANCE)  # [B, G, S, S]
-    values = torch.cat([f[..., _VALUES], torch.ones_like(f[..., :1])], dim=-1)  # [B, G, 5]
-    out = torch.einsum("bgyx,bgc->byxc", weights, values)  # [B, S, S, 5]
-    return out, log_after[:, -1].clone()  # a copy: a view would keep the whole block alive
-
-
 def _tile_coords(tiles: Tensor, cols: int, tile_size: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """Pixel-centre x [T, S] and y [T, S] coordinates of each tile's columns and rows."""
     offs = torch.arange(tile_size, device=tiles.device, dtype=dtype) + 0.5  # [S]
@@ -160,34 +117,33 @@ def _padded_index(binned: Binned, batch: Batch, pad_row: int) -> Tensor:
 
 
 def _composite_batch(feats: Tensor, index: Tensor, xs: Tensor, ys: Tensor, chunk: int) -> Tensor:
-    """Composite a batch of tiles chunk by chunk: [B, S, S, 5] (colour, depth, alpha sums)."""
+    """Blend a batch of tiles chunk by chunk: [B, S, S, 5] (colour, depth and alpha sums)."""
     b, s = xs.shape
-    log_t = torch.zeros(b, s, s, dtype=feats.dtype, device=feats.device)  # [B, S, S]
-    total = torch.zeros(b, s, s, 5, dtype=feats.dtype, device=feats.device)  # [B, S, S, 5]
-    use_checkpoint = torch.is_grad_enabled() and feats.requires_grad
+    t = torch.ones(b, s * s, dtype=feats.dtype, device=feats.device)  # [B, P] transmittance
+    total = torch.zeros(b, 5, s * s, dtype=feats.dtype, device=feats.device)  # [B, 5, P]
     for start in range(0, index.shape[1], chunk):
-        args = (feats, index[:, start : start + chunk], log_t, xs, ys)
-        if use_checkpoint:
-            out, log_t = checkpoint(_composite_chunk, *args, use_reentrant=False, preserve_rng_state=False)
-        else:
-            out, log_t = _composite_chunk(*args)
-        total = total + out
-        if bool((log_t <= _LOG_MIN_TRANSMITTANCE).all()):
+        # index_select, unlike advanced indexing, has a deterministic backward on CPU (index_add_
+        # rather than atomic adds), so repeated runs give bit-identical gradients.
+        rows = index[:, start : start + chunk].reshape(-1)  # [B * G]
+        f = feats.index_select(0, rows).view(b, -1, FEATURES)  # [B, G, F]
+        sums, t = BlendChunk.apply(f, t, xs, ys)  # [B, 5, P], [B, P]
+        total = total + sums
+        if bool((t <= MIN_TRANSMITTANCE).all()):
             break  # every pixel has stopped: the remaining chunks cannot contribute
-    return total
+    return total.transpose(1, 2).reshape(b, s, s, 5)
 
 
 def composite(feats: Tensor, radii: Tensor, width: int, height: int, *, tile_size: int, max_work: int) -> Tensor:
-    """Rasterize screen-space Gaussians (feats [N, F], see FEATURES) to [H, W, 5] sums.
+    """Rasterize screen-space Gaussians (feats [N, F], columns as in ``_blend``) to [H, W, 5] sums.
 
     Channels: sum w c (3), sum w z, sum w (alpha). ``radii`` [N, 2] bounds where alpha >= 1/255.
     """
     n = feats.shape[0]
     assert feats.shape == (n, FEATURES), f"feats must be [N, {FEATURES}], got {list(feats.shape)}"
     rows, cols = -(-height // tile_size), -(-width // tile_size)
-    binned = bin_gaussians(feats[:, :2].detach(), radii, feats[:, 9].detach(), (rows, cols), tile_size)
+    binned = bin_gaussians(feats[:, :2].detach(), radii, feats[:, -1].detach(), (rows, cols), tile_size)
     pad = feats.new_zeros(1, FEATURES)
-    pad[0, 5] = _PAD_LOG_OPACITY
+    pad[0, LOG_OPACITY] = _PAD_LOG_OPACITY
     padded = torch.cat([feats, pad])  # [N + 1, F]
     xs_all, ys_all = _tile_coords(binned.tiles, cols, tile_size, feats.dtype)  # [T, S] each
     # An empty piece cut from feats keeps the image in the autograd graph even when no Gaussian is

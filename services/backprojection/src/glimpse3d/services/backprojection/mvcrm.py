@@ -2,7 +2,8 @@
 
 One round (:func:`refine`):
 
-1. render the current splat at the view's camera (colour, depth, alpha);
+1. render the current splat at the view's camera (colour, depth, alpha); the view's background
+   colour, unless given, is the median of the view where the splat renders nothing;
 2. trust per pixel from depth consistency (:mod:`.weights`): the view's depth, aligned by a
    robust scale + shift, must agree with the rendered depth; without a view depth the trust is
    the rendered alpha alone;
@@ -10,9 +11,16 @@ One round (:func:`refine`):
    (or, without one, from the render) is rejected and changes nothing;
 4. footprints: for every Gaussian, its total blend weight in the view ``cov_i`` (pixels) and the
    trusted part ``tru_i = sum_p w_p c_ip``, read off one backward pass of the rasterizer;
-5. fusion (:mod:`.fusion`): Adam on the weighted photometric loss, each update scaled by the
-   Gaussian's trusted share ``tru_i / cov_i``, plus the anchor ``a_i ||theta_i - theta_i^0||^2``
-   with ``a_i = anchor_weight * conf_i * cov_i`` and the normal terms (:mod:`.normals`);
+5. fusion (:mod:`.fusion`): Adam on the weighted photometric loss plus the anchor
+   ``a_i ||theta_i - theta_i^0||^2`` with ``a_i = anchor_weight * conf_i * cov_i`` and the normal
+   terms (:mod:`.normals`). Adam normalises every parameter's step, so a Gaussian that the view
+   barely constrains (untrusted pixels, or a sliver of a footprint: seen edge-on, mostly hidden)
+   would still move at full speed, fitted to a few blended pixels, and damage the other views.
+   Each Gaussian's update is therefore scaled by ``tru_i / cov_i * cov_i / (cov_i + 0.25 m)``, its
+   trusted share times its footprint relative to the view's median footprint ``m``. Measured on
+   the synthetic object, five true views fused in turn (200 steps each): without the footprint
+   factor the seven checked views end at 21-43 dB (an unseen one below where it started), with it
+   at 33-48 dB;
 6. confidence: ``conf_i += (tru_i / cov_i) * cov_i / (cov_i + median_j cov_j)``: the trusted share
    times a saturating observation strength (a Gaussian with the view's median footprint scores
    1/2, one seen face-on over many pixels approaches 1, one seen edge-on little), so each round
@@ -41,14 +49,24 @@ from glimpse3d.core.render import GaussianTensors, from_tensors, rasterize, to_t
 from glimpse3d.core.splat import SH_C0, Splat
 from glimpse3d.services.backprojection import normals as nrm
 from glimpse3d.services.backprojection.fusion import FusionProblem, NormalTerms, fuse
-from glimpse3d.services.backprojection.options import ClipScorer, RefineOptions, RefineReport, RefineResult
-from glimpse3d.services.backprojection.weights import OBJECT_ALPHA, Trust, pixel_trust, weighted_mae
+from glimpse3d.services.backprojection.options import (
+    DEFAULT_LEARNING_RATE,
+    ClipScorer,
+    RefineOptions,
+    RefineReport,
+    RefineResult,
+)
+from glimpse3d.services.backprojection.weights import Trust, pixel_trust, weighted_mae
 
 logger = logging.getLogger(__name__)
 
 MIN_FOOTPRINT_PX = 0.01  # blend weight (pixels) below which a Gaussian does not count as shown
 MIN_TRUSTED_SHARE = 0.05  # Gaussians below this trusted share take no part in normal smoothing
 NEIGHBOURS = 8
+# Footprint, as a fraction of the view's median, at which a Gaussian's steps are halved (see 5.).
+STEP_FOOTPRINT = 0.25
+EMPTY_ALPHA = 0.02  # rendered alpha below which a pixel shows only background
+MIN_BACKGROUND_PIXELS = 16
 _VIEW_RANGE_SLACK = 0.01  # float views may overshoot [0, 1] by this much (then clipped)
 CLIP_SKIPPED_NOTE = "CLIP check skipped: no CLIP model is configured (the weight-free default)"
 
@@ -57,6 +75,8 @@ CLIP_SKIPPED_NOTE = "CLIP check skipped: no CLIP model is configured (the weight
 
 def _check_view(view: object, camera: Camera) -> np.ndarray:
     """[H, W, 3] float32 in [0, 1] from a float or uint8 image matching the camera size."""
+    if not isinstance(camera, Camera):
+        raise InvalidInput(f"camera must be a Camera, got {type(camera).__name__}", field="camera")
     if not isinstance(view, np.ndarray):
         raise InvalidInput(f"view must be a numpy array, got {type(view).__name__}", field="view")
     want = (camera.height, camera.width, 3)
@@ -133,10 +153,24 @@ def _check_splat(splat: object) -> Splat:
 
 
 def _background(background: Sequence[float]) -> tuple[float, float, float]:
-    values = tuple(float(v) for v in background)
+    try:
+        values = tuple(float(v) for v in background)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"background must be 3 numbers, got {background!r}", field="background") from exc
     if len(values) != 3 or not all(math.isfinite(v) for v in values):
         raise InvalidInput(f"background must be 3 finite numbers, got {background!r}", field="background")
     return values  # type: ignore[return-value]
+
+
+def estimate_background(view: np.ndarray, alpha: np.ndarray, view_depth: np.ndarray | None) -> tuple[float, ...]:
+    """The view's background colour: the median over pixels the splat leaves empty (rendered alpha
+    < 0.02, and no view depth there when one is given); black when fewer than 16 such pixels."""
+    empty = alpha < EMPTY_ALPHA
+    if view_depth is not None:
+        empty &= view_depth <= 0
+    if int(empty.sum()) < MIN_BACKGROUND_PIXELS:
+        return (0.0, 0.0, 0.0)
+    return tuple(float(c) for c in np.median(view[empty], axis=0))
 
 
 # ---------------------------------------------------------------------------- round analysis
@@ -167,17 +201,17 @@ def footprints(g: GaussianTensors, camera: Camera, weight: Tensor) -> tuple[Tens
     return cov, torch.minimum(grad[:, 0].clamp(min=0.0), cov)
 
 
-def observation_strength(cov: Tensor) -> Tensor:
-    """[N] in [0, 1): cov / (cov + median cov of the Gaussians the view shows), a saturating count.
+def observation_strength(cov: Tensor, relative_to: float = 1.0) -> Tensor:
+    """[N] in [0, 1): cov / (cov + relative_to * m), m the median cov of the Gaussians the view shows.
 
     A Gaussian seen face-on over many pixels is observed better than one seen edge-on over a
     fraction of a pixel; relative to the view's median footprint, so it does not depend on the
-    image resolution. A Gaussian with the median footprint scores 1/2.
+    image resolution. A Gaussian whose footprint is ``relative_to * m`` scores 1/2.
     """
     shown = cov[cov > MIN_FOOTPRINT_PX]
     if shown.numel() == 0:
         return torch.zeros_like(cov)
-    ref = shown.median()
+    ref = shown.median() * relative_to
     return cov / (cov + ref)
 
 
@@ -197,7 +231,8 @@ def _normal_terms(
     uv, z = camera.project(means.cpu().numpy())
     uv_t = torch.as_tensor(np.nan_to_num(uv, nan=-1.0), device=dev)  # [A, 2]
     col, row = torch.floor(uv_t[:, 0]).long(), torch.floor(uv_t[:, 1]).long()
-    inside = (col >= 0) & (col < camera.width) & (row >= 0) & (row < camera.height) & torch.as_tensor(z > 0)
+    inside = (col >= 0) & (col < camera.width) & (row >= 0) & (row < camera.height)
+    inside &= torch.as_tensor(z > 0, device=dev)
     col, row = col.clamp(0, camera.width - 1), row.clamp(0, camera.height - 1)
     radius = torch.exp(g.log_scales.detach()[active].max(dim=1).values)  # [A]
     z_t = torch.as_tensor(z, dtype=torch.float32, device=dev)
@@ -246,7 +281,7 @@ def refine(
     clip: ClipScorer | None = None,
     reference: np.ndarray | None = None,
     *,
-    background: Sequence[float] = (0.0, 0.0, 0.0),
+    background: Sequence[float] | None = None,
     device: str | torch.device = "cpu",
 ) -> RefineResult:
     """Fuse one enhanced ``view`` [H, W, 3] seen from ``camera`` into ``splat`` (one MVCRM round).
@@ -254,8 +289,9 @@ def refine(
     ``view_depth`` [H, W]: depth estimated from the view, any positive scale and shift, <= 0 where
     there is no object; ``confidence`` [N]: accumulated by earlier rounds (None = zeros);
     ``reference``: the input photo for the CLIP check; ``background``: the colour the view was
-    rendered over. Returns the refined splat (the input object when rejected), the new confidence
-    and the report. Raises :class:`InvalidInput` naming the bad field.
+    rendered over (None: estimated, see :func:`estimate_background`). Returns the refined splat
+    (the input object itself when rejected), the new confidence and the report. Raises
+    :class:`InvalidInput` naming the bad field.
     """
     opts = options if options is not None else RefineOptions()
     if not isinstance(opts, RefineOptions):
@@ -265,10 +301,9 @@ def refine(
     depth_in = _check_depth(view_depth, camera)
     conf = _check_confidence(confidence, splat.num_gaussians)
     ref = _check_reference(reference)
-    bg = torch.tensor(_background(background), dtype=torch.float32, device=device)
     g0 = to_tensors(splat, device)
-    rgb0, depth0, alpha0 = _render_np(g0, camera, bg)
-    trust = pixel_trust(depth0, alpha0, depth_in, opts.depth_tolerance)
+    rgb0, depth0, alpha0, bg = _first_render(g0, camera, target, depth_in, background)
+    trust = pixel_trust(depth0, alpha0, depth_in, opts.depth_tolerance, opts.seed)
     before = weighted_mae(rgb0, target, trust.weight)
     score, note, passed = _clip_check(clip, opts, target, rgb0, ref)
     if passed and float(trust.weight.sum()) <= 1e-6:
@@ -281,12 +316,29 @@ def refine(
     rgb1, _, _ = _render_np(g, camera, bg)
     after = weighted_mae(rgb1, target, trust.weight)
     new_conf = (conf + (share * seen).cpu().numpy()).astype(np.float32)
-    report = RefineReport(trust.accepted_fraction, before, after, score, note, False, opts.steps, float(new_conf.mean()))
+    report = RefineReport(
+        trust.accepted_fraction, before, after, score, note, False, opts.steps, float(new_conf.mean())
+    )
     logger.info(
         "MVCRM round: accepted %.3f, error %.4f -> %.4f, mean confidence %.3f",
         report.accepted_fraction, before, after, report.mean_confidence,
     )
     return RefineResult(from_tensors(g), new_conf, report)
+
+
+def _first_render(
+    g: GaussianTensors,
+    camera: Camera,
+    view: np.ndarray,
+    view_depth: np.ndarray | None,
+    background: Sequence[float] | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, Tensor]:
+    """Render over black, pick the background, composite: (rgb, depth, alpha, background [3])."""
+    black = torch.zeros(3, dtype=torch.float32, device=g.device)
+    rgb, depth, alpha = _render_np(g, camera, black)
+    bg = estimate_background(view, alpha, view_depth) if background is None else _background(background)
+    rgb = rgb + (1.0 - alpha[..., None]) * np.asarray(bg, np.float32)  # [H, W, 3], rasterize's compositing
+    return rgb, depth, alpha, torch.tensor(bg, dtype=torch.float32, device=g.device)
 
 
 def _fuse_round(
@@ -311,7 +363,7 @@ def _fuse_round(
         view=torch.as_tensor(target, device=dev),
         pixel_weight=weight,
         normaliser=float(max(1, int(trust.object_mask.sum()))),
-        step_scale=share,
+        step_scale=share * observation_strength(cov, STEP_FOOTPRINT),
         anchor=opts.anchor_weight * torch.as_tensor(conf, device=dev) * cov,
         background=bg,
         normals=_normal_terms(g0, camera, depth0, alpha0, share, opts),
@@ -326,15 +378,16 @@ def naive_fuse(
     steps: int = 200,
     learning_rate: float | None = None,
     *,
-    background: Sequence[float] = (0.0, 0.0, 0.0),
+    background: Sequence[float] | None = None,
     device: str | torch.device = "cpu",
 ) -> Splat:
     """Baseline without MVCRM: uniform pixel weights, no anchor, no normal term, same optimiser."""
-    opts = RefineOptions(steps=steps) if learning_rate is None else RefineOptions(steps=steps, learning_rate=learning_rate)
+    lr = DEFAULT_LEARNING_RATE if learning_rate is None else learning_rate
+    opts = RefineOptions(steps=steps, learning_rate=lr)  # validates both
     splat = _check_splat(splat)
     target = _check_view(view, camera)
-    bg = torch.tensor(_background(background), dtype=torch.float32, device=device)
     g0 = to_tensors(splat, device)
+    _, _, _, bg = _first_render(g0, camera, target, None, background)
     n = g0.num_gaussians
     problem = FusionProblem(
         camera=camera,
@@ -349,4 +402,4 @@ def naive_fuse(
     return from_tensors(fuse(g0, problem, opts.steps, opts.learning_rate))
 
 
-__all__ = ["CLIP_SKIPPED_NOTE", "OBJECT_ALPHA", "footprints", "naive_fuse", "refine"]
+__all__ = ["CLIP_SKIPPED_NOTE", "estimate_background", "footprints", "naive_fuse", "observation_strength", "refine"]

@@ -7,11 +7,13 @@ Because a normal only means something for a flat Gaussian, each term is weighted
 flatness ``1 - s_min / s_mid`` (0 for a sphere or a needle, about 1 for a disc), held constant
 during a round.
 
-Nearest neighbours come from a uniform grid hash (cell size ~ the typical k-th neighbour distance,
-candidates from the 27 surrounding cells, at most ``_CELL_CAP`` per cell, processed in chunks), so
-time is O(N k) and memory is bounded by the chunk size whatever N is. The result is exact except
-where a cell holds more than ``_CELL_CAP`` points or a true neighbour lies beyond the 27 cells; both
-only swap a neighbour for a slightly farther one, which is harmless for a smoothness prior.
+Nearest neighbours come from a uniform grid hash (cell size = twice the median k-th neighbour
+distance of a sample; candidates from the 27 surrounding cells, at most ``_CELL_CAP`` per cell;
+processed in chunks), so time is O(N k) and memory is bounded by the chunk size whatever N is.
+Rows whose k-th candidate lies beyond the cell size (sparse regions, where a nearer point could
+sit outside the 27 cells) are redone by chunked brute force. The result is exact except where a
+cell holds more than ``_CELL_CAP`` points (very uneven density), which only swaps a neighbour for
+a slightly farther one: harmless for a smoothness prior.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from torch import Tensor
 _CELL_CAP = 24  # candidates taken from one grid cell
 _CHUNK_ELEMENTS = 1 << 21  # query points x candidates per chunk
 _SAMPLE_FOR_CELL = 512  # points whose exact k-th neighbour distance sets the cell size
+# Cell edge over the median k-th neighbour distance: the 27 cells then hold every neighbour of all
+# but the sparsest points (which are redone exactly), at ~15 candidates per cell even in a volume.
+_CELL_OVER_KTH = 2.0
 _MAX_CELLS_PER_AXIS = 1 << 20  # keeps the linear cell key inside int64
 _EDGE_JUMP = 0.05  # relative depth jump across a pixel pair above which no depth normal is taken
 _OFFSETS = torch.tensor([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)])  # [27, 3]
@@ -68,14 +73,14 @@ def unoriented_disagreement(a: Tensor, b: Tensor) -> Tensor:
 
 
 def _cell_size(points: Tensor, k: int, generator: torch.Generator) -> float:
-    """Median exact k-th neighbour distance over a sample of points (the grid cell edge)."""
+    """Grid cell edge: ``_CELL_OVER_KTH`` x the median exact k-th neighbour distance of a sample."""
     m = points.shape[0]
     sample = torch.randperm(m, generator=generator)[:_SAMPLE_FOR_CELL]
     d = torch.cdist(points[sample], points)  # [S, M], S <= 512 so at most 512 M elements
     kth = torch.topk(d, min(k + 1, m), dim=1, largest=False).values[:, -1]  # [S] (self is at 0)
     extent = float((points.max(0).values - points.min(0).values).max())
     floor = max(extent, 1e-6) / _MAX_CELLS_PER_AXIS
-    return max(float(kth.median()), floor, 1e-9)
+    return max(_CELL_OVER_KTH * float(kth.median()), floor, 1e-9)
 
 
 @torch.no_grad()
@@ -95,19 +100,46 @@ def knn(points: Tensor, k: int, seed: int = 0) -> Neighbours:
     starts = torch.cumsum(counts, 0) - counts  # [C]
     offsets = (_OFFSETS[:, 0] * dims[1] + _OFFSETS[:, 1]) * dims[2] + _OFFSETS[:, 2]  # [27]
     chunk = max(1, _CHUNK_ELEMENTS // (27 * _CELL_CAP))
-    index, valid = [], []
+    index, valid, kth = [], [], []
     for lo in range(0, m, chunk):
         rows = torch.arange(lo, min(lo + chunk, m))  # [c]
-        idx, ok = _knn_chunk(pts, rows, key[rows, None] + offsets[None, :], (cells, counts, starts, order), k)
+        idx, ok, far = _knn_chunk(pts, rows, key[rows, None] + offsets[None, :], (cells, counts, starts, order), k)
         index.append(idx)
         valid.append(ok)
-    return Neighbours(torch.cat(index).to(points.device), torch.cat(valid).to(points.device))
+        kth.append(far)
+    index_t, valid_t = torch.cat(index), torch.cat(valid)
+    # The 27 cells hold every point within `cell` of a query; a row whose k-th candidate is farther
+    # (a sparse region) or that found fewer than k is redone exactly.
+    redo = torch.nonzero(~valid_t.all(dim=1) | (torch.cat(kth) > cell * cell)).squeeze(1)
+    if redo.numel():
+        index_t[redo], valid_t[redo] = _knn_exact(pts, redo, k)
+    return Neighbours(index_t.to(points.device), valid_t.to(points.device))
+
+
+def _knn_exact(pts: Tensor, rows: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Brute-force neighbours of ``rows`` [R] among all points, in chunks of bounded size."""
+    m = pts.shape[0]
+    kk = min(k, m - 1)
+    chunk = max(1, _CHUNK_ELEMENTS // m)
+    index = torch.zeros(rows.shape[0], k, dtype=torch.long)
+    valid = torch.zeros(rows.shape[0], k, dtype=torch.bool)
+    for lo in range(0, rows.shape[0], chunk):
+        r = rows[lo : lo + chunk]  # [c]
+        d = torch.cdist(pts[r], pts)  # [c, M]
+        d[torch.arange(r.shape[0]), r] = torch.inf
+        index[lo : lo + chunk, :kk] = torch.topk(d, kk, dim=1, largest=False).indices
+        index[lo : lo + chunk, kk:] = r[:, None]
+        valid[lo : lo + chunk, :kk] = True
+    return index, valid
 
 
 def _knn_chunk(
     pts: Tensor, rows: Tensor, nb_keys: Tensor, table: tuple[Tensor, Tensor, Tensor, Tensor], k: int
-) -> tuple[Tensor, Tensor]:
-    """Neighbours of ``rows`` [c] among the candidates in their 27 cells (``nb_keys`` [c, 27])."""
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Neighbours of ``rows`` [c] among the candidates in their 27 cells (``nb_keys`` [c, 27]).
+
+    Returns (index [c, k], valid [c, k], squared distance of the k-th neighbour [c], inf if missing).
+    """
     cells, counts, starts, order = table
     pos = torch.searchsorted(cells, nb_keys).clamp(max=cells.shape[0] - 1)  # [c, 27]
     found = cells[pos] == nb_keys  # [c, 27]
@@ -125,7 +157,7 @@ def _knn_chunk(
     if kk < k:
         idx = torch.cat([idx, rows[:, None].expand(-1, k - kk)], dim=1)
         ok = torch.cat([ok, torch.zeros(rows.shape[0], k - kk, dtype=torch.bool)], dim=1)
-    return torch.where(ok, idx, rows[:, None]), ok
+    return torch.where(ok, idx, rows[:, None]), ok, best[:, -1]
 
 
 def neighbour_loss(normals: Tensor, neighbours: Neighbours, weight: Tensor) -> Tensor:

@@ -45,6 +45,16 @@ class RenderViewsConfig:
     inpaint_radius: int = 3  # px, Telea neighbourhood
     background: tuple[float, float, float] | None = None  # None: the input photo's background
 
+    def __post_init__(self) -> None:
+        for name, (lo, hi) in {"solid_alpha": (0.01, 1.0), "confident_alpha": (0.01, 1.0),
+                               "close_fraction": (0.0, 0.5), "inpaint_radius": (1, 32)}.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+                raise InvalidInput(f"render option {name} must be in [{lo}, {hi}], got {value!r}", field=name)
+        bg = self.background
+        if bg is not None and (len(bg) != 3 or not all(isinstance(v, int | float) and 0 <= v <= 1 for v in bg)):
+            raise InvalidInput(f"background must be 3 numbers in [0, 1], got {bg!r}", field="background")
+
 
 def photo_background(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     """[3] median colour of the photo ([H, W, 3] in [0, 1]) outside its matte [H, W]; white if unknown."""
@@ -127,9 +137,6 @@ class RenderBackend:
         if unknown:
             raise InvalidInput(f"unknown render backend option(s): {', '.join(unknown)}", field=unknown[0])
         self.config = replace(base, **overrides)  # type: ignore[arg-type]
-        bg = self.config.background
-        if bg is not None and (len(bg) != 3 or not all(math.isfinite(v) and 0 <= v <= 1 for v in bg)):
-            raise InvalidInput(f"background must be 3 numbers in [0, 1], got {bg!r}", field="background")
         self._ready = False
 
     @property

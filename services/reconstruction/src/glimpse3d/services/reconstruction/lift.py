@@ -3,18 +3,18 @@
 One photo + depth + mask -> a closed coarse splat in seconds on a CPU:
 
 1. **Front layer.** The masked pixels are sampled on a regular grid whose spacing is chosen so that
-   front + back stay within ``max_gaussians``. Each sample becomes a flat Gaussian at its depth
+   the whole splat stays within ``max_gaussians``. Each sample becomes a flat Gaussian at its depth
    (unprojected with the camera), oriented by the surface normal of the (smoothed) depth map and
-   sized to the pixel footprint at that depth, stretched along the slant so that surfaces seen at a
-   grazing angle stay closed. Its colour is the photo's.
+   sized to the pixel footprint, its colour the photo's with the background blend of soft edges
+   removed (:mod:`.geometry`).
 2. **Fit.** Colours (SH band 0), opacities and the two in-plane scales (optionally small offsets of
    the means) are fitted by Adam through the differentiable rasterizer against the input view:
    L1 colour loss inside the mask (the render composited over the photo's own background colour,
    so edges blend as in the photo), a weaker L1 term outside it, and an L1 alpha-vs-mask term.
-3. **Back layer.** Every front sample is mirrored behind the object along its view ray, at a
-   thickness taken from the silhouette's "inflation" (a round profile over the distance to the
-   mask edge, so front and back meet at the silhouette and the surface is closed), with the
-   fitted colour slightly darkened.
+3. **Closing.** A back layer mirrors the front behind the object at a thickness from the
+   silhouette's inflation, and needle-shaped wall Gaussians bridge the rim between the two, so the
+   object is closed from every side (:mod:`.closure`). Only the front is fitted: the closing
+   Gaussians are hidden behind it from the input camera.
 
 The reported ``input_view_psnr_db`` is the PSNR of the final splat rendered at the input camera
 against the photo, over the pixels with mask >= 0.5, at the photo's resolution.
@@ -33,21 +33,24 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from glimpse3d.core.cameras import Camera
+from glimpse3d.core.cameras import Camera, orbit_camera
+from glimpse3d.core.cancel import check_cancelled
 from glimpse3d.core.errors import InvalidInput, NotReady
 from glimpse3d.core.render import GaussianTensors, rasterize
-from glimpse3d.core.splat import Splat, rgb_to_sh0
+from glimpse3d.core.splat import Splat, rgb_to_sh0, sh0_to_rgb
 from glimpse3d.services.reconstruction.backends import (
+    MAX_FIT_STEPS,
+    MAX_GAUSSIANS,
     ExtraView,
     ReconstructionResult,
     RenderedImage,
     check_fit_options,
 )
+from glimpse3d.services.reconstruction.closure import back_layer, opaque_core, wall_budget_share, wall_layer
+from glimpse3d.services.reconstruction.geometry import Layer, layers_to_splat, lift_layer, sample_grid
 
 logger = logging.getLogger(__name__)
 
-_MIN_COS = 0.125  # in-plane stretch at grazing angles is capped at 1 / _MIN_COS
-_THIN = 0.2  # disc thickness relative to the in-plane footprint
 _MIN_MASK_PIXELS = 4
 
 
@@ -55,7 +58,7 @@ _MIN_MASK_PIXELS = 4
 class LiftConfig:
     """Tunables of the lift backend; the defaults keep a 256 px photo at a few seconds on 2 cores."""
 
-    fit_steps: int = 40
+    fit_steps: int = 20
     max_gaussians: int = 12_000
     work_max_side: int = 256  # larger photos are downscaled to this for lifting and fitting
     footprint: float = 0.6  # in-plane std dev of a Gaussian, in grid spacings
@@ -71,19 +74,23 @@ class LiftConfig:
     back_darken: float = 0.9
     min_thickness: float = 2.0  # back layer at least this many footprints behind the front
 
+    def __post_init__(self) -> None:
+        for name, (lo, hi) in _CONFIG_RANGES.items():
+            value = getattr(self, name)
+            integral = name in ("fit_steps", "max_gaussians", "work_max_side")
+            kinds = (int,) if integral else (int, float)
+            if isinstance(value, bool) or not isinstance(value, kinds) or not lo <= value <= hi:
+                raise InvalidInput(f"lift option {name} must be in [{lo}, {hi}], got {value!r}", field=name)
+        if not isinstance(self.back_side, bool):
+            raise InvalidInput(f"lift option back_side must be a bool, got {self.back_side!r}", field="back_side")
 
-@dataclass(frozen=True, eq=False)
-class Layer:
-    """Gaussians lifted from image samples; all arrays share the first dimension N."""
 
-    means: np.ndarray  # [N, 3] world
-    quats: np.ndarray  # [N, 4] (w, x, y, z)
-    log_scales: np.ndarray  # [N, 3]
-    colors: np.ndarray  # [N, 3] in [0, 1]
-    pixels: np.ndarray  # [N, 2] int (row, col) the sample came from
-
-    def __len__(self) -> int:
-        return int(self.means.shape[0])
+_CONFIG_RANGES: dict[str, tuple[float, float]] = {
+    "fit_steps": (0, MAX_FIT_STEPS), "max_gaussians": (1, MAX_GAUSSIANS), "work_max_side": (16, 8192),
+    "footprint": (0.1, 4.0), "opacity": (0.01, 0.999), "lr_color": (0.0, 10.0), "lr_opacity": (0.0, 10.0),
+    "lr_scale": (0.0, 10.0), "lr_means": (0.0, 1.0), "max_offset": (0.0, 10.0), "alpha_weight": (0.0, 100.0),
+    "outside_weight": (0.0, 100.0), "back_darken": (0.01, 1.0), "min_thickness": (0.0, 100.0),
+}
 
 
 @dataclass(frozen=True, eq=False)
@@ -182,199 +189,11 @@ def downscale(inputs: Inputs, max_side: int) -> Inputs:
     return Inputs(image, depth, mask, valid, camera, inputs.background)
 
 
-# ----------------------------------------------------------------------------- geometry
-
-
-def _smooth_depth(depth: np.ndarray, valid: np.ndarray, sigma: float) -> np.ndarray:
-    """Mask-aware Gaussian blur of ``depth`` [H, W] over ``valid`` pixels (normalised convolution)."""
-    if sigma <= 0:
-        return depth
-    w = valid.astype(np.float32)
-    num = cv2.GaussianBlur(depth * w, (0, 0), sigma)
-    den = cv2.GaussianBlur(w, (0, 0), sigma)
-    return np.where(valid, num / np.maximum(den, 1e-6), 0.0).astype(np.float32)
-
-
-def _masked_diff(z: np.ndarray, valid: np.ndarray, axis: int) -> np.ndarray:
-    """d z / d pixel along ``axis`` [H, W]: central where both neighbours are valid, else one-sided, else 0."""
-    pad = [(0, 0), (0, 0)]
-    pad[axis] = (1, 1)
-    zp, vp = np.pad(z, pad), np.pad(valid, pad)
-    n = z.shape[axis]
-    nxt = np.take(zp, range(2, n + 2), axis=axis), np.take(vp, range(2, n + 2), axis=axis)
-    prv = np.take(zp, range(0, n), axis=axis), np.take(vp, range(0, n), axis=axis)
-    fwd = np.where(nxt[1], nxt[0] - z, 0.0)
-    bwd = np.where(prv[1], z - prv[0], 0.0)
-    both = nxt[1] & prv[1]
-    return np.where(both, 0.5 * (fwd + bwd), fwd + bwd).astype(np.float32)
-
-
-def camera_normals(depth: np.ndarray, valid: np.ndarray, camera: Camera) -> np.ndarray:
-    """[H, W, 3] unit camera-space surface normals of a z-depth map, facing the camera."""
-    rays = camera.pixel_rays().astype(np.float32)  # [H, W, 3] with z = 1
-    dzdu = _masked_diff(depth, valid, axis=1)[..., None]  # [H, W, 1]
-    dzdv = _masked_diff(depth, valid, axis=0)[..., None]
-    z = depth[..., None]
-    du = dzdu * rays + z * np.array([1.0 / camera.fx, 0.0, 0.0], np.float32)  # [H, W, 3] dP/du
-    dv = dzdv * rays + z * np.array([0.0, 1.0 / camera.fy, 0.0], np.float32)  # [H, W, 3] dP/dv
-    n = np.cross(du, dv)
-    norm = np.linalg.norm(n, axis=-1, keepdims=True)
-    n = np.where(norm > 1e-12, n / np.maximum(norm, 1e-12), -rays / np.linalg.norm(rays, axis=-1, keepdims=True))
-    flip = np.sum(n * rays, axis=-1, keepdims=True) > 0
-    return np.where(flip, -n, n).astype(np.float32)
-
-
-def rotmat_to_quat(m: np.ndarray) -> np.ndarray:
-    """[N, 4] unit (w, x, y, z) quaternions of rotation matrices [N, 3, 3] (Shepperd's method)."""
-    tr = m[:, 0, 0] + m[:, 1, 1] + m[:, 2, 2]
-    cand = np.stack([
-        np.stack([1 + tr, m[:, 2, 1] - m[:, 1, 2], m[:, 0, 2] - m[:, 2, 0], m[:, 1, 0] - m[:, 0, 1]], 1),
-        np.stack([m[:, 2, 1] - m[:, 1, 2], 1 + m[:, 0, 0] - m[:, 1, 1] - m[:, 2, 2],
-                  m[:, 0, 1] + m[:, 1, 0], m[:, 0, 2] + m[:, 2, 0]], 1),
-        np.stack([m[:, 0, 2] - m[:, 2, 0], m[:, 0, 1] + m[:, 1, 0],
-                  1 - m[:, 0, 0] + m[:, 1, 1] - m[:, 2, 2], m[:, 1, 2] + m[:, 2, 1]], 1),
-        np.stack([m[:, 1, 0] - m[:, 0, 1], m[:, 0, 2] + m[:, 2, 0],
-                  m[:, 1, 2] + m[:, 2, 1], 1 - m[:, 0, 0] - m[:, 1, 1] + m[:, 2, 2]], 1),
-    ])  # [4, N, 4]; the candidate with the largest diagonal term is the stable one
-    pick = np.argmax(np.stack([tr, m[:, 0, 0], m[:, 1, 1], m[:, 2, 2]]), axis=0)  # [N]
-    q = cand[pick, np.arange(m.shape[0])]
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    return np.where(q[:, :1] < 0, -q, q).astype(np.float32)
-
-
-def _disc_gaussians(
-    points: np.ndarray, normals: np.ndarray, sigma: np.ndarray, camera: Camera
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Flat Gaussians at camera-space ``points`` [N, 3] with ``normals`` [N, 3], footprint ``sigma`` [N].
-
-    Returns world (means [N, 3], quats [N, 4], log_scales [N, 3]). The in-plane axis along the slant
-    is stretched by 1 / cos(angle to the view ray) (capped) so the disc covers its pixel footprint.
-    """
-    rays = points / np.linalg.norm(points, axis=1, keepdims=True)  # [N, 3]
-    cos = np.abs(np.sum(rays * normals, axis=1))  # [N]
-    t1 = rays - np.sum(rays * normals, axis=1, keepdims=True) * normals  # ray projected into the plane
-    t1_norm = np.linalg.norm(t1, axis=1, keepdims=True)
-    fallback = np.cross(normals, [0.0, 1.0, 0.0])  # any in-plane direction when facing the camera
-    fallback /= np.maximum(np.linalg.norm(fallback, axis=1, keepdims=True), 1e-12)
-    t1 = np.where(t1_norm > 1e-6, t1 / np.maximum(t1_norm, 1e-12), fallback)
-    t2 = np.cross(normals, t1)
-    rot_cam = np.stack([t1, t2, normals], axis=2)  # [N, 3, 3], columns = local axes
-    rot_world = camera.rotation.T[None] @ rot_cam  # [N, 3, 3]
-    scales = np.stack([sigma / np.maximum(cos, _MIN_COS), sigma, _THIN * sigma], axis=1)  # [N, 3]
-    means = (points - camera.translation) @ camera.rotation  # [N, 3] camera -> world
-    return means.astype(np.float32), rotmat_to_quat(rot_world), np.log(scales).astype(np.float32)
-
-
-def sample_grid(valid: np.ndarray, target: int, rng: np.random.Generator) -> tuple[np.ndarray, float]:
-    """(pixels [N, 2] (row, col) on a regular grid over ``valid`` with N <= ``target``, spacing in px)."""
-    count = int(valid.sum())
-    spacing = max(1.0, math.sqrt(count / max(target, 1)))
-    phase = rng.uniform(0.0, 1.0, size=2)  # sub-grid offset, in spacings
-    h, w = valid.shape
-    while True:
-        rows = np.floor((np.arange(math.ceil(h / spacing)) + phase[0]) * spacing).astype(int)
-        cols = np.floor((np.arange(math.ceil(w / spacing)) + phase[1]) * spacing).astype(int)
-        rows, cols = np.unique(rows[rows < h]), np.unique(cols[cols < w])
-        rr, cc = np.meshgrid(rows, cols, indexing="ij")
-        keep = valid[rr, cc]
-        if int(keep.sum()) <= target:
-            return np.stack([rr[keep], cc[keep]], axis=1), spacing
-        spacing *= 1.03
-
-
-def lift_layer(
-    depth: np.ndarray, valid: np.ndarray, colors: np.ndarray, pixels: np.ndarray, sigma_px: float, camera: Camera
-) -> Layer:
-    """Gaussians for ``pixels`` [N, 2] of a depth map [H, W] (normals from the smoothed map)."""
-    smooth = _smooth_depth(depth, valid, sigma=max(1.0, sigma_px))
-    normals = camera_normals(smooth, valid, camera)[pixels[:, 0], pixels[:, 1]]  # [N, 3]
-    rays = camera.pixel_rays().astype(np.float32)[pixels[:, 0], pixels[:, 1]]  # [N, 3]
-    z = depth[pixels[:, 0], pixels[:, 1]]  # [N]
-    points = rays * z[:, None]  # [N, 3] camera space
-    sigma = sigma_px * z / math.sqrt(camera.fx * camera.fy)  # [N] world units
-    means, quats, log_scales = _disc_gaussians(points, normals, sigma, camera)
-    return Layer(means, quats, log_scales, colors.astype(np.float32), pixels)
-
-
-def inflation_depth(depth: np.ndarray, valid: np.ndarray, camera: Camera, min_gap: np.ndarray) -> np.ndarray:
-    """Back-surface z-depth [H, W]: front depth + twice a round half-thickness from the silhouette.
-
-    The half-thickness at a pixel at distance d (px) from the mask edge is sqrt(d (2R - d)) px, R the
-    largest such distance (a sphere's profile), converted to world units at the object's depth.
-    ``min_gap`` [H, W] is the smallest front-to-back distance allowed (world units).
-    """
-    dist = cv2.distanceTransform(valid.astype(np.uint8), cv2.DIST_L2, 5).astype(np.float32)  # [H, W]
-    radius = float(dist.max())
-    h_px = np.sqrt(np.clip(dist * (2.0 * radius - dist), 0.0, None))  # [H, W]
-    f = math.sqrt(camera.fx * camera.fy)
-    # h_world = h_px * z_centre / f with z_centre = z_front + h_world.
-    h_world = h_px * depth / np.maximum(f - h_px, 0.1 * f)
-    return np.where(valid, depth + np.maximum(2.0 * h_world, min_gap), 0.0).astype(np.float32)
-
-
-def back_layer(front: Layer, inputs: Inputs, sigma_px: float, cfg: LiftConfig) -> tuple[Layer, np.ndarray]:
-    """The mirrored back side of ``front`` (same pixels, darkened colours) and its z-depth map [H, W]."""
-    f = math.sqrt(inputs.camera.fx * inputs.camera.fy)
-    min_gap = cfg.min_thickness * sigma_px * inputs.depth / f
-    back_z = inflation_depth(inputs.depth, inputs.valid, inputs.camera, min_gap)
-    colors = np.clip(front.colors * cfg.back_darken, 0.0, 1.0)
-    return lift_layer(back_z, inputs.valid, colors, front.pixels, sigma_px, inputs.camera), back_z
-
-
-def wall_layer(
-    front: Layer, back: Layer, inputs: Inputs, back_z: np.ndarray, spacing: float, sigma_px: float, budget: int
-) -> Layer | None:
-    """Needle Gaussians along the view rays of the outermost samples, closing the rim between the layers.
-
-    Near the silhouette the front and back layers are far apart in depth (the round profile is steep
-    there), which side views would see as a slit. Each outermost sample gets up to 4 Gaussians
-    elongated along its ray, spanning front to back; at most ``budget`` in all (None when 0).
-    """
-    dist = cv2.distanceTransform(inputs.valid.astype(np.uint8), cv2.DIST_L2, 5)  # [H, W] px to the edge
-    rim = np.flatnonzero(dist[front.pixels[:, 0], front.pixels[:, 1]] <= 1.5 * spacing)  # [R]
-    if rim.size == 0 or budget < rim.size:
-        return None
-    px = front.pixels[rim]
-    z_front = inputs.depth[px[:, 0], px[:, 1]]  # [R]
-    gap = back_z[px[:, 0], px[:, 1]] - z_front  # [R] in z
-    sigma = sigma_px * z_front / math.sqrt(inputs.camera.fx * inputs.camera.fy)  # [R] world
-    count = np.clip(np.ceil(gap / (4.0 * sigma)), 1, min(4, budget // rim.size)).astype(int)  # [R]
-    owner = np.repeat(np.arange(rim.size), count)  # [M] index into rim
-    step = (np.arange(owner.size) - np.repeat(np.cumsum(count) - count, count) + 0.5) / count[owner]  # [M] in (0, 1)
-    rays = inputs.camera.pixel_rays().astype(np.float32)[px[owner, 0], px[owner, 1]]  # [M, 3] with z = 1
-    points = rays * (z_front[owner] + step * gap[owner])[:, None]  # [M, 3] camera space
-    e1 = rays / np.linalg.norm(rays, axis=1, keepdims=True)
-    e2 = np.cross(e1, [1.0, 0.0, 0.0])
-    e2 /= np.linalg.norm(e2, axis=1, keepdims=True)
-    rot_world = inputs.camera.rotation.T[None] @ np.stack([e1, e2, np.cross(e1, e2)], axis=2)  # [M, 3, 3]
-    half = 0.5 * gap[owner] * np.linalg.norm(rays, axis=1) / count[owner]  # [M] along-ray std dev
-    cross_sigma = sigma[owner]
-    scales = np.stack([np.maximum(half, cross_sigma), cross_sigma, cross_sigma], axis=1)  # [M, 3]
-    mix = step[:, None]
-    colors = (1.0 - mix) * front.colors[rim][owner] + mix * back.colors[rim][owner]  # [M, 3]
-    means = (points - inputs.camera.translation) @ inputs.camera.rotation
-    return Layer(means.astype(np.float32), rotmat_to_quat(rot_world), np.log(scales).astype(np.float32),
-                 colors.astype(np.float32), px[owner])
-
-
 def unblend(inputs: Inputs, pixels: np.ndarray) -> np.ndarray:
     """Object colours [N, 3] at ``pixels`` [N, 2]: the photo with the background blend of soft edges removed."""
     m = inputs.mask[pixels[:, 0], pixels[:, 1], None]  # [N, 1], >= 0.5 at valid pixels
     rgb = inputs.image[pixels[:, 0], pixels[:, 1]]  # [N, 3]
     return np.clip((rgb - (1.0 - m) * inputs.background) / np.maximum(m, 0.5), 0.0, 1.0).astype(np.float32)
-
-
-def layers_to_splat(layers: Sequence[Layer], opacities: Sequence[np.ndarray]) -> Splat:
-    """Concatenate layers into one degree-0 splat with the given per-layer opacities [N_i]."""
-    means = np.concatenate([layer.means for layer in layers])
-    opac = np.clip(np.concatenate(opacities), 1e-4, 1 - 1e-4).astype(np.float32)
-    return Splat(
-        means=means,
-        quats=np.concatenate([layer.quats for layer in layers]),
-        log_scales=np.concatenate([layer.log_scales for layer in layers]),
-        opacity_logits=(np.log(opac) - np.log1p(-opac)).astype(np.float32),
-        sh=rgb_to_sh0(np.concatenate([layer.colors for layer in layers]))[:, None, :],
-    )
 
 
 # ----------------------------------------------------------------------------- fitting
@@ -385,6 +204,7 @@ class FitResult:
     layer: Layer  # with fitted colours, scales and means
     opacities: np.ndarray  # [N] fitted
     losses: list[float]  # loss per step
+    alpha: np.ndarray  # [H, W] the fitted layer's alpha at the input camera
 
 
 def _photo_loss(rgb: Tensor, alpha: Tensor, target: Tensor, mask: Tensor, cfg: LiftConfig) -> Tensor:
@@ -422,20 +242,22 @@ def fit_layer(layer: Layer, opacities: np.ndarray, inputs: Inputs, steps: int, c
         return GaussianTensors(means0 + offsets, quats, log_scales, logits, sh)
 
     for _ in range(steps):
+        check_cancelled()  # a cancelled call stops here instead of fitting on
         out = rasterize(gaussians(), inputs.camera, background=background)
         loss = _photo_loss(out.rgb, out.alpha, target, mask, cfg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         with torch.no_grad():
-            d_scale.clamp_(-1.0, 0.7)
+            d_scale.clamp_(-1.0, 0.3)
             offsets.copy_(torch.maximum(torch.minimum(offsets, max_offset), -max_offset))
         losses.append(float(loss.detach()))
     with torch.no_grad():
         g = gaussians()
-        colors = np.clip(g.sh[:, 0].numpy() * 0.28209479177387814 + 0.5, 0.0, 1.0)
+        alpha = rasterize(g, inputs.camera).alpha.numpy().copy()  # [H, W]
+        colors = np.clip(sh0_to_rgb(g.sh[:, 0].numpy()), 0.0, 1.0)
         fitted = replace(layer, means=g.means.numpy().copy(), log_scales=g.log_scales.numpy().copy(), colors=colors)
-        return FitResult(fitted, torch.sigmoid(g.opacity_logits).numpy().copy(), losses)
+        return FitResult(fitted, torch.sigmoid(g.opacity_logits).numpy().copy(), losses, alpha)
 
 
 def masked_psnr(rendered: np.ndarray, target: np.ndarray, mask: np.ndarray) -> float:
@@ -447,11 +269,52 @@ def masked_psnr(rendered: np.ndarray, target: np.ndarray, mask: np.ndarray) -> f
     return 10.0 * math.log10(1.0 / max(mse, 1e-12))
 
 
+def lift_object(full: Inputs, steps: int, budget: int, seed: int, cfg: LiftConfig) -> tuple[Splat, dict[str, float]]:
+    """Lift, fit and close: the coarse splat of validated inputs, and metrics (without the PSNR)."""
+    started = time.perf_counter()
+    work = downscale(full, cfg.work_max_side)
+    with_back = cfg.back_side and budget >= 2
+    # Front and back take the same share; the rim walls get what is left.
+    target = wall_budget_share(work.valid, budget) if with_back else budget
+    pixels, spacing = sample_grid(work.valid, target, np.random.default_rng(seed))
+    sigma_px = cfg.footprint * spacing
+    front = lift_layer(work.depth, work.valid, unblend(work, pixels), pixels, sigma_px, work.camera)
+    lifted = time.perf_counter()
+    fit = fit_layer(front, np.full(len(front), cfg.opacity, np.float32), work, steps, cfg)
+    fitted = time.perf_counter()
+    layers, opacities = [fit.layer], [fit.opacities]
+    if with_back:
+        core = opaque_core(fit.alpha, work.valid)
+        back, start, thickness = back_layer(fit.layer, work.depth, work.valid, work.camera, core, sigma_px,
+                                            min_thickness=cfg.min_thickness, darken=cfg.back_darken)
+        wall = wall_layer(back, start, thickness, work.valid, work.camera, spacing, sigma_px,
+                          budget - 2 * len(back), cfg.back_darken)
+        for extra in (back, wall):
+            if extra is not None:
+                layers.append(extra)
+                opacities.append(np.full(len(extra), cfg.opacity, np.float32))
+    metrics = {
+        "num_gaussians": float(sum(len(layer) for layer in layers)),
+        "num_front": float(len(front)),
+        "fit_steps": float(steps),
+        "grid_spacing_px": float(spacing),
+        "initial_loss": fit.losses[0] if fit.losses else float("nan"),
+        "final_loss": fit.losses[-1] if fit.losses else float("nan"),
+        "lift_seconds": lifted - started,
+        "fit_seconds": fitted - lifted,
+    }
+    return layers_to_splat(layers, opacities), metrics
+
+
 # ----------------------------------------------------------------------------- backend
 
 
 class LiftBackend:
-    """The weight-free ``lift`` backend (see the module docstring)."""
+    """The weight-free ``lift`` backend (see the module docstring).
+
+    Options are :class:`LiftConfig` fields. Extra ``views`` are accepted and ignored. ``seed`` picks
+    the sub-pixel phase of the sampling grid; the same inputs and seed give identical splats.
+    """
 
     name = "lift"
 
@@ -472,8 +335,6 @@ class LiftBackend:
         if self._ready:
             return
         warm = Splat.from_colors(np.array([[0.0, 0.0, 0.0]]), [0.5, 0.5, 0.5], 0.1, 0.5)
-        from glimpse3d.core.cameras import orbit_camera
-
         with torch.no_grad():
             rasterize(warm, orbit_camera(0.0, 0.0, 2.7, width=16, height=16))
         self._ready = True
@@ -495,48 +356,18 @@ class LiftBackend:
     ) -> ReconstructionResult:
         self._require_ready()
         check_fit_options(fit_steps, max_gaussians, seed, views)
-        cfg = self.config
         started = time.perf_counter()
         full = prepare_inputs(image, depth, mask, camera)
-        work = downscale(full, cfg.work_max_side)
-        steps = int(fit_steps) or cfg.fit_steps
-        budget = int(max_gaussians) or cfg.max_gaussians
-        with_back = cfg.back_side and budget >= 2
         if views:
             logger.info("lift backend ignores %d extra view(s)", len(views))
-        rng = np.random.default_rng(int(seed))
-        pixels, spacing = sample_grid(work.valid, int(budget * 0.45) if with_back else budget, rng)
-        sigma_px = cfg.footprint * spacing
-        colors = unblend(work, pixels)  # [N, 3]
-        front = lift_layer(work.depth, work.valid, colors, pixels, sigma_px, work.camera)
-        lifted = time.perf_counter()
-        fit = fit_layer(front, np.full(len(front), cfg.opacity, np.float32), work, steps, cfg)
-        fitted = time.perf_counter()
-        layers, opacities = [fit.layer], [fit.opacities]
-        if with_back:
-            back, back_z = back_layer(fit.layer, work, sigma_px, cfg)
-            wall = wall_layer(fit.layer, back, work, back_z, spacing, sigma_px, budget - 2 * len(back))
-            for extra in (back, wall):
-                if extra is not None:
-                    layers.append(extra)
-                    opacities.append(np.full(len(extra), cfg.opacity, np.float32))
-        splat = layers_to_splat(layers, opacities)
+        splat, metrics = lift_object(full, int(fit_steps) or self.config.fit_steps,
+                                     int(max_gaussians) or self.config.max_gaussians, int(seed), self.config)
         with torch.no_grad():
             rgb = rasterize(splat, full.camera, background=tuple(full.background.tolist())).rgb.numpy()
-        psnr = masked_psnr(rgb, full.image, full.mask)
-        metrics = {
-            "input_view_psnr_db": psnr,
-            "num_gaussians": float(splat.num_gaussians),
-            "fit_steps": float(steps),
-            "grid_spacing_px": float(spacing),
-            "initial_loss": fit.losses[0] if fit.losses else float("nan"),
-            "final_loss": fit.losses[-1] if fit.losses else float("nan"),
-            "lift_seconds": lifted - started,
-            "fit_seconds": fitted - lifted,
-            "total_seconds": time.perf_counter() - started,
-        }
-        logger.info("lift: %d Gaussians, %d steps, input-view PSNR %.2f dB in %.2f s",
-                    splat.num_gaussians, steps, psnr, metrics["total_seconds"])
+        metrics["input_view_psnr_db"] = masked_psnr(rgb, full.image, full.mask)
+        metrics["total_seconds"] = time.perf_counter() - started
+        logger.info("lift: %d Gaussians, %d steps, input-view PSNR %.2f dB in %.2f s", splat.num_gaussians,
+                    metrics["fit_steps"], metrics["input_view_psnr_db"], metrics["total_seconds"])
         return ReconstructionResult(splat, metrics)
 
     def render(

@@ -1,0 +1,228 @@
+"""``glimpse3d``: the command-line client of the public API.
+
+    glimpse3d generate PHOTO [--enhance N] [--views K] --out DIR
+    glimpse3d enhance JOB [--azimuth A --elevation E] [--prompt P] [--strength S]
+    glimpse3d export JOB --format ply|splat|glb [--out FILE]
+    glimpse3d jobs
+
+The gateway address comes from --addr or GLIMPSE3D_GATEWAY_ADDR. Errors are one line on stderr
+(exit status 2 for bad input, 1 for everything else).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+import grpc
+
+from glimpse3d.core.images import MAX_IMAGE_BYTES
+from glimpse3d.v1 import common_pb2, glimpse3d_pb2, glimpse3d_pb2_grpc
+
+DEFAULT_ADDR = "127.0.0.1:50060"
+FORMATS = {"ply": glimpse3d_pb2.ExportRequest.PLY, "splat": glimpse3d_pb2.ExportRequest.SPLAT,
+           "glb": glimpse3d_pb2.ExportRequest.GLB}
+STATE = glimpse3d_pb2.Job.State
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def read_photo(path: Path) -> bytes:
+    if not path.exists():
+        raise CliError(f"{path}: no such file", 2)
+    if path.is_dir():
+        raise CliError(f"{path}: is a directory, not an image", 2)
+    size = path.stat().st_size
+    if size > MAX_IMAGE_BYTES:
+        raise CliError(f"{path}: too large ({size} bytes; the limit is {MAX_IMAGE_BYTES})", 2)
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise CliError(f"{path}: unreadable ({err.strerror})", 2) from None
+
+
+def _job_name(job: str) -> str:
+    return job if job.startswith("jobs/") else f"jobs/{job}"
+
+
+def _bar(event: glimpse3d_pb2.JobEvent, stream) -> None:
+    p = event.job.progress
+    filled = round(30 * max(0.0, min(1.0, p.fraction)))
+    state = STATE.Name(event.job.state)
+    stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {100 * p.fraction:5.1f}% {state:<9} {p.message[:48]:<48}")
+    stream.flush()
+
+
+async def watch(stub: glimpse3d_pb2_grpc.Glimpse3DStub, name: str, *, quiet: bool = False) -> glimpse3d_pb2.Job:
+    """Follow WatchJob until the job is done; draws a progress bar on stderr."""
+    job = None
+    async for event in stub.WatchJob(glimpse3d_pb2.WatchJobRequest(name=name)):
+        job = event.job
+        if not quiet:
+            _bar(event, sys.stderr)
+        if job.done:
+            break
+    if not quiet:
+        sys.stderr.write("\n")
+    if job is None:
+        raise CliError(f"{name}: the gateway closed the stream without an event")
+    return job
+
+
+def download(url: str, dest: Path) -> None:
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme == "file":
+        dest.write_bytes(Path(urllib.request.url2pathname(parsed.path)).read_bytes())
+        return
+    with urllib.request.urlopen(url, timeout=60) as resp:
+        dest.write_bytes(resp.read())
+
+
+async def export(stub: glimpse3d_pb2_grpc.Glimpse3DStub, name: str, fmt: str, dest: Path) -> Path:
+    resp = await stub.Export(glimpse3d_pb2.ExportRequest(name=name, format=FORMATS[fmt]))
+    download(resp.download_url, dest)
+    return dest
+
+
+def _check_done(job: glimpse3d_pb2.Job) -> None:
+    if job.state in (STATE.FAILED, STATE.CANCELLED):
+        detail = f": {job.error.message}" if job.error.message else ""
+        raise CliError(f"{job.name} {STATE.Name(job.state).lower()}{detail}")
+
+
+async def cmd_generate(stub: glimpse3d_pb2_grpc.Glimpse3DStub, ns: argparse.Namespace) -> None:
+    data = read_photo(ns.photo)
+    options = glimpse3d_pb2.JobOptions(num_views=ns.views, enhance_rounds=ns.enhance, prompt=ns.prompt,
+                                       seed=ns.seed, resolution=ns.resolution)
+    job = await stub.CreateJob(glimpse3d_pb2.CreateJobRequest(
+        image_data=data, options=options, request_id=str(uuid.uuid4()), display_name=ns.photo.name))
+    print(job.name)
+    job = await watch(stub, job.name, quiet=ns.quiet)
+    _check_done(job)
+    ns.out.mkdir(parents=True, exist_ok=True)
+    for fmt in ns.formats:
+        path = await export(stub, job.name, fmt, ns.out / f"model.{fmt}")
+        print(path)
+
+
+def _enhance_request(ns: argparse.Namespace) -> glimpse3d_pb2.EnhanceRequest:
+    req = glimpse3d_pb2.EnhanceRequest(name=_job_name(ns.job), prompt=ns.prompt, strength=ns.strength,
+                                       seed=ns.seed, request_id=str(uuid.uuid4()))
+    if ns.azimuth is None:
+        req.auto = True
+    else:
+        req.view.orbit.CopyFrom(common_pb2.OrbitView(azimuth_deg=ns.azimuth, elevation_deg=ns.elevation))
+    return req
+
+
+async def cmd_enhance(stub: glimpse3d_pb2_grpc.Glimpse3DStub, ns: argparse.Namespace) -> None:
+    job = await stub.Enhance(_enhance_request(ns))
+    job = await watch(stub, job.name, quiet=ns.quiet)
+    _check_done(job)
+    if job.error.message:
+        raise CliError(f"{job.name}: the round failed: {job.error.message}")
+    v = job.versions[-1]
+    r = v.report
+    print(f"{v.name}: accepted {r.accepted_fraction:.1%} of pixels, error {r.photometric_error_before:.4f}"
+          f" -> {r.photometric_error_after:.4f}")
+
+
+async def cmd_export(stub: glimpse3d_pb2_grpc.Glimpse3DStub, ns: argparse.Namespace) -> None:
+    name = _job_name(ns.job)
+    dest = ns.out or Path(f"{name.replace('/', '_')}.{ns.format}")
+    print(await export(stub, name, ns.format, dest))
+
+
+async def cmd_jobs(stub: glimpse3d_pb2_grpc.Glimpse3DStub, ns: argparse.Namespace) -> None:
+    token = ""
+    while True:
+        resp = await stub.ListJobs(glimpse3d_pb2.ListJobsRequest(page_size=100, page_token=token))
+        for job in resp.jobs:
+            print(f"{job.name}\t{STATE.Name(job.state)}\t{len(job.versions)} versions\t{job.display_name}")
+        token = resp.next_page_token
+        if not token:
+            return
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="glimpse3d", description="Glimpse3D: one photo to a 3D Gaussian splat.")
+    p.add_argument("--addr", default=os.environ.get("GLIMPSE3D_GATEWAY_ADDR", DEFAULT_ADDR), help="gateway host:port")
+    p.add_argument("--tenant", default=os.environ.get("GLIMPSE3D_TENANT", "default"))
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    sub = p.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="photo -> splat, exported into --out")
+    g.add_argument("photo", type=Path)
+    g.add_argument("--enhance", type=int, default=0, help="enhancement rounds (0..10)")
+    g.add_argument("--views", type=int, default=0, help="novel views to generate (0..16)")
+    g.add_argument("--resolution", type=int, default=0, help="working resolution, 64..1024 (default 256)")
+    g.add_argument("--prompt", default="")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", type=Path, required=True)
+    g.add_argument("--formats", nargs="+", choices=sorted(FORMATS), default=["ply", "splat", "glb"])
+    e = sub.add_parser("enhance", help="one enhancement round (auto view unless --azimuth is given)")
+    e.add_argument("job")
+    e.add_argument("--azimuth", type=float)
+    e.add_argument("--elevation", type=float, default=0.0)
+    e.add_argument("--prompt", default="")
+    e.add_argument("--strength", type=float, default=0.0)
+    e.add_argument("--seed", type=int, default=0)
+    x = sub.add_parser("export", help="download a version in a file format")
+    x.add_argument("job", help="job id, jobs/ID or jobs/ID/versions/N")
+    x.add_argument("--format", required=True, choices=sorted(FORMATS))
+    x.add_argument("--out", type=Path)
+    sub.add_parser("jobs", help="list jobs")
+    return p
+
+
+COMMANDS = {"generate": cmd_generate, "enhance": cmd_enhance, "export": cmd_export, "jobs": cmd_jobs}
+
+
+async def run(ns: argparse.Namespace) -> None:
+    async with grpc.aio.insecure_channel(ns.addr, options=[("grpc.max_send_message_length", 64 << 20),
+                                                           ("grpc.max_receive_message_length", 64 << 20)]) as ch:
+        stub = glimpse3d_pb2_grpc.Glimpse3DStub(ch)
+        stub = _TenantStub(stub, ns.tenant)
+        await COMMANDS[ns.command](stub, ns)
+
+
+class _TenantStub:
+    """Adds the tenant metadata to every call."""
+
+    def __init__(self, stub: glimpse3d_pb2_grpc.Glimpse3DStub, tenant: str) -> None:
+        self._stub, self._md = stub, (("x-glimpse3d-tenant", tenant),)
+
+    def __getattr__(self, name: str):
+        method = getattr(self._stub, name)
+        return lambda request, **kw: method(request, metadata=self._md, **kw)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    try:
+        asyncio.run(run(ns))
+    except CliError as err:
+        print(f"glimpse3d: error: {err}", file=sys.stderr)
+        return err.status
+    except grpc.aio.AioRpcError as err:
+        status = 2 if err.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND) else 1
+        print(f"glimpse3d: error: {err.details()} ({err.code().name})", file=sys.stderr)
+        return status
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""Starts the whole local stack: the five services and the gateway as separate processes on free
+ports, each announcing readiness through a ready file (so port 0 is race free). Used by
+``make demo``, ``make up`` and the end-to-end tests.
+
+``python -m glimpse3d.gateway.stack --state var/stack`` starts everything and waits for SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
+SERVICES = ("depth", "reconstruction", "multiview", "diffusion", "backprojection")
+
+
+class StackError(RuntimeError):
+    """A process of the stack failed to start."""
+
+
+@dataclass
+class Stack:
+    """Running processes and their ports; use as a context manager to stop them all."""
+
+    state_dir: Path
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def gateway_addr(self) -> str:
+        return f"127.0.0.1:{self.ports['gateway']}"
+
+    def addr(self, name: str) -> str:
+        return f"127.0.0.1:{self.ports[name]}"
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """SIGTERM every process (gateway first, so it stops calling the services), then wait."""
+        order = ["gateway", *SERVICES]
+        for name in order:
+            proc = self.processes.get(name)
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for name in order:
+            proc = self.processes.get(name)
+            if proc is None:
+                continue
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in time; killing it", name)
+                proc.kill()
+                proc.wait()
+        self.processes.clear()
+
+
+def _die_with_parent() -> None:
+    """Child-side: ask Linux to SIGTERM this process when its parent dies, so that a launcher that
+    is killed outright never leaves services running. A no-op where prctl is unavailable."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def _spawn(name: str, module: str, env: dict[str, str], state_dir: Path) -> tuple[subprocess.Popen, Path]:
+    ready = state_dir / f"{name}.ready.json"
+    with contextlib.suppress(FileNotFoundError):
+        ready.unlink()
+    env = {**env, "GLIMPSE3D_READY_FILE": str(ready), "GLIMPSE3D_PORT": "0", "GLIMPSE3D_METRICS_PORT": "0"}
+    logfile = open(state_dir / f"{name}.log", "ab")  # the child process inherits it
+    # preexec_fn only calls prctl, which is async-signal-safe.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module], env=env, stdout=logfile, stderr=subprocess.STDOUT,
+        preexec_fn=_die_with_parent,  # noqa: PLW1509
+    )
+    logfile.close()
+    return proc, ready
+
+
+def _wait_ready(name: str, proc: subprocess.Popen, ready: Path, state_dir: Path, timeout_s: float) -> int:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if ready.exists():
+            return int(json.loads(ready.read_text())["port"])
+        if proc.poll() is not None:
+            tail = (state_dir / f"{name}.log").read_text(errors="replace")[-2000:]
+            raise StackError(f"{name} exited with code {proc.returncode} while starting:\n{tail}")
+        time.sleep(0.05)
+    raise StackError(f"{name} was not ready after {timeout_s:.0f} s (log: {state_dir / (name + '.log')})")
+
+
+def start_stack(state_dir: Path, *, env: dict[str, str] | None = None, timeout_s: float = 120.0,
+                service_env: dict[str, dict[str, str]] | None = None) -> Stack:
+    """Start the five services, then the gateway pointing at them; returns once all are SERVING."""
+    state_dir = Path(state_dir).resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    base = {**os.environ, **(env or {})}
+    base.setdefault("GLIMPSE3D_ARTIFACTS_URL", (state_dir / "artifacts").as_uri())
+    base.setdefault("GLIMPSE3D_LOG_JSON", "true")
+    # torch's OpenMP threads spin-wait by default, which starves the other processes of the stack.
+    base.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    stack = Stack(state_dir)
+    try:
+        pending = {}
+        for name in SERVICES:
+            extra = (service_env or {}).get(name, {})
+            proc, ready = _spawn(name, f"glimpse3d.services.{name}", {**base, **extra}, state_dir)
+            stack.processes[name], pending[name] = proc, ready
+        for name, ready in pending.items():
+            stack.ports[name] = _wait_ready(name, stack.processes[name], ready, state_dir, timeout_s)
+        gw_env = {**base, **{f"GLIMPSE3D_{s.upper()}_ADDR": stack.addr(s) for s in SERVICES}}
+        gw_env.setdefault("GLIMPSE3D_DB_PATH", str(state_dir / "jobs.sqlite3"))
+        gw_env["GLIMPSE3D_ARTIFACTS_URL"] = base["GLIMPSE3D_ARTIFACTS_URL"]
+        proc, ready = _spawn("gateway", "glimpse3d.gateway", gw_env, state_dir)
+        stack.processes["gateway"] = proc
+        stack.ports["gateway"] = _wait_ready("gateway", proc, ready, state_dir, timeout_s)
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+def raise_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit so that ``with start_stack(...)`` blocks stop their processes."""
+
+    def _exit(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--state", type=Path, default=Path("var/stack"), help="folder for logs, db, artifacts")
+    ns = parser.parse_args(argv)
+    stack = start_stack(ns.state)
+    stop = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    log.info("Glimpse3D is up. Gateway at %s; services: %s; logs in %s. Ctrl-C stops it.",
+             stack.gateway_addr, ", ".join(f"{s}={stack.addr(s)}" for s in SERVICES), ns.state)
+    (Path(ns.state) / "gateway.addr").write_text(stack.gateway_addr)
+    try:
+        while not stop and all(p.poll() is None for p in stack.processes.values()):
+            time.sleep(0.2)
+    finally:
+        stack.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Backprojection gRPC servicer: a thin adapter over MVCRM (:mod:`.mvcrm`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+
+from glimpse3d.core import convert
+from glimpse3d.core.errors import InvalidInput
+from glimpse3d.core.rpc import Registration
+from glimpse3d.core.service import ServiceRuntime
+from glimpse3d.services.backprojection.backends import BackprojectionBackend, make_backend
+from glimpse3d.services.backprojection.options import RefineOptions
+from glimpse3d.v1 import backprojection_pb2, backprojection_pb2_grpc
+
+SERVICE_NAME = backprojection_pb2.DESCRIPTOR.services_by_name["Backprojection"].full_name
+DEFAULT_BACKEND = "mvcrm"
+
+
+class BackprojectionServicer(backprojection_pb2_grpc.BackprojectionServicer):
+    def __init__(self, backend: BackprojectionBackend, runtime: ServiceRuntime) -> None:
+        self.backend = backend
+        self.rt = runtime
+
+    async def Refine(  # noqa: N802 - gRPC method name
+        self, request: backprojection_pb2.RefineRequest, context: grpc.aio.ServicerContext
+    ) -> backprojection_pb2.RefineResponse:
+        options = RefineOptions.from_proto(request.options)
+        camera = convert.camera_from_proto(request.camera, "camera")
+        view = await self.rt.io.image(request.view, "view")
+        if view.shape[:2] != (camera.height, camera.width):
+            raise InvalidInput(
+                f"view is {view.shape[1]}x{view.shape[0]} but camera is {camera.width}x{camera.height}", field="view"
+            )
+        hw = (camera.height, camera.width)
+        splat = await self.rt.io.splat(request.splat, "splat")
+        view_depth = None
+        if request.view_depth.uri:
+            view_depth = await self.rt.io.array(request.view_depth, "view_depth", shape=hw)
+        confidence = None
+        if request.confidence.uri:
+            confidence = await self.rt.io.array(request.confidence, "confidence", shape=(splat.num_gaussians,))
+        reference = await self.rt.io.image(request.reference, "reference") if request.reference.uri else None
+        result = await self.rt.limiter.run(
+            self.backend.refine, splat, view[..., :3], camera, view_depth, confidence, options, reference=reference
+        )
+        r = result.report
+        report = backprojection_pb2.RefineReport(
+            accepted_fraction=r.accepted_fraction, photometric_error_before=r.photometric_error_before,
+            photometric_error_after=r.photometric_error_after, clip_note=r.clip_note, rejected=r.rejected,
+            steps=r.steps, mean_confidence=r.mean_confidence,
+        )
+        if r.clip_score is not None:
+            report.clip_score = r.clip_score
+        return backprojection_pb2.RefineResponse(
+            splat=await self.rt.io.put_splat(result.splat),
+            confidence=await self.rt.io.put_array(result.confidence),
+            report=report,
+        )
+
+
+def build(runtime: ServiceRuntime) -> tuple[Registration, Callable[[], None]]:
+    backend = make_backend(runtime.settings.backend or DEFAULT_BACKEND)
+    servicer = BackprojectionServicer(backend, runtime)
+    return [(backprojection_pb2_grpc.add_BackprojectionServicer_to_server, servicer)], backend.load

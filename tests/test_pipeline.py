@@ -1,0 +1,136 @@
+"""The main job end to end on the embedded default: photo -> five gRPC services -> refined splat
+-> .ply/.splat/.glb, driven through the `glimpse3d` CLI and the demo, against real processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from plyfile import PlyData
+from pygltflib import GLTF2
+
+from glimpse3d.core.formats import read_ply, read_splat
+from glimpse3d.gateway import demo
+
+SAMPLE = demo.SAMPLE
+THREEDGS_PREFIX = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
+THREEDGS_SUFFIX = ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+
+
+def cli(stack, *args: str, timeout: float = 300.0) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "glimpse3d.gateway.cli", "--addr", stack.gateway_addr, *args],
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )
+
+
+def check_3dgs_ply(path: Path) -> None:
+    """The .ply follows the layout standard Gaussian-splat viewers read."""
+    ply = PlyData.read(str(path))
+    assert ply.text is False and ply.byte_order == "<"
+    names = [p.name for p in ply["vertex"].properties]
+    assert names[:9] == THREEDGS_PREFIX
+    assert names[-8:] == THREEDGS_SUFFIX
+    assert all(n.startswith("f_rest_") for n in names[9:-8])
+    assert all(p.val_dtype in ("f4", "float32", "float") for p in ply["vertex"].properties)
+
+
+def test_cli_generate_enhance_export_jobs(stack, tmp_path):
+    out = tmp_path / "out"
+    gen = cli(stack, "--quiet", "generate", str(SAMPLE), "--enhance", "1", "--views", "1",
+              "--resolution", "80", "--out", str(out))
+    assert gen.returncode == 0, gen.stderr
+    job = gen.stdout.splitlines()[0]
+    assert job.startswith("jobs/")
+    for fmt in ("ply", "splat", "glb"):
+        assert (out / f"model.{fmt}").stat().st_size > 0
+    check_3dgs_ply(out / "model.ply")
+    splat = read_ply(out / "model.ply")
+    assert splat.num_gaussians > 100
+    assert (out / "model.splat").stat().st_size == 32 * splat.num_gaussians
+    assert read_splat(out / "model.splat").num_gaussians == splat.num_gaussians
+    glb = GLTF2().load(str(out / "model.glb"))
+    assert "KHR_gaussian_splatting" in glb.extensionsUsed
+
+    enh = cli(stack, "enhance", job, "--azimuth", "90", "--elevation", "10")
+    assert enh.returncode == 0, enh.stderr
+    assert f"{job}/versions/3" in enh.stdout and "accepted" in enh.stdout
+    assert "%" in enh.stderr  # the progress bar fed by WatchJob
+
+    exp = cli(stack, "export", f"{job}/versions/1", "--format", "ply", "--out", str(tmp_path / "v1.ply"))
+    assert exp.returncode == 0, exp.stderr
+    v1 = read_ply(tmp_path / "v1.ply")
+    v3 = read_ply(cli_export(stack, job, tmp_path / "v3.ply"))
+    assert v1.num_gaussians == v3.num_gaussians
+    assert not np.allclose(v1.sh, v3.sh)  # the rounds changed the splat; version 1 stayed readable
+
+    jobs = cli(stack, "jobs")
+    assert jobs.returncode == 0 and job in jobs.stdout
+
+
+def cli_export(stack, job: str, dest: Path) -> Path:
+    res = cli(stack, "export", job, "--format", "ply", "--out", str(dest))
+    assert res.returncode == 0, res.stderr
+    return dest
+
+
+def _unix_socket(path: Path) -> None:
+    """A path that exists but cannot be opened for reading, even by root."""
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(path))
+    sock.close()
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: p.write_bytes(b"this is not an image at all"), "not a PNG or JPEG"),
+        (lambda p: p.write_bytes(SAMPLE.read_bytes()[:3000]), "truncated"),
+        (lambda p: None, "no such file"),
+        (lambda p: p.mkdir(), "is a directory"),
+        (_unix_socket, "unreadable"),
+        (lambda p: p.open("wb").truncate(33 * 1024 * 1024), "too large"),
+    ],
+    ids=["not-an-image", "truncated", "missing", "directory", "unreadable", "too-large"],
+)
+def test_cli_bad_photo_gets_one_line_error(stack, tmp_path, make, message):
+    photo = tmp_path / "photo.png"
+    make(photo)
+    res = cli(stack, "generate", str(photo), "--out", str(tmp_path / "o"))
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("glimpse3d: error:")
+    assert message in lines[0]
+
+
+def test_cli_unknown_job(stack):
+    for args in (["enhance", "jobs/doesnotexist"], ["export", "doesnotexist", "--format", "ply"]):
+        res = cli(stack, *args)
+        assert res.returncode == 2
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and "doesnotexist" in lines[0] and "NOT_FOUND" in lines[0]
+
+
+def test_demo_writes_every_output(tmp_path):
+    """`make demo` end to end (small resolution): generate + two auto rounds + export, all files."""
+    out = tmp_path / "out"
+    rc = demo.main(["--out", str(out), "--state", str(tmp_path / "state"), "--resolution", "80", "--views", "1"])
+    assert rc == 0
+    for name in ("model.ply", "model.splat", "model.glb", "turntable.png", "metrics.json"):
+        assert (out / name).stat().st_size > 0, name
+    check_3dgs_ply(out / "model.ply")
+    metrics = json.loads((out / "metrics.json").read_text())
+    versions = metrics["job"]["versions"]
+    assert len(versions) == 3
+    assert versions[0]["metrics"]["input_view_psnr_db"] > 20
+    for v in versions[1:]:
+        assert 0.0 <= v["report"].get("accepted_fraction", 0.0) <= 1.0
+    from PIL import Image
+
+    assert Image.open(out / "turntable.png").size[1] == 2 * Image.open(out / "turntable.png").size[0] // 8

@@ -1,0 +1,89 @@
+"""The service runtime: bounded compute, cooperative cancellation, validated artifact I/O."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from glimpse3d.core import convert
+from glimpse3d.core.artifacts import FileArtifactStore
+from glimpse3d.core.cancel import check_cancelled
+from glimpse3d.core.errors import Cancelled, InvalidInput, Overloaded
+from glimpse3d.core.images import encode_npy
+from glimpse3d.core.service import ArtifactIO, ComputeLimiter, ServiceSettings
+
+
+def _spin(stopped: threading.Event, limit_s: float = 10.0) -> str:
+    """Blocking work that polls for cancellation, as fitting loops do."""
+    deadline = time.monotonic() + limit_s
+    try:
+        while time.monotonic() < deadline:
+            check_cancelled()
+            time.sleep(0.01)
+        return "finished"
+    except Cancelled:
+        stopped.set()
+        raise
+
+
+def test_cancelling_the_call_stops_the_thread_and_frees_the_slot():
+    async def scenario() -> None:
+        limiter = ComputeLimiter(max_concurrency=1, max_waiting=0)
+        stopped = threading.Event()
+        task = asyncio.ensure_future(limiter.run(_spin, stopped))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert stopped.is_set()  # the worker thread saw the cancellation and stopped
+        assert await limiter.run(lambda: 42) == 42  # and the slot is free again
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
+def test_full_queue_is_overloaded_not_unbounded():
+    async def scenario() -> None:
+        limiter = ComputeLimiter(max_concurrency=1, max_waiting=1)
+        gate = threading.Event()
+        running = asyncio.ensure_future(limiter.run(gate.wait, 10))
+        await asyncio.sleep(0.05)
+        waiting = asyncio.ensure_future(limiter.run(lambda: "second"))
+        await asyncio.sleep(0.05)
+        with pytest.raises(Overloaded, match="busy"):
+            await limiter.run(lambda: "third")
+        gate.set()
+        assert await running is True
+        assert await waiting == "second"
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
+def test_check_cancelled_is_a_no_op_outside_a_call():
+    check_cancelled()
+
+
+def test_artifact_io_names_the_field(tmp_path):
+    io = ArtifactIO(FileArtifactStore(tmp_path))
+    ref = convert.artifact_to_proto(io.store.put(encode_npy(np.zeros((4, 5), np.float32)), "application/x-npy"))
+
+    async def scenario() -> None:
+        assert (await io.array(ref, "depth", shape=(4, 5))).shape == (4, 5)
+        with pytest.raises(InvalidInput) as exc:
+            await io.array(ref, "mask", shape=(5, 4))
+        assert exc.value.field == "mask" and "[5, 4]" in exc.value.message
+        with pytest.raises(InvalidInput) as exc:
+            await io.image(ref, "view")
+        assert exc.value.field == "view"
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(("field", "value"), [("max_concurrency", 0), ("max_waiting", -1), ("torch_threads", 999)])
+def test_settings_are_validated(field, value):
+    with pytest.raises(InvalidInput) as exc:
+        ServiceSettings(**{field: value})
+    assert exc.value.field == field
