@@ -18,6 +18,9 @@ from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
+from minio import Minio
+from s3_server import S3Server, free_port, s3_server_fixture  # noqa: F401  (registers the s3_server fixture)
+
 from glimpse3d.core.artifacts import (
     ENV_ARTIFACTS_URL,
     ENV_S3_ACCESS_KEY,
@@ -36,8 +39,6 @@ from glimpse3d.core.artifacts import (
 )
 from glimpse3d.core.artifacts.base import CHUNK_SIZE, Blob
 from glimpse3d.core.errors import IntegrityError, InvalidInput, NotFound, Unavailable
-from minio import Minio
-from s3_server import S3Server, free_port, s3_server_fixture  # noqa: F401  (registers the s3_server fixture)
 
 MIB = 1 << 20
 PNG = "image/png"

@@ -134,3 +134,47 @@ def test_demo_writes_every_output(tmp_path):
     from PIL import Image
 
     assert Image.open(out / "turntable.png").size[1] == 2 * Image.open(out / "turntable.png").size[0] // 8
+
+
+def _pid_alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_up_serves_until_sigterm_and_stops_every_process(tmp_path):
+    """`make up`: the stack stays up, serves, and a SIGTERM stops all six processes."""
+    import os
+    import signal
+    import time
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    state = tmp_path / "stack"
+    proc = subprocess.Popen([sys.executable, "-m", "glimpse3d.gateway.stack", "--state", str(state)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while not (state / "gateway.addr").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "stack did not come up"
+            time.sleep(0.2)
+        addr = (state / "gateway.addr").read_text()
+        with grpc.insecure_channel(addr) as ch:
+            status = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
+        pids = [json.loads(p.read_text())["pid"] for p in state.glob("*.ready.json")]
+        assert len(pids) == 6
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        deadline = time.monotonic() + 10
+        while any(_pid_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_pid_alive(p) for p in pids)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)

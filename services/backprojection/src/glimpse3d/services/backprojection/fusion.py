@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from glimpse3d.core.cameras import Camera
+from glimpse3d.core.cancel import check_cancelled
 from glimpse3d.core.render import GaussianTensors, rasterize
 from glimpse3d.services.backprojection import normals as nrm
 
@@ -130,6 +131,7 @@ def fuse(g0: GaussianTensors, prob: FusionProblem, steps: int, learning_rate: fl
     groups = [{"params": [t], "lr": learning_rate * _LR_FACTORS[name]} for name, t in p.leaves.items()]
     opt = torch.optim.Adam(groups)
     for _ in range(steps):
+        check_cancelled()  # a cancelled call stops here instead of fusing on
         opt.zero_grad(set_to_none=True)
         with torch.enable_grad():  # also when the caller runs under torch.no_grad()
             _loss(p, prob).backward()
