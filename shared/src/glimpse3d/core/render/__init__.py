@@ -6,7 +6,8 @@ kernels; elsewhere it runs a differentiable, tile-based pure-torch rasterizer wi
 stays bounded for large scenes.
 """
 
+from glimpse3d.core.render._project import quat_to_rotmat
 from glimpse3d.core.render._rasterize import RenderOutput, rasterize
 from glimpse3d.core.render.gaussians import GaussianTensors, from_tensors, to_tensors
 
-__all__ = ["GaussianTensors", "RenderOutput", "from_tensors", "rasterize", "to_tensors"]
+__all__ = ["GaussianTensors", "RenderOutput", "from_tensors", "quat_to_rotmat", "rasterize", "to_tensors"]

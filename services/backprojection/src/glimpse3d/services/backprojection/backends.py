@@ -14,6 +14,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from glimpse3d.core.backends import BackendRegistry
 from glimpse3d.core.cameras import Camera
 from glimpse3d.core.errors import InvalidInput, NotReady
 from glimpse3d.core.splat import Splat
@@ -92,16 +93,14 @@ class MVCRMBackend:
         )
 
 
-_BACKENDS = {"mvcrm": MVCRMBackend}
+# A transformers CLIP scorer and a "triton" backend register here when they arrive.
+REGISTRY: BackendRegistry[BackprojectionBackend] = BackendRegistry(
+    "backprojection", {"mvcrm": "glimpse3d.services.backprojection.backends:MVCRMBackend"}
+)
 
 
 def make_backend(
     name: str = DEFAULT_BACKEND, clip: ClipScorer | None = None, device: str | torch.device = "cpu"
 ) -> BackprojectionBackend:
     """Backend by name (``mvcrm``); call ``load()`` before use."""
-    cls = _BACKENDS.get(name)
-    if cls is None:
-        raise InvalidInput(
-            f"unknown backprojection backend {name!r}; choose one of {sorted(_BACKENDS)}", field="backend"
-        )
-    return cls(clip=clip, device=device)
+    return REGISTRY.create(name, clip=clip, device=device)

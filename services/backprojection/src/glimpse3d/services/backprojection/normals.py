@@ -23,6 +23,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from glimpse3d.core.render import quat_to_rotmat
+
 _CELL_CAP = 24  # candidates taken from one grid cell
 _CHUNK_ELEMENTS = 1 << 21  # query points x candidates per chunk
 _SAMPLE_FOR_CELL = 512  # points whose exact k-th neighbour distance sets the cell size
@@ -39,24 +41,12 @@ class Neighbours(NamedTuple):
     valid: Tensor  # [M, k] bool
 
 
-def rotation_matrices(quats: Tensor) -> Tensor:
-    """[N, 3, 3] rotations from (w, x, y, z) quaternions [N, 4] (normalised here); columns = local axes."""
-    assert quats.ndim == 2 and quats.shape[1] == 4, f"quats must be [N, 4], got {list(quats.shape)}"
-    w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)  # each [N]
-    rows = [
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ]
-    return torch.stack(rows, dim=-1).reshape(-1, 3, 3)
-
-
 def gaussian_normals(quats: Tensor, log_scales: Tensor) -> Tensor:
     """[N, 3] unit normals: the world direction of each Gaussian's shortest axis (differentiable in quats)."""
     n = quats.shape[0]
     assert log_scales.shape == (n, 3), f"log_scales must be [{n}, 3], got {list(log_scales.shape)}"
     axis = torch.argmin(log_scales.detach(), dim=1)  # [N]
-    rot = rotation_matrices(quats)  # [N, 3, 3]
+    rot = quat_to_rotmat(quats)  # [N, 3, 3]
     return rot[torch.arange(n), :, axis]  # [N, 3] column `axis` of each rotation
 
 

@@ -8,16 +8,14 @@ weight-free ``silhouette`` backend never imports torch or a model library.
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import logging
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from glimpse3d.core.backends import BackendRegistry
 from glimpse3d.core.cameras import Camera
-from glimpse3d.core.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -46,27 +44,13 @@ class DepthBackend(Protocol):
         ...
 
 
-# name -> (module, class). Learned backends ("dpt", "triton") register here when they arrive.
-_BACKENDS: dict[str, tuple[str, str]] = {
-    "silhouette": ("glimpse3d.services.depth.silhouette", "SilhouetteDepthBackend"),
-}
-
-
-def backend_names() -> list[str]:
-    return sorted(_BACKENDS)
+# Learned backends ("dpt", "triton") register here when they arrive.
+REGISTRY: BackendRegistry[DepthBackend] = BackendRegistry(
+    "depth", {"silhouette": "glimpse3d.services.depth.silhouette:SilhouetteDepthBackend"}
+)
+backend_names = REGISTRY.names
 
 
 def make_backend(name: str, **options: Any) -> DepthBackend:
     """Instantiate the backend called ``name`` with keyword ``options`` (not loaded yet)."""
-    if name not in _BACKENDS:
-        valid = ", ".join(backend_names())
-        raise InvalidInput(f"unknown depth backend {name!r}; valid names: {valid}", field="backend")
-    module_name, class_name = _BACKENDS[name]
-    cls = getattr(importlib.import_module(module_name), class_name)
-    try:
-        inspect.signature(cls).bind(**options)
-    except TypeError as err:
-        raise InvalidInput(f"bad options for depth backend {name!r}: {err}", field="backend_options") from err
-    backend = cls(**options)
-    log.info("depth backend created", extra={"backend": name, "options": sorted(options)})
-    return backend
+    return REGISTRY.create(name, **options)

@@ -12,8 +12,6 @@ The proto's "0 = backend default" convention is applied by the caller with
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import logging
 import math
 import numbers
@@ -22,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from glimpse3d.core.backends import BackendRegistry
 from glimpse3d.core.cameras import MAX_IMAGE_SIDE
 from glimpse3d.core.errors import InvalidInput
 
@@ -188,27 +187,13 @@ def validate_request(
 # Registry
 # --------------------------------------------------------------------------------------------- #
 
-# name -> (module, class). Learned backends ("sdxl", "triton") register here when they arrive.
-_BACKENDS: dict[str, tuple[str, str]] = {
-    "classical": ("glimpse3d.services.diffusion.classical", "ClassicalDiffusionBackend"),
-}
-
-
-def backend_names() -> list[str]:
-    return sorted(_BACKENDS)
+# Learned backends ("sdxl", "triton") register here when they arrive.
+REGISTRY: BackendRegistry[DiffusionBackend] = BackendRegistry(
+    "diffusion", {"classical": "glimpse3d.services.diffusion.classical:ClassicalDiffusionBackend"}
+)
+backend_names = REGISTRY.names
 
 
 def make_backend(name: str, **options: Any) -> DiffusionBackend:
     """Instantiate the backend called ``name`` with keyword ``options`` (not loaded yet)."""
-    if name not in _BACKENDS:
-        valid = ", ".join(backend_names())
-        raise InvalidInput(f"unknown diffusion backend {name!r}; valid names: {valid}", field="backend")
-    module_name, class_name = _BACKENDS[name]
-    cls = getattr(importlib.import_module(module_name), class_name)
-    try:
-        inspect.signature(cls).bind(**options)
-    except TypeError as err:
-        raise InvalidInput(f"bad options for diffusion backend {name!r}: {err}", field="backend_options") from err
-    backend = cls(**options)
-    log.info("diffusion backend created", extra={"backend": name, "options": sorted(options)})
-    return backend
+    return REGISTRY.create(name, **options)

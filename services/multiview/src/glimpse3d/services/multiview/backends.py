@@ -22,6 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from glimpse3d.core.backends import BackendRegistry
 from glimpse3d.core.cameras import Camera
 from glimpse3d.core.errors import InvalidInput
 from glimpse3d.core.splat import Splat
@@ -76,13 +77,15 @@ class MultiviewBackend(Protocol):
         ...
 
 
+# Learned backends ("zero123", "triton") register here when they arrive.
+REGISTRY: BackendRegistry[MultiviewBackend] = BackendRegistry(
+    "multiview", {"render": "glimpse3d.services.multiview.render_views:RenderBackend"}
+)
+
+
 def make_backend(name: str, **options: Any) -> MultiviewBackend:
     """The backend called ``name`` (``"render"``), built with backend-specific ``options``."""
-    if name == "render":
-        from glimpse3d.services.multiview.render_views import RenderBackend
-
-        return RenderBackend(**options)
-    raise InvalidInput(f"unknown multiview backend {name!r}; available: render", field="backend")
+    return REGISTRY.create(name, **options)
 
 
 def _float_image(image: object) -> tuple[np.ndarray, np.ndarray | None]:

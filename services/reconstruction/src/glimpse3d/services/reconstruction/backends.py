@@ -20,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from glimpse3d.core.backends import BackendRegistry
 from glimpse3d.core.cameras import Camera
 from glimpse3d.core.errors import InvalidInput
 from glimpse3d.core.splat import Splat
@@ -88,13 +89,15 @@ class ReconstructionBackend(Protocol):
         ...
 
 
+# Learned backends ("triposr", "lgm", "triton") register here when they arrive.
+REGISTRY: BackendRegistry[ReconstructionBackend] = BackendRegistry(
+    "reconstruction", {"lift": "glimpse3d.services.reconstruction.lift:LiftBackend"}
+)
+
+
 def make_backend(name: str, **options: Any) -> ReconstructionBackend:
     """The backend called ``name`` (``"lift"``), built with backend-specific ``options``."""
-    if name == "lift":
-        from glimpse3d.services.reconstruction.lift import LiftBackend
-
-        return LiftBackend(**options)
-    raise InvalidInput(f"unknown reconstruction backend {name!r}; available: lift", field="backend")
+    return REGISTRY.create(name, **options)
 
 
 def check_fit_options(fit_steps: int, max_gaussians: int, seed: int, views: Sequence[ExtraView]) -> None:
