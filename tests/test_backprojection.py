@@ -412,3 +412,26 @@ def test_background_is_estimated_from_empty_pixels(gt: Splat) -> None:
     view, _, alpha = render(gt, cam(0), background=(0.2, 0.4, 0.6))
     assert estimate_background(view, alpha, None) == pytest.approx((0.2, 0.4, 0.6), abs=1e-3)
     assert estimate_background(view, np.ones_like(alpha), None) == (0.0, 0.0, 0.0)
+
+
+def test_working_resolution_cap_keeps_geometry_and_still_improves_the_view():
+    """A round capped at a lower working resolution sees the same geometry (depth ~ alpha-weighted
+    average at the small size) and still improves the fed view."""
+    from glimpse3d.core.synthetic import render_depth_alpha, render_image
+    from glimpse3d.services.backprojection.mvcrm import working_resolution
+
+    truth = textured_object(seed=0, n=1500)
+    camera = orbit_camera(30.0, 10.0, 2.7, width=96, height=80)
+    view = render_image(truth, camera, background=(0.0, 0.0, 0.0))
+    depth, _ = render_depth_alpha(truth, camera)
+    small_cam, small_view, small_depth = working_resolution(camera, view / 255.0, depth, 48)
+    assert (small_cam.width, small_cam.height) == small_view.shape[1::-1] == (48, 40)
+    assert small_cam.fx == pytest.approx(camera.fx / 2)
+    inside = small_depth > 0
+    assert inside.mean() > 0.2 and abs(np.median(small_depth[inside]) - np.median(depth[depth > 0])) < 0.05
+
+    rng = np.random.default_rng(0)
+    noisy = Splat(truth.means, truth.quats, truth.log_scales, truth.opacity_logits,
+                  truth.sh + rng.normal(0, 0.6, truth.sh.shape).astype(np.float32))
+    result = refine(noisy, view, camera, depth, options=RefineOptions(steps=40), max_side=48)
+    assert result.report.photometric_error_after < 0.7 * result.report.photometric_error_before

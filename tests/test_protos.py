@@ -84,9 +84,9 @@ def test_camera_round_trip():
     [
         (lambda m: m.world_to_camera.__setitem__(3, math.nan), "views[0].camera.world_to_camera"),
         (lambda m: m.world_to_camera.pop(), "views[0].camera.world_to_camera"),
-        (lambda m: setattr(m.intrinsics, "fx", math.inf), "views[0].camera.fx"),
-        (lambda m: setattr(m.intrinsics, "fx", -1.0), "views[0].camera.fx"),
-        (lambda m: setattr(m.intrinsics, "width", 0), "views[0].camera.width"),
+        (lambda m: setattr(m.intrinsics, "fx", math.inf), "views[0].camera.intrinsics.fx"),
+        (lambda m: setattr(m.intrinsics, "fx", -1.0), "views[0].camera.intrinsics.fx"),
+        (lambda m: setattr(m.intrinsics, "width", 0), "views[0].camera.intrinsics.width"),
         (lambda m: m.world_to_camera.__setitem__(0, 2.0), "views[0].camera.world_to_camera"),
     ],
 )
@@ -109,5 +109,8 @@ def test_orbit_view_defaults_and_validation():
     with pytest.raises(InvalidInput) as exc:
         convert.view_from_proto(common_pb2.ViewSpec(orbit=common_pb2.OrbitView(radius=math.nan)), "v")
     assert exc.value.field == "v.orbit.radius"
+    with pytest.raises(InvalidInput) as exc:
+        convert.view_from_proto(common_pb2.ViewSpec(orbit=common_pb2.OrbitView(width=100_000)), "v")
+    assert exc.value.field == "v.orbit.width"
     with pytest.raises(InvalidInput, match="either camera or orbit"):
         convert.view_from_proto(common_pb2.ViewSpec(), "v")

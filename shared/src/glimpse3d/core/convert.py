@@ -20,9 +20,16 @@ DEFAULT_FOV_Y_DEG = 40.0
 DEFAULT_VIEW_SIZE = 512
 
 
-def _prefixed(err: InvalidInput, field: str) -> InvalidInput:
-    inner = (err.field or "").removeprefix("camera")
-    path = field + inner if inner.startswith(".") or not inner else f"{field}.{inner}"
+_INTRINSICS = frozenset({"fx", "fy", "cx", "cy", "width", "height"})
+
+
+def _prefixed(err: InvalidInput, field: str, *, intrinsics: bool) -> InvalidInput:
+    """Re-raise a core Camera error under the request's field path, e.g. ``camera.fx`` ->
+    ``views[2].camera.intrinsics.fx`` (or ``views[2].orbit.width`` for an orbit view)."""
+    name = (err.field or "").removeprefix("camera.").removeprefix("camera")
+    if intrinsics and name in _INTRINSICS:
+        name = f"intrinsics.{name}"
+    path = f"{field}.{name}" if name else field
     return InvalidInput(f"{field}: {err.message}", field=path, metadata=err.metadata)
 
 
@@ -38,7 +45,7 @@ def camera_from_proto(msg: common_pb2.Camera, field: str = "camera") -> Camera:
         return Camera(intr.fx, intr.fy, intr.cx, intr.cy, intr.width, intr.height,
                       np.array(values, dtype=np.float64).reshape(4, 4))
     except InvalidInput as err:
-        raise _prefixed(err, field) from None
+        raise _prefixed(err, field, intrinsics=True) from None
 
 
 def camera_to_proto(cam: Camera) -> common_pb2.Camera:
@@ -66,7 +73,7 @@ def orbit_from_proto(msg: common_pb2.OrbitView, field: str = "orbit") -> Camera:
             fov_y_deg=msg.fov_y_deg or DEFAULT_FOV_Y_DEG,
         )
     except InvalidInput as err:
-        raise InvalidInput(f"{field}: {err.message}", field=f"{field}.{err.field or ''}".rstrip(".")) from None
+        raise _prefixed(err, field, intrinsics=False) from None
 
 
 def view_from_proto(msg: common_pb2.ViewSpec, field: str = "view") -> Camera:

@@ -54,11 +54,15 @@ class MVCRMBackend:
 
     name = "mvcrm"
 
-    def __init__(self, clip: ClipScorer | None = None, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, clip: ClipScorer | None = None, device: str | torch.device = "cpu", max_side: int | None = 256
+    ) -> None:
         if clip is not None and not isinstance(clip, ClipScorer):
             raise InvalidInput(f"clip must have a score(a, b) method, got {type(clip).__name__}", field="clip")
         self.clip = clip
         self.device = torch.device(device)
+        # Rounds run at most at this resolution (the splat does not depend on it); see refine().
+        self.max_side = max_side
         self._ready = False
 
     @property
@@ -89,7 +93,7 @@ class MVCRMBackend:
             raise NotReady(f"backprojection backend {self.name} is not loaded yet")
         return refine(
             splat, view, camera, view_depth, confidence, options, self.clip, reference,
-            background=background, device=self.device,
+            background=background, device=self.device, max_side=self.max_side,
         )
 
 

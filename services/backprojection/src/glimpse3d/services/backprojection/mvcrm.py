@@ -45,6 +45,7 @@ from torch import Tensor
 
 from glimpse3d.core.cameras import Camera
 from glimpse3d.core.errors import Glimpse3DError, InvalidInput
+from glimpse3d.core.images import resize_longest
 from glimpse3d.core.render import GaussianTensors, from_tensors, rasterize, to_tensors
 from glimpse3d.core.splat import SH_C0, Splat
 from glimpse3d.services.backprojection import normals as nrm
@@ -268,6 +269,22 @@ def _clip_check(
     return score, f"CLIP similarity {score:.3f} to the {name} passes the threshold {opts.clip_threshold:.3f}", True
 
 
+def working_resolution(
+    camera: Camera, view: np.ndarray, depth: np.ndarray | None, max_side: int
+) -> tuple[Camera, np.ndarray, np.ndarray | None]:
+    """The camera, view [h, w, 3] and depth [h, w] scaled so that the longest side is ``max_side``."""
+    if max_side < 16:
+        raise InvalidInput(f"max_side must be at least 16, got {max_side}", field="max_side")
+    small = resize_longest(view.astype(np.float32), max_side)
+    small_camera = camera.with_size(small.shape[1], small.shape[0])
+    if depth is None:
+        return small_camera, small, None
+    weight = resize_longest((depth > 0).astype(np.float32), max_side)
+    summed = resize_longest(np.where(depth > 0, depth, 0.0).astype(np.float32), max_side)
+    small_depth = np.where(weight > 0.5, summed / np.maximum(weight, 1e-6), 0.0).astype(np.float32)
+    return small_camera, small, small_depth
+
+
 # ---------------------------------------------------------------------------- public API
 
 
@@ -283,8 +300,13 @@ def refine(
     *,
     background: Sequence[float] | None = None,
     device: str | torch.device = "cpu",
+    max_side: int | None = None,
 ) -> RefineResult:
     """Fuse one enhanced ``view`` [H, W, 3] seen from ``camera`` into ``splat`` (one MVCRM round).
+
+    ``max_side``: when the view is larger, the round works on the view, its depth and its camera
+    scaled down to that longest side (area averaging; depth averaged over valid pixels only). The
+    splat is resolution independent, so this trades fine detail for speed; None keeps the size.
 
     ``view_depth`` [H, W]: depth estimated from the view, any positive scale and shift, <= 0 where
     there is no object; ``confidence`` [N]: accumulated by earlier rounds (None = zeros);
@@ -299,6 +321,8 @@ def refine(
     splat = _check_splat(splat)
     target = _check_view(view, camera)
     depth_in = _check_depth(view_depth, camera)
+    if max_side is not None and max(camera.width, camera.height) > max_side:
+        camera, target, depth_in = working_resolution(camera, target, depth_in, max_side)
     conf = _check_confidence(confidence, splat.num_gaussians)
     ref = _check_reference(reference)
     g0 = to_tensors(splat, device)
