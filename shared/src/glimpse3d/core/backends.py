@@ -7,6 +7,7 @@ library. Learned and Triton backends register the same way when they arrive.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import logging
@@ -44,3 +45,16 @@ class BackendRegistry(Generic[B]):
         backend = cls(**options)
         log.info("%s backend created", self.kind, extra={"backend": name, "options": sorted(options)})
         return backend
+
+
+C = TypeVar("C")
+
+
+def config_with_overrides(config_cls: type[C], config: C | None, overrides: Mapping[str, object], backend: str) -> C:
+    """A backend's frozen config dataclass: ``config`` (or the defaults) with keyword ``overrides``
+    applied; an unknown option is an :class:`InvalidInput` naming it."""
+    known = {f.name for f in dataclasses.fields(config_cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise InvalidInput(f"unknown {backend} backend option(s): {', '.join(unknown)}", field=unknown[0])
+    return dataclasses.replace(config or config_cls(), **overrides)  # type: ignore[type-var]

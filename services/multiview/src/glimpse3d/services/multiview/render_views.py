@@ -22,12 +22,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import torch
 
+from glimpse3d.core.backends import config_with_overrides
 from glimpse3d.core.cameras import Camera
 from glimpse3d.core.errors import InvalidInput, NotReady
 from glimpse3d.core.render import rasterize
@@ -132,11 +133,7 @@ class RenderBackend:
     name = "render"
 
     def __init__(self, config: RenderViewsConfig | None = None, **overrides: object) -> None:
-        base = config or RenderViewsConfig()
-        unknown = sorted(set(overrides) - set(RenderViewsConfig.__dataclass_fields__))
-        if unknown:
-            raise InvalidInput(f"unknown render backend option(s): {', '.join(unknown)}", field=unknown[0])
-        self.config = replace(base, **overrides)  # type: ignore[arg-type]
+        self.config = config_with_overrides(RenderViewsConfig, config, overrides, "render")
         self._ready = False
 
     @property

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from glimpse3d.core.backends import config_with_overrides
 from glimpse3d.core.cameras import Camera, orbit_camera
 from glimpse3d.core.cancel import check_cancelled
 from glimpse3d.core.errors import InvalidInput, NotReady
@@ -319,11 +320,7 @@ class LiftBackend:
     name = "lift"
 
     def __init__(self, config: LiftConfig | None = None, **overrides: object) -> None:
-        base = config or LiftConfig()
-        unknown = sorted(set(overrides) - set(LiftConfig.__dataclass_fields__))
-        if unknown:
-            raise InvalidInput(f"unknown lift backend option(s): {', '.join(unknown)}", field=unknown[0])
-        self.config = replace(base, **overrides)  # type: ignore[arg-type]
+        self.config = config_with_overrides(LiftConfig, config, overrides, "lift")
         self._ready = False
 
     @property
