@@ -190,7 +190,7 @@ def test_confidence_accumulates_and_the_anchor_protects_confirmed_gaussians(gt: 
     def change(result) -> float:
         return float(np.abs(result.splat.base_colors - true_round.splat.base_colors)[confirmed].mean())
 
-    assert change(anchored) < 0.6 * change(free), (change(anchored), change(free))  # measured 0.077 vs 0.163
+    assert change(anchored) < 0.6 * change(free), (change(anchored), change(free))
     conf2 = anchored.confidence
     assert (conf2 >= conf1 - 1e-6).all() and conf2.mean() > conf1.mean()
     assert conf2[back].max() < 0.05
@@ -435,3 +435,32 @@ def test_working_resolution_cap_keeps_geometry_and_still_improves_the_view():
                   truth.sh + rng.normal(0, 0.6, truth.sh.shape).astype(np.float32))
     result = refine(noisy, view, camera, depth, options=RefineOptions(steps=40), max_side=48)
     assert result.report.photometric_error_after < 0.7 * result.report.photometric_error_before
+
+
+def test_fusing_a_view_leaves_the_far_side_alone():
+    """Gaussians hidden behind the object's front leak a few hundredths of a pixel of footprint
+    through the transmittance floor; they must not be treated as seen (regression: with a plain
+    median footprint they took near full steps and a view of the far side lost ~3 dB)."""
+    from glimpse3d.core.synthetic import render_depth_alpha, render_image
+
+    truth = textured_object(seed=0, n=6000)
+    rng = np.random.default_rng(0)
+    noisy = Splat(truth.means, truth.quats, truth.log_scales, truth.opacity_logits,
+                  truth.sh + rng.normal(0, 0.5, truth.sh.shape).astype(np.float32))
+    fed = orbit_camera(40.0, 15.0, 2.7, width=192, height=192)
+    far = orbit_camera(200.0, -10.0, 2.7, width=192, height=192)
+    view = render_image(truth, fed, background=(0.0, 0.0, 0.0))
+    depth, _ = render_depth_alpha(truth, fed)
+    result = refine(noisy, view, fed, depth, options=RefineOptions(steps=30, learning_rate=0.02))
+
+    def psnr(splat: Splat, camera: Camera) -> float:
+        a = render_image(splat, camera, background=(0.0, 0.0, 0.0)).astype(np.float64) / 255
+        b = render_image(truth, camera, background=(0.0, 0.0, 0.0)).astype(np.float64) / 255
+        return float(-10 * np.log10(((a - b) ** 2).mean()))
+
+    facing = truth.means @ (fed.position / np.linalg.norm(fed.position))
+    change = np.abs(result.splat.sh - noisy.sh).mean(axis=(1, 2))
+    assert change[facing < -0.3].mean() < 0.05 * change[facing > 0.3].mean()
+    assert psnr(result.splat, far) > psnr(noisy, far) - 0.2
+    assert psnr(result.splat, fed) > psnr(noisy, fed) + 5
+    assert result.confidence[facing < -0.3].max() < 0.05

@@ -24,7 +24,7 @@ DEFAULT_STEPS = 200
 DEFAULT_LEARNING_RATE = 0.01
 # Weight of the anchor term (see mvcrm.py): a view that contradicts earlier rounds can move a
 # Gaussian of confidence c by at most about 0.013 / (anchor_weight c) in colour, 0.07 / c here.
-DEFAULT_ANCHOR_WEIGHT = 0.2
+DEFAULT_ANCHOR_WEIGHT = 0.3
 # Relative depth residual |aligned view depth - rendered depth| / rendered depth at which the
 # per-pixel geometric trust halves (trust = 2^-(r / tol)^2). The weight-free silhouette depth
 # estimator is off by a few percent on true views (at 0.03 a true 45-degree view of the synthetic
