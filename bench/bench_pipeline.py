@@ -18,6 +18,7 @@ import grpc
 import numpy as np
 
 from glimpse3d.core.images import decode_image, resize_longest
+from glimpse3d.gateway.cli import watch
 from glimpse3d.gateway.demo import SAMPLE
 from glimpse3d.gateway.pipeline import pick_least_confident_view
 from glimpse3d.gateway.stack import start_stack
@@ -53,13 +54,6 @@ def _in_process(photo: np.ndarray) -> tuple[float, float]:
     return coarse, time.perf_counter() - t0
 
 
-async def _watch_done(stub: glimpse3d_pb2_grpc.Glimpse3DStub, name: str) -> glimpse3d_pb2.Job:
-    async for event in stub.WatchJob(glimpse3d_pb2.WatchJobRequest(name=name)):
-        if event.job.done:
-            return event.job
-    raise RuntimeError("watch ended early")
-
-
 async def _gateway(addr: str, data: bytes) -> tuple[float, float]:
     async with grpc.aio.insecure_channel(addr) as ch:
         stub = glimpse3d_pb2_grpc.Glimpse3DStub(ch)
@@ -67,11 +61,11 @@ async def _gateway(addr: str, data: bytes) -> tuple[float, float]:
         job = await stub.CreateJob(glimpse3d_pb2.CreateJobRequest(
             image_data=data, request_id=str(uuid.uuid4()),
             options=glimpse3d_pb2.JobOptions(resolution=RESOLUTION)))
-        job = await _watch_done(stub, job.name)
+        job = await watch(stub, job.name, quiet=True)
         coarse = time.perf_counter() - t0
         t0 = time.perf_counter()
         await stub.Enhance(glimpse3d_pb2.EnhanceRequest(name=job.name, auto=True, request_id=str(uuid.uuid4())))
-        job = await _watch_done(stub, job.name)
+        job = await watch(stub, job.name, quiet=True)
         if job.state != glimpse3d_pb2.Job.SUCCEEDED or job.error.message:
             raise RuntimeError(f"benchmark job failed: {job.error.message}")
         return coarse, time.perf_counter() - t0

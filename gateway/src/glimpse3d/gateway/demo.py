@@ -26,14 +26,12 @@ from PIL import Image
 from glimpse3d.core import convert
 from glimpse3d.core.artifacts import open_store
 from glimpse3d.core.images import decode_image
-from glimpse3d.gateway.cli import download, watch
+from glimpse3d.gateway.cli import FORMATS, download, watch
 from glimpse3d.gateway.stack import Stack, raise_on_sigterm, start_stack
 from glimpse3d.v1 import common_pb2, glimpse3d_pb2, glimpse3d_pb2_grpc, reconstruction_pb2, reconstruction_pb2_grpc
 
 log = logging.getLogger(__name__)
 SAMPLE = Path(__file__).resolve().parents[4] / "assets" / "sample.png"
-FORMATS = {"ply": glimpse3d_pb2.ExportRequest.PLY, "splat": glimpse3d_pb2.ExportRequest.SPLAT,
-           "glb": glimpse3d_pb2.ExportRequest.GLB}
 TURNTABLE_VIEWS = 8
 
 

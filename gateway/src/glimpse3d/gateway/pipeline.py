@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -49,6 +50,7 @@ R = TypeVar("R")
 NOVEL_VIEW_ELEVATION_DEG = 15.0
 AUTO_AZIMUTHS_DEG = tuple(range(0, 360, 45))
 AUTO_ELEVATIONS_DEG = (0.0, 25.0)
+WORKING_IMAGE_CACHE = 256  # refs kept (a few hundred bytes each)
 
 
 class ServiceClients:
@@ -109,15 +111,23 @@ class ServicePipeline:
         self.config = config
         self.clients = clients
         self.artifacts = artifacts
+        # (input sha256, side) -> working image; every round of a job needs the same one.
+        self._working: OrderedDict[tuple[str, int], common_pb2.ArtifactRef] = OrderedDict()
 
     async def _working_image(self, job: Job) -> tuple[common_pb2.ArtifactRef, int]:
-        """The input photo resized to the job's working resolution (content addressed, so cheap to redo)."""
-        data = await asyncio.to_thread(self.artifacts.get, job.input_image)
-        img = decode_image(data, field="image")
+        """The input photo resized to the job's working resolution, made once per photo and size."""
         side = job.options.effective_resolution
-        small = resize_longest(img, side)
-        ref = await asyncio.to_thread(self.artifacts.put, encode_png(small), "image/png")
-        return convert.artifact_to_proto(ref), side
+        key = (job.input_image.sha256, side)
+        if key in self._working:
+            self._working.move_to_end(key)
+        else:
+            data = await asyncio.to_thread(self.artifacts.get, job.input_image)
+            small = resize_longest(decode_image(data, field="image"), side)
+            ref = await asyncio.to_thread(self.artifacts.put, encode_png(small), "image/png")
+            self._working[key] = convert.artifact_to_proto(ref)
+            while len(self._working) > WORKING_IMAGE_CACHE:
+                self._working.popitem(last=False)
+        return self._working[key], side
 
     async def _depth(self, image: common_pb2.ArtifactRef, camera: common_pb2.Camera | None = None,
                      ) -> depth_pb2.EstimateDepthResponse:

@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -49,8 +49,6 @@ class ServiceSettings:
     max_concurrency: calls computing at once (threads), 1..64.
     max_waiting: calls allowed to wait for a slot before RESOURCE_EXHAUSTED, 0..10000.
     torch_threads: intra-op threads for torch, 0 keeps torch's default.
-    device: "auto" (CUDA when present), "cpu" or "cuda".
-    model_dir: local folder with model weights for learned backends (filled by `make models`).
     artifact_max_bytes: largest artifact a request may make the service read.
     ready_file: when set, a JSON file {"port", "metrics_port"} written once the service is SERVING
         (lets launchers use port 0 without races).
@@ -60,8 +58,6 @@ class ServiceSettings:
     max_concurrency: int = 1
     max_waiting: int = 16
     torch_threads: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    model_dir: Path | None = None
     artifact_max_bytes: int = 512 * 1024 * 1024
     ready_file: Path | None = None
 

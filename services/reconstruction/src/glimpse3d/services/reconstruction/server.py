@@ -46,7 +46,7 @@ class ReconstructionServicer(reconstruction_pb2_grpc.ReconstructionServicer):
         self.backend = backend
         self.rt = runtime
 
-    async def _camera_for(self, msg: common_pb2.Camera, field: str, hw: tuple[int, int]) -> Camera:
+    def _camera_for(self, msg: common_pb2.Camera, field: str, hw: tuple[int, int]) -> Camera:
         camera = convert.camera_from_proto(msg, field)
         if (camera.height, camera.width) != hw:
             raise InvalidInput(
@@ -61,7 +61,7 @@ class ReconstructionServicer(reconstruction_pb2_grpc.ReconstructionServicer):
             rgb = await self.rt.io.image(v.rgb, f"views[{i}].rgb")
             hw = rgb.shape[:2]
             mask = await self.rt.io.array(v.mask, f"views[{i}].mask", shape=hw) if v.mask.uri else None
-            camera = await self._camera_for(v.camera, f"views[{i}].camera", hw)
+            camera = self._camera_for(v.camera, f"views[{i}].camera", hw)
             views.append(ExtraView(camera=camera, rgb=rgb[..., :3], mask=mask))
         return views
 
@@ -74,7 +74,7 @@ class ReconstructionServicer(reconstruction_pb2_grpc.ReconstructionServicer):
         hw = image.shape[:2]
         depth = await self.rt.io.array(request.depth, "depth", shape=hw)
         mask = await self.rt.io.array(request.mask, "mask", shape=hw)
-        camera = await self._camera_for(request.camera, "camera", hw)
+        camera = self._camera_for(request.camera, "camera", hw)
         views = await self._views(request)
         result = await self.rt.limiter.run(
             self.backend.reconstruct, image, depth, mask, camera, views,
