@@ -15,7 +15,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 $(STAMP): constraints.txt shared/pyproject.toml gateway/pyproject.toml $(foreach s,$(SERVICES),services/$(s)/pyproject.toml) requirements-dev.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(PIP) install -q -c constraints.txt -r requirements-dev.txt \
-	    -e "shared[torch]" -e gateway $(foreach s,$(SERVICES),-e services/$(s))
+	    -e "shared[torch,models]" -e gateway $(foreach s,$(SERVICES),-e services/$(s))
 	touch $(STAMP)
 
 GEN_STAMP := shared/src/glimpse3d/v1/.generated

@@ -30,14 +30,22 @@ class BackendRegistry(Generic[B]):
     def names(self) -> list[str]:
         return sorted(self._entries)
 
-    def create(self, name: str, **options: Any) -> B:
-        """Instantiate (not load) the backend called ``name`` with keyword ``options``."""
+    def create(self, name: str, *, context: Mapping[str, Any] | None = None, **options: Any) -> B:
+        """Instantiate (not load) the backend called ``name`` with keyword ``options``.
+
+        ``context`` holds service-wide settings (``model_dir``, ``device``); each is passed only when
+        the backend's constructor takes a parameter of that name, so weight-free backends ignore them.
+        An explicit option of the same name wins over the context."""
         if name not in self._entries:
             raise InvalidInput(
                 f"unknown {self.kind} backend {name!r}; valid names: {', '.join(self.names())}", field="backend"
             )
         module_name, _, class_name = self._entries[name].partition(":")
         cls = getattr(importlib.import_module(module_name), class_name)
+        params = inspect.signature(cls).parameters
+        for key, value in (context or {}).items():
+            if key in params and key not in options:
+                options[key] = value
         try:
             inspect.signature(cls).bind(**options)
         except TypeError as err:

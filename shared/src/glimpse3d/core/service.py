@@ -24,12 +24,14 @@ import numpy as np
 
 from glimpse3d.core import convert
 from glimpse3d.core.artifacts import ArtifactRef, ArtifactStore, store_from_env
+from glimpse3d.core.backends import BackendRegistry
 from glimpse3d.core.cancel import cancel_scope
 from glimpse3d.core.config import ConfigError, ServerConfig, load_config
 from glimpse3d.core.errors import InvalidInput, Overloaded
 from glimpse3d.core.formats import read_ply, splat_to_ply_bytes
 from glimpse3d.core.images import decode_image, decode_npy, encode_npy, encode_png
 from glimpse3d.core.logs import configure_logging
+from glimpse3d.core.models import DEFAULT_MODEL_DIR, DeviceOptions
 from glimpse3d.core.rpc import Registration, create_server_from_config
 from glimpse3d.core.splat import Splat
 from glimpse3d.v1 import common_pb2
@@ -52,6 +54,11 @@ class ServiceSettings:
     artifact_max_bytes: largest artifact a request may make the service read.
     ready_file: when set, a JSON file {"port", "metrics_port"} written once the service is SERVING
         (lets launchers use port 0 without races).
+    model_dir: where learned backends find their weights (``make models`` fills it); see
+        :mod:`glimpse3d.core.models`.
+    device: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; learned backends only.
+    backend_options: a JSON object of keyword options for the selected backend, for example
+        ``{"steps": 20, "cpu_offload": true}``; an unknown option is a startup error naming it.
     """
 
     backend: str = ""
@@ -60,8 +67,13 @@ class ServiceSettings:
     torch_threads: int = 0
     artifact_max_bytes: int = 512 * 1024 * 1024
     ready_file: Path | None = None
+    model_dir: Path = DEFAULT_MODEL_DIR
+    device: str = "auto"
+    backend_options: str = ""
 
     def __post_init__(self) -> None:
+        self.options()  # a malformed JSON object fails at startup, not at the first request
+        DeviceOptions(device=self.device)
         if not 1 <= self.max_concurrency <= 64:
             raise ConfigError(f"max_concurrency must be in 1..64, got {self.max_concurrency}", field="max_concurrency")
         if not 0 <= self.max_waiting <= 10000:
@@ -70,6 +82,27 @@ class ServiceSettings:
             raise ConfigError(f"torch_threads must be in 0..256, got {self.torch_threads}", field="torch_threads")
         if self.artifact_max_bytes < 1024:
             raise ConfigError("artifact_max_bytes must be at least 1024", field="artifact_max_bytes")
+
+    def options(self) -> dict[str, Any]:
+        """``backend_options`` parsed: a JSON object (empty string = no options)."""
+        if not self.backend_options.strip():
+            return {}
+        try:
+            value = json.loads(self.backend_options)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"backend_options is not valid JSON: {err}", field="backend_options") from None
+        if not isinstance(value, dict):
+            raise ConfigError("backend_options must be a JSON object", field="backend_options")
+        return value
+
+    def context(self) -> dict[str, Any]:
+        """Service-wide values a backend constructor may take (see :meth:`BackendRegistry.create`)."""
+        return {"model_dir": self.model_dir, "device": self.device}
+
+
+def backend_from_settings(registry: BackendRegistry[T], settings: ServiceSettings, default: str) -> T:
+    """Create (not load) the backend ``settings.backend`` (or ``default``) with its options."""
+    return registry.create(settings.backend or default, context=settings.context(), **settings.options())
 
 
 class ComputeLimiter:

@@ -17,6 +17,7 @@ import torch
 from glimpse3d.core.backends import BackendRegistry
 from glimpse3d.core.cameras import Camera
 from glimpse3d.core.errors import InvalidInput, NotReady
+from glimpse3d.core.models import resolve_device
 from glimpse3d.core.splat import Splat
 from glimpse3d.services.backprojection.mvcrm import refine
 from glimpse3d.services.backprojection.options import ClipScorer, RefineOptions, RefineResult
@@ -60,7 +61,7 @@ class MVCRMBackend:
         if clip is not None and not isinstance(clip, ClipScorer):
             raise InvalidInput(f"clip must have a score(a, b) method, got {type(clip).__name__}", field="clip")
         self.clip = clip
-        self.device = torch.device(device)
+        self.device = resolve_device(device) if isinstance(device, str) else torch.device(device)
         # Rounds run at most at this resolution (the splat does not depend on it); see refine().
         self.max_side = max_side
         self._ready = False

@@ -9,8 +9,8 @@ import grpc
 from glimpse3d.core import convert
 from glimpse3d.core.errors import InvalidInput
 from glimpse3d.core.rpc import Registration
-from glimpse3d.core.service import ServiceRuntime
-from glimpse3d.services.backprojection.backends import BackprojectionBackend, make_backend
+from glimpse3d.core.service import ServiceRuntime, backend_from_settings
+from glimpse3d.services.backprojection.backends import REGISTRY, BackprojectionBackend
 from glimpse3d.services.backprojection.options import RefineOptions
 from glimpse3d.v1 import backprojection_pb2, backprojection_pb2_grpc
 
@@ -61,6 +61,6 @@ class BackprojectionServicer(backprojection_pb2_grpc.BackprojectionServicer):
 
 
 def build(runtime: ServiceRuntime) -> tuple[Registration, Callable[[], None]]:
-    backend = make_backend(runtime.settings.backend or DEFAULT_BACKEND)
+    backend = backend_from_settings(REGISTRY, runtime.settings, DEFAULT_BACKEND)
     servicer = BackprojectionServicer(backend, runtime)
     return [(backprojection_pb2_grpc.add_BackprojectionServicer_to_server, servicer)], backend.load

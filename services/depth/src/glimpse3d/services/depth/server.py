@@ -9,8 +9,8 @@ import grpc
 from glimpse3d.core import convert
 from glimpse3d.core.cameras import Camera, orbit_camera
 from glimpse3d.core.rpc import Registration
-from glimpse3d.core.service import ServiceRuntime
-from glimpse3d.services.depth.backends import DepthBackend, make_backend
+from glimpse3d.core.service import ServiceRuntime, backend_from_settings
+from glimpse3d.services.depth.backends import REGISTRY, DepthBackend
 from glimpse3d.v1 import depth_pb2, depth_pb2_grpc
 
 SERVICE_NAME = depth_pb2.DESCRIPTOR.services_by_name["Depth"].full_name
@@ -51,6 +51,6 @@ class DepthServicer(depth_pb2_grpc.DepthServicer):
 
 
 def build(runtime: ServiceRuntime) -> tuple[Registration, Callable[[], None]]:
-    backend = make_backend(runtime.settings.backend or DEFAULT_BACKEND)
+    backend = backend_from_settings(REGISTRY, runtime.settings, DEFAULT_BACKEND)
     servicer = DepthServicer(backend, runtime)
     return [(depth_pb2_grpc.add_DepthServicer_to_server, servicer)], backend.load

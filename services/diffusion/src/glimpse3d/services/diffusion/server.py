@@ -8,8 +8,8 @@ import grpc
 import numpy as np
 
 from glimpse3d.core.rpc import Registration
-from glimpse3d.core.service import ServiceRuntime
-from glimpse3d.services.diffusion.backends import DiffusionBackend, apply_proto_defaults, make_backend
+from glimpse3d.core.service import ServiceRuntime, backend_from_settings
+from glimpse3d.services.diffusion.backends import REGISTRY, DiffusionBackend, apply_proto_defaults
 from glimpse3d.v1 import common_pb2, diffusion_pb2, diffusion_pb2_grpc
 
 SERVICE_NAME = diffusion_pb2.DESCRIPTOR.services_by_name["Diffusion"].full_name
@@ -41,6 +41,6 @@ class DiffusionServicer(diffusion_pb2_grpc.DiffusionServicer):
 
 
 def build(runtime: ServiceRuntime) -> tuple[Registration, Callable[[], None]]:
-    backend = make_backend(runtime.settings.backend or DEFAULT_BACKEND)
+    backend = backend_from_settings(REGISTRY, runtime.settings, DEFAULT_BACKEND)
     servicer = DiffusionServicer(backend, runtime)
     return [(diffusion_pb2_grpc.add_DiffusionServicer_to_server, servicer)], backend.load

@@ -9,8 +9,8 @@ import grpc
 from glimpse3d.core import convert
 from glimpse3d.core.errors import InvalidInput
 from glimpse3d.core.rpc import Registration
-from glimpse3d.core.service import ServiceRuntime
-from glimpse3d.services.multiview.backends import MultiviewBackend, make_backend
+from glimpse3d.core.service import ServiceRuntime, backend_from_settings
+from glimpse3d.services.multiview.backends import REGISTRY, MultiviewBackend
 from glimpse3d.v1 import multiview_pb2, multiview_pb2_grpc
 
 SERVICE_NAME = multiview_pb2.DESCRIPTOR.services_by_name["Multiview"].full_name
@@ -51,6 +51,6 @@ class MultiviewServicer(multiview_pb2_grpc.MultiviewServicer):
 
 
 def build(runtime: ServiceRuntime) -> tuple[Registration, Callable[[], None]]:
-    backend = make_backend(runtime.settings.backend or DEFAULT_BACKEND)
+    backend = backend_from_settings(REGISTRY, runtime.settings, DEFAULT_BACKEND)
     servicer = MultiviewServicer(backend, runtime)
     return [(multiview_pb2_grpc.add_MultiviewServicer_to_server, servicer)], backend.load

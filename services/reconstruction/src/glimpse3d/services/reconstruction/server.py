@@ -12,14 +12,14 @@ from glimpse3d.core import convert
 from glimpse3d.core.cameras import Camera
 from glimpse3d.core.errors import InvalidInput
 from glimpse3d.core.rpc import Registration
-from glimpse3d.core.service import ServiceRuntime
+from glimpse3d.core.service import ServiceRuntime, backend_from_settings
 from glimpse3d.services.reconstruction.backends import (
     MAX_EXTRA_VIEWS,
     MAX_FIT_STEPS,
     MAX_GAUSSIANS,
+    REGISTRY,
     ExtraView,
     ReconstructionBackend,
-    make_backend,
 )
 from glimpse3d.v1 import common_pb2, reconstruction_pb2, reconstruction_pb2_grpc
 
@@ -109,6 +109,6 @@ class ReconstructionServicer(reconstruction_pb2_grpc.ReconstructionServicer):
 
 
 def build(runtime: ServiceRuntime) -> tuple[Registration, Callable[[], None]]:
-    backend = make_backend(runtime.settings.backend or DEFAULT_BACKEND)
+    backend = backend_from_settings(REGISTRY, runtime.settings, DEFAULT_BACKEND)
     servicer = ReconstructionServicer(backend, runtime)
     return [(reconstruction_pb2_grpc.add_ReconstructionServicer_to_server, servicer)], backend.load
