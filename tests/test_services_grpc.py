@@ -4,70 +4,30 @@ INVALID_ARGUMENT naming the field, the server still serving afterwards."""
 
 from __future__ import annotations
 
-import asyncio
 import math
-from collections.abc import Callable
 
 import grpc
 import numpy as np
 import pytest
+from service_harness import run_service
 
 from glimpse3d.core import convert
 from glimpse3d.core.artifacts import FileArtifactStore
 from glimpse3d.core.cameras import orbit_camera
 from glimpse3d.core.formats import read_ply, splat_to_ply_bytes
 from glimpse3d.core.images import decode_image, decode_npy, encode_npy, encode_png
-from glimpse3d.core.rpc import create_server, error_from_rpc
-from glimpse3d.core.service import ArtifactIO, ComputeLimiter, ServiceRuntime, ServiceSettings
+from glimpse3d.core.rpc import error_from_rpc
 from glimpse3d.core.synthetic import render_image, textured_object
-from glimpse3d.services.backprojection import server as bp_server
-from glimpse3d.services.depth import server as depth_server
-from glimpse3d.services.diffusion import server as diffusion_server
-from glimpse3d.services.multiview import server as multiview_server
-from glimpse3d.services.reconstruction import server as recon_server
 from glimpse3d.v1 import (
     backprojection_pb2,
-    backprojection_pb2_grpc,
     common_pb2,
     depth_pb2,
-    depth_pb2_grpc,
     diffusion_pb2,
-    diffusion_pb2_grpc,
     multiview_pb2,
-    multiview_pb2_grpc,
     reconstruction_pb2,
-    reconstruction_pb2_grpc,
 )
 
 SIZE = 64
-MODULES = {
-    "depth": (depth_server, depth_pb2_grpc.DepthStub),
-    "reconstruction": (recon_server, reconstruction_pb2_grpc.ReconstructionStub),
-    "multiview": (multiview_server, multiview_pb2_grpc.MultiviewStub),
-    "diffusion": (diffusion_server, diffusion_pb2_grpc.DiffusionStub),
-    "backprojection": (bp_server, backprojection_pb2_grpc.BackprojectionStub),
-}
-
-
-def run_service(name: str, store: FileArtifactStore, scenario: Callable) -> None:
-    """Start the named service in process, run ``scenario(stub, put)``, stop it."""
-    module, stub_cls = MODULES[name]
-
-    async def main() -> None:
-        settings = ServiceSettings(backend="", max_concurrency=1)
-        runtime = ServiceRuntime(settings, ArtifactIO(store), ComputeLimiter(1, 4))
-        registration, load = module.build(runtime)
-        load()
-        server, port = create_server(registration, [module.SERVICE_NAME], metrics_port=None)
-        await server.start()
-        await server.set_serving()
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-                await scenario(stub_cls(ch))
-        finally:
-            await server.stop(0)
-
-    asyncio.run(asyncio.wait_for(main(), 300))
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,57 @@
+"""In-process harness for the backend services: start one on a loopback port with chosen settings,
+run an async scenario against its stub, stop it. Shared by the weight-free and learned-backend tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import grpc
+
+from glimpse3d.core.artifacts import FileArtifactStore
+from glimpse3d.core.rpc import create_server
+from glimpse3d.core.service import ArtifactIO, ComputeLimiter, ServiceRuntime, ServiceSettings
+from glimpse3d.services.backprojection import server as bp_server
+from glimpse3d.services.depth import server as depth_server
+from glimpse3d.services.diffusion import server as diffusion_server
+from glimpse3d.services.multiview import server as multiview_server
+from glimpse3d.services.reconstruction import server as recon_server
+from glimpse3d.v1 import (
+    backprojection_pb2_grpc,
+    depth_pb2_grpc,
+    diffusion_pb2_grpc,
+    multiview_pb2_grpc,
+    reconstruction_pb2_grpc,
+)
+
+MODULES = {
+    "depth": (depth_server, depth_pb2_grpc.DepthStub),
+    "reconstruction": (recon_server, reconstruction_pb2_grpc.ReconstructionStub),
+    "multiview": (multiview_server, multiview_pb2_grpc.MultiviewStub),
+    "diffusion": (diffusion_server, diffusion_pb2_grpc.DiffusionStub),
+    "backprojection": (bp_server, backprojection_pb2_grpc.BackprojectionStub),
+}
+
+
+def run_service(
+    name: str, store: FileArtifactStore, scenario: Callable, settings: ServiceSettings | None = None
+) -> None:
+    """Start the named service in process (``settings`` choose the backend; default: the weight-free
+    one), run ``scenario(stub)`` against it over a loopback channel, stop it."""
+    module, stub_cls = MODULES[name]
+
+    async def main() -> None:
+        settings_ = settings or ServiceSettings(backend="", max_concurrency=1)
+        runtime = ServiceRuntime(settings_, ArtifactIO(store), ComputeLimiter(1, 4))
+        registration, load = module.build(runtime)
+        load()
+        server, port = create_server(registration, [module.SERVICE_NAME], metrics_port=None)
+        await server.start()
+        await server.set_serving()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                await scenario(stub_cls(ch))
+        finally:
+            await server.stop(0)
+
+    asyncio.run(asyncio.wait_for(main(), 300))
