@@ -3,7 +3,11 @@
 A backend turns a decoded photo (uint8 ``[H, W, 3|4]``) and the camera it was taken with into a
 foreground matte and a camera-space z-depth map (see ``protos/glimpse3d/v1/depth.proto``).
 Implementations live in their own modules and are imported only when selected, so choosing the
-weight-free ``silhouette`` backend never imports torch or a model library.
+weight-free ``silhouette`` backend never imports torch or a model library:
+
+- ``silhouette`` (default): classical matting + shape-from-silhouette inflation, no weights.
+- ``dpt``: MiDaS v3 (DPT) / Depth Anything V2 relative disparity through transformers, made metric
+  (:mod:`glimpse3d.services.depth.dpt`, :mod:`glimpse3d.services.depth.metric`).
 """
 
 from __future__ import annotations
@@ -44,9 +48,13 @@ class DepthBackend(Protocol):
         ...
 
 
-# Learned backends ("dpt", "triton") register here when they arrive.
+# One line per backend; "triton" registers here when it arrives.
 REGISTRY: BackendRegistry[DepthBackend] = BackendRegistry(
-    "depth", {"silhouette": "glimpse3d.services.depth.silhouette:SilhouetteDepthBackend"}
+    "depth",
+    {
+        "silhouette": "glimpse3d.services.depth.silhouette:SilhouetteDepthBackend",
+        "dpt": "glimpse3d.services.depth.dpt:DptDepthBackend",
+    },
 )
 backend_names = REGISTRY.names
 
