@@ -10,8 +10,9 @@ Every backend implements :class:`MultiviewBackend`; the server picks one by name
 - ``splat``        the current splat (required by ``render``, ignored by diffusion backends);
 - ``cameras``      1..16 target cameras; each generated view has its camera's size.
 
-Backends: ``render`` (weight-free: render the splat, inpaint its holes; :mod:`.render_views`).
-A ``zero123`` backend implements the same protocol.
+Backends: ``render`` (weight-free: render the splat, inpaint its holes; :mod:`.render_views`) and
+``zero123`` (learned: Zero-1-to-3 view-conditioned diffusion from the photo alone, ignoring the splat;
+:mod:`.zero123`, weights ``multiview/zero123-xl`` in the model directory).
 """
 
 from __future__ import annotations
@@ -77,14 +78,18 @@ class MultiviewBackend(Protocol):
         ...
 
 
-# Learned backends ("zero123", "triton") register here when they arrive.
+# Backends register here by name ("triton" when it arrives).
 REGISTRY: BackendRegistry[MultiviewBackend] = BackendRegistry(
-    "multiview", {"render": "glimpse3d.services.multiview.render_views:RenderBackend"}
+    "multiview",
+    {
+        "render": "glimpse3d.services.multiview.render_views:RenderBackend",
+        "zero123": "glimpse3d.services.multiview.zero123:Zero123Backend",
+    },
 )
 
 
 def make_backend(name: str, **options: Any) -> MultiviewBackend:
-    """The backend called ``name`` (``"render"``), built with backend-specific ``options``."""
+    """The backend called ``name`` (``"render"``, ``"zero123"``), built with backend-specific ``options``."""
     return REGISTRY.create(name, **options)
 
 
