@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -104,6 +105,22 @@ def pick_least_confident_view(means: np.ndarray, confidence: np.ndarray | None,
     return best[2]
 
 
+def turned_camera(camera: Camera, azimuth_deg: float) -> Camera:
+    """``camera`` carried round the world's vertical (+y) axis through the origin by ``azimuth_deg``
+    (positive turns +z towards +x): the same intrinsics, elevation and distance at another azimuth."""
+    a = math.radians(azimuth_deg)
+    turn = np.eye(4)
+    turn[:3, :3] = [[math.cos(a), 0.0, math.sin(a)], [0.0, 1.0, 0.0], [-math.sin(a), 0.0, math.cos(a)]]
+    return Camera(camera.fx, camera.fy, camera.cx, camera.cy, camera.width, camera.height,
+                  camera.world_to_camera @ turn.T)
+
+
+def reconstruction_view_cameras(photo: Camera, n: int) -> list[Camera]:
+    """The ``n`` views generated before reconstruction: ``photo`` turned by 360 k / (n + 1) degrees,
+    k = 1..n (n = 3: +90, +180, +270, the rig the ``lgm`` reconstruction backend expects)."""
+    return [turned_camera(photo, 360.0 * k / (n + 1)) for k in range(1, n + 1)]
+
+
 class ServicePipeline:
     """Implements the gateway's Pipeline protocol on top of :class:`ServiceClients`."""
 
@@ -151,9 +168,11 @@ class ServicePipeline:
         image, _ = await self._working_image(job)
         await report(Stage.MATTING_DEPTH, 0.0, "matting and depth")
         depth = await self._depth(image)
+        views = await self._reconstruction_views(job, image, depth, report)
         await report(Stage.RECONSTRUCT, 0.2, "coarse reconstruction")
         recon = await _call(self.clients.reconstruction.Reconstruct, reconstruction_pb2.ReconstructRequest(
-            image=image, depth=depth.depth, mask=depth.mask, camera=depth.camera, seed=job.options.seed,
+            image=image, depth=depth.depth, mask=depth.mask, camera=depth.camera, views=views,
+            seed=job.options.seed,
         ), self.config.reconstruct_deadline_s)
         splat, confidence = recon.splat, None
         if job.options.num_views:
@@ -165,6 +184,22 @@ class ServicePipeline:
             metrics={"input_view_psnr_db": recon.input_view_psnr_db, "num_gaussians": float(recon.num_gaussians),
                      "num_views": float(job.options.num_views), "seconds": time.perf_counter() - start},
         )
+
+    async def _reconstruction_views(self, job: Job, image: common_pb2.ArtifactRef,
+                                    depth: depth_pb2.EstimateDepthResponse, report: ProgressReporter,
+                                    ) -> list[reconstruction_pb2.ViewImage]:
+        """``config.reconstruction_views`` views of the photo from the multiview service, generated
+        before reconstruction (there is no splat yet), for backends that reconstruct from several views."""
+        n = self.config.reconstruction_views
+        if not n:
+            return []
+        photo = convert.camera_from_proto(depth.camera, "camera")
+        specs = [common_pb2.ViewSpec(camera=convert.camera_to_proto(c)) for c in reconstruction_view_cameras(photo, n)]
+        await report(Stage.MULTIVIEW, 0.1, f"generating {n} views for reconstruction")
+        generated = await _call(self.clients.multiview.Generate, multiview_pb2.GenerateViewsRequest(
+            image=image, mask=depth.mask, input_camera=depth.camera, views=specs, seed=job.options.seed,
+        ), self.config.multiview_deadline_s)
+        return list(generated.views)
 
     async def _novel_views(self, job: Job, image: common_pb2.ArtifactRef, depth: depth_pb2.EstimateDepthResponse,
                            splat: common_pb2.ArtifactRef, report: ProgressReporter,

@@ -1,0 +1,171 @@
+"""The gateway's ``reconstruction_views`` setting: with n > 0 the pipeline asks the multiview service
+for n views of the photo (its camera turned about the vertical axis) *before* reconstruction and
+sends them with the ReconstructRequest; with 0 (the default) nothing changes.
+
+In-process fakes stand in for the depth and multiview services (the weight-free multiview backend
+needs a splat, which does not exist before reconstruction); the last test runs the real
+reconstruction service with the ``lgm`` backend (tiny model), which only accepts the views when
+their cameras form its +90/+180/+270 rig."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from service_harness import run_service
+
+from glimpse3d.core import convert, synthetic
+from glimpse3d.core.artifacts import FileArtifactStore
+from glimpse3d.core.cameras import Camera, orbit_camera
+from glimpse3d.core.config import ConfigError, load_config
+from glimpse3d.core.errors import InvalidInput
+from glimpse3d.core.formats import splat_to_ply_bytes
+from glimpse3d.core.images import encode_npy, encode_png
+from glimpse3d.core.service import ServiceSettings
+from glimpse3d.gateway.config import GatewayConfig
+from glimpse3d.gateway.models import JobOptions
+from glimpse3d.gateway.pipeline import ServicePipeline, reconstruction_view_cameras, turned_camera
+from glimpse3d.services.reconstruction.lgm.tiny import write_tiny
+from glimpse3d.v1 import common_pb2, depth_pb2, multiview_pb2, reconstruction_pb2
+
+SIZE = 64
+RADIUS = 2.7
+
+
+def _angles(camera: Camera) -> tuple[float, float, float]:
+    """(azimuth, elevation) in degrees and distance of a camera centre seen from the origin."""
+    p = camera.position
+    r = float(np.linalg.norm(p))
+    return math.degrees(math.atan2(p[0], p[2])) % 360.0, math.degrees(math.asin(p[1] / r)), r
+
+
+class FakeServices:
+    """Depth, multiview and reconstruction stand-ins that record every request, in call order.
+
+    Depth answers the synthetic object's true depth and matte at ``photo``; multiview renders the
+    object at each requested camera (a perfect novel-view model); reconstruction returns the object
+    itself unless a real stub replaces it."""
+
+    def __init__(self, store: FileArtifactStore, photo: Camera, reconstruction=None) -> None:
+        self.store, self.photo, self.calls = store, photo, []
+        self.obj = synthetic.textured_object(seed=2, n=1500)
+        self.depth = SimpleNamespace(Estimate=self._estimate)
+        self.multiview = SimpleNamespace(Generate=self._generate)
+        self.reconstruction = reconstruction or SimpleNamespace(Reconstruct=self._reconstruct)
+
+    def put(self, data: bytes, media: str) -> common_pb2.ArtifactRef:
+        return convert.artifact_to_proto(self.store.put(data, media))
+
+    async def _estimate(self, request: depth_pb2.EstimateDepthRequest, timeout=None):
+        self.calls.append(("depth", request))
+        depth, alpha = synthetic.render_depth_alpha(self.obj, self.photo)
+        return depth_pb2.EstimateDepthResponse(
+            depth=self.put(encode_npy(depth), "application/x-npy"),
+            mask=self.put(encode_npy(alpha), "application/x-npy"),
+            camera=convert.camera_to_proto(self.photo), backend="fake")
+
+    async def _generate(self, request: multiview_pb2.GenerateViewsRequest, timeout=None):
+        self.calls.append(("multiview", request))
+        response = multiview_pb2.GenerateViewsResponse(backend="fake")
+        for i, spec in enumerate(request.views):
+            camera = convert.view_from_proto(spec, f"views[{i}]")
+            rgb = synthetic.render_image(self.obj, camera)
+            response.views.add(camera=convert.camera_to_proto(camera), rgb=self.put(encode_png(rgb), "image/png"))
+        self.generated = response
+        return response
+
+    async def _reconstruct(self, request: reconstruction_pb2.ReconstructRequest, timeout=None):
+        self.calls.append(("reconstruction", request))
+        return reconstruction_pb2.ReconstructResponse(
+            splat=self.put(splat_to_ply_bytes(self.obj), "application/x-glimpse3d-splat+ply"),
+            num_gaussians=self.obj.num_gaussians, input_view_psnr_db=30.0, backend="fake")
+
+
+def _run_initial(services: FakeServices, views: int):
+    config = GatewayConfig(reconstruction_views=views)
+    pipeline = ServicePipeline(config, services, services.store)
+    photo = synthetic.render_image(services.obj, services.photo)
+    job = SimpleNamespace(options=JobOptions(resolution=SIZE, seed=5),
+                          input_image=services.store.put(encode_png(photo), "image/png"))
+    stages: list[str] = []
+
+    async def report(stage: str, fraction: float, message: str = "") -> None:
+        stages.append(str(stage))
+
+    return pipeline.run_initial(job, report), stages
+
+
+def test_setting_default_range_and_environment():
+    assert GatewayConfig().reconstruction_views == 0
+    assert load_config(GatewayConfig, env={"GLIMPSE3D_RECONSTRUCTION_VIEWS": "3"}).reconstruction_views == 3
+    for bad in (-1, 16):
+        with pytest.raises(ConfigError) as exc:
+            GatewayConfig(reconstruction_views=bad)
+        assert exc.value.field == "reconstruction_views"
+
+
+def test_view_cameras_are_the_photo_turned_about_the_vertical_axis():
+    """Known answer: for an orbit photo the turned cameras are the orbit cameras at azimuth + 90k,
+    same elevation, distance and lens."""
+    photo = orbit_camera(20.0, 15.0, RADIUS, width=80, height=60, fov_y_deg=35.0)
+    cams = reconstruction_view_cameras(photo, 3)
+    for cam, az in zip(cams, (110.0, 200.0, 290.0), strict=True):
+        assert np.allclose(cam.world_to_camera, orbit_camera(az, 15.0, RADIUS, width=80, height=60,
+                                                              fov_y_deg=35.0).world_to_camera, atol=1e-12)
+        assert (cam.fx, cam.fy, cam.cx, cam.cy, cam.width, cam.height) == (
+            photo.fx, photo.fy, photo.cx, photo.cy, 80, 60)
+    assert [round(_angles(c)[0], 6) for c in reconstruction_view_cameras(photo, 1)] == [200.0]
+    assert np.allclose(turned_camera(photo, 360.0).world_to_camera, photo.world_to_camera, atol=1e-12)
+
+
+def test_views_are_generated_before_reconstruction_and_sent_with_it(tmp_path):
+    photo = orbit_camera(0.0, 10.0, RADIUS, width=SIZE, height=SIZE)
+    services = FakeServices(FileArtifactStore(tmp_path / "a"), photo)
+    run, stages = _run_initial(services, views=3)
+    result = asyncio.run(run)
+    assert [name for name, _ in services.calls] == ["depth", "multiview", "reconstruction"]
+    generate, reconstruct = services.calls[1][1], services.calls[2][1]
+    assert not generate.HasField("splat") and generate.seed == 5  # nothing to render yet: the photo drives it
+    assert generate.input_camera == convert.camera_to_proto(photo) and generate.mask.uri
+    sent = [convert.camera_from_proto(v.camera) for v in reconstruct.views]
+    assert list(reconstruct.views) == list(services.generated.views)  # passed on as generated
+    for cam, az in zip(sent, (90.0, 180.0, 270.0), strict=True):
+        a, e, r = _angles(cam)
+        assert (a, e, r) == pytest.approx((az, 10.0, RADIUS))
+        assert (cam.width, cam.height, cam.fx) == (SIZE, SIZE, pytest.approx(photo.fx))
+    assert "multiview" in stages and stages.index("multiview") < stages.index("reconstruct")
+    assert result.metrics["num_gaussians"] == services.obj.num_gaussians
+
+
+def test_default_keeps_the_old_flow(tmp_path):
+    services = FakeServices(FileArtifactStore(tmp_path / "a"), orbit_camera(0.0, 0.0, RADIUS, width=SIZE, height=SIZE))
+    run, stages = _run_initial(services, views=0)
+    asyncio.run(run)
+    assert [name for name, _ in services.calls] == ["depth", "reconstruction"]
+    assert len(services.calls[1][1].views) == 0 and "multiview" not in stages
+
+
+def test_lgm_reconstruction_service_accepts_the_pipeline_views(tmp_path):
+    """End to end through the real reconstruction service (``lgm``, tiny model): the views the
+    pipeline generates are exactly the rig LGM checks for; without them LGM refuses, naming ``views``."""
+    model_dir = tmp_path / "models"
+    write_tiny(model_dir)
+    store = FileArtifactStore(tmp_path / "artifacts")
+    photo = orbit_camera(0.0, 0.0, RADIUS, width=SIZE, height=SIZE)
+
+    async def scenario(stub) -> None:
+        services = FakeServices(store, photo, reconstruction=stub)
+        run, _ = _run_initial(services, views=3)
+        result = await run
+        assert 0 < result.metrics["num_gaussians"] <= 4 * 32 * 32  # the tiny LGM's splat
+        services.calls.clear()
+        run, _ = _run_initial(services, views=0)
+        with pytest.raises(InvalidInput) as exc:  # raised by the service, carried back over gRPC
+            await run
+        assert exc.value.field == "views" and "azimuths 90.0, 180.0, 270.0" in exc.value.message
+
+    run_service("reconstruction", store, scenario,
+                settings=ServiceSettings(backend="lgm", model_dir=model_dir, device="cpu"))
