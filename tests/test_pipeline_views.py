@@ -19,7 +19,7 @@ from service_harness import run_service
 
 from glimpse3d.core import convert, synthetic
 from glimpse3d.core.artifacts import FileArtifactStore
-from glimpse3d.core.cameras import Camera, orbit_camera
+from glimpse3d.core.cameras import Camera, orbit_camera, turned_about_up
 from glimpse3d.core.config import ConfigError, load_config
 from glimpse3d.core.errors import InvalidInput
 from glimpse3d.core.formats import splat_to_ply_bytes
@@ -27,7 +27,7 @@ from glimpse3d.core.images import encode_npy, encode_png
 from glimpse3d.core.service import ServiceSettings
 from glimpse3d.gateway.config import GatewayConfig
 from glimpse3d.gateway.models import JobOptions
-from glimpse3d.gateway.pipeline import ServicePipeline, reconstruction_view_cameras, turned_camera
+from glimpse3d.gateway.pipeline import ServicePipeline, reconstruction_view_cameras
 from glimpse3d.services.reconstruction.lgm.tiny import write_tiny
 from glimpse3d.v1 import common_pb2, depth_pb2, multiview_pb2, reconstruction_pb2
 
@@ -118,7 +118,7 @@ def test_view_cameras_are_the_photo_turned_about_the_vertical_axis():
         assert (cam.fx, cam.fy, cam.cx, cam.cy, cam.width, cam.height) == (
             photo.fx, photo.fy, photo.cx, photo.cy, 80, 60)
     assert [round(_angles(c)[0], 6) for c in reconstruction_view_cameras(photo, 1)] == [200.0]
-    assert np.allclose(turned_camera(photo, 360.0).world_to_camera, photo.world_to_camera, atol=1e-12)
+    assert np.allclose(turned_about_up(photo, 360.0).world_to_camera, photo.world_to_camera, atol=1e-12)
 
 
 def test_views_are_generated_before_reconstruction_and_sent_with_it(tmp_path):

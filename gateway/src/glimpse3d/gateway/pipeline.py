@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -22,7 +21,7 @@ import numpy as np
 
 from glimpse3d.core import convert
 from glimpse3d.core.artifacts import ArtifactStore
-from glimpse3d.core.cameras import Camera, orbit_camera
+from glimpse3d.core.cameras import Camera, orbit_camera, turned_about_up
 from glimpse3d.core.formats import read_ply
 from glimpse3d.core.images import decode_image, decode_npy, encode_png, resize_longest
 from glimpse3d.core.rpc import create_channel, error_from_rpc
@@ -105,20 +104,10 @@ def pick_least_confident_view(means: np.ndarray, confidence: np.ndarray | None,
     return best[2]
 
 
-def turned_camera(camera: Camera, azimuth_deg: float) -> Camera:
-    """``camera`` carried round the world's vertical (+y) axis through the origin by ``azimuth_deg``
-    (positive turns +z towards +x): the same intrinsics, elevation and distance at another azimuth."""
-    a = math.radians(azimuth_deg)
-    turn = np.eye(4)
-    turn[:3, :3] = [[math.cos(a), 0.0, math.sin(a)], [0.0, 1.0, 0.0], [-math.sin(a), 0.0, math.cos(a)]]
-    return Camera(camera.fx, camera.fy, camera.cx, camera.cy, camera.width, camera.height,
-                  camera.world_to_camera @ turn.T)
-
-
 def reconstruction_view_cameras(photo: Camera, n: int) -> list[Camera]:
     """The ``n`` views generated before reconstruction: ``photo`` turned by 360 k / (n + 1) degrees,
     k = 1..n (n = 3: +90, +180, +270, the rig the ``lgm`` reconstruction backend expects)."""
-    return [turned_camera(photo, 360.0 * k / (n + 1)) for k in range(1, n + 1)]
+    return [turned_about_up(photo, 360.0 * k / (n + 1)) for k in range(1, n + 1)]
 
 
 class ServicePipeline:

@@ -209,3 +209,13 @@ def orbit_cameras(
     if n < 1:
         raise InvalidInput(f"need at least one orbit camera, got {n}", field="n")
     return [orbit_camera(start_azimuth_deg + 360.0 * k / n, elevation_deg, radius, **kwargs) for k in range(n)]
+
+
+def turned_about_up(camera: Camera, azimuth_deg: float) -> Camera:
+    """``camera`` carried round the world's vertical (+y) axis through the origin by ``azimuth_deg``
+    (positive turns +z towards +x): the same elevation, distance and intrinsics at another azimuth."""
+    a = math.radians(azimuth_deg)
+    turn = np.eye(4)
+    turn[:3, :3] = [[math.cos(a), 0.0, math.sin(a)], [0.0, 1.0, 0.0], [-math.sin(a), 0.0, math.cos(a)]]
+    return Camera(camera.fx, camera.fy, camera.cx, camera.cy, camera.width, camera.height,
+                  camera.world_to_camera @ turn.T)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from glimpse3d.core.cameras import Camera, invert_rigid, look_at, orbit_eye
+from glimpse3d.core.cameras import Camera, invert_rigid, look_at, orbit_eye, turned_about_up
 from glimpse3d.core.errors import InvalidInput
 
 LGM_FOVY_DEG = 49.1
@@ -141,16 +141,6 @@ def network_input(images: Sequence[np.ndarray], poses: Sequence[np.ndarray], siz
 
 
 # ----------------------------------------------------------------------------- the view rig
-
-
-def turned_about_up(camera: Camera, azimuth_deg: float) -> Camera:
-    """``camera`` carried round the world's vertical (+y) axis through the origin by ``azimuth_deg``
-    (positive turns +z towards +x): the same elevation, distance and intrinsics at another azimuth."""
-    a = math.radians(azimuth_deg)
-    turn = np.eye(4)
-    turn[:3, :3] = [[math.cos(a), 0.0, math.sin(a)], [0.0, 1.0, 0.0], [-math.sin(a), 0.0, math.cos(a)]]
-    return Camera(camera.fx, camera.fy, camera.cx, camera.cy, camera.width, camera.height,
-                  camera.world_to_camera @ turn.T)
 
 
 def orbit_angles(camera: Camera) -> tuple[float, float, float]:
