@@ -279,13 +279,15 @@ def _clip_check(
     score = float(clip.score(view, other))
     if not math.isfinite(score):
         raise Glimpse3DError(f"CLIP scorer returned a non-finite score {score}")
+    model = getattr(clip, "name", "")  # thresholds are model specific, so the note names the model
+    similarity = f"CLIP similarity{f' ({model})' if model else ''} {score:.3f}"
     if score < opts.clip_threshold:
         note = (
-            f"rejected: CLIP similarity {score:.3f} between the enhanced view and the {name} is below the "
+            f"rejected: {similarity} between the enhanced view and the {name} is below the "
             f"threshold {opts.clip_threshold:.3f} (semantic drift)"
         )
         return score, note, False
-    return score, f"CLIP similarity {score:.3f} to the {name} passes the threshold {opts.clip_threshold:.3f}", True
+    return score, f"{similarity} to the {name} passes the threshold {opts.clip_threshold:.3f}", True
 
 
 def working_resolution(

@@ -56,7 +56,8 @@ class RefineOptions:
     steps: fusion Adam steps, 1..5000. learning_rate: base Adam step (> 0). anchor_weight (>= 0):
     pull of the anchor towards the parameters earlier rounds confirmed. depth_tolerance (> 0):
     relative depth residual at which trust halves. normal_weight (>= 0): normal smoothing.
-    clip_check: run the CLIP check when a scorer is configured. clip_threshold in [0, 1]: cosine
+    clip_check: run the CLIP check when a scorer is configured (a proto request's false means the
+    service's default, see :meth:`from_proto`). clip_threshold in [0, 1]: cosine
     similarity below which the round is rejected. seed: makes the round deterministic.
     """
 
@@ -88,19 +89,24 @@ class RefineOptions:
         object.__setattr__(self, "seed", int(self.seed))
 
     @classmethod
-    def from_proto(cls, message: Any) -> RefineOptions:
+    def from_proto(cls, message: Any, defaults: RefineOptions | None = None) -> RefineOptions:
         """Options from a ``glimpse3d.v1.RefineOptions`` (or anything with its attributes).
 
-        Zero steps, learning_rate, anchor_weight, depth_tolerance, normal_weight and clip_threshold
-        mean "default", as the proto documents. ``clip_check`` is taken as is (proto3 cannot tell an
-        unset bool from false, so a caller that wants the check must set it).
+        Every field the message leaves at its zero value (0, false) takes its value from ``defaults``,
+        the serving backend's defaults; ``seed`` is taken as is (0 is a seed). ``clip_check`` is an
+        ``optional`` field: set (true or false) it is the caller's choice, unset it is the default.
+        ``defaults=None`` stands for ``RefineOptions(clip_check=False)``: the module's defaults, with
+        the CLIP check only when the message asks for it.
         """
+        base = defaults if defaults is not None else cls(clip_check=False)
+        has_field = getattr(message, "HasField", None)
         values: dict[str, Any] = {}
-        defaults = cls()
         for f in fields(cls):
             value = getattr(message, f.name)
-            if f.name not in ("clip_check", "seed") and value == 0:
-                value = getattr(defaults, f.name)
+            if f.name == "clip_check" and has_field is not None:
+                value = value if has_field("clip_check") else base.clip_check
+            elif f.name != "seed" and value == 0:
+                value = getattr(base, f.name)
             values[f.name] = value
         return cls(**values)
 

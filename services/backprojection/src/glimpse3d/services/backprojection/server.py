@@ -26,7 +26,7 @@ class BackprojectionServicer(backprojection_pb2_grpc.BackprojectionServicer):
     async def Refine(  # noqa: N802 - gRPC method name
         self, request: backprojection_pb2.RefineRequest, context: grpc.aio.ServicerContext
     ) -> backprojection_pb2.RefineResponse:
-        options = RefineOptions.from_proto(request.options)
+        options = RefineOptions.from_proto(request.options, self.backend.defaults)
         camera = convert.camera_from_proto(request.camera, "camera")
         view = await self.rt.io.image(request.view, "view")
         if view.shape[:2] != (camera.height, camera.width):
