@@ -9,8 +9,7 @@ from collections.abc import Callable
 import grpc
 
 from glimpse3d.core.artifacts import FileArtifactStore
-from glimpse3d.core.rpc import create_server
-from glimpse3d.core.service import ArtifactIO, ComputeLimiter, ServiceRuntime, ServiceSettings
+from glimpse3d.core.service import ServiceSettings, running_in_process
 from glimpse3d.services.backprojection import server as bp_server
 from glimpse3d.services.depth import server as depth_server
 from glimpse3d.services.diffusion import server as diffusion_server
@@ -41,17 +40,9 @@ def run_service(
     module, stub_cls = MODULES[name]
 
     async def main() -> None:
-        settings_ = settings or ServiceSettings(backend="", max_concurrency=1)
-        runtime = ServiceRuntime(settings_, ArtifactIO(store), ComputeLimiter(1, 4))
-        registration, load = module.build(runtime)
-        load()
-        server, port = create_server(registration, [module.SERVICE_NAME], metrics_port=None)
-        await server.start()
-        await server.set_serving()
-        try:
+        settings_ = settings or ServiceSettings(backend="", max_concurrency=1, max_waiting=4)
+        async with running_in_process(module.build, [module.SERVICE_NAME], settings_, store) as (port, _):
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
                 await scenario(stub_cls(ch))
-        finally:
-            await server.stop(0)
 
     asyncio.run(asyncio.wait_for(main(), 300))

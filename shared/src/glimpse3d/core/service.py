@@ -15,7 +15,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,7 +32,7 @@ from glimpse3d.core.formats import read_ply, splat_to_ply_bytes
 from glimpse3d.core.images import decode_image, decode_npy, encode_npy, encode_png
 from glimpse3d.core.logs import configure_logging
 from glimpse3d.core.models import DEFAULT_MODEL_DIR, DeviceOptions
-from glimpse3d.core.rpc import Registration, create_server_from_config
+from glimpse3d.core.rpc import Registration, create_server, create_server_from_config
 from glimpse3d.core.splat import Splat
 from glimpse3d.v1 import common_pb2
 
@@ -244,6 +244,28 @@ async def serve(
         log.info("%s ready", name, extra={"port": port})
 
     await server.serve_forever(_load)
+
+
+@contextlib.asynccontextmanager
+async def running_in_process(
+    build: Builder, service_names: list[str], settings: ServiceSettings, store: ArtifactStore
+) -> AsyncIterator[tuple[int, Registration]]:
+    """A service built and loaded in this process, serving on a loopback port 0 (for tests and
+    benchmarks): yields ``(port, registration)``; the registration's servicers expose their backend."""
+    runtime = ServiceRuntime(
+        settings=settings,
+        io=ArtifactIO(store, settings.artifact_max_bytes),
+        limiter=ComputeLimiter(settings.max_concurrency, settings.max_waiting),
+    )
+    registration, load = build(runtime)
+    await asyncio.to_thread(load)
+    server, port = create_server(registration, service_names, metrics_port=None)
+    await server.start()
+    await server.set_serving()
+    try:
+        yield port, registration
+    finally:
+        await server.stop(0)
 
 
 def main(name: str, service_names: list[str], build: Builder) -> None:
