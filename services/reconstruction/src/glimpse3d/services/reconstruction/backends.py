@@ -90,9 +90,11 @@ class ReconstructionBackend(Protocol):
 
 
 # Learned backends ("triposr", "lgm", "triton") register here when they arrive.
-REGISTRY: BackendRegistry[ReconstructionBackend] = BackendRegistry(
-    "reconstruction", {"lift": "glimpse3d.services.reconstruction.lift:LiftBackend"}
-)
+REGISTRY: BackendRegistry[ReconstructionBackend] = BackendRegistry("reconstruction", {
+    "lift": "glimpse3d.services.reconstruction.lift:LiftBackend",
+    "triposr": "glimpse3d.services.reconstruction.triposr.backend:TripoSRBackend",
+    "lgm": "glimpse3d.services.reconstruction.lgm.backend:LGMBackend",
+})
 
 
 def make_backend(name: str, **options: Any) -> ReconstructionBackend:
