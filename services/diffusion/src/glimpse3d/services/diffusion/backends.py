@@ -5,6 +5,9 @@ condition for learned backends), its coverage (alpha) and the input photo
 (``protos/glimpse3d/v1/diffusion.proto``). Every backend validates its arguments with
 :func:`validate_request`, so they all accept and reject the same things.
 
+Backends: ``classical`` (weight-free detail and colour transfer, :mod:`.classical`) and ``sdxl``
+(SDXL img2img guided by a depth ControlNet, :mod:`.sdxl`; weights from the model directory).
+
 Parameters are *resolved* values here: ``strength`` 0 really means "return the view unchanged".
 The proto's "0 = backend default" convention is applied by the caller with
 :func:`apply_proto_defaults` before calling :meth:`DiffusionBackend.enhance`.
@@ -187,9 +190,14 @@ def validate_request(
 # Registry
 # --------------------------------------------------------------------------------------------- #
 
-# Learned backends ("sdxl", "triton") register here when they arrive.
+# "classical" is weight-free; "sdxl" loads SDXL + a depth ControlNet (docs/backends/diffusion.md);
+# "triton" registers here when it arrives.
 REGISTRY: BackendRegistry[DiffusionBackend] = BackendRegistry(
-    "diffusion", {"classical": "glimpse3d.services.diffusion.classical:ClassicalDiffusionBackend"}
+    "diffusion",
+    {
+        "classical": "glimpse3d.services.diffusion.classical:ClassicalDiffusionBackend",
+        "sdxl": "glimpse3d.services.diffusion.sdxl:SDXLDiffusionBackend",
+    },
 )
 backend_names = REGISTRY.names
 
