@@ -1,23 +1,43 @@
-"""Gateway process wiring: job store, artifact store, service clients, app and gRPC server."""
+"""Gateway process wiring: job store, artifact store, service clients, app, gRPC server and the
+HTTP/JSON facade (uvicorn on the same event loop, calling the same app)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
+from pathlib import Path
 
-from glimpse3d.core.artifacts import open_store
+from glimpse3d.core.artifacts import ArtifactStore, open_store
 from glimpse3d.core.config import ServerConfig, load_config
 from glimpse3d.core.logs import configure_logging
 from glimpse3d.core.rpc import create_server_from_config
-from glimpse3d.core.service import write_ready_file
 from glimpse3d.gateway.app import GatewayApp
 from glimpse3d.gateway.config import GatewayConfig
+from glimpse3d.gateway.http import HttpContext, HttpServer, create_app
 from glimpse3d.gateway.pipeline import ServiceClients, ServicePipeline
 from glimpse3d.gateway.servicer import SERVICE_NAME, Glimpse3DServicer
 from glimpse3d.gateway.store import JobStore
 from glimpse3d.v1 import glimpse3d_pb2_grpc
 
 log = logging.getLogger(__name__)
+
+
+def write_ready_file(path: Path, **fields: object) -> None:
+    """Atomically write ``{**fields, "pid"}`` as JSON (what launchers wait for)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps({**fields, "pid": os.getpid()}))
+    os.replace(tmp, path)
+
+
+def http_server(config: GatewayConfig, app: GatewayApp, artifacts: ArtifactStore, grace_s: float) -> HttpServer | None:
+    """The HTTP facade over ``app`` (None when ``http_port`` is -1)."""
+    if config.http_port < 0:
+        return None
+    context = HttpContext(app, artifacts, heartbeat_s=config.http_heartbeat_s)
+    return HttpServer(create_app(context, web_dir=config.web_dir), config.http_host, config.http_port,
+                      streams=context.streams, grace_s=grace_s)
 
 
 async def serve(server_config: ServerConfig, config: GatewayConfig) -> None:
@@ -29,16 +49,20 @@ async def serve(server_config: ServerConfig, config: GatewayConfig) -> None:
     server, port = create_server_from_config(
         [(glimpse3d_pb2_grpc.add_Glimpse3DServicer_to_server, Glimpse3DServicer(app))], [SERVICE_NAME], server_config
     )
+    http = http_server(config, app, artifacts, server_config.grace_seconds)
 
     async def load() -> None:
         await app.start()
+        http_port = await http.start() if http is not None else None
         if config.ready_file is not None:
-            write_ready_file(config.ready_file, port, server.metrics_port)
-        log.info("gateway ready", extra={"port": port})
+            write_ready_file(config.ready_file, port=port, metrics_port=server.metrics_port, http_port=http_port)
+        log.info("gateway ready", extra={"port": port, "http_port": http_port})
 
     try:
         await server.serve_forever(load)
     finally:
+        if http is not None:
+            await http.stop()
         await app.close()
         await clients.close()
         store.close()

@@ -1,8 +1,11 @@
 """Starts the whole local stack: the five services and the gateway as separate processes on free
 ports, each announcing readiness through a ready file (so port 0 is race free). Used by
-``make demo``, ``make up`` and the end-to-end tests.
+``make demo``, ``make up`` and the end-to-end tests. The gateway also serves the HTTP/JSON facade
+and the web workspace: on a free port by default, on ``--http-port`` (8080 unless
+``GLIMPSE3D_HTTP_PORT`` says otherwise) for ``make up``.
 
-``python -m glimpse3d.gateway.stack --state var/stack`` starts everything and waits for SIGINT/SIGTERM.
+``python -m glimpse3d.gateway.stack --state var/stack`` starts everything and waits for SIGINT/SIGTERM;
+it prints the web URL and writes it to ``<state>/gateway.http`` (the gRPC address to ``gateway.addr``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
 SERVICES = ("depth", "reconstruction", "multiview", "diffusion", "backprojection")
+DEFAULT_HTTP_PORT = 8080
 
 
 class StackError(RuntimeError):
@@ -41,6 +45,12 @@ class Stack:
     @property
     def gateway_addr(self) -> str:
         return f"127.0.0.1:{self.ports['gateway']}"
+
+    @property
+    def http_url(self) -> str | None:
+        """``http://127.0.0.1:<port>`` of the gateway's HTTP facade; None when it is switched off."""
+        port = self.ports.get("gateway_http")
+        return None if port is None else f"http://127.0.0.1:{port}"
 
     def addr(self, name: str) -> str:
         return f"127.0.0.1:{self.ports[name]}"
@@ -97,11 +107,12 @@ def _spawn(name: str, module: str, env: dict[str, str], state_dir: Path) -> tupl
     return proc, ready
 
 
-def _wait_ready(name: str, proc: subprocess.Popen, ready: Path, state_dir: Path, timeout_s: float) -> int:
+def _wait_ready(name: str, proc: subprocess.Popen, ready: Path, state_dir: Path, timeout_s: float) -> dict:
+    """The process's ready file ({"port", ...}) once it exists."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if ready.exists():
-            return int(json.loads(ready.read_text())["port"])
+            return json.loads(ready.read_text())
         if proc.poll() is not None:
             tail = (state_dir / f"{name}.log").read_text(errors="replace")[-2000:]
             raise StackError(f"{name} exited with code {proc.returncode} while starting:\n{tail}")
@@ -110,8 +121,9 @@ def _wait_ready(name: str, proc: subprocess.Popen, ready: Path, state_dir: Path,
 
 
 def start_stack(state_dir: Path, *, env: dict[str, str] | None = None, timeout_s: float = 120.0,
-                service_env: dict[str, dict[str, str]] | None = None) -> Stack:
-    """Start the five services, then the gateway pointing at them; returns once all are SERVING."""
+                service_env: dict[str, dict[str, str]] | None = None, http_port: int = 0) -> Stack:
+    """Start the five services, then the gateway pointing at them; returns once all are SERVING.
+    ``http_port``: the gateway's HTTP facade (0 = a free port, -1 = off)."""
     state_dir = Path(state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     base = {**os.environ, **(env or {})}
@@ -127,13 +139,17 @@ def start_stack(state_dir: Path, *, env: dict[str, str] | None = None, timeout_s
             proc, ready = _spawn(name, f"glimpse3d.services.{name}", {**base, **extra}, state_dir)
             stack.processes[name], pending[name] = proc, ready
         for name, ready in pending.items():
-            stack.ports[name] = _wait_ready(name, stack.processes[name], ready, state_dir, timeout_s)
+            stack.ports[name] = int(_wait_ready(name, stack.processes[name], ready, state_dir, timeout_s)["port"])
         gw_env = {**base, **{f"GLIMPSE3D_{s.upper()}_ADDR": stack.addr(s) for s in SERVICES}}
         gw_env.setdefault("GLIMPSE3D_DB_PATH", str(state_dir / "jobs.sqlite3"))
         gw_env["GLIMPSE3D_ARTIFACTS_URL"] = base["GLIMPSE3D_ARTIFACTS_URL"]
+        gw_env["GLIMPSE3D_HTTP_PORT"] = str(http_port)
         proc, ready = _spawn("gateway", "glimpse3d.gateway", gw_env, state_dir)
         stack.processes["gateway"] = proc
-        stack.ports["gateway"] = _wait_ready("gateway", proc, ready, state_dir, timeout_s)
+        announced = _wait_ready("gateway", proc, ready, state_dir, timeout_s)
+        stack.ports["gateway"] = int(announced["port"])
+        if announced.get("http_port") is not None:
+            stack.ports["gateway_http"] = int(announced["http_port"])
     except BaseException:
         stack.stop()
         raise
@@ -153,8 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--state", type=Path, default=Path("var/stack"), help="folder for logs, db, artifacts")
+    parser.add_argument("--http-port", type=int, default=int(os.environ.get("GLIMPSE3D_HTTP_PORT", DEFAULT_HTTP_PORT)),
+                        help="port of the web workspace and HTTP API (0 = any free port, -1 = off)")
     ns = parser.parse_args(argv)
-    stack = start_stack(ns.state)
+    stack = start_stack(ns.state, http_port=ns.http_port)
     stop = False
 
     def _stop(*_: object) -> None:
@@ -163,9 +181,15 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    log.info("Glimpse3D is up. Gateway at %s; services: %s; logs in %s. Ctrl-C stops it.",
-             stack.gateway_addr, ", ".join(f"{s}={stack.addr(s)}" for s in SERVICES), ns.state)
+    log.info("Glimpse3D is up. Web workspace and HTTP API at %s; gRPC gateway at %s; services: %s; logs in %s. "
+             "Ctrl-C stops it.", stack.http_url or "(HTTP off)", stack.gateway_addr,
+             ", ".join(f"{s}={stack.addr(s)}" for s in SERVICES), ns.state)
     (Path(ns.state) / "gateway.addr").write_text(stack.gateway_addr)
+    http_file = Path(ns.state) / "gateway.http"
+    if stack.http_url is not None:
+        http_file.write_text(stack.http_url)
+    else:
+        http_file.unlink(missing_ok=True)
     try:
         while not stop and all(p.poll() is None for p in stack.processes.values()):
             time.sleep(0.2)

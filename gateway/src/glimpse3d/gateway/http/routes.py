@@ -1,0 +1,334 @@
+"""The ``/api/v1`` routes: thin adapters from HTTP requests to :class:`GatewayApp` calls.
+
+Each route reads the tenant (``X-Glimpse3D-Tenant``, else the ``tenant`` query parameter, else
+``default``), calls the application layer and maps the result with :mod:`.mapping`. Errors raised by
+the application layer keep their type; :class:`ApiRoute` turns them into the JSON error shape, after
+renaming the gRPC request fields they name to this API's (``name`` -> ``job_id``, ``image_data``
+-> ``photo``, ``options.num_views`` -> ``novel_views``, ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from glimpse3d.core.artifacts import ArtifactRef
+from glimpse3d.core.errors import FailedPrecondition, Glimpse3DError, InvalidInput, NotFound, Unavailable
+from glimpse3d.core.images import MAX_IMAGE_BYTES
+from glimpse3d.gateway.events import JobEvent
+from glimpse3d.gateway.exporters import MEDIA_TYPES
+from glimpse3d.gateway.http.context import HttpContext
+from glimpse3d.gateway.http.errors import error_response
+from glimpse3d.gateway.http.mapping import (
+    API_PREFIX,
+    camera_from_view,
+    download_filename,
+    job_url,
+    version_to_json,
+)
+from glimpse3d.gateway.http.schemas import (
+    EnhanceRequest,
+    ErrorResponse,
+    ExportFormatName,
+    Health,
+    JobList,
+    JobOut,
+    VersionList,
+)
+from glimpse3d.gateway.http.sse import event_stream, format_event
+from glimpse3d.gateway.http.uploads import PHOTO_FIELD, read_photo_form
+from glimpse3d.gateway.models import (
+    DEFAULT_TENANT,
+    JOB_ID_PATTERN,
+    MAX_DISPLAY_NAME_CHARS,
+    MAX_ENHANCE_ROUNDS,
+    MAX_NUM_VIEWS,
+    MAX_PROMPT_CHARS,
+    MAX_REQUEST_ID_CHARS,
+    MAX_RESOLUTION,
+    MAX_SEED,
+    MIN_RESOLUTION,
+    JobOptions,
+    check_tenant,
+    job_name,
+    version_name,
+)
+
+logger = logging.getLogger(__name__)
+
+_JOB_ID_RE = re.compile(JOB_ID_PATTERN)
+_CREATE_FIELDS = {"image_data": PHOTO_FIELD, "image": PHOTO_FIELD, "options.num_views": "novel_views",
+                  "options.seed": "seed", "options.enhance_rounds": "enhance_rounds",
+                  "options.prompt": "prompt", "options.resolution": "resolution"}
+_JOB_FIELDS = {"name": "job_id"}
+_ENHANCE_FIELDS = {"name": "job_id", "view": "camera"}
+_IMMUTABLE = "private, max-age=31536000, immutable"
+
+
+class ApiRoute(APIRoute):
+    """Turns every exception of a route (the project's errors and unexpected ones) into the JSON
+    error shape; FastAPI's own request errors go to the app's handlers."""
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        handler = super().get_route_handler()
+
+        async def run(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except (RequestValidationError, StarletteHTTPException):
+                raise
+            except Exception as exc:
+                return error_response(exc, request)
+
+        return run
+
+
+@contextmanager
+def renamed_fields(mapping: Mapping[str, str]) -> Iterator[None]:
+    """Re-raise the project's errors with this API's field names (message included)."""
+    try:
+        yield
+    except Glimpse3DError as err:
+        new = mapping.get(err.field or "")
+        if new is not None:
+            if err.message.startswith(err.field or ""):
+                err.message = new + err.message[len(err.field or ""):]
+                err.args = (err.message,)
+            err.field = new
+        raise
+
+
+# ---- dependencies ---------------------------------------------------------------------------------
+
+
+def context_of(request: Request) -> HttpContext:
+    context = request.app.state.context
+    if context is None:
+        raise Unavailable("this HTTP app has no gateway behind it")
+    return context
+
+
+def tenant_of(
+    x_glimpse3d_tenant: Annotated[str | None, Header(
+        alias="X-Glimpse3D-Tenant", description="the caller's tenant; 'default' when absent")] = None,
+    tenant: Annotated[str | None, Query(
+        description="the tenant, for clients that cannot set headers (links, EventSource); the header wins")] = None,
+) -> str:
+    value = x_glimpse3d_tenant if x_glimpse3d_tenant is not None else tenant
+    return DEFAULT_TENANT if value is None else check_tenant(value)
+
+
+Context = Annotated[HttpContext, Depends(context_of)]
+Tenant = Annotated[str, Depends(tenant_of)]
+
+
+def job_name_of(job_id: str) -> str:
+    if not _JOB_ID_RE.fullmatch(job_id):
+        raise InvalidInput(f"job_id must be 1..64 letters, digits, '_' or '-', got {job_id[:80]!r}", field="job_id")
+    return job_name(job_id)
+
+
+def _version_number(number: str) -> int | None:
+    """None for ``latest``, else a positive version number; InvalidInput naming ``number``."""
+    if number == "latest":
+        return None
+    if not (number.isascii() and number.isdigit()) or number.startswith("0") or len(number) > 9:
+        raise InvalidInput(f"number must be a version number (1, 2, ...) or 'latest', got {number[:40]!r}",
+                           field="number")
+    return int(number)
+
+
+# ---- OpenAPI descriptions -------------------------------------------------------------------------
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    described = {400: "bad request (error.field names the field)", 404: "no such job or version",
+                 409: "the job is in the wrong state", 413: "the photo is larger than the limit",
+                 415: "the photo is not PNG, JPEG or WebP", 429: "queue full; retry later",
+                 503: "the gateway cannot serve now"}
+    return {code: {"model": ErrorResponse, "description": described[code]} for code in codes}
+
+
+_UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object",
+            "required": [PHOTO_FIELD],
+            "properties": {
+                PHOTO_FIELD: {"type": "string", "format": "binary",
+                              "description": f"PNG, JPEG or WebP, at most {MAX_IMAGE_BYTES} bytes"},
+                "display_name": {"type": "string", "maxLength": MAX_DISPLAY_NAME_CHARS},
+                "novel_views": {"type": "integer", "minimum": 0, "maximum": MAX_NUM_VIEWS,
+                                "description": "generated views fused before version 1 (0 = none)"},
+                "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED},
+                "enhance_rounds": {"type": "integer", "minimum": 0, "maximum": MAX_ENHANCE_ROUNDS,
+                                   "description": "automatic enhancement rounds after version 1"},
+                "prompt": {"type": "string", "maxLength": MAX_PROMPT_CHARS},
+                "resolution": {"type": "integer", "description":
+                               f"working resolution, 0 (default) or {MIN_RESOLUTION}..{MAX_RESOLUTION}"},
+                "request_id": {"type": "string", "maxLength": MAX_REQUEST_ID_CHARS,
+                               "description": "idempotency key: a repeat returns the job it created"},
+            },
+        }}},
+    }
+}
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_EVENTS = {200: {"description": "`event: job` blocks whose data is a Job, heartbeat comments, then `event: end`",
+                 "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+_DOWNLOAD = {200: {"description": "the version's splat in the requested format",
+                   "content": {media: _BINARY for media in MEDIA_TYPES.values()}}}
+_PHOTO = {200: {"description": "the uploaded photo (WebP uploads are stored as PNG)",
+                "content": {"image/png": _BINARY, "image/jpeg": _BINARY}}}
+
+
+# ---- routes ---------------------------------------------------------------------------------------
+
+
+def _operation_id(route: APIRoute) -> str:
+    """OpenAPI operationId = the endpoint's name (create_job, enhance, ...), for generated clients."""
+    return route.name
+
+
+def api_router() -> APIRouter:
+    router = APIRouter(prefix=API_PREFIX, route_class=ApiRoute, generate_unique_id_function=_operation_id)
+
+    @router.get("/healthz", response_model=Health, tags=["health"])
+    async def healthz() -> Health:
+        return Health(status="ok")
+
+    @router.post("/jobs", status_code=201, tags=["jobs"], response_model=JobOut, openapi_extra=_UPLOAD_BODY,
+                 responses=_errors(400, 413, 415, 429))
+    async def create_job(request: Request, response: Response, ctx: Context, tenant: Tenant) -> JobOut:
+        """Upload a photo and start a job; the job comes back QUEUED."""
+        form = await read_photo_form(request)
+        if form.transcoded_from:
+            logger.info("photo converted from %s to PNG", form.transcoded_from, extra={"tenant": tenant})
+        with renamed_fields(_CREATE_FIELDS):
+            options = JobOptions(num_views=form.ints.get("novel_views", 0),
+                                 enhance_rounds=form.ints.get("enhance_rounds", 0),
+                                 prompt=form.text.get("prompt", ""), seed=form.ints.get("seed", 0),
+                                 resolution=form.ints.get("resolution", 0))
+            job = await ctx.gateway.create_job(tenant, form.photo, options,
+                                               request_id=form.text.get("request_id", ""),
+                                               display_name=form.text.get("display_name", ""))
+        response.headers["Location"] = job_url(job.id)
+        return await ctx.job_json(job)
+
+    @router.get("/jobs", response_model=JobList, tags=["jobs"], responses=_errors(400))
+    async def list_jobs(
+        ctx: Context, tenant: Tenant,
+        page_size: Annotated[int, Query(ge=0, description="0 = the default (50); at most 1000")] = 0,
+        page_token: Annotated[str, Query(description="next_page_token of the previous page")] = "",
+    ) -> JobList:
+        """The tenant's jobs, newest first."""
+        jobs, token = await ctx.gateway.list_jobs(tenant, page_size, page_token)
+        return JobList(jobs=[await ctx.job_json(job) for job in jobs], next_page_token=token)
+
+    @router.get("/jobs/{job_id}", response_model=JobOut, tags=["jobs"], responses=_errors(400, 404))
+    async def get_job(job_id: str, ctx: Context, tenant: Tenant) -> JobOut:
+        with renamed_fields(_JOB_FIELDS):
+            job = await ctx.gateway.get_job(tenant, job_name_of(job_id))
+        return await ctx.job_json(job)
+
+    @router.get("/jobs/{job_id}/events", response_class=StreamingResponse, tags=["jobs"],
+                responses={**_EVENTS, **_errors(400, 404)})
+    async def watch_job(job_id: str, ctx: Context, tenant: Tenant) -> StreamingResponse:
+        """The job now, then on every change, until it is done with no round running or queued."""
+        with renamed_fields(_JOB_FIELDS):
+            events = ctx.gateway.watch_job(tenant, job_name_of(job_id))
+            try:
+                first = await anext(events)
+            except BaseException:
+                await events.aclose()
+                raise
+
+        async def encode(event: JobEvent) -> str:
+            job = await ctx.job_json(event.job)
+            return format_event("job", job.model_dump_json(), str(event.job.revision))
+
+        stream = event_stream(first, events, encode, heartbeat_s=ctx.heartbeat_s, registry=ctx.streams)
+        return StreamingResponse(stream, media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @router.post("/jobs/{job_id}/enhance", status_code=202, response_model=JobOut, tags=["jobs"],
+                 responses=_errors(400, 404, 409, 429))
+    async def enhance(job_id: str, body: EnhanceRequest, ctx: Context, tenant: Tenant) -> JobOut:
+        """Start (or queue) one enhancement round from a camera or the least confident view."""
+        if body.camera is not None and body.auto:
+            raise InvalidInput("set camera or auto: true, not both", field="auto")
+        if body.camera is None and not body.auto:
+            raise InvalidInput("set camera (a look-at view) or auto: true", field="camera")
+        camera = None if body.camera is None else camera_from_view(body.camera)
+        with renamed_fields(_ENHANCE_FIELDS):
+            job = await ctx.gateway.enhance(tenant, job_name_of(job_id), camera=camera, prompt=body.prompt,
+                                            strength=body.strength, seed=body.seed, request_id=body.request_id)
+        return await ctx.job_json(job)
+
+    @router.post("/jobs/{job_id}/cancel", response_model=JobOut, tags=["jobs"], responses=_errors(400, 404))
+    async def cancel(job_id: str, ctx: Context, tenant: Tenant) -> JobOut:
+        """Cancel the running work; a no-op for a done job."""
+        with renamed_fields(_JOB_FIELDS):
+            job = await ctx.gateway.cancel_job(tenant, job_name_of(job_id))
+        return await ctx.job_json(job)
+
+    @router.get("/jobs/{job_id}/versions", response_model=VersionList, tags=["versions"], responses=_errors(400, 404))
+    async def list_versions(job_id: str, ctx: Context, tenant: Tenant) -> VersionList:
+        with renamed_fields(_JOB_FIELDS):
+            job = await ctx.gateway.get_job(tenant, job_name_of(job_id))
+        counts = await ctx.counts.for_job(job)
+        return VersionList(versions=[version_to_json(v, tenant, counts.get(v.splat.sha256)) for v in job.versions])
+
+    @router.get("/jobs/{job_id}/versions/{number}/download", response_class=Response, tags=["versions"],
+                responses={**_DOWNLOAD, **_errors(400, 404, 409)})
+    async def download(
+        job_id: str, number: str, ctx: Context, tenant: Tenant,
+        fmt: Annotated[ExportFormatName, Query(alias="format", description="ply (3DGS), splat (web) or glb (glTF)")
+                       ] = "ply",
+    ) -> Response:
+        """A version (a number, or ``latest``) as a file to save."""
+        wanted = _version_number(number)
+        with renamed_fields(_JOB_FIELDS):
+            job = await ctx.gateway.get_job(tenant, job_name_of(job_id))
+        if wanted is None and not job.versions:
+            raise FailedPrecondition(f"job {job.name} has no version yet", field="number")
+        if wanted is not None and wanted > len(job.versions):
+            raise NotFound(f"version {version_name(job.id, wanted)} not found", field="number")
+        resolved = wanted or len(job.versions)
+        result = await ctx.gateway.export(tenant, version_name(job.id, resolved), fmt)
+        data = await _read(ctx, result.artifact)
+        headers = {
+            "Content-Disposition": f'attachment; filename="{download_filename(job.id, resolved, fmt)}"',
+            "ETag": f'"{result.artifact.sha256}"',
+            "Cache-Control": _IMMUTABLE if wanted is not None else "no-cache",
+            "X-Glimpse3D-Version": str(resolved),
+        }
+        return Response(data, media_type=MEDIA_TYPES[fmt], headers=headers)
+
+    @router.get("/jobs/{job_id}/photo", response_class=Response, tags=["jobs"],
+                responses={**_PHOTO, **_errors(400, 404)})
+    async def photo(job_id: str, ctx: Context, tenant: Tenant) -> Response:
+        """The photo the job was created from."""
+        with renamed_fields(_JOB_FIELDS):
+            job = await ctx.gateway.get_job(tenant, job_name_of(job_id))
+        ref = job.input_image
+        extension = "png" if ref.media_type == "image/png" else "jpg"
+        headers = {"Content-Disposition": f'inline; filename="{job.id}-photo.{extension}"',
+                   "ETag": f'"{ref.sha256}"', "Cache-Control": _IMMUTABLE}
+        return Response(await _read(ctx, ref), media_type=ref.media_type, headers=headers)
+
+    return router
+
+
+async def _read(ctx: HttpContext, ref: ArtifactRef) -> bytes:
+    return await asyncio.to_thread(ctx.artifacts.get, ref)

@@ -1,0 +1,162 @@
+"""The JSON shapes of the HTTP/JSON facade (pydantic models, hence the OpenAPI spec).
+
+Response models mirror the gateway's domain records (:mod:`glimpse3d.gateway.models`) in the form a
+browser wants: enum values as strings, times as RFC 3339, cameras as three.js-style look-at views,
+downloads as URLs. Request models refuse unknown fields, so a misspelt camera key is a 400 naming
+it instead of a silently ignored value.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from glimpse3d.core.cameras import MAX_IMAGE_SIDE
+from glimpse3d.core.convert import DEFAULT_FOV_Y_DEG, DEFAULT_VIEW_SIZE
+from glimpse3d.gateway.models import MAX_PROMPT_CHARS, MAX_REQUEST_ID_CHARS, MAX_SEED
+
+MAX_COORDINATE = 1e6  # world units; objects are normalised to a radius of about 1
+Coordinate = Annotated[float, Field(ge=-MAX_COORDINATE, le=MAX_COORDINATE)]
+Vec3 = Annotated[list[Coordinate], Field(min_length=3, max_length=3, description="x, y, z in the world frame")]
+JobStateName = Literal["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"]
+ExportFormatName = Literal["ply", "splat", "glb"]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# ---- cameras --------------------------------------------------------------------------------------
+
+
+class CameraView(_Request):
+    """A look-at camera in the world frame (right-handed, +y up, the frame of the exported splat):
+    the camera sits at ``position``, looks at ``target``, with ``up`` pointing up in the image."""
+
+    position: Vec3
+    target: Vec3 = Field(default_factory=lambda: [0.0, 0.0, 0.0])
+    up: Vec3 = Field(default_factory=lambda: [0.0, 1.0, 0.0])
+    fov_y_deg: float = Field(DEFAULT_FOV_Y_DEG, ge=1.0, le=170.0, description="vertical field of view, degrees")
+    width: int = Field(DEFAULT_VIEW_SIZE, ge=1, le=MAX_IMAGE_SIDE, description="image width, pixels")
+    height: int = Field(DEFAULT_VIEW_SIZE, ge=1, le=MAX_IMAGE_SIDE, description="image height, pixels")
+
+
+class CameraOut(BaseModel):
+    """A version's round camera as a look-at view, plus the exact OpenCV-convention matrix."""
+
+    position: Vec3
+    target: Vec3 = Field(description="the point on the viewing axis nearest the world origin "
+                                     "(one unit ahead when the origin is behind the camera)")
+    up: Vec3
+    fov_y_deg: float
+    width: int
+    height: int
+    world_to_camera: list[float] = Field(
+        min_length=16, max_length=16,
+        description="row-major 4x4, camera axes x right, y down, z forward (the project's Camera)")
+
+
+# ---- jobs and versions ----------------------------------------------------------------------------
+
+
+class ProgressOut(BaseModel):
+    stage: str = Field(description="matting_depth, reconstruct, multiview, enhance, refine, export or empty")
+    fraction: float = Field(ge=0.0, le=1.0, description="of the whole run the worker is doing")
+    message: str
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="canonical code name, e.g. INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE")
+    message: str
+    field: str | None = Field(None, description="the request field at fault, when there is one")
+    reason: str = Field("", description="the stable reason of the project's error, e.g. INVALID_INPUT")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class RoundReportOut(BaseModel):
+    accepted_fraction: float
+    photometric_error_before: float
+    photometric_error_after: float
+    clip_score: float | None
+    clip_note: str
+    rejected: bool
+    steps: int
+    mean_confidence: float
+
+
+class Downloads(BaseModel):
+    ply: str
+    splat: str
+    glb: str
+
+
+class VersionOut(BaseModel):
+    number: int
+    parent: int | None = Field(description="the version this one refined; null for version 1")
+    kind: Literal["initial", "enhance"]
+    camera: CameraOut | None = Field(description="the enhancement round's view; null for version 1")
+    metrics: dict[str, float | None] = Field(
+        description="every per-version metric of the gateway and the round report's numbers")
+    num_gaussians: int | None
+    report: RoundReportOut | None = Field(description="the refinement report of an enhancement round")
+    create_time: datetime
+    downloads: Downloads
+
+
+class JobOptionsOut(BaseModel):
+    novel_views: int
+    enhance_rounds: int
+    prompt: str
+    seed: int
+    resolution: int
+
+
+class JobOut(BaseModel):
+    id: str
+    name: str = Field(description="the resource name, jobs/{id}")
+    display_name: str
+    state: JobStateName
+    done: bool = Field(description="no work is running or queued (SUCCEEDED, FAILED or CANCELLED)")
+    progress: ProgressOut
+    error: ErrorDetail | None = Field(description="why the job, or its last enhancement round, failed")
+    versions: list[VersionOut]
+    pending_rounds: int = Field(description="enhancement rounds requested and not finished, the running one included")
+    create_time: datetime
+    update_time: datetime
+    options: JobOptionsOut
+    request_id: str
+    tenant: str
+    revision: int = Field(description="grows by one with every stored change")
+    photo_url: str
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut]
+    next_page_token: str
+
+
+class VersionList(BaseModel):
+    versions: list[VersionOut]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+# ---- requests -------------------------------------------------------------------------------------
+
+
+class EnhanceRequest(_Request):
+    """Exactly one of ``camera`` and ``auto: true``."""
+
+    camera: CameraView | None = None
+    auto: bool = False
+    strength: float = Field(0.0, ge=0.0, le=1.0, description="0 = the pipeline's default")
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="empty = the job's prompt")
+    request_id: str = Field("", max_length=MAX_REQUEST_ID_CHARS, description="repeating it starts no other round")

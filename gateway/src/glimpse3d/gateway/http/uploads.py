@@ -1,0 +1,195 @@
+"""Request bodies: the photo upload of ``POST /api/v1/jobs`` (a bounded multipart read and format
+checks) and a small limit on every other body (:class:`BodyLimit`).
+
+The limit is the gateway's image limit (:data:`glimpse3d.core.images.MAX_IMAGE_BYTES`) plus a small
+allowance for the form's other fields and the multipart framing. A request that announces a larger
+``Content-Length`` is refused with 413 before any of its body is read; a chunked request is counted
+as it streams in and refused as soon as it passes the limit, so no upload is ever read whole.
+
+Formats are told by their magic bytes, never by the client's ``Content-Type``: PNG and JPEG go to the
+gateway as they are (it validates them fully); WebP, which the pipeline does not read, is decoded
+here (size checked from its header first) and stored as a lossless PNG; anything else is 415.
+
+Every other request body (the JSON of an enhance, at most a few kilobytes) is limited to
+:data:`MAX_JSON_BODY_BYTES` the same way, so that no endpoint reads an unbounded body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from fastapi import Request
+from PIL import Image, ImageOps, UnidentifiedImageError
+from starlette.datastructures import UploadFile
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from glimpse3d.core.errors import InvalidInput
+from glimpse3d.core.images import MAX_IMAGE_BYTES, MAX_IMAGE_SIDE, encode_png
+from glimpse3d.gateway.http.errors import PayloadTooLarge, UnsupportedMediaType, error_response
+
+PHOTO_FIELD = "photo"
+FORM_OVERHEAD_BYTES = 64 * 1024  # the other fields and the multipart boundaries and headers
+MAX_FIELD_BYTES = 16 * 1024
+MAX_JSON_BODY_BYTES = 1024 * 1024
+TEXT_FIELDS = ("display_name", "prompt", "request_id")
+INT_FIELDS = ("novel_views", "seed", "enhance_rounds", "resolution")
+_MAX_FORM_FIELDS = 1 + len(TEXT_FIELDS) + len(INT_FIELDS)
+
+_FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")  # the latter cannot carry a file
+_PNG = b"\x89PNG\r\n\x1a\n"
+_JPEG = b"\xff\xd8\xff"
+
+
+@dataclass
+class PhotoForm:
+    photo: bytes  # PNG or JPEG
+    text: dict[str, str] = field(default_factory=dict)
+    ints: dict[str, int] = field(default_factory=dict)
+    transcoded_from: str | None = None  # "WebP" when the upload was converted to PNG
+
+
+def body_limit() -> int:
+    return MAX_IMAGE_BYTES + FORM_OVERHEAD_BYTES
+
+
+def _too_large(size: int | None = None) -> PayloadTooLarge:
+    got = f"{size} bytes" if size is not None else "more than that"
+    return PayloadTooLarge(f"{PHOTO_FIELD} is too large: {got}; the limit is {MAX_IMAGE_BYTES} bytes",
+                           field=PHOTO_FIELD)
+
+
+def _counting(receive: Callable[[], Awaitable[Any]], limit: int,
+              error: Callable[[], Exception] = _too_large) -> Callable[[], Awaitable[Any]]:
+    """``receive`` that raises ``error()`` once the body passes ``limit`` bytes."""
+    seen = 0
+
+    async def wrapped() -> Any:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise error()
+        return message
+
+    return wrapped
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name.lower() == b"content-length" and value.isdigit():
+            return int(value)
+    return None
+
+
+class BodyLimit:
+    """ASGI middleware: bodies of requests other than ``upload_path`` are at most ``limit`` bytes
+    (413 when the announced length is larger; a chunked body fails once past the limit)."""
+
+    def __init__(self, app: ASGIApp, upload_path: str, limit: int = MAX_JSON_BODY_BYTES) -> None:
+        self.app = app
+        self.upload_path = upload_path
+        self.limit = limit
+
+    def _error(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"the request body is larger than {self.limit} bytes", field="body")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] == self.upload_path:
+            await self.app(scope, receive, send)
+            return
+        length = _content_length(scope.get("headers", []))
+        if length is not None and length > self.limit:
+            await error_response(self._error())(scope, receive, send)
+            return
+        await self.app(scope, _counting(receive, self.limit, self._error), send)
+
+
+async def read_photo_form(request: Request) -> PhotoForm:
+    """Parse and check the multipart form (see the module docstring); the photo comes back as PNG or
+    JPEG bytes of at most MAX_IMAGE_BYTES."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith(_FORM_TYPES):
+        raise UnsupportedMediaType(
+            f"send multipart/form-data with the image in a file field named {PHOTO_FIELD!r}; got "
+            f"{content_type or 'no Content-Type'}", field=PHOTO_FIELD)
+    length = request.headers.get("content-length")
+    if length is not None and length.isascii() and length.isdigit() and int(length) > body_limit():
+        raise _too_large(int(length))
+    bounded = Request(request.scope, receive=_counting(request.receive, body_limit()))
+    form = await bounded.form(max_files=1, max_fields=_MAX_FORM_FIELDS, max_part_size=MAX_FIELD_BYTES)
+    try:
+        result = PhotoForm(photo=b"")
+        for key, value in form.multi_items():
+            if key == PHOTO_FIELD:
+                continue
+            if key not in TEXT_FIELDS and key not in INT_FIELDS:
+                raise InvalidInput(f"unknown form field {key!r}; the fields are {PHOTO_FIELD}, "
+                                   f"{', '.join(TEXT_FIELDS + INT_FIELDS)}", field=key)
+            if not isinstance(value, str):
+                raise InvalidInput(f"{key} must be a plain form field, not a file", field=key)
+            if key in TEXT_FIELDS:
+                result.text[key] = value
+            else:
+                result.ints[key] = _parse_int(key, value)
+        upload = form.get(PHOTO_FIELD)
+        if upload is None:
+            raise InvalidInput(f"{PHOTO_FIELD} is required: a PNG, JPEG or WebP file field", field=PHOTO_FIELD)
+        if not isinstance(upload, UploadFile):
+            raise InvalidInput(f"{PHOTO_FIELD} must be a file field, not text", field=PHOTO_FIELD)
+        if upload.size is not None and upload.size > MAX_IMAGE_BYTES:
+            raise _too_large(upload.size)
+        data = await upload.read(MAX_IMAGE_BYTES + 1)
+        if len(data) > MAX_IMAGE_BYTES:
+            raise _too_large()
+    finally:
+        await form.close()
+    result.photo, result.transcoded_from = await _accepted_image(data)
+    return result
+
+
+def _parse_int(key: str, value: str) -> int:
+    text = value.strip()
+    if not text:
+        raise InvalidInput(f"{key} must be an integer, got an empty value", field=key)
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise InvalidInput(f"{key} must be an integer, got {value[:40]!r}", field=key) from None
+
+
+async def _accepted_image(data: bytes) -> tuple[bytes, str | None]:
+    if not data:
+        raise InvalidInput(f"{PHOTO_FIELD} is empty", field=PHOTO_FIELD)
+    if data.startswith(_PNG) or data.startswith(_JPEG):
+        return data, None
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return await asyncio.to_thread(webp_to_png, data), "WebP"
+    raise UnsupportedMediaType(f"{PHOTO_FIELD} is not a PNG, JPEG or WebP image", field=PHOTO_FIELD)
+
+
+def webp_to_png(data: bytes) -> bytes:
+    """A WebP file (its first frame, EXIF orientation applied) as lossless PNG bytes."""
+    try:
+        with Image.open(io.BytesIO(data), formats=["WEBP"]) as img:
+            width, height = img.size
+            if not (1 <= width <= MAX_IMAGE_SIDE and 1 <= height <= MAX_IMAGE_SIDE):
+                raise InvalidInput(f"{PHOTO_FIELD} is {width}x{height} pixels; the limit is {MAX_IMAGE_SIDE} a side",
+                                   field=PHOTO_FIELD)
+            img.load()
+            upright = ImageOps.exif_transpose(img)
+            alpha = "A" in upright.getbands()
+            pixels = np.asarray(upright.convert("RGBA" if alpha else "RGB"), dtype=np.uint8)
+    except InvalidInput:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise InvalidInput(f"{PHOTO_FIELD} is not a readable WebP image: {err}", field=PHOTO_FIELD) from None
+    png = encode_png(pixels, field=PHOTO_FIELD, compress_level=1)
+    if len(png) > MAX_IMAGE_BYTES:
+        raise _too_large(len(png))
+    return png
