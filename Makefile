@@ -10,7 +10,7 @@ STAMP := $(VENV)/.setup-stamp
 # torch's OpenMP threads spin-wait by default, ~10x slower on a busy 2-core machine.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup protos protos-check test lint bench demo up clean
+.PHONY: setup protos protos-check test lint bench demo up clean models web chromium
 
 $(STAMP): constraints.txt shared/pyproject.toml gateway/pyproject.toml $(foreach s,$(SERVICES),services/$(s)/pyproject.toml) requirements-dev.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -36,8 +36,30 @@ protos: $(STAMP)
 protos-check: $(STAMP)
 	$(BIN)/python -m glimpse3d.core.protogen --check
 
-test: setup
+test: setup web chromium
 	$(BIN)/python -m pytest -q tests
+
+# The browser workspace (web/): npm ci when the lockfile changes, vite build into web/dist when a source
+# changes. The gateway's HTTP facade serves web/dist at / (GLIMPSE3D_WEB_DIR).
+WEB_SRC := $(shell find web/src web/index.html web/vite.config.js web/package.json -type f 2>/dev/null)
+WEB_DEPS := web/node_modules/.package-lock.json
+WEB_STAMP := web/dist/.build-stamp
+
+web: $(WEB_STAMP)
+
+$(WEB_DEPS): web/package-lock.json
+	cd web && npm ci --no-audit --no-fund
+	touch $@
+
+$(WEB_STAMP): $(WEB_DEPS) $(WEB_SRC)
+	cd web && npm run build
+	touch $@
+
+# Headless Chromium for the workspace's end-to-end test (tests/test_web.py); Debian's package when missing.
+CHROMIUM ?= /usr/bin/chromium
+chromium:
+	@test -x $(CHROMIUM) || { apt-get update && apt-get install -y --no-install-recommends chromium; } \
+	    || { echo "Chromium is needed at $(CHROMIUM): apt-get install chromium (as root), or set CHROMIUM=" >&2; exit 1; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -51,8 +73,13 @@ demo: setup
 	$(BIN)/python -m glimpse3d.gateway.demo --out out
 
 # The same stack, left running until Ctrl-C (gateway address printed and written to var/stack/gateway.addr).
-up: setup
+up: setup web
 	$(BIN)/python -m glimpse3d.gateway.stack --state var/stack
 
+# Production weights of the learned backends into GLIMPSE3D_MODEL_DIR (default models/), checked against
+# its manifest.json; a second run verifies and fetches nothing. MODELS_ARGS="--only NAME" / "--verify".
+models: setup
+	$(BIN)/python -m glimpse3d.core.modelfetch $(MODELS_ARGS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache out
+	rm -rf $(VENV) .pytest_cache .ruff_cache out web/dist web/node_modules

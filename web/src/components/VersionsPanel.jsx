@@ -1,0 +1,92 @@
+// Version history: every version of the job (the initial reconstruction, then one per enhancement
+// round), newest first, with each round's report (accepted pixels, photometric error before and after).
+// Picking a version shows it; "Compare with" puts another version beside it behind a slider.
+
+import { errorChange, formatTime, metricRows, percent } from "../format.js";
+
+function num(v) {
+  return typeof v === "number" && Number.isFinite(v);
+}
+
+function summary(version) {
+  const m = version.metrics ?? {};
+  const parts = [];
+  if (version.kind === "enhance") {
+    if (version.report?.rejected) parts.push("rejected");
+    if (num(m.accepted_fraction)) parts.push(`accepted ${percent(m.accepted_fraction, 1)}`);
+    if (num(m.photometric_error_before) && num(m.photometric_error_after)) {
+      const change = errorChange(m);
+      parts.push(
+        `error ${m.photometric_error_before.toFixed(4)} → ${m.photometric_error_after.toFixed(4)}` +
+          (change ? ` (${change})` : ""),
+      );
+    }
+  } else {
+    if (num(m.input_view_psnr_db)) parts.push(`input view ${m.input_view_psnr_db.toFixed(1)} dB`);
+    if (version.num_gaussians) parts.push(`${Number(version.num_gaussians).toLocaleString("en-US")} Gaussians`);
+  }
+  return parts.join(" · ");
+}
+
+/**
+ * @param {{versions: object[], selected: number|null, compareWith: number|null,
+ *          onSelect: (n: number) => void, onCompare: (n: number|null) => void}} props
+ */
+export default function VersionsPanel({ versions, selected, compareWith, onSelect, onCompare }) {
+  if (!versions || versions.length === 0) return null;
+  const current = versions.find((v) => v.number === selected) ?? versions[versions.length - 1];
+  const newestFirst = versions.slice().reverse();
+  return (
+    <section className="panel versions-panel" aria-label="Versions">
+      <h2>4 · Versions</h2>
+      <ul className="versions" data-testid="versions">
+        {newestFirst.map((v) => (
+          <li key={v.number} className={v.number === current.number ? "version version-selected" : "version"}>
+            <button
+              type="button"
+              className="version-button"
+              aria-pressed={v.number === current.number}
+              data-version={v.number}
+              onClick={() => onSelect(v.number)}
+            >
+              <span className="version-title">
+                v{v.number} · {v.kind === "enhance" ? "enhanced" : "initial"}
+                {v.parent ? ` from v${v.parent}` : ""}
+              </span>
+              <span className="version-time">{formatTime(v.create_time)}</span>
+              <span className="version-summary">{summary(v)}</span>
+            </button>
+          </li>
+        ))}
+      </ul>
+      <h3>v{current.number} metrics</h3>
+      {current.report?.clip_note ? <p className="hint">{current.report.clip_note}</p> : null}
+      <dl className="metrics" data-testid="metrics">
+        {metricRows(current.metrics).map((row) => (
+          <div key={row.name} className="metric" data-metric={row.name}>
+            <dt>{row.label}</dt>
+            <dd>{row.value}</dd>
+          </div>
+        ))}
+      </dl>
+      {versions.length > 1 ? (
+        <label className="compare-select">
+          Compare v{current.number} with
+          <select
+            value={compareWith ?? ""}
+            onChange={(e) => onCompare(e.target.value === "" ? null : Number(e.target.value))}
+          >
+            <option value="">(no comparison)</option>
+            {versions
+              .filter((v) => v.number !== current.number)
+              .map((v) => (
+                <option key={v.number} value={v.number}>
+                  v{v.number}
+                </option>
+              ))}
+          </select>
+        </label>
+      ) : null}
+    </section>
+  );
+}

@@ -1,0 +1,171 @@
+import { beforeEach, describe, expect, it, vi } from "vitest";
+
+import { ApiError, createApi, errorFromResponse, isSettled } from "../src/api.js";
+import { enhanceVersion, FakeEventSource, initialVersion, job, pngFile } from "./helpers.js";
+
+function jsonResponse(status, body, statusText = "") {
+  return new Response(JSON.stringify(body), { status, statusText, headers: { "Content-Type": "application/json" } });
+}
+
+describe("errorFromResponse", () => {
+  it("carries the facade's error JSON", async () => {
+    const response = jsonResponse(400, {
+      error: { code: "INVALID_ARGUMENT", message: "photo is 12 bytes; not a PNG or JPEG image", field: "photo" },
+    });
+    const err = await errorFromResponse(response);
+    expect(err).toBeInstanceOf(ApiError);
+    expect(err.message).toBe("photo is 12 bytes; not a PNG or JPEG image");
+    expect(err.status).toBe(400);
+    expect(err.code).toBe("INVALID_ARGUMENT");
+    expect(err.field).toBe("photo");
+  });
+
+  it("explains an answer that is not the error JSON", async () => {
+    const err = await errorFromResponse(new Response("<html>bad gateway</html>", { status: 502, statusText: "Bad Gateway" }));
+    expect(err.message).toBe("The gateway answered HTTP 502 Bad Gateway");
+    expect(err.status).toBe(502);
+    expect(err.code).toBe("UNKNOWN");
+  });
+});
+
+describe("createApi", () => {
+  it("turns a 4xx answer into an ApiError with the server's message", async () => {
+    const fetch = vi.fn(async () => jsonResponse(404, { error: { code: "NOT_FOUND", message: "job nope not found" } }));
+    const api = createApi({ fetch });
+    await expect(api.getJob("nope")).rejects.toMatchObject({
+      name: "ApiError",
+      message: "job nope not found",
+      status: 404,
+      code: "NOT_FOUND",
+    });
+    expect(fetch).toHaveBeenCalledWith("/api/v1/jobs/nope", expect.any(Object));
+  });
+
+  it("reports an unreachable gateway", async () => {
+    const api = createApi({ fetch: vi.fn(async () => Promise.reject(new TypeError("Failed to fetch"))) });
+    const err = await api.listJobs().catch((e) => e);
+    expect(err).toBeInstanceOf(ApiError);
+    expect(err.code).toBe("UNAVAILABLE");
+    expect(err.message).toBe("Cannot reach the Glimpse3D gateway: Failed to fetch");
+  });
+
+  it("reports a 2xx answer that is not JSON", async () => {
+    const api = createApi({ fetch: vi.fn(async () => new Response("oops", { status: 200 })) });
+    await expect(api.getJob("j1")).rejects.toThrow("The gateway sent a response that is not JSON (HTTP 200)");
+  });
+
+  it("uploads the photo and the options as multipart form data", async () => {
+    const fetch = vi.fn(async () => jsonResponse(201, job()));
+    const api = createApi({ fetch });
+    const photo = pngFile();
+    const created = await api.createJob(photo, { displayName: "chair", novelViews: 2, seed: "7" });
+    expect(created.id).toBe("j1");
+    const [url, init] = fetch.mock.calls[0];
+    expect(url).toBe("/api/v1/jobs");
+    expect(init.method).toBe("POST");
+    expect(init.body).toBeInstanceOf(FormData);
+    expect(init.body.get("photo").name).toBe("sample.png");
+    expect(init.body.get("display_name")).toBe("chair");
+    expect(init.body.get("novel_views")).toBe("2");
+    expect(init.body.get("seed")).toBe("7");
+  });
+
+  it("leaves unset options out of the upload", async () => {
+    const fetch = vi.fn(async () => jsonResponse(201, job()));
+    await createApi({ fetch }).createJob(pngFile(), {});
+    const form = fetch.mock.calls[0][1].body;
+    expect([...form.keys()]).toEqual(["photo"]);
+  });
+
+  it("posts the enhance body as JSON", async () => {
+    const fetch = vi.fn(async () => jsonResponse(202, job({ pending_rounds: 1 })));
+    const api = createApi({ fetch });
+    const answer = await api.enhance("j1", { auto: true });
+    expect(answer.pending_rounds).toBe(1);
+    const [url, init] = fetch.mock.calls[0];
+    expect(url).toBe("/api/v1/jobs/j1/enhance");
+    expect(init.method).toBe("POST");
+    expect(init.headers["Content-Type"]).toBe("application/json");
+    expect(JSON.parse(init.body)).toEqual({ auto: true });
+  });
+
+  it("builds download and photo URLs", () => {
+    const api = createApi({ fetch: vi.fn() });
+    expect(api.downloadUrl("j1", 3, "ply")).toBe("/api/v1/jobs/j1/versions/3/download?format=ply");
+    expect(api.photoUrl("j1")).toBe("/api/v1/jobs/j1/photo");
+  });
+});
+
+describe("watchJob", () => {
+  beforeEach(() => {
+    FakeEventSource.instances = [];
+  });
+
+  function watch() {
+    const api = createApi({ fetch: vi.fn(), EventSource: FakeEventSource });
+    const jobs = [];
+    const errors = [];
+    const stop = api.watchJob("j1", (j) => jobs.push(j), (m) => errors.push(m));
+    return { source: FakeEventSource.instances[0], jobs, errors, stop };
+  }
+
+  it("follows job events and closes the stream once the job is settled", () => {
+    const { source, jobs, errors } = watch();
+    expect(source.url).toBe("/api/v1/jobs/j1/events");
+    source.emit("job", job());
+    expect(source.closed).toBeUndefined();
+    const finished = job({ state: "SUCCEEDED", done: true, versions: [initialVersion()] });
+    source.emit("job", finished);
+    expect(jobs).toEqual([job(), finished]);
+    expect(source.closed).toBe(true);
+    expect(errors).toEqual([]);
+  });
+
+  it("keeps the stream open while an enhancement round is pending", () => {
+    const { source } = watch();
+    source.emit("job", job({ state: "SUCCEEDED", done: true, pending_rounds: 1, versions: [initialVersion()] }));
+    expect(source.closed).toBeUndefined();
+    source.emit("job", job({ state: "SUCCEEDED", done: true, versions: [initialVersion(), enhanceVersion()] }));
+    expect(source.closed).toBe(true);
+  });
+
+  it("says so when the stream ends before the job is done", () => {
+    const { source, errors } = watch();
+    source.emit("job", job());
+    source.emit("end", {});
+    expect(source.closed).toBe(true);
+    expect(errors).toEqual(["Live progress ended before the job finished; reload the page to follow it"]);
+  });
+
+  it("reports a dropped connection and a refused one", () => {
+    const { source, errors } = watch();
+    source.fail(0);
+    source.fail(2);
+    expect(errors).toEqual([
+      "Live progress interrupted; reconnecting",
+      "Live progress stopped: the gateway closed the event stream",
+    ]);
+  });
+
+  it("reports an event that is not JSON", () => {
+    const { source, jobs, errors } = watch();
+    source.emit("job", "{not json");
+    expect(jobs).toEqual([]);
+    expect(errors).toEqual(["The gateway sent a progress event that is not JSON"]);
+  });
+
+  it("stops when asked", () => {
+    const { source, stop } = watch();
+    stop();
+    expect(source.closed).toBe(true);
+  });
+});
+
+describe("isSettled", () => {
+  it("needs done and no pending round", () => {
+    expect(isSettled(job())).toBe(false);
+    expect(isSettled(job({ done: true, state: "SUCCEEDED" }))).toBe(true);
+    expect(isSettled(job({ done: true, state: "SUCCEEDED", pending_rounds: 2 }))).toBe(false);
+    expect(isSettled(null)).toBe(false);
+  });
+});
