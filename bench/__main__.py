@@ -13,7 +13,7 @@ import platform
 import sys
 import time
 
-SUITES = ("bench.bench_raster", "bench.bench_ply", "bench.bench_pipeline")
+SUITES = ("bench.bench_raster", "bench.bench_ply", "bench.bench_pipeline", "bench.bench_backends")
 
 
 def _fmt(value: object) -> str:
