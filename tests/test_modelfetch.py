@@ -4,6 +4,7 @@ Also: every learned backend's load path switches the hub libraries offline."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import importlib
@@ -162,6 +163,18 @@ def test_only_and_list(hub, model_dir, capsys, monkeypatch) -> None:
     assert "unknown model(s) test/nope" in capsys.readouterr().err and len(fetcher.calls) == 1
     with pytest.raises(InvalidInput):
         mf.select([ALPHA], ["test/alpha", "x/y"])
+
+
+def test_opt_in_models_are_fetched_only_when_named_or_with_all(hub, model_dir, monkeypatch) -> None:
+    gated = dataclasses.replace(BETA, opt_in=True)
+    monkeypatch.setattr(mf, "collect_models", lambda: (ALPHA, gated))
+    fetcher = LocalFetcher(hub)
+    assert mf.main(["--model-dir", str(model_dir)], fetcher=fetcher) == 0
+    assert [name for name, _ in fetcher.calls] == ["test/alpha"]
+    assert mf.main(["--model-dir", str(model_dir), "--verify"]) == 0  # the opt-in model is not expected
+    assert mf.main(["--model-dir", str(model_dir), "--all"], fetcher=fetcher) == 0
+    assert [name for name, _ in fetcher.calls] == ["test/alpha", "test/beta"]
+    assert mf.select([ALPHA, gated], ["test/beta"], everything=False) == [gated]
 
 
 def test_bad_sources_fail_that_model_only(hub, model_dir) -> None:

@@ -153,15 +153,18 @@ def _merge(old: ModelSource | None, new: ModelSource, service: str) -> ModelSour
     return replace(old, used_by=tuple(dict.fromkeys((*old.used_by, *new.used_by))))
 
 
-def select(models: Sequence[ModelSource], only: Iterable[str]) -> list[ModelSource]:
-    """The models named in ``only`` (all when empty); an unknown name is :class:`InvalidInput`."""
+def select(models: Sequence[ModelSource], only: Iterable[str], everything: bool = True) -> list[ModelSource]:
+    """The models named in ``only``; when it is empty, every model (``everything``) or every model
+    that is not opt-in. An unknown name is :class:`InvalidInput`."""
     wanted = list(dict.fromkeys(only))
     by_name = {m.name: m for m in models}
     unknown = [n for n in wanted if n not in by_name]
     if unknown:
         known = ", ".join(by_name) or "none (no service with learned backends is installed)"
         raise InvalidInput(f"unknown model(s) {', '.join(unknown)}; known: {known}", field="only")
-    return [by_name[n] for n in wanted] if wanted else list(models)
+    if wanted:
+        return [by_name[n] for n in wanted]
+    return [m for m in models if everything or not m.opt_in]
 
 
 # ---------------------------------------------------------------------------- files and manifest
@@ -393,6 +396,8 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--docs", type=Path, metavar="PATH", help="rewrite the model table in PATH (docs/models.md)")
     parser.add_argument("--markdown", action="store_true", help="with --list: the markdown table of docs/models.md")
     parser.add_argument("--force", action="store_true", help="download again even when the files verify")
+    parser.add_argument("--all", action="store_true",
+                        help="also fetch/verify the opt-in models (for example non-commercial weights)")
     return parser
 
 
@@ -402,7 +407,10 @@ def main(argv: Sequence[str] | None = None, fetcher: Fetcher | None = None) -> i
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     model_dir = ns.model_dir if ns.model_dir is not None else default_model_dir()
     try:
-        models = select(collect_models(), ns.only)
+        # Listing and the docs table cover every model; fetching and verifying skip opt-in ones
+        # unless they are named or --all is given.
+        everything = ns.all or ns.list or ns.docs is not None
+        models = select(collect_models(), ns.only, everything=everything)
         if ns.list:
             print(markdown_table(models) if ns.markdown else plain_list(models, read_manifest(model_dir)))
             return 0

@@ -54,6 +54,8 @@ class ModelSource:
     licence: the licence the publisher states for the weights.
     gpu_memory: published / documented inference memory, for the docs and capacity planning.
     used_by: ``<service>/<backend>`` names that load this model.
+    opt_in: fetched by ``make models`` only when named (``--only``) or with ``--all``; for weights no
+        default selects, such as non-commercial ones.
     """
 
     name: str
@@ -64,6 +66,7 @@ class ModelSource:
     gpu_memory: str = ""
     used_by: tuple[str, ...] = ()
     notes: str = ""
+    opt_in: bool = False
 
     def __post_init__(self) -> None:
         parts = self.name.split("/")

@@ -78,6 +78,7 @@ MODELS: tuple[ModelSource, ...] = (
         "no published inference figure",
         used_by=USED_BY,
         notes="DINOv2 ViT-B/14; non-commercial licence: check before deploying",
+        opt_in=True,  # make models fetches it only when named or with --all
     ),
     ModelSource(
         name=DA_V2_LARGE,
@@ -89,6 +90,7 @@ MODELS: tuple[ModelSource, ...] = (
         "no published inference figure",
         used_by=USED_BY,
         notes="DINOv2 ViT-L/14; non-commercial licence: check before deploying",
+        opt_in=True,  # make models fetches it only when named or with --all
     ),
 )
 
