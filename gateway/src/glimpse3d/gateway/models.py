@@ -16,12 +16,11 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from google.rpc import error_details_pb2
 
 from glimpse3d.core.artifacts import ArtifactRef
 from glimpse3d.core.cameras import Camera
 from glimpse3d.core.errors import InvalidInput
-from glimpse3d.core.rpc.errors import to_rpc_status
+from glimpse3d.core.rpc.errors import reason_and_field, to_rpc_status
 from glimpse3d.gateway.states import JobState
 
 MAX_NUM_VIEWS = 16
@@ -158,16 +157,7 @@ class JobError:
         """The status the shared error mapping gives ``exc`` (unexpected errors are logged there
         with a reference id and become INTERNAL with a generic message)."""
         status = to_rpc_status(exc, method="gateway.job")
-        reason, field_path = "INTERNAL", None
-        for detail in status.details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
-                reason = info.reason
-            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad = error_details_pb2.BadRequest()
-                detail.Unpack(bad)
-                field_path = bad.field_violations[0].field if bad.field_violations else None
+        reason, field_path = reason_and_field(status)
         return cls(status.code, status.message, reason, field_path)
 
     def to_json(self) -> dict[str, Any]:

@@ -20,11 +20,10 @@ from typing import Any
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from google.rpc import error_details_pb2
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from glimpse3d.core.errors import InvalidInput
-from glimpse3d.core.rpc.errors import to_rpc_status
+from glimpse3d.core.rpc.errors import reason_and_field, to_rpc_status
 from glimpse3d.gateway.http.mapping import code_name
 from glimpse3d.gateway.http.schemas import ErrorDetail, ErrorResponse
 
@@ -81,16 +80,7 @@ def error_response(exc: BaseException, request: Request | None = None) -> JSONRe
     """The answer for an exception raised while serving ``request`` (see the module docstring)."""
     method = f"HTTP {request.method} {request.url.path}" if request is not None else "HTTP"
     status = to_rpc_status(exc, method=method)  # logs unexpected errors with a reference id
-    reason, field = "INTERNAL", None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            reason = info.reason
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            field = bad.field_violations[0].field if bad.field_violations else None
+    reason, field = reason_and_field(status)
     code = code_name(status.code)
     http_status = getattr(exc, "http_status", None) or HTTP_STATUS.get(code, 500)
     headers = {"Retry-After": "1"} if http_status in (429, 503) else None

@@ -81,6 +81,21 @@ def _pack(message: Message) -> any_pb2.Any:
     return packed
 
 
+def reason_and_field(status: status_pb2.Status) -> tuple[str, str | None]:
+    """The ErrorInfo reason ("INTERNAL" when absent) and the first BadRequest field of ``status``."""
+    reason, field = "INTERNAL", None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason = info.reason
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            field = bad.field_violations[0].field if bad.field_violations else None
+    return reason, field
+
+
 def to_rpc_status(error: BaseException, *, method: str = "") -> status_pb2.Status:
     """Build the ``google.rpc.Status`` to send for ``error`` (logs unexpected errors)."""
     code = status_code_for(error)
