@@ -48,6 +48,8 @@ WEB_STAMP := web/dist/.build-stamp
 web: $(WEB_STAMP)
 
 $(WEB_DEPS): web/package-lock.json
+	@node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=19)?0:1)' \
+	    || { echo "Node.js 20.19 or newer (with npm) is needed to build web/: found $$(node --version 2>/dev/null || echo none)" >&2; exit 1; }
 	cd web && npm ci --no-audit --no-fund
 	touch $@
 

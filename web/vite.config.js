@@ -39,5 +39,7 @@ export default defineConfig({
     include: ["tests/**/*.test.{js,jsx}"],
     setupFiles: ["tests/setup.js"],
     restoreMocks: true,
+    // The 5 s default per test is tight on a busy 2-core machine.
+    testTimeout: 30000,
   },
 });

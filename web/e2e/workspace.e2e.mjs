@@ -36,6 +36,7 @@ for (const name of ["url", "photo", "out"]) {
 }
 const OUT = path.resolve(args.out);
 const JOB_TIMEOUT_MS = Number(args.timeout) * 1000;
+const SETTLE_MS = 30000;
 fs.mkdirSync(OUT, { recursive: true });
 
 const t0 = Date.now();
@@ -147,8 +148,45 @@ async function viewerReady(page, version) {
   await page.waitForSelector(`[data-testid="viewer"][data-status="ready"][data-version="${version}"]`, {
     timeout: JOB_TIMEOUT_MS,
   });
-  // Spark sorts for the viewpoint in a worker; give the on-demand renderer time to draw the sorted frame.
+  // Spark sorts for the viewpoint in a worker; wait until the on-demand renderer has drawn the sorted frame.
+  await settled(page);
+}
+
+/** A digest of every canvas's pixels (the viewers preserve their drawing buffers). */
+async function canvasDigest(page) {
+  return page.evaluate(() =>
+    [...document.querySelectorAll("canvas")]
+      .map((canvas) => {
+        const copy = document.createElement("canvas");
+        copy.width = canvas.width;
+        copy.height = canvas.height;
+        const ctx = copy.getContext("2d");
+        ctx.drawImage(canvas, 0, 0);
+        const data = ctx.getImageData(0, 0, copy.width, copy.height).data;
+        let hash = 2166136261;
+        for (let i = 0; i < data.length; i += 1) hash = Math.imul(hash ^ data[i], 16777619);
+        return `${copy.width}x${copy.height}:${hash >>> 0}`;
+      })
+      .join(","),
+  );
+}
+
+/**
+ * Waits until the page's canvases stop changing: at least 1.5 s, then until two reads 0.5 s apart
+ * agree (on a busy machine the sort worker and SwiftShader can take much longer than a fixed pause).
+ * Gives up after SETTLE_MS and goes on; the pixel checks then say what was on screen.
+ */
+async function settled(page) {
   await page.waitForTimeout(1500);
+  const deadline = Date.now() + SETTLE_MS;
+  let last = await canvasDigest(page);
+  while (Date.now() < deadline) {
+    await page.waitForTimeout(500);
+    const now = await canvasDigest(page);
+    if (now === last) return;
+    last = now;
+  }
+  log(`the canvases were still changing after ${SETTLE_MS / 1000} s`);
 }
 
 async function metricsShown(page) {
@@ -236,7 +274,7 @@ async function run(page, result) {
   await page.mouse.down();
   await page.mouse.move(box.x + box.width / 2 - 120, box.y + box.height / 2 + 40, { steps: 2 });
   await page.mouse.up();
-  await page.waitForTimeout(1500);
+  await settled(page);
   await canvas.screenshot({ path: path.join(OUT, "enhanced-view.png") });
   log("orbited");
 
@@ -262,7 +300,7 @@ async function run(page, result) {
   // Before / after: version 1 on the left of the slider, version 2 on the right.
   await page.getByLabel("Compare v2 with").selectOption("1");
   await page.waitForSelector('[data-testid="viewer-compare"][data-status="ready"]', { timeout: 60000 });
-  await page.waitForTimeout(1500);
+  await settled(page);
   await page.screenshot({ path: path.join(OUT, "compare.png") });
   log("comparison shown");
 

@@ -187,7 +187,9 @@ def webp_to_png(data: bytes) -> bytes:
             pixels = np.asarray(upright.convert("RGBA" if alpha else "RGB"), dtype=np.uint8)
     except InvalidInput:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+    except UnidentifiedImageError:  # its message names an in-memory object, nothing the client can use
+        raise InvalidInput(f"{PHOTO_FIELD} is not a readable WebP image", field=PHOTO_FIELD) from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise InvalidInput(f"{PHOTO_FIELD} is not a readable WebP image: {err}", field=PHOTO_FIELD) from None
     png = encode_png(pixels, field=PHOTO_FIELD, compress_level=1)
     if len(png) > MAX_IMAGE_BYTES:
