@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 
@@ -11,10 +12,12 @@ import pytest
 
 from glimpse3d.core import convert
 from glimpse3d.core.artifacts import FileArtifactStore
+from glimpse3d.core.backends import BackendRegistry
 from glimpse3d.core.cancel import check_cancelled
+from glimpse3d.core.config import load_config
 from glimpse3d.core.errors import Cancelled, InvalidInput, Overloaded
 from glimpse3d.core.images import encode_npy
-from glimpse3d.core.service import ArtifactIO, ComputeLimiter, ServiceSettings
+from glimpse3d.core.service import ArtifactIO, ComputeLimiter, ServiceSettings, backend_from_settings
 
 
 def _spin(stopped: threading.Event, limit_s: float = 10.0) -> str:
@@ -82,8 +85,42 @@ def test_artifact_io_names_the_field(tmp_path):
     asyncio.run(scenario())
 
 
-@pytest.mark.parametrize(("field", "value"), [("max_concurrency", 0), ("max_waiting", -1), ("torch_threads", 999)])
+@pytest.mark.parametrize(("field", "value"), [
+    ("max_concurrency", 0), ("max_waiting", -1), ("torch_threads", 999),
+    ("backend_options", "{not json"), ("backend_options", "[1, 2]"), ("device", "gpu"), ("device", "cuda:x"),
+])
 def test_settings_are_validated(field, value):
     with pytest.raises(InvalidInput) as exc:
         ServiceSettings(**{field: value})
     assert exc.value.field == field
+
+
+def test_backend_options_and_context_reach_the_constructor(monkeypatch, tmp_path):
+    """GLIMPSE3D_BACKEND_OPTIONS becomes keyword options; model_dir/device go only to a backend whose
+    constructor takes them, and an explicit option of the same name wins."""
+    monkeypatch.setenv("GLIMPSE3D_BACKEND", "learned")
+    monkeypatch.setenv("GLIMPSE3D_BACKEND_OPTIONS", '{"steps": 3}')
+    monkeypatch.setenv("GLIMPSE3D_MODEL_DIR", str(tmp_path))
+    monkeypatch.setenv("GLIMPSE3D_DEVICE", "cpu")
+    settings = load_config(ServiceSettings)
+    assert settings.options() == {"steps": 3} and settings.context() == {"model_dir": tmp_path, "device": "cpu"}
+    registry = BackendRegistry("test", {"learned": f"{__name__}:_Learned", "plain": f"{__name__}:_Plain"})
+    learned = backend_from_settings(registry, settings, "plain")
+    assert (learned.model_dir, learned.device, learned.steps) == (tmp_path, "cpu", 3)
+    explicit = registry.create("learned", context=settings.context(), device="cuda:1")
+    assert explicit.device == "cuda:1"
+    plain = registry.create("plain", context=settings.context())
+    assert isinstance(plain, _Plain)
+    with pytest.raises(InvalidInput) as exc:  # an option the backend does not have is named
+        backend_from_settings(registry, dataclasses.replace(settings, backend="plain"), "plain")
+    assert exc.value.field == "backend_options" and "steps" in exc.value.message
+
+
+class _Learned:
+    def __init__(self, model_dir, device="auto", steps=1):
+        self.model_dir, self.device, self.steps = model_dir, device, steps
+
+
+class _Plain:
+    def __init__(self):
+        pass

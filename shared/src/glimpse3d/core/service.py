@@ -73,7 +73,10 @@ class ServiceSettings:
 
     def __post_init__(self) -> None:
         self.options()  # a malformed JSON object fails at startup, not at the first request
-        DeviceOptions(device=self.device)
+        try:
+            DeviceOptions(device=self.device)
+        except InvalidInput as err:
+            raise ConfigError(err.message, field="device") from None
         if not 1 <= self.max_concurrency <= 64:
             raise ConfigError(f"max_concurrency must be in 1..64, got {self.max_concurrency}", field="max_concurrency")
         if not 0 <= self.max_waiting <= 10000:

@@ -11,24 +11,19 @@ path runs for real.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from pathlib import Path
 
-SERVICES = ("depth", "reconstruction", "multiview", "diffusion", "backprojection")
+from glimpse3d.core.models import SERVICES, service_module
 
 
 def write_all(model_dir: Path, seed: int = 0, services: tuple[str, ...] = SERVICES) -> list[str]:
     """Write every installed service's tiny models under ``model_dir``; returns the model names."""
     names: list[str] = []
     for service in services:
-        try:
-            module = importlib.import_module(f"glimpse3d.services.{service}.tiny")
-        except ModuleNotFoundError as err:
-            if err.name and (err.name == f"glimpse3d.services.{service}" or err.name.endswith(".tiny")):
-                continue  # service not installed here, or it has no learned backends
-            raise
-        names.extend(module.write_tiny_models(Path(model_dir), seed=seed))
+        module = service_module(service, "tiny")  # None: not installed, or no learned backends
+        if module is not None:
+            names.extend(module.write_tiny_models(Path(model_dir), seed=seed))
     return names
 
 
