@@ -17,8 +17,10 @@ from glimpse3d.core.cameras import (
     intrinsics_from_fov,
     invert_rigid,
     look_at,
+    orbit_angles,
     orbit_camera,
     orbit_cameras,
+    turned_about_up,
 )
 from glimpse3d.core.errors import InvalidInput
 from glimpse3d.core.splat import (
@@ -409,3 +411,11 @@ def test_camera_accepts_rigid_transforms_and_whole_float_sizes() -> None:
     cam = Camera(100, 100, 50, 50, 128.0, 64, m)
     assert cam.width == 128 and isinstance(cam.width, int)
     np.testing.assert_allclose(cam.position, -m[:3, :3].T @ m[:3, 3])
+
+
+@pytest.mark.parametrize(("az", "el", "r"), [(0.0, 0.0, 2.7), (90.0, 10.0, 3.0), (250.0, -35.0, 1.5), (359.0, 80.0, 4)])
+def test_orbit_angles_invert_orbit_camera_and_turning_adds_azimuth(az, el, r):
+    cam = orbit_camera(az, el, r, width=32, height=32)
+    assert orbit_angles(cam) == pytest.approx((az, el, r), abs=1e-9)
+    turned = orbit_angles(turned_about_up(cam, 100.0))
+    assert turned == pytest.approx(((az + 100.0) % 360.0, el, r), abs=1e-9)

@@ -211,6 +211,16 @@ def orbit_cameras(
     return [orbit_camera(start_azimuth_deg + 360.0 * k / n, elevation_deg, radius, **kwargs) for k in range(n)]
 
 
+def orbit_angles(camera: Camera) -> tuple[float, float, float]:
+    """(azimuth in degrees in [0, 360), elevation in degrees, distance) of the camera centre seen from
+    the world origin: the inverse of :func:`orbit_eye` (all zero when the camera sits at the origin)."""
+    p = camera.position
+    r = float(np.linalg.norm(p))
+    if r < 1e-12:
+        return 0.0, 0.0, 0.0
+    return math.degrees(math.atan2(p[0], p[2])) % 360.0, math.degrees(math.asin(np.clip(p[1] / r, -1, 1))), r
+
+
 def turned_about_up(camera: Camera, azimuth_deg: float) -> Camera:
     """``camera`` carried round the world's vertical (+y) axis through the origin by ``azimuth_deg``
     (positive turns +z towards +x): the same elevation, distance and intrinsics at another azimuth."""

@@ -47,7 +47,7 @@ import cv2
 import numpy as np
 
 from glimpse3d.core.backends import config_with_overrides
-from glimpse3d.core.cameras import Camera
+from glimpse3d.core.cameras import Camera, orbit_angles
 from glimpse3d.core.errors import InvalidInput, NotReady
 from glimpse3d.core.models import (
     DEFAULT_MODEL_DIR,
@@ -113,13 +113,12 @@ class Zero123Config:
 
 
 def _spherical(camera: Camera, field: str) -> tuple[float, float, float]:
-    """(polar angle from +y, azimuth atan2(x, z), distance) of the camera centre around the origin."""
-    x, y, z = camera.position
-    r = math.sqrt(x * x + y * y + z * z)
+    """(polar angle from +y, azimuth, distance) of the camera centre around the origin, in radians."""
+    azimuth_deg, elevation_deg, r = orbit_angles(camera)
     if r < 1e-9:
         raise InvalidInput("camera sits at the object centre (the world origin); no viewpoint to condition on",
                            field=field)
-    return math.acos(max(-1.0, min(1.0, y / r))), math.atan2(x, z), r
+    return math.pi / 2 - math.radians(elevation_deg), math.radians(azimuth_deg), r
 
 
 def relative_pose(input_camera: Camera, target: Camera, reference_radius: float = 1.85,

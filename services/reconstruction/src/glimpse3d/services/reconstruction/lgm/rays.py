@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from glimpse3d.core.cameras import Camera, invert_rigid, look_at, orbit_eye, turned_about_up
+from glimpse3d.core.cameras import Camera, invert_rigid, look_at, orbit_angles, orbit_eye, turned_about_up
 from glimpse3d.core.errors import InvalidInput
 
 LGM_FOVY_DEG = 49.1
@@ -141,15 +141,6 @@ def network_input(images: Sequence[np.ndarray], poses: Sequence[np.ndarray], siz
 
 
 # ----------------------------------------------------------------------------- the view rig
-
-
-def orbit_angles(camera: Camera) -> tuple[float, float, float]:
-    """(azimuth, elevation) in degrees and distance of a camera centre seen from the world origin."""
-    p = camera.position
-    r = float(np.linalg.norm(p))
-    if r < 1e-12:
-        return 0.0, 0.0, 0.0
-    return math.degrees(math.atan2(p[0], p[2])) % 360.0, math.degrees(math.asin(np.clip(p[1] / r, -1, 1))), r
 
 
 def _rig_error_deg(camera: Camera, expected: Camera) -> float:
