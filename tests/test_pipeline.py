@@ -178,3 +178,23 @@ def test_up_serves_until_sigterm_and_stops_every_process(tmp_path):
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
+
+
+def _metric(text: str, name: str) -> float | None:
+    """The value of an unlabelled sample ``name`` in Prometheus text format."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def test_services_export_queue_gauges_for_autoscaling(stack):
+    """Each service's /metrics has the queue gauges the Helm chart's autoscalers query."""
+    import urllib.request
+
+    for name in ("depth", "reconstruction", "multiview", "diffusion", "backprojection"):
+        port = stack.metrics_ports[name]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        assert _metric(text, "glimpse3d_service_queue_depth") == 0, name
+        assert (_metric(text, "glimpse3d_service_concurrency") or 0) >= 1, name

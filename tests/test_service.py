@@ -65,6 +65,34 @@ def test_full_queue_is_overloaded_not_unbounded():
     asyncio.run(asyncio.wait_for(scenario(), 20))
 
 
+def test_queue_depth_gauges_follow_the_limiter():
+    """The gauges an autoscaler reads: calls waiting, calls computing, and the slot count."""
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+
+    def sample(name: str) -> float | None:
+        return registry.get_sample_value(name)
+
+    async def scenario() -> None:
+        limiter = ComputeLimiter(max_concurrency=1, max_waiting=4)
+        limiter.register_metrics(registry)
+        assert (sample("glimpse3d_service_queue_depth"), sample("glimpse3d_service_busy")) == (0, 0)
+        assert sample("glimpse3d_service_concurrency") == 1
+        gate = threading.Event()
+        running = asyncio.ensure_future(limiter.run(gate.wait, 10))
+        await asyncio.sleep(0.05)
+        queued = [asyncio.ensure_future(limiter.run(lambda: "later")) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        assert (sample("glimpse3d_service_queue_depth"), sample("glimpse3d_service_busy")) == (3, 1)
+        gate.set()
+        await running
+        assert await asyncio.gather(*queued) == ["later"] * 3
+        assert (sample("glimpse3d_service_queue_depth"), sample("glimpse3d_service_busy")) == (0, 0)
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
 def test_check_cancelled_is_a_no_op_outside_a_call():
     check_cancelled()
 

@@ -41,6 +41,8 @@ class Stack:
     state_dir: Path
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
+    # Prometheus /metrics port of each process that serves one (services and the gateway).
+    metrics_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def gateway_addr(self) -> str:
@@ -139,7 +141,10 @@ def start_stack(state_dir: Path, *, env: dict[str, str] | None = None, timeout_s
             proc, ready = _spawn(name, f"glimpse3d.services.{name}", {**base, **extra}, state_dir)
             stack.processes[name], pending[name] = proc, ready
         for name, ready in pending.items():
-            stack.ports[name] = int(_wait_ready(name, stack.processes[name], ready, state_dir, timeout_s)["port"])
+            announced = _wait_ready(name, stack.processes[name], ready, state_dir, timeout_s)
+            stack.ports[name] = int(announced["port"])
+            if announced.get("metrics_port") is not None:
+                stack.metrics_ports[name] = int(announced["metrics_port"])
         gw_env = {**base, **{f"GLIMPSE3D_{s.upper()}_ADDR": stack.addr(s) for s in SERVICES}}
         gw_env.setdefault("GLIMPSE3D_DB_PATH", str(state_dir / "jobs.sqlite3"))
         gw_env["GLIMPSE3D_ARTIFACTS_URL"] = base["GLIMPSE3D_ARTIFACTS_URL"]
@@ -148,6 +153,8 @@ def start_stack(state_dir: Path, *, env: dict[str, str] | None = None, timeout_s
         stack.processes["gateway"] = proc
         announced = _wait_ready("gateway", proc, ready, state_dir, timeout_s)
         stack.ports["gateway"] = int(announced["port"])
+        if announced.get("metrics_port") is not None:
+            stack.metrics_ports["gateway"] = int(announced["metrics_port"])
         if announced.get("http_port") is not None:
             stack.ports["gateway_http"] = int(announced["http_port"])
     except BaseException:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+from prometheus_client import CollectorRegistry, Gauge
 
 from glimpse3d.core import convert
 from glimpse3d.core.artifacts import ArtifactRef, ArtifactStore, store_from_env
@@ -115,7 +116,30 @@ class ComputeLimiter:
         self._slots = asyncio.Semaphore(max_concurrency)
         self._max_waiting = max_waiting
         self._waiting = 0
+        self._running = 0
         self.max_concurrency = max_concurrency
+
+    @property
+    def waiting(self) -> int:
+        """Calls waiting for a compute slot now (the service's queue depth)."""
+        return self._waiting
+
+    @property
+    def running(self) -> int:
+        """Calls holding a compute slot now."""
+        return self._running
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        """Export the queue as gauges read at scrape time; autoscalers use the queue depth."""
+        Gauge(
+            "glimpse3d_service_queue_depth", "Calls waiting for a compute slot.", registry=registry
+        ).set_function(lambda: self._waiting)
+        Gauge(
+            "glimpse3d_service_busy", "Calls computing now.", registry=registry
+        ).set_function(lambda: self._running)
+        Gauge(
+            "glimpse3d_service_concurrency", "Calls allowed to compute at once.", registry=registry
+        ).set(self.max_concurrency)
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if self._slots.locked() and self._waiting >= self._max_waiting:
@@ -127,6 +151,7 @@ class ComputeLimiter:
             await self._slots.acquire()
         finally:
             self._waiting -= 1
+        self._running += 1
         try:
             with cancel_scope() as event:
                 work = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
@@ -138,6 +163,7 @@ class ComputeLimiter:
                     await work
                 raise
         finally:
+            self._running -= 1
             self._slots.release()
 
 
@@ -237,6 +263,7 @@ async def serve(
     )
     registration, load = build(runtime)
     server, port = create_server_from_config(registration, service_names, server_config)
+    runtime.limiter.register_metrics(server.registry)
     log.info("%s listening", name, extra={"port": port, "metrics_port": server.metrics_port})
 
     async def _load() -> None:
