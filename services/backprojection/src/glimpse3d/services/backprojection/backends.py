@@ -165,9 +165,10 @@ def _unit(value: object, field: str = "clip_threshold") -> float:
     return float(value)
 
 
-# A "triton" backend registers here when it arrives.
+# "triton": MVCRM here with the CLIP check served by Triton (:mod:`.triton`).
 REGISTRY: BackendRegistry[BackprojectionBackend] = BackendRegistry(
-    "backprojection", {"mvcrm": "glimpse3d.services.backprojection.backends:MVCRMBackend"}
+    "backprojection", {"mvcrm": "glimpse3d.services.backprojection.backends:MVCRMBackend",
+                       "triton": "glimpse3d.services.backprojection.triton:TritonMVCRMBackend"}
 )
 
 

@@ -48,12 +48,13 @@ class DepthBackend(Protocol):
         ...
 
 
-# One line per backend; "triton" registers here when it arrives.
+# One line per backend.
 REGISTRY: BackendRegistry[DepthBackend] = BackendRegistry(
     "depth",
     {
         "silhouette": "glimpse3d.services.depth.silhouette:SilhouetteDepthBackend",
         "dpt": "glimpse3d.services.depth.dpt:DptDepthBackend",
+        "triton": "glimpse3d.services.depth.triton:TritonDepthBackend",
     },
 )
 backend_names = REGISTRY.names

@@ -191,12 +191,13 @@ def validate_request(
 # --------------------------------------------------------------------------------------------- #
 
 # "classical" is weight-free; "sdxl" loads SDXL + a depth ControlNet (docs/backends/diffusion.md);
-# "triton" registers here when it arrives.
+# "triton" calls the sdxl model served by Triton.
 REGISTRY: BackendRegistry[DiffusionBackend] = BackendRegistry(
     "diffusion",
     {
         "classical": "glimpse3d.services.diffusion.classical:ClassicalDiffusionBackend",
         "sdxl": "glimpse3d.services.diffusion.sdxl:SDXLDiffusionBackend",
+        "triton": "glimpse3d.services.diffusion.triton:TritonDiffusionBackend",
     },
 )
 backend_names = REGISTRY.names

@@ -78,12 +78,13 @@ class MultiviewBackend(Protocol):
         ...
 
 
-# Backends register here by name ("triton" when it arrives).
+# Backends register here by name; "triton" calls the zero123 model served by Triton.
 REGISTRY: BackendRegistry[MultiviewBackend] = BackendRegistry(
     "multiview",
     {
         "render": "glimpse3d.services.multiview.render_views:RenderBackend",
         "zero123": "glimpse3d.services.multiview.zero123:Zero123Backend",
+        "triton": "glimpse3d.services.multiview.triton:TritonMultiviewBackend",
     },
 )
 

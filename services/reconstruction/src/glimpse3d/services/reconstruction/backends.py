@@ -89,11 +89,12 @@ class ReconstructionBackend(Protocol):
         ...
 
 
-# Learned backends ("triposr", "lgm", "triton") register here when they arrive.
+# Learned backends: "triposr", "lgm" in-process, "triton" (either model served by Triton).
 REGISTRY: BackendRegistry[ReconstructionBackend] = BackendRegistry("reconstruction", {
     "lift": "glimpse3d.services.reconstruction.lift:LiftBackend",
     "triposr": "glimpse3d.services.reconstruction.triposr.backend:TripoSRBackend",
     "lgm": "glimpse3d.services.reconstruction.lgm.backend:LGMBackend",
+    "triton": "glimpse3d.services.reconstruction.triton:TritonReconstructionBackend",
 })
 
 
