@@ -72,7 +72,7 @@ def to_uint8(image: object, field: str) -> np.ndarray:
         got = list(image.shape) if isinstance(image, np.ndarray) else type(image).__name__
         raise InvalidInput(f"{field} must be an RGB image [H, W, 3], got {got}", field=field)
     if image.dtype == np.uint8:
-        return image
+        return np.ascontiguousarray(image)  # flipped or strided views: the image processor needs positive strides
     if not np.issubdtype(image.dtype, np.floating) or not np.isfinite(image).all():
         raise InvalidInput(f"{field} must be uint8 or finite floating point, got {image.dtype}", field=field)
     return np.clip(np.rint(image.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)

@@ -110,8 +110,8 @@ class _ReconstructionHandler(Handler):
     def run(self, inputs: Tensors) -> Tensors:
         params = tensor_json(inputs.get("PARAMS"))
         result = self.backend.reconstruct(
-            require(inputs, "IMAGE"), require(inputs, "DEPTH"), inputs.get("MASK"), array_to_camera(require(inputs, "CAMERA")),
-            tensors_to_views(inputs), fit_steps=params.get("fit_steps", 0),
+            require(inputs, "IMAGE"), require(inputs, "DEPTH"), inputs.get("MASK"),
+            array_to_camera(require(inputs, "CAMERA")), tensors_to_views(inputs), fit_steps=params.get("fit_steps", 0),
             max_gaussians=params.get("max_gaussians", 0), seed=params.get("seed", 0))
         return {**splat_to_tensors(result.splat), "METRICS": json_tensor(result.metrics)}
 
