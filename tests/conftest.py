@@ -23,6 +23,16 @@ def repo_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL server on 127.0.0.1 (tests/postgres_server.py), started once per session;
+    ``postgres.create_database()`` gives each test its own database."""
+    from postgres_server import postgres_for_tests
+
+    with postgres_for_tests() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def stack(tmp_path_factory):
     """The five services and the gateway as real processes on loopback (shared by the end-to-end
     tests; started once per session, stopped afterwards)."""
@@ -31,3 +41,13 @@ def stack(tmp_path_factory):
     state = tmp_path_factory.mktemp("stack")
     with start_stack(state, timeout_s=180.0) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """Tiny random weights for every learned backend (glimpse3d.core.tinymodels), written once per session."""
+    from glimpse3d.core.tinymodels import write_all
+
+    model_dir = tmp_path_factory.mktemp("tiny-models")
+    write_all(model_dir, seed=0)
+    return model_dir

@@ -34,7 +34,9 @@ from glimpse3d.core.artifacts import (
     FileArtifactStore,
     S3ArtifactStore,
     content_key,
+    is_temporary_key,
     open_store,
+    sha256_of_key,
     store_from_env,
 )
 from glimpse3d.core.artifacts.base import CHUNK_SIZE, Blob
@@ -427,6 +429,64 @@ def test_concurrent_puts_of_same_bytes(backend: Backend) -> None:
     assert backend.store.get(refs[0]) == data
 
 
+def test_temporary_artifacts_have_their_own_key_and_read_back(backend: Backend) -> None:
+    store = backend.store
+    data = payload(3000, seed=20)
+    durable = store.put(data, PNG)
+    temporary = store.put(data, PNG, temporary=True)
+    assert (temporary.sha256, temporary.size, temporary.media_type) == (durable.sha256, durable.size, PNG)
+    assert temporary.uri.endswith(f"/tmp/{content_key(temporary.sha256)}")
+    assert temporary.uri == f"{durable.uri.rsplit('/sha256/', 1)[0]}/{content_key(durable.sha256, temporary=True)}"
+    assert not durable.uri.endswith(f"/tmp/{content_key(durable.sha256)}")
+    streamed = store.put(ChunkedStream(payload(2 * MIB, seed=21)), PLY, temporary=True)  # type: ignore[arg-type]
+    assert streamed.uri.endswith(f"/tmp/{content_key(streamed.sha256)}")
+    for ref in (durable, temporary, streamed):
+        expected = data if ref is not streamed else payload(2 * MIB, seed=21)
+        assert store.get(ref) == expected and store.get(ref.uri) == expected
+        assert store.stat(ref.uri) == ref and store.exists(ref.uri)
+    store.delete(temporary)
+    assert not store.exists(temporary) and store.get(durable) == data  # two objects, not one
+    with pytest.raises(InvalidInput) as info:
+        store.put(data, PNG, temporary="yes")  # type: ignore[arg-type]
+    assert info.value.field == "temporary"
+
+
+def test_temporary_put_always_rewrites(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A temporary put restarts the object's age (what expiry counts from); a durable one is a no-op."""
+    store = backend.store
+    data = payload(500, seed=22)
+    store.put(data, PNG)
+    store.put(data, PNG, temporary=True)
+    writes: list[str] = []
+    original = store._write_bytes
+
+    def counting(key: str, blob: bytes, media_type: str) -> None:
+        writes.append(key)
+        original(key, blob, media_type)
+
+    monkeypatch.setattr(store, "_write_bytes", counting)
+    store.put(data, PNG)
+    again = store.put(data, PNG, temporary=True)
+    assert writes == [content_key(sha(data), temporary=True)]
+    assert store.get(again) == data
+
+
+def test_temporary_key_helpers() -> None:
+    digest = sha(b"k")
+    assert content_key(digest, temporary=True) == f"tmp/sha256/{digest[:2]}/{digest}"
+    assert sha256_of_key(content_key(digest, temporary=True)) == digest == sha256_of_key(content_key(digest))
+    assert is_temporary_key(content_key(digest, temporary=True)) and not is_temporary_key(content_key(digest))
+    for bad in (f"temp/sha256/{digest[:2]}/{digest}", f"tmp/tmp/sha256/{digest[:2]}/{digest}", f"tmp/{digest}"):
+        with pytest.raises(InvalidInput):
+            sha256_of_key(bad)
+
+
+def test_ensure_ready(backend: Backend) -> None:
+    backend.store.ensure_ready()
+    backend.store.ensure_ready()  # idempotent
+    assert backend.store.get(backend.store.put(b"ready", "text/plain")) == b"ready"
+
+
 # ---- file backend -------------------------------------------------------------------------------
 
 
@@ -446,6 +506,18 @@ def test_file_layout_sidecar_and_no_temp_leftovers(tmp_path: Path) -> None:
     # A new store over the same root sees what the first one stored, media type included.
     assert FileArtifactStore(store.root).stat(ref.uri) == ref
     assert store.presign(ref) == ref.uri
+    temporary = store.put(data, PNG, temporary=True)
+    assert temporary.uri == (store.root / "tmp" / "sha256" / ref.sha256[:2] / ref.sha256).as_uri()
+    assert (store.root / "tmp" / "sha256" / ref.sha256[:2] / f"{ref.sha256}.json").is_file()
+
+
+def test_file_ensure_ready_reports_an_unusable_directory(tmp_path: Path) -> None:
+    store = FileArtifactStore(tmp_path / "root")
+    (store.root / ".tmp").rmdir()
+    (store.root / ".tmp").write_bytes(b"a file where the spool directory belongs")
+    with pytest.raises(Unavailable) as info:
+        store.ensure_ready()
+    assert str(store.root) in info.value.message
 
 
 def test_file_uri_path_traversal_is_rejected(tmp_path: Path) -> None:

@@ -1,4 +1,9 @@
-"""The gateway's SQLite job store and job state machine."""
+"""The gateway's job store and job state machine.
+
+The store tests run against both backends (``backend`` is parametrized: SQLite in a temp dir, and a
+fresh database on the session's real PostgreSQL server, see tests/postgres_server.py). What only
+several replicas sharing PostgreSQL can show is in tests/test_gateway_store_pg.py.
+"""
 
 from __future__ import annotations
 
@@ -24,12 +29,13 @@ from glimpse3d.gateway.models import (
     RoundReport,
     RoundSpec,
     VersionResult,
+    artifact_to_json,
     check_tenant,
     parse_export_name,
     parse_job_name,
 )
 from glimpse3d.gateway.states import TRANSITIONS, JobState, can_transition, check_transition
-from glimpse3d.gateway.store import SCHEMA_VERSION, JobStore, RoundOutcome
+from glimpse3d.gateway.store import DEFAULT_LEASE_S, MIGRATIONS, RESUMED_MESSAGE, SCHEMA_VERSION, JobStore, RoundOutcome
 
 
 def ref(tag: str, media_type: str = "image/png") -> ArtifactRef:
@@ -49,9 +55,47 @@ class Clock:
         return self.now
 
 
+class Backend:
+    """One database of one kind for a test: opens stores on it and runs raw SQL against it."""
+
+    def __init__(self, kind: str, tmp_path: Path, postgres=None) -> None:
+        self.kind = kind
+        self.path = tmp_path / "db" / "jobs.sqlite3"
+        self.url = postgres.url(postgres.create_database()) if postgres is not None else ""
+
+    def open(self, **kwargs) -> JobStore:
+        if self.kind == "sqlite":
+            return JobStore(self.path, **kwargs)
+        from glimpse3d.gateway.store_pg import PostgresDatabase
+
+        return JobStore(PostgresDatabase(self.url, pool_size=4), **kwargs)
+
+    def sql(self, statement: str, params: tuple = ()) -> list[tuple]:
+        """Run one statement (``?`` placeholders) in its own transaction; its rows, if any."""
+        if self.kind == "sqlite":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path)
+            try:
+                with conn:
+                    return conn.execute(statement, params).fetchall()
+            finally:
+                conn.close()
+        import psycopg
+
+        with psycopg.connect(self.url) as conn:
+            cursor = conn.execute(statement.replace("?", "%s"), params or None)
+            return cursor.fetchall() if cursor.description else []
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request, tmp_path: Path) -> Backend:
+    postgres = request.getfixturevalue("postgres") if request.param == "postgres" else None
+    return Backend(request.param, tmp_path, postgres)
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> JobStore:
-    s = JobStore(tmp_path / "db" / "jobs.sqlite3", clock=Clock())
+def store(backend: Backend) -> JobStore:
+    s = backend.open(clock=Clock())
     yield s
     s.close()
 
@@ -193,8 +237,8 @@ def page_through(store: JobStore, tenant: str, size: int) -> list[list[str]]:
 
 
 @pytest.mark.parametrize("step", [1000, 0])  # distinct and identical create times (keyset ties)
-def test_list_jobs_pages_newest_first(tmp_path: Path, step: int) -> None:
-    store = JobStore(tmp_path / "jobs.sqlite3", clock=Clock(step))
+def test_list_jobs_pages_newest_first(backend: Backend, step: int) -> None:
+    store = backend.open(clock=Clock(step))
     ids = [new_job(store, job_id=f"job{i:02d}").id for i in range(7)]
     new_job(store, tenant="other")
     pages = page_through(store, "acme", 3)
@@ -230,14 +274,13 @@ def test_forged_page_tokens_are_rejected(store: JobStore) -> None:
         store.list_jobs("other", 1, token)  # bound to its tenant
 
 
-def test_page_tokens_survive_restart(tmp_path: Path) -> None:
-    path = tmp_path / "jobs.sqlite3"
-    store = JobStore(path, clock=Clock())
+def test_page_tokens_survive_restart(backend: Backend) -> None:
+    store = backend.open(clock=Clock())
     for i in range(3):
         new_job(store, job_id=f"j{i}")
     _, token = store.list_jobs("acme", 1)
     store.close()
-    reopened = JobStore(path)
+    reopened = backend.open()  # or another replica: the signing key lives in the database
     assert [j.id for j in reopened.list_jobs("acme", 5, token)[0]] == ["j1", "j0"]
     reopened.close()
 
@@ -324,39 +367,88 @@ def test_request_round_outcomes(store: JobStore) -> None:
 # ---- persistence ----------------------------------------------------------------------------------
 
 
-def test_restart_keeps_jobs_and_lists_recoverable(tmp_path: Path) -> None:
-    path = tmp_path / "jobs.sqlite3"
-    store = JobStore(path, clock=Clock())
+def test_restart_keeps_jobs_and_adopts_orphans(backend: Backend) -> None:
+    clock = Clock()
+    store = backend.open(clock=clock, owner="first")
     new_job(store, job_id="q")
     running, done = new_job(store, job_id="r"), new_job(store, job_id="d")
     store.start_run(running.id)
     store.start_run(done.id)
     store.add_version(done.id, version_result(), completes_round=False)
     store.next_round_or_succeed(done.id)
-    store.close()
+    store.close()  # without releasing its leases, as a crash would
 
-    reopened = JobStore(path)
+    reopened = backend.open(clock=clock, owner="second")
     assert reopened.get_job("acme", "d").state is JobState.SUCCEEDED
     assert len(reopened.get_job("acme", "d").versions) == 1
-    recoverable = reopened.recoverable_jobs()
-    assert [j.id for j in recoverable] == ["q", "r"]
-    assert recoverable[1].progress.message.startswith("interrupted by a gateway restart")
-    assert recoverable[0].progress.message == "queued"
+    # SQLite has one process at a time, so opening voided the leases of the first; PostgreSQL waits for
+    # them to expire (the first might be another replica, alive).
+    adopted = reopened.claim_orphans(10)
+    assert len(adopted) == (2 if backend.kind == "sqlite" else 0)
+    if not adopted:
+        clock.now += int(DEFAULT_LEASE_S * 1e6)
+        adopted = reopened.claim_orphans(10)
+    assert [j.id for j in adopted] == ["q", "r"]
+    assert adopted[1].progress.message == RESUMED_MESSAGE and adopted[1].state is JobState.RUNNING
+    assert adopted[0].progress.message == "queued" and adopted[0].state is JobState.QUEUED
+    assert reopened.claim_orphans(10) == []  # held by "second" now
+    assert reopened.start_run("r").state is JobState.RUNNING
     reopened.close()
 
 
-def test_schema_is_versioned_and_wal(tmp_path: Path) -> None:
+def test_leases_of_one_replica(store: JobStore) -> None:
+    a, _, c = (new_job(store, job_id=i) for i in "abc")
+    assert store.claim_orphans(5) == []  # created jobs are held by their creator
+    assert store.renew_leases(["a", "b", "c", "missing"]) == {"a", "b", "c"}
+    store.finish_with_error("b", JobError(1, "cancelled by the caller", "CANCELLED"), cancelled=True)
+    assert store.renew_leases(["a", "b"]) == {"a"}  # a finished job is held no more
+    store.release(["a", "c"])
+    assert store.renew_leases(["a", "c"]) == set()
+    assert [j.id for j in store.claim_orphans(1)] == ["a"]  # oldest first, at most ``limit``
+    assert [j.id for j in store.claim_orphans(5)] == ["c"]
+    assert store.claim_orphans(0) == [] and store.renew_leases([]) == set()
+    assert store.get_job("acme", "a").revision == a.revision  # lease changes are invisible to watchers
+    store.start_run("a")
+    store.add_version("a", version_result(), completes_round=False)
+    done, _ = store.next_round_or_succeed("a")
+    assert done.state is JobState.SUCCEEDED and store.renew_leases(["a"]) == set()
+    assert {c.id} == store.renew_leases(["c"])
+
+
+def test_schema_is_versioned(backend: Backend) -> None:
+    backend.open().close()
+    backend.open().close()  # reopening applies nothing twice
+    versions = [r[0] for r in backend.sql("SELECT version FROM schema_migrations ORDER BY version")]
+    assert versions == [v for v, _ in MIGRATIONS] and versions[-1] == SCHEMA_VERSION
+    backend.sql("INSERT INTO schema_migrations VALUES (?, 0)", (SCHEMA_VERSION + 1,))
+    with pytest.raises(FailedPrecondition, match="newer than this gateway supports"):
+        backend.open()
+
+
+def test_upgrade_from_schema_1_keeps_jobs(backend: Backend) -> None:
+    """A database written by a gateway before leases existed: migrated on open, its jobs resumable."""
+    backend.sql("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_time BIGINT NOT NULL)")
+    for statement in MIGRATIONS[0][1]:
+        backend.sql(statement)
+    backend.sql("INSERT INTO schema_migrations VALUES (1, 0)")
+    backend.sql("INSERT INTO jobs (id, tenant, state, options, input_image, create_time, update_time)"
+                " VALUES ('old', 'acme', 'RUNNING', ?, ?, 1, 1)",
+                (json.dumps(JobOptions().to_json()), json.dumps(artifact_to_json(ref("img")))))
+    store = backend.open()
+    assert [r[0] for r in backend.sql("SELECT version FROM schema_migrations ORDER BY version")] == [1, 2]
+    [job] = store.claim_orphans(5)
+    assert job.id == "old" and job.state is JobState.RUNNING and job.input_image == ref("img")
+    store.close()
+
+
+def test_sqlite_uses_wal(tmp_path: Path) -> None:
     path = tmp_path / "jobs.sqlite3"
     JobStore(path).close()
-    JobStore(path).close()  # reopening applies nothing twice
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert [r[0] for r in conn.execute("SELECT version FROM schema_migrations")] == [SCHEMA_VERSION]
-    conn.execute("INSERT INTO schema_migrations VALUES (?, 0)", (SCHEMA_VERSION + 1,))
-    conn.commit()
     conn.close()
-    with pytest.raises(FailedPrecondition, match="newer than this gateway supports"):
-        JobStore(path)
+    with pytest.raises(ValueError, match="open_job_store"):
+        JobStore("postgresql://user@db:5432/jobs")
 
 
 # ---- configuration --------------------------------------------------------------------------------

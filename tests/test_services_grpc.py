@@ -12,7 +12,7 @@ import pytest
 from service_harness import run_service
 
 from glimpse3d.core import convert
-from glimpse3d.core.artifacts import FileArtifactStore
+from glimpse3d.core.artifacts import FileArtifactStore, content_key
 from glimpse3d.core.cameras import orbit_camera
 from glimpse3d.core.formats import read_ply, splat_to_ply_bytes
 from glimpse3d.core.images import decode_image, decode_npy, encode_npy, encode_png
@@ -46,6 +46,12 @@ def put(store: FileArtifactStore, data: bytes, media: str) -> common_pb2.Artifac
     return convert.artifact_to_proto(store.put(data, media))
 
 
+def temporary(ref: common_pb2.ArtifactRef) -> bool:
+    """Whether a service stored ``ref`` as a temporary artifact (which the S3 lifecycle rule expires):
+    intermediate results are temporary, splats and confidences (what job versions keep) are not."""
+    return ref.uri.endswith(f"/{content_key(ref.sha256, temporary=True)}")
+
+
 async def expect_invalid(call, field_fragment: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as exc:
         await call
@@ -59,6 +65,7 @@ def test_depth_estimate(store, scene):
 
     async def scenario(stub) -> None:
         resp = await stub.Estimate(depth_pb2.EstimateDepthRequest(image=image))
+        assert temporary(resp.depth) and temporary(resp.mask)
         mask = decode_npy(store.get(convert.artifact_from_proto(resp.mask)), field="mask")
         depth = decode_npy(store.get(convert.artifact_from_proto(resp.depth)), field="depth")
         truth = rgba[..., 3] > 127
@@ -86,10 +93,12 @@ def test_reconstruction_reconstruct_and_render(store, scene):
         resp = await stub.Reconstruct(reconstruction_pb2.ReconstructRequest(
             image=image, depth=depth_ref, mask=mask_ref, camera=cam, fit_steps=10))
         assert resp.num_gaussians > 100 and resp.input_view_psnr_db > 20
+        assert not temporary(resp.splat)
         view = common_pb2.ViewSpec(orbit=common_pb2.OrbitView(azimuth_deg=90, width=48, height=40))
         rendered = await stub.Render(reconstruction_pb2.RenderRequest(splat=resp.splat, views=[view]))
         rgb = decode_image(store.get(convert.artifact_from_proto(rendered.views[0].rgb)))
         assert rgb.shape == (40, 48, 3)
+        assert all(temporary(ref) for ref in (rendered.views[0].rgb, rendered.views[0].depth, rendered.views[0].alpha))
         bad_cam = convert.camera_to_proto(camera)
         bad_cam.world_to_camera[5] = math.nan
         await expect_invalid(stub.Reconstruct(reconstruction_pb2.ReconstructRequest(
@@ -116,6 +125,7 @@ def test_multiview_generate(store, scene):
                                                  splat=splat_ref, views=views)
         resp = await stub.Generate(req)
         assert len(resp.views) == 2
+        assert all(temporary(v.rgb) and temporary(v.mask) for v in resp.views)
         assert decode_image(store.get(convert.artifact_from_proto(resp.views[1].rgb))).shape == (SIZE, SIZE, 3)
         del req.views[:]
         await expect_invalid(stub.Generate(req), "views")
@@ -133,6 +143,7 @@ def test_diffusion_enhance_is_deterministic(store, scene):
         a = await stub.Enhance(req)
         b = await stub.Enhance(req)
         assert a.view.sha256 == b.view.sha256  # same seed -> identical bytes
+        assert temporary(a.view)
         req.strength = 1.5
         await expect_invalid(stub.Enhance(req), "strength")
 
@@ -149,6 +160,7 @@ def test_backprojection_refine(store, scene):
         resp = await stub.Refine(backprojection_pb2.RefineRequest(
             splat=splat_ref, view=view, camera=cam, options=backprojection_pb2.RefineOptions(steps=5)))
         assert read_ply(store.get(convert.artifact_from_proto(resp.splat))).num_gaussians == splat.num_gaussians
+        assert not temporary(resp.splat) and not temporary(resp.confidence)
         assert not resp.report.HasField("clip_score") and "CLIP" in resp.report.clip_note
         assert 0.0 <= resp.report.accepted_fraction <= 1.0
         small = convert.camera_to_proto(camera.with_size(32, 32))

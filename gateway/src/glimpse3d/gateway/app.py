@@ -23,9 +23,19 @@ Semantics decided here:
   downstream call in flight. Cancelling a done job is a no-op.
 - Progress fractions are of the whole run the worker is doing: the initial run and its automatic
   rounds, or the rounds queued by Enhance; a pipeline reports the fraction of its own piece.
-- On start the app resumes every QUEUED and RUNNING job of the store (a restarted gateway); a
-  RUNNING job resumes from its last version. Closing the app cancels running work without
-  touching the stored state, so the next start resumes it.
+- Several gateway replicas may share one database (PostgreSQL): each job is worked on by the one
+  replica holding its lease (see :mod:`glimpse3d.gateway.store`). A replica holds the jobs it queued
+  or runs and renews their leases every ``lease_s / 3``; on start, on every renewal and whenever a
+  worker frees up, it adopts jobs no live replica holds (a stopped or dead replica's: QUEUED, or
+  RUNNING, which resume from their last version), as many as it has idle workers. Work whose lease
+  it lost (cancelled through another replica, or taken over after a stall) is stopped without
+  writing anything. Closing the app cancels running work, keeps its stored state and releases the
+  leases, so another replica, or the next start, resumes it at once.
+- WatchJob sees this replica's changes as they happen and re-reads the job every ``watch_poll_s``
+  for changes made through other replicas.
+- Metrics (:meth:`GatewayApp.register_metrics`): ``glimpse3d_gateway_queue_depth``, the jobs and
+  enhancement rounds waiting for a worker of this replica (what the autoscaler reads), and
+  ``glimpse3d_gateway_jobs_active``, the jobs its workers are running.
 """
 
 from __future__ import annotations
@@ -33,11 +43,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar, get_args
+
+from prometheus_client import CollectorRegistry, Gauge
 
 from glimpse3d.core.artifacts import ArtifactRef, ArtifactStore
 from glimpse3d.core.cameras import Camera
@@ -64,8 +77,8 @@ from glimpse3d.gateway.models import (
     parse_job_name,
     version_name,
 )
-from glimpse3d.gateway.store import JobStore, RoundOutcome
-from glimpse3d.gateway.workqueue import WorkQueue
+from glimpse3d.gateway.store import DatabaseUnavailable, JobStore, RoundOutcome
+from glimpse3d.gateway.workqueue import Slot, WorkQueue
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +158,10 @@ class GatewayApp:
         self._queue = WorkQueue(config.queue_size)
         self._workers: list[asyncio.Task[None]] = []
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._queued: Counter[str] = Counter()  # job id -> entries in the work queue
+        self._released: set[str] = set()  # jobs whose task is being stopped because the lease was lost
+        self._maintainer: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()  # a worker freed up: adopt orphaned jobs now
         self._closing = False
 
     @property
@@ -159,24 +176,41 @@ class GatewayApp:
         await self.close()
 
     async def start(self) -> None:
-        """Queue the jobs a previous process left QUEUED or RUNNING, then start the workers."""
-        recovered = await self._db(self._store.recoverable_jobs)
-        for job in recovered:
-            self._queue.put_accepted(job.id)
-        if recovered:
-            logger.info("resuming %d interrupted jobs", len(recovered))
+        """Adopt the jobs no live replica holds (e.g. left QUEUED or RUNNING by the previous process),
+        start the workers and the lease heartbeat."""
+        await self._adopt()
         self._workers = [
             asyncio.create_task(self._worker(), name=f"gateway-worker-{i}") for i in range(self._config.workers)
         ]
+        self._maintainer = asyncio.create_task(self._maintain(), name="gateway-leases")
 
     async def close(self) -> None:
-        """Stop the workers and cancel running jobs; their stored state is kept for the next start."""
+        """Stop the workers and cancel running jobs; their stored state is kept and their leases are
+        released, for another replica or the next start to resume them."""
         self._closing = True
-        pending = [*self._workers, *self._tasks.values()]
+        held = self._held()
+        pending = [*self._workers, *self._tasks.values(), *([self._maintainer] if self._maintainer else [])]
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         self._workers.clear()
+        try:
+            await self._db(self._store.release, held)
+        except DatabaseUnavailable as err:
+            logger.warning("could not release job leases; they expire on their own: %s", err.message)
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        """Export this replica's load as gauges read at scrape time (the autoscaler reads the queue depth)."""
+        Gauge(
+            "glimpse3d_gateway_queue_depth", "Jobs and enhancement rounds waiting for a worker of this replica.",
+            registry=registry,
+        ).set_function(self._queue.qsize)
+        Gauge(
+            "glimpse3d_gateway_jobs_active", "Jobs being worked on by this replica.", registry=registry,
+        ).set_function(lambda: len(self._tasks))
+        Gauge(
+            "glimpse3d_gateway_workers", "Jobs this replica works on at once.", registry=registry,
+        ).set(self._config.workers)
 
     @staticmethod
     async def _db(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -207,7 +241,7 @@ class GatewayApp:
                 request_id=request_id, display_name=display_name,
             )
             if created:
-                slot.enqueue(job.id)
+                self._enqueue(job.id, slot)
                 logger.info("job created", extra={"job": job.name, "tenant": tenant})
         return job
 
@@ -230,7 +264,11 @@ class GatewayApp:
             yield JobEvent(job, "snapshot")
             revision = job.revision
             while not job.done:
-                event = await queue.get()
+                try:
+                    event = await asyncio.wait_for(queue.get(), self._config.watch_poll_s)
+                except TimeoutError:  # nothing from this replica: re-read (another one may be running it)
+                    fresh = await self._db(self._store.get_job, tenant, job_id)
+                    event = JobEvent(fresh, _change_kind(job, fresh))
                 if event.job.revision <= revision:
                     continue  # older than what the watcher has already seen
                 job, revision = event.job, event.job.revision
@@ -271,7 +309,7 @@ class GatewayApp:
                 max_pending=self._config.max_pending_rounds, can_start=slot is not None,
             )
             if outcome is RoundOutcome.STARTED and slot is not None:
-                slot.enqueue(job_id)
+                self._enqueue(job_id, slot)
         if outcome is RoundOutcome.NO_CAPACITY:
             raise self._queue.overloaded()
         if outcome is not RoundOutcome.DUPLICATE:
@@ -340,20 +378,39 @@ class GatewayApp:
 
     # ---- workers --------------------------------------------------------------------------------
 
+    def _enqueue(self, job_id: str, slot: Slot | None = None) -> None:
+        """Queue work on a job this replica holds (its lease is renewed while it waits)."""
+        self._queued[job_id] += 1
+        if slot is None:
+            self._queue.put_accepted(job_id)
+        else:
+            slot.enqueue(job_id)
+
+    def _held(self) -> set[str]:
+        """The jobs this replica holds: waiting in its queue or running on its workers."""
+        return {job_id for job_id, n in self._queued.items() if n > 0} | set(self._tasks)
+
     async def _worker(self) -> None:
         while True:
             job_id = await self._queue.get()
-            while (previous := self._tasks.get(job_id)) is not None:
-                await asyncio.wait({previous})  # one task per job at a time
-            task = asyncio.create_task(self._run_job(job_id), name=f"job-{job_id}")
-            self._tasks[job_id] = task
-            task.add_done_callback(self._forget_task)
+            try:
+                while (previous := self._tasks.get(job_id)) is not None:
+                    await asyncio.wait({previous})  # one task per job at a time
+                self._released.discard(job_id)
+                task = asyncio.create_task(self._run_job(job_id), name=f"job-{job_id}")
+                self._tasks[job_id] = task
+                task.add_done_callback(self._forget_task)
+            finally:
+                self._queued[job_id] -= 1
+                if self._queued[job_id] <= 0:
+                    del self._queued[job_id]
             await asyncio.wait({task})
 
     def _forget_task(self, task: asyncio.Task[None]) -> None:
         job_id = task.get_name().removeprefix("job-")
         if self._tasks.get(job_id) is task:
             del self._tasks[job_id]
+        self._wake.set()
         if not task.cancelled() and task.exception() is not None:
             logger.error("job task crashed", exc_info=task.exception(), extra={"job_id": job_id})
 
@@ -366,7 +423,14 @@ class GatewayApp:
             current = asyncio.current_task()
             if current is not None:
                 current.uncancel()
+            if job_id in self._released:  # the job was cancelled or taken over elsewhere: write nothing
+                self._released.discard(job_id)
+                if (job := await self._db(self._store.load_job, job_id)) is not None:
+                    self._events.publish(job, "state")
+                return
             await self._finish(job_id, self._cancel_error(), cancelled=True)
+        except DatabaseUnavailable as exc:  # its lease lapses and a replica resumes it once the database is back
+            logger.warning("job paused, the job database is unavailable: %s", exc.message, extra={"job_id": job_id})
         except Exception as exc:  # the pipeline's (or the store's) failure is the job's failure
             if self._closing:  # e.g. a channel closed under it: resume on the next start instead
                 logger.warning("job interrupted by shutdown: %s", exc, extra={"job_id": job_id})
@@ -374,7 +438,7 @@ class GatewayApp:
             await self._finish(job_id, JobError.from_exception(exc), cancelled=False)
 
     async def _finish(self, job_id: str, error: JobError, *, cancelled: bool) -> None:
-        job = await self._db(self._store.finish_with_error, job_id, error, cancelled=cancelled)
+        job = await self._db(self._store.finish_with_error, job_id, error, cancelled=cancelled, held_only=True)
         self._events.publish(job, "state")
         logger.info("job stopped: %s", error.message,
                     extra={"job": job.name, "state": job.state.value, "reason": error.reason})
@@ -405,6 +469,58 @@ class GatewayApp:
             plan.done += 1
             self._events.publish(job, "version")
 
+    # ---- leases ---------------------------------------------------------------------------------
+
+    async def _maintain(self) -> None:
+        """The lease heartbeat: renew every ``lease_s / 3``; adopt orphaned jobs then and whenever a
+        worker frees up. A database outage is logged and retried on the next beat."""
+        loop = asyncio.get_running_loop()
+        interval = self._store.lease_s / 3
+        next_renewal = loop.time() + interval
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), max(0.0, next_renewal - loop.time()))
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                if loop.time() >= next_renewal:
+                    next_renewal = loop.time() + interval
+                    await self._renew()
+                await self._adopt()
+            except DatabaseUnavailable as err:
+                logger.warning("lease heartbeat failed: %s", err.message)
+            except Exception:
+                logger.exception("lease heartbeat failed")
+
+    async def _renew(self) -> None:
+        """Renew the leases of the jobs this replica holds; stop the work on those it lost."""
+        tasks = dict(self._tasks)
+        held = self._held()
+        if not held:
+            return
+        kept = await self._db(self._store.renew_leases, held)
+        for job_id in held - kept:
+            task = tasks.get(job_id)
+            if task is not None and not task.done() and self._tasks.get(job_id) is task:
+                logger.info("job no longer held by this replica (cancelled or taken over); stopping its work",
+                            extra={"job_id": job_id})
+                self._released.add(job_id)
+                task.cancel()
+
+    async def _adopt(self) -> None:
+        """Queue jobs no live replica holds, as many as this replica has idle workers."""
+        idle = self._config.workers - len(self._tasks) - self._queue.qsize()
+        if idle <= 0 or self._closing:
+            return
+        jobs = await self._db(self._store.claim_orphans, idle)
+        held = self._held()
+        for job in jobs:
+            if job.id not in held:
+                self._enqueue(job.id)
+                self._events.publish(job, "state")
+                logger.info("resuming job", extra={"job": job.name, "state": job.state.value})
+
     def _reporter(self, job_id: str, plan: _RunPlan) -> ProgressReporter:
         async def report(stage: str, fraction: float, message: str = "") -> None:
             progress = Progress(str(stage), plan.overall(float(fraction)), str(message))
@@ -413,3 +529,10 @@ class GatewayApp:
                 self._events.publish(job, "progress")
 
         return report
+
+
+def _change_kind(old: Job, new: Job) -> str:
+    """The event kind of a change read back from the database."""
+    if len(new.versions) > len(old.versions):
+        return "version"
+    return "state" if new.state is not old.state else "progress"

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from glimpse3d.core.artifacts import MAX_PRESIGN_EXPIRY
 from glimpse3d.core.config import ConfigError
@@ -19,12 +20,37 @@ _DEADLINE_FIELDS = ("depth_deadline_s", "reconstruct_deadline_s", "render_deadli
                     "enhance_deadline_s", "refine_deadline_s")
 MAX_DEADLINE_S = 3600.0
 MAX_RECONSTRUCTION_VIEWS = 15
+MAX_REPLICA_ID_CHARS = 128
+
+DB_URL_SCHEMES = ("postgresql", "postgres")
+
+
+def check_db_url(url: str, field: str = "db_url") -> None:
+    """ConfigError unless ``url`` is a ``postgresql://`` (or ``postgres://``) URL with a valid port; the
+    message never repeats the URL, which may hold a password."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError for a port that is not a number in 0..65535)
+    except ValueError as err:
+        raise ConfigError(f"{field} is not a valid URL: {err}", field=field) from None
+    if parts.scheme not in DB_URL_SCHEMES:
+        shown = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
+        raise ConfigError(f"{field} must be empty (SQLite at db_path) or a postgresql://user@host:port/dbname URL; "
+                          f"got {shown}", field=field)
 
 
 @dataclass(frozen=True)
 class GatewayConfig:
-    """db_path: the SQLite job database (created with its directory if missing).
-    artifacts_url: the artifact store (``open_store`` URL: a directory, ``file:///...`` or ``s3://...``).
+    """db_path: the SQLite job database (created with its directory if missing), used when db_url is empty.
+    db_url: ``postgresql://user@host:port/dbname`` (libpq URL; ``?sslmode=...`` etc. allowed) to keep jobs in
+        PostgreSQL, which several gateway replicas can share; empty keeps SQLite at db_path. The password
+        comes from libpq's ``PGPASSWORD`` or a passfile (``PGPASSFILE``); it is never logged.
+    db_pool_size: PostgreSQL connections this replica keeps at most.
+    job_lease_s: how long a replica's claim on a job lasts without renewal (renewed every job_lease_s / 3);
+        a dead replica's jobs are resumed by another one this long after it stopped renewing.
+    replica_id: this replica's name in job leases (e.g. the pod name); empty: host name, pid and a random suffix.
+    artifacts_url: the artifact store (``open_store`` URL: a directory, ``file:///...`` or ``s3://...``; an
+        ``s3://`` store takes its endpoint, keys and expiry from the ``GLIMPSE3D_S3_*`` variables).
     queue_size: jobs and rounds waiting for a worker before CreateJob/Enhance answer RESOURCE_EXHAUSTED.
     workers: jobs processed concurrently.
     max_pending_rounds: enhancement rounds one job may have queued (the running one included).
@@ -40,9 +66,15 @@ class GatewayConfig:
         port, -1 disables HTTP.
     web_dir: the built web workspace served at ``/`` when the folder exists (relative to the working directory).
     http_heartbeat_s: seconds between comment lines on an idle server-sent-events stream.
+    watch_poll_s: how often a WatchJob stream re-reads its job from the database, to see changes made by
+        other gateway replicas (this replica's own changes arrive at once).
     """
 
     db_path: Path = Path("var/gateway/jobs.sqlite3")
+    db_url: str = ""
+    db_pool_size: int = 10
+    job_lease_s: float = 30.0
+    replica_id: str = ""
     artifacts_url: str = "var/artifacts"
     queue_size: int = 64
     workers: int = 2
@@ -66,13 +98,23 @@ class GatewayConfig:
     http_port: int = 8080
     web_dir: Path = Path("web/dist")
     http_heartbeat_s: float = 15.0
+    watch_poll_s: float = 2.0
 
     def __post_init__(self) -> None:
         if not str(self.db_path).strip():
             raise ConfigError("db_path must not be empty", field="db_path")
+        if self.db_url:
+            check_db_url(self.db_url)
+        if len(self.replica_id) > MAX_REPLICA_ID_CHARS or not self.replica_id.isprintable():
+            raise ConfigError(f"replica_id must be printable and at most {MAX_REPLICA_ID_CHARS} characters",
+                              field="replica_id")
+        for name, hi in (("job_lease_s", MAX_DEADLINE_S), ("watch_poll_s", MAX_DEADLINE_S)):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0 < value <= hi):
+                raise ConfigError(f"{name} must be in (0, {hi:g}] seconds, got {value}", field=name)
         if not self.artifacts_url.strip():
             raise ConfigError("artifacts_url must not be empty", field="artifacts_url")
-        for name, lo, hi in (("queue_size", 1, 100_000), ("workers", 1, 1024),
+        for name, lo, hi in (("queue_size", 1, 100_000), ("workers", 1, 1024), ("db_pool_size", 1, 1000),
                              ("max_pending_rounds", 1, 100), ("watch_queue_size", 1, 10_000)):
             value = getattr(self, name)
             if not lo <= value <= hi:

@@ -9,7 +9,7 @@ import logging
 import os
 from pathlib import Path
 
-from glimpse3d.core.artifacts import ArtifactStore, open_store
+from glimpse3d.core.artifacts import ArtifactStore, store_from_env
 from glimpse3d.core.config import ServerConfig, load_config
 from glimpse3d.core.logs import configure_logging
 from glimpse3d.core.rpc import create_server_from_config
@@ -18,7 +18,7 @@ from glimpse3d.gateway.config import GatewayConfig
 from glimpse3d.gateway.http import HttpContext, HttpServer, create_app
 from glimpse3d.gateway.pipeline import ServiceClients, ServicePipeline
 from glimpse3d.gateway.servicer import SERVICE_NAME, Glimpse3DServicer
-from glimpse3d.gateway.store import JobStore
+from glimpse3d.gateway.store import open_job_store
 from glimpse3d.v1 import glimpse3d_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -41,14 +41,17 @@ def http_server(config: GatewayConfig, app: GatewayApp, artifacts: ArtifactStore
 
 
 async def serve(server_config: ServerConfig, config: GatewayConfig) -> None:
-    """Serve until SIGTERM; jobs left QUEUED/RUNNING resume at the next start."""
-    artifacts = open_store(config.artifacts_url)
-    store = JobStore(config.db_path)
+    """Serve until SIGTERM; jobs left QUEUED/RUNNING resume at the next start. An artifact store that
+    cannot be used (S3 unreachable) stops the gateway at once with Unavailable."""
+    artifacts = store_from_env(url=config.artifacts_url)
+    await asyncio.to_thread(artifacts.ensure_ready)
+    store = open_job_store(config)
     clients = ServiceClients(config)
     app = GatewayApp(config, store, artifacts, ServicePipeline(config, clients, artifacts))
     server, port = create_server_from_config(
         [(glimpse3d_pb2_grpc.add_Glimpse3DServicer_to_server, Glimpse3DServicer(app))], [SERVICE_NAME], server_config
     )
+    app.register_metrics(server.registry)
     http = http_server(config, app, artifacts, server_config.grace_seconds)
 
     async def load() -> None:

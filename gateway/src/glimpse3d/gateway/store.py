@@ -1,25 +1,66 @@
-"""Persistent job store on SQLite (the embedded default; production swaps in PostgreSQL).
+"""Persistent job store: SQLite (the embedded default) or PostgreSQL (several gateway replicas).
 
-One connection in WAL mode, used under a lock, so the store is safe to call from any thread; the
-application layer calls it through ``asyncio.to_thread``. Every method that changes a job runs in
-one ``BEGIN IMMEDIATE`` transaction, checks the state machine (:mod:`glimpse3d.gateway.states`)
-and bumps the job's ``revision``, so a read-modify-write never interleaves with another one and
-watchers can order snapshots. One gateway process owns a database file at a time.
+:class:`JobStore` holds all the logic (the SQL, the state machine checks, row mapping, page tokens,
+leases) and runs it on a :class:`Database`, which is all that differs between the backends:
+:class:`SqliteDatabase` here, :class:`~glimpse3d.gateway.store_pg.PostgresDatabase` for PostgreSQL.
+The SQL is written once, with ``?`` placeholders and types both databases understand (``BIGINT``,
+``DOUBLE PRECISION``, ``TEXT``, ``ON CONFLICT``, ``RETURNING``); a database supplies its row-locking
+clauses, its transactions and its errors. :func:`open_job_store` picks the backend from the
+gateway's config (``db_url`` empty: SQLite at ``db_path``; ``postgresql://...``: PostgreSQL).
+
+Every method is one transaction (re-run from the start when PostgreSQL reports a serialization
+failure or a deadlock). A method that changes a job first locks its row (``SELECT ... FOR UPDATE``
+on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` serializes all writers), checks the state machine
+(:mod:`glimpse3d.gateway.states`) and bumps the job's ``revision``, so read-modify-writes never
+interleave, even from different processes, and watchers can order snapshots.
+
+Leases: which replica works on a job
+------------------------------------
+Each store has an ``owner`` id (one per gateway process). A job that needs work (QUEUED, or RUNNING)
+is *held* by the replica in ``jobs.owner`` until ``jobs.lease_expiry`` (microseconds since the
+epoch). A replica takes the lease when it accepts the work (CreateJob, an Enhance that starts an
+idle job, :meth:`JobStore.claim_orphans`), keeps it while the job waits in its local queue or runs
+(:meth:`JobStore.renew_leases`, the app's heartbeat every ``lease_s / 3``), and gives it up when the
+job is done (any write that leaves QUEUED/RUNNING clears it) or the replica shuts down
+(:meth:`JobStore.release`). So:
+
+- one replica at a time works on a job: :meth:`JobStore.start_run` (a worker's claim) succeeds only
+  for the holder or when the lease is free (no owner) or expired;
+- every write the runner makes (progress, versions, the next round, its own failure) is fenced by
+  ``owner``: a replica that lost its lease (it stalled longer than ``lease_s`` and another one took
+  the job over) has its writes refused, and its heartbeat finds the job gone and stops the work;
+- a replica that dies stops renewing; once its leases expire, :meth:`JobStore.claim_orphans` on any
+  replica (at start and on every heartbeat) adopts its jobs, oldest first, ``FOR UPDATE SKIP
+  LOCKED`` so that two replicas never adopt the same job. Jobs a live replica holds are skipped;
+- rounds live in the job row (``pending_rounds``), not in a replica's memory: an Enhance on a
+  RUNNING job, through whichever replica, appends to the list and the holder's runner picks the
+  round up when its current one ends (:meth:`JobStore.next_round_or_succeed` reads the list and, when
+  it is empty, ends the job in the same locked transaction, so no round is stranded); an Enhance on
+  an idle job makes it RUNNING, held by the replica that took the call, which runs it;
+- cancelling through any replica writes the job's final state at once; the holder's heartbeat sees
+  that it no longer holds the job and cancels the work (and the downstream call) within
+  ``lease_s / 3``.
+
+Lease times come from the replicas' clocks, which must agree to well within ``lease_s`` (NTP).
+SQLite allows one gateway process per file, so opening one voids the leases of earlier processes:
+a restarted gateway resumes its jobs at once instead of waiting for them to expire.
 
 Tables (see :data:`MIGRATIONS`; ``schema_migrations`` records which have been applied):
 
 - ``jobs``: one row per job. ``request_id`` is NULL when the caller sent none, and
-  ``UNIQUE(tenant, request_id)`` makes CreateJob idempotent (AIP-155). ``pending_rounds`` is the
-  JSON list of enhancement rounds still to run, the running one first; ``error`` is the JSON
-  google.rpc.Status of the last failure. Times are integer microseconds since the Unix epoch.
+  ``UNIQUE(tenant, request_id)`` makes CreateJob idempotent (AIP-155), also between replicas
+  (``INSERT ... ON CONFLICT DO NOTHING``). ``pending_rounds`` is the JSON list of enhancement rounds
+  still to run, the running one first; ``error`` is the JSON google.rpc.Status of the last failure.
+  Times are integer microseconds since the Unix epoch. ``owner`` / ``lease_expiry``: the lease.
 - ``versions``: the splat versions of each job, numbered from 1.
 - ``enhance_requests``: the ``request_id`` of every accepted Enhance call, so a retry does not
   start a second round.
 - ``meta``: the secret that signs page tokens, created with the database.
 
 Page tokens are ``base64url(JSON [create_time, id, mac])``: the keyset of the last job returned
-plus an HMAC-SHA256 over it and the tenant, keyed by the database's secret. A token from another
-tenant, an edited token or garbage is rejected with InvalidInput("page_token is invalid").
+plus an HMAC-SHA256 over it and the tenant, keyed by the database's secret (so every replica
+accepts every other's tokens). A token from another tenant, an edited token or garbage is rejected
+with InvalidInput("page_token is invalid").
 """
 
 from __future__ import annotations
@@ -30,20 +71,21 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import secrets
+import socket
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from glimpse3d.core.artifacts import ArtifactRef
-from glimpse3d.core.errors import FailedPrecondition, InvalidInput, NotFound, Overloaded
+from glimpse3d.core.errors import FailedPrecondition, InvalidInput, NotFound, Overloaded, Unavailable
 from glimpse3d.gateway.models import (
     Job,
     JobError,
@@ -61,12 +103,21 @@ from glimpse3d.gateway.models import (
 )
 from glimpse3d.gateway.states import ACTIVE_STATES, JobState, Stage, check_transition
 
+if TYPE_CHECKING:
+    from glimpse3d.gateway.config import GatewayConfig
+
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 MAX_PAGE_TOKEN_CHARS = 512
+DEFAULT_LEASE_S = 30.0
+RESUMED_MESSAGE = "interrupted by a gateway restart; resuming"
 
+# One list for both databases. SQLite reads BIGINT as INTEGER and DOUBLE PRECISION as REAL (its type
+# affinities), the types version 1 was first written with, so files created before are unchanged.
 MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (1, (
         """CREATE TABLE jobs (
@@ -76,15 +127,15 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             display_name TEXT NOT NULL DEFAULT '',
             state TEXT NOT NULL,
             stage TEXT NOT NULL DEFAULT '',
-            fraction REAL NOT NULL DEFAULT 0,
+            fraction DOUBLE PRECISION NOT NULL DEFAULT 0,
             message TEXT NOT NULL DEFAULT '',
             options TEXT NOT NULL,
             input_image TEXT NOT NULL,
             error TEXT,
             pending_rounds TEXT NOT NULL DEFAULT '[]',
-            revision INTEGER NOT NULL DEFAULT 1,
-            create_time INTEGER NOT NULL,
-            update_time INTEGER NOT NULL,
+            revision BIGINT NOT NULL DEFAULT 1,
+            create_time BIGINT NOT NULL,
+            update_time BIGINT NOT NULL,
             UNIQUE (tenant, request_id)
         )""",
         "CREATE INDEX jobs_by_tenant_time ON jobs (tenant, create_time DESC, id DESC)",
@@ -97,29 +148,107 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             camera TEXT,
             report TEXT,
             metrics TEXT NOT NULL DEFAULT '{}',
-            create_time INTEGER NOT NULL,
+            create_time BIGINT NOT NULL,
             PRIMARY KEY (job_id, number)
         )""",
         """CREATE TABLE enhance_requests (
             job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
             request_id TEXT NOT NULL,
-            create_time INTEGER NOT NULL,
+            create_time BIGINT NOT NULL,
             PRIMARY KEY (job_id, request_id)
         )""",
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     )),
+    (2, (  # leases: which replica works on a job, and until when
+        "ALTER TABLE jobs ADD COLUMN owner TEXT",
+        "ALTER TABLE jobs ADD COLUMN lease_expiry BIGINT",
+    )),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
+_ACTIVE_SQL = "state IN ('QUEUED', 'RUNNING')"
 
 
 class RoundOutcome(StrEnum):
     """What :meth:`JobStore.request_round` did."""
 
-    STARTED = "started"  # the job was idle: it is RUNNING now and needs a worker
-    APPENDED = "appended"  # a round is running: this one runs after it, on the same worker
+    STARTED = "started"  # the job was idle: it is RUNNING now, held by this replica, and needs a worker
+    APPENDED = "appended"  # a round is running: this one runs after it, on the replica running the job
     DUPLICATE = "duplicate"  # the request_id was seen before: nothing changed
     NO_CAPACITY = "no_capacity"  # the job is idle but the caller had no queue slot: nothing changed
 
+
+class DatabaseUnavailable(Unavailable):
+    """The job database cannot be reached (or stayed busy through every retry); retry later."""
+
+
+# ---- the two backends' common surface ------------------------------------------------------------
+
+
+class Cursor(Protocol):
+    rowcount: int
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Connection(Protocol):
+    """One open transaction; rows are read by column name (``row["id"]``)."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor: ...
+
+
+class Database(Protocol):
+    """What a backend supplies to :class:`JobStore`."""
+
+    name: str  # for logs and errors: a path, or a URL without its password
+    exclusive: bool  # one process at a time: opening voids the leases left by earlier processes
+    lock_clause: str  # appended to a SELECT that reads rows it will update
+    claim_clause: str  # appended to a SELECT that claims rows other processes may be claiming
+
+    def transaction(self, fn: Callable[[Connection], T], *, migrate: bool = False) -> T:
+        """Run ``fn`` in one transaction and return its result (all or nothing); ``migrate`` also
+        serializes it against other processes migrating the same database."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class SqliteDatabase:
+    """One SQLite file (``":memory:"`` for a throwaway one): one connection in WAL mode, used under
+    a lock, ``BEGIN IMMEDIATE`` per transaction (writers never interleave)."""
+
+    exclusive = True
+    lock_clause = ""
+    claim_clause = ""
+
+    def __init__(self, path: Path | str) -> None:
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.name = str(path)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._conn.row_factory = sqlite3.Row
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=5000"):
+            self._conn.execute(f"PRAGMA {pragma}")
+
+    def transaction(self, fn: Callable[[Connection], T], *, migrate: bool = False) -> T:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(self._conn)
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+            return result
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+# ---- helpers --------------------------------------------------------------------------------------
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -136,6 +265,15 @@ def _dump(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
+def _marks(values: Collection[Any]) -> str:
+    return ",".join("?" * len(values))
+
+
+def default_owner() -> str:
+    """This process's owner id: host name, pid and a random suffix (pids repeat across containers)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
 def normalize_page_size(page_size: int) -> int:
     """0 means the default, larger values are clamped to the maximum, negative is invalid."""
     if page_size < 0:
@@ -143,50 +281,71 @@ def normalize_page_size(page_size: int) -> int:
     return min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
-class JobStore:
-    """Jobs and versions in one SQLite file (``":memory:"`` for a throwaway store)."""
+def open_job_store(config: GatewayConfig, *, clock: Callable[[], int] = _now_us) -> JobStore:
+    """The store ``config`` asks for: PostgreSQL at ``db_url`` when set, else SQLite at ``db_path``."""
+    database: Database
+    if config.db_url:
+        from glimpse3d.gateway.store_pg import PostgresDatabase
 
-    def __init__(self, path: Path | str, *, clock: Callable[[], int] = _now_us) -> None:
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        database = PostgresDatabase(config.db_url, pool_size=config.db_pool_size)
+    else:
+        database = SqliteDatabase(config.db_path)
+    return JobStore(database, owner=config.replica_id or None, lease_s=config.job_lease_s, clock=clock)
+
+
+class JobStore:
+    """Jobs and versions in a :class:`Database`; a path opens a :class:`SqliteDatabase` there.
+
+    ``owner`` names this replica in the leases it takes (default :func:`default_owner`); ``lease_s``
+    is how long a lease lasts without renewal. The store owns ``database`` and closes it.
+    """
+
+    def __init__(
+        self,
+        database: Database | Path | str,
+        *,
+        owner: str | None = None,
+        lease_s: float = DEFAULT_LEASE_S,
+        clock: Callable[[], int] = _now_us,
+    ) -> None:
+        if not lease_s > 0:
+            raise ValueError(f"lease_s must be > 0, got {lease_s}")
+        if isinstance(database, str) and "://" in database:
+            raise ValueError("JobStore takes a SQLite path or a Database; open a URL with open_job_store")
+        self._db: Database = SqliteDatabase(database) if isinstance(database, (str, Path)) else database
+        self.owner = owner or default_owner()
+        self.lease_s = lease_s
+        self._lease_us = int(lease_s * 1_000_000)
         self._clock = clock
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        self._conn.execute("PRAGMA busy_timeout=5000")
         try:
             self._migrate()
             self._token_key = self._load_token_key()
+            if self._db.exclusive:
+                self._tx(lambda db: db.execute(
+                    "UPDATE jobs SET owner = NULL, lease_expiry = NULL WHERE owner IS NOT NULL"))
         except BaseException:
-            self._conn.close()
+            self._db.close()
             raise
-        logger.info("job store open", extra={"path": str(path), "schema_version": SCHEMA_VERSION})
+        logger.info("job store open", extra={"database": self._db.name, "schema_version": SCHEMA_VERSION,
+                                             "owner": self.owner})
+
+    @property
+    def database(self) -> Database:
+        return self._db
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self._db.close()
 
     # ---- plumbing -------------------------------------------------------------------------------
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+    def _tx(self, fn: Callable[[Connection], T]) -> T:
+        return self._db.transaction(fn)
 
     def _migrate(self) -> None:
-        with self._tx() as db:
+        def migrate(db: Connection) -> None:
             db.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
-                       "(version INTEGER PRIMARY KEY, applied_time INTEGER NOT NULL)")
-            current = db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0]
+                       "(version INTEGER PRIMARY KEY, applied_time BIGINT NOT NULL)")
+            current = db.execute("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations").fetchone()["v"]
             if current > SCHEMA_VERSION:
                 raise FailedPrecondition(
                     f"job database schema version {current} is newer than this gateway supports "
@@ -198,37 +357,63 @@ class JobStore:
                 for statement in statements:
                     db.execute(statement)
                 db.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, self._clock()))
-                logger.info("applied job store migration %d", version)
+                logger.info("applied job store migration %d", version, extra={"database": self._db.name})
+
+        self._db.transaction(migrate, migrate=True)
 
     def _load_token_key(self) -> bytes:
-        with self._tx() as db:
-            db.execute("INSERT OR IGNORE INTO meta VALUES ('page_token_key', ?)", (secrets.token_hex(32),))
-            return bytes.fromhex(db.execute("SELECT value FROM meta WHERE key = 'page_token_key'").fetchone()[0])
+        def load(db: Connection) -> bytes:
+            db.execute("INSERT INTO meta VALUES ('page_token_key', ?) ON CONFLICT DO NOTHING", (secrets.token_hex(32),))
+            return bytes.fromhex(db.execute("SELECT value FROM meta WHERE key = 'page_token_key'").fetchone()["value"])
 
-    def _versions(self, db: sqlite3.Connection, job_ids: Sequence[str]) -> dict[str, list[Version]]:
+        return self._tx(load)
+
+    def _versions(self, db: Connection, job_ids: Sequence[str]) -> dict[str, list[Version]]:
         found: dict[str, list[Version]] = {job_id: [] for job_id in job_ids}
         if not job_ids:
             return found
-        marks = ",".join("?" * len(job_ids))
-        rows = db.execute(f"SELECT * FROM versions WHERE job_id IN ({marks}) ORDER BY job_id, number", job_ids)
+        rows = db.execute(
+            f"SELECT * FROM versions WHERE job_id IN ({_marks(job_ids)}) ORDER BY job_id, number", tuple(job_ids)
+        ).fetchall()
         for row in rows:
             found[row["job_id"]].append(_version_from_row(row))
         return found
 
-    def _load(self, db: sqlite3.Connection, job_id: str) -> Job | None:
-        row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    def _row(self, db: Connection, job_id: str, *, lock: bool) -> Any:
+        suffix = self._db.lock_clause if lock else ""
+        return db.execute(f"SELECT * FROM jobs WHERE id = ?{suffix}", (job_id,)).fetchone()
+
+    def _load(self, db: Connection, job_id: str) -> Job | None:
+        row = self._row(db, job_id, lock=False)
         return None if row is None else _job_from_row(row, self._versions(db, [job_id])[job_id])
 
-    def _require(self, db: sqlite3.Connection, job_id: str) -> Job:
+    def _require(self, db: Connection, job_id: str) -> Job:
         job = self._load(db, job_id)
         if job is None:
             raise NotFound(f"job {job_name(job_id)} not found", field="name")
         return job
 
-    def _write(self, db: sqlite3.Connection, job: Job, **columns: Any) -> Job:
-        """Update ``columns`` of ``job`` (checking any state change) and return the new snapshot."""
+    def _locked(self, db: Connection, job_id: str) -> tuple[Job, str | None, int | None]:
+        """Lock the job's row for this transaction: the job, its lease owner and expiry; NotFound if absent."""
+        row = self._row(db, job_id, lock=True)
+        if row is None:
+            raise NotFound(f"job {job_name(job_id)} not found", field="name")
+        return _job_from_row(row, self._versions(db, [job_id])[job_id]), row["owner"], row["lease_expiry"]
+
+    def _lease(self) -> dict[str, Any]:
+        return {"owner": self.owner, "lease_expiry": self._clock() + self._lease_us}
+
+    def _claimable(self, owner: str | None, expiry: int | None) -> bool:
+        return owner is None or owner == self.owner or expiry is None or expiry <= self._clock()
+
+    def _write(self, db: Connection, job: Job, **columns: Any) -> Job:
+        """Update ``columns`` of ``job`` (checking any state change; a job that stops needing work
+        loses its lease) and return the new snapshot."""
         if "state" in columns:
-            check_transition(job.state, JobState(columns["state"]), job=job.name)
+            state = JobState(columns["state"])
+            check_transition(job.state, state, job=job.name)
+            if state not in ACTIVE_STATES:
+                columns.update(owner=None, lease_expiry=None)
         columns["update_time"] = self._clock()
         assignments = ", ".join(f"{column} = ?" for column in columns)
         db.execute(
@@ -236,6 +421,12 @@ class JobStore:
             (*columns.values(), job.id),
         )
         return self._require(db, job.id)
+
+    def _set_lease(self, db: Connection, job_id: str) -> None:
+        """Take or extend the lease without changing what watchers see (no revision bump)."""
+        lease = self._lease()
+        db.execute("UPDATE jobs SET owner = ?, lease_expiry = ? WHERE id = ?", (lease["owner"], lease["lease_expiry"],
+                                                                                  job_id))
 
     # ---- create / read --------------------------------------------------------------------------
 
@@ -249,33 +440,40 @@ class JobStore:
         display_name: str = "",
         job_id: str | None = None,
     ) -> tuple[Job, bool]:
-        """Insert a QUEUED job; returns ``(job, created)``.
+        """Insert a QUEUED job, held by this replica; returns ``(job, created)``.
 
-        With a ``request_id`` already used by ``tenant`` nothing is inserted and the original job
-        is returned with ``created=False``, whatever the rest of the request says (AIP-155).
+        With a ``request_id`` already used by ``tenant`` (also by another replica, concurrently)
+        nothing is inserted and the original job is returned with ``created=False``, whatever the
+        rest of the request says (AIP-155).
         """
         job_id = job_id or uuid.uuid4().hex
-        now = self._clock()
-        with self._tx() as db:
-            if request_id and (existing := self._by_request_id(db, tenant, request_id)) is not None:
-                return existing, False
-            db.execute(
-                "INSERT INTO jobs (id, tenant, request_id, display_name, state, message, options,"
-                " input_image, create_time, update_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+
+        def create(db: Connection) -> tuple[Job, bool]:
+            now = self._clock()
+            inserted = db.execute(
+                "INSERT INTO jobs (id, tenant, request_id, display_name, state, message, options, input_image,"
+                " owner, lease_expiry, create_time, update_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (tenant, request_id) DO NOTHING",
                 (job_id, tenant, request_id or None, display_name, JobState.QUEUED.value, "queued",
-                 _dump(options.to_json()), _dump(artifact_to_json(input_image)), now, now),
-            )
+                 _dump(options.to_json()), _dump(artifact_to_json(input_image)), self.owner, now + self._lease_us,
+                 now, now),
+            ).rowcount
+            if not inserted:
+                existing = self._by_request_id(db, tenant, request_id)
+                assert existing is not None, "ON CONFLICT skipped the insert but no job holds the request_id"
+                return existing, False
             return self._require(db, job_id), True
 
-    def _by_request_id(self, db: sqlite3.Connection, tenant: str, request_id: str) -> Job | None:
+        return self._tx(create)
+
+    def _by_request_id(self, db: Connection, tenant: str, request_id: str) -> Job | None:
         row = db.execute(
             "SELECT id FROM jobs WHERE tenant = ? AND request_id = ?", (tenant, request_id)
         ).fetchone()
         return None if row is None else self._load(db, row["id"])
 
     def find_by_request_id(self, tenant: str, request_id: str) -> Job | None:
-        with self._tx() as db:
-            return self._by_request_id(db, tenant, request_id)
+        return self._tx(lambda db: self._by_request_id(db, tenant, request_id))
 
     def get_job(self, tenant: str, job_id: str) -> Job:
         """The job if it belongs to ``tenant``; NotFound otherwise (other tenants' jobs are invisible)."""
@@ -286,8 +484,7 @@ class JobStore:
 
     def load_job(self, job_id: str) -> Job | None:
         """The job regardless of tenant (for the runner), or None."""
-        with self._tx() as db:
-            return self._load(db, job_id)
+        return self._tx(lambda db: self._load(db, job_id))
 
     def list_jobs(self, tenant: str, page_size: int = 0, page_token: str = "") -> tuple[list[Job], str]:
         """One page of ``tenant``'s jobs, newest first, and the token of the next page ("" at the end)."""
@@ -298,12 +495,15 @@ class JobStore:
             query += " AND (create_time < ? OR (create_time = ? AND id < ?))"
             params += [after[0], after[0], after[1]]
         query += " ORDER BY create_time DESC, id DESC LIMIT ?"
-        with self._tx() as db:
+
+        def page(db: Connection) -> tuple[list[Any], dict[str, list[Version]]]:
             rows = db.execute(query, (*params, size + 1)).fetchall()
-            page = rows[:size]
-            versions = self._versions(db, [row["id"] for row in page])
-        jobs = [_job_from_row(row, versions[row["id"]]) for row in page]
-        token = self._encode_token(tenant, page[-1]["create_time"], page[-1]["id"]) if len(rows) > size else ""
+            return rows, self._versions(db, [row["id"] for row in rows[:size]])
+
+        rows, versions = self._tx(page)
+        jobs = [_job_from_row(row, versions[row["id"]]) for row in rows[:size]]
+        token = self._encode_token(tenant, rows[size - 1]["create_time"], rows[size - 1]["id"]) if len(rows) > size \
+            else ""
         return jobs, token
 
     def _mac(self, tenant: str, create_time: int, job_id: str) -> str:
@@ -329,42 +529,56 @@ class JobStore:
             raise invalid
         return create_time, job_id
 
-    # ---- the runner's transitions ---------------------------------------------------------------
+    # ---- the runner's transitions (fenced by the lease) -----------------------------------------
 
     def start_run(self, job_id: str) -> Job | None:
-        """Claim a job for a worker: QUEUED -> RUNNING; a RUNNING job (rounds queued, or resumed
-        after a restart) is returned as it is. None when there is nothing to run."""
-        with self._tx() as db:
-            job = self._load(db, job_id)
-            if job is None or job.state not in ACTIVE_STATES:
+        """Claim a job for a worker of this replica: QUEUED -> RUNNING; a RUNNING job (rounds
+        queued, or resumed) is returned as it is. None when there is nothing to run or another
+        replica holds an unexpired lease on it."""
+
+        def claim(db: Connection) -> Job | None:
+            row = self._row(db, job_id, lock=True)
+            if row is None or JobState(row["state"]) not in ACTIVE_STATES:
                 return None
+            if not self._claimable(row["owner"], row["lease_expiry"]):
+                return None
+            job = self._require(db, job_id)
             if job.state is JobState.QUEUED:
-                return self._write(db, job, state=JobState.RUNNING.value, message="running")
+                return self._write(db, job, state=JobState.RUNNING.value, message="running", **self._lease())
+            self._set_lease(db, job_id)
             return job
 
+        return self._tx(claim)
+
     def update_progress(self, job_id: str, progress: Progress) -> Job | None:
-        """Record progress of a RUNNING job; None (and no write) if the job is not running."""
-        with self._tx() as db:
-            job = self._load(db, job_id)
-            if job is None or job.state is not JobState.RUNNING:
+        """Record progress of a RUNNING job this replica holds; None (and no write) otherwise."""
+
+        def update(db: Connection) -> Job | None:
+            row = self._row(db, job_id, lock=True)
+            if row is None or row["state"] != JobState.RUNNING.value or row["owner"] != self.owner:
                 return None
-            return self._write(db, job, stage=progress.stage, fraction=progress.fraction,
-                               message=progress.message)
+            job = self._require(db, job_id)
+            return self._write(db, job, stage=progress.stage, fraction=progress.fraction, message=progress.message)
+
+        return self._tx(update)
 
     def add_version(
         self, job_id: str, result: VersionResult, *, completes_round: bool, then_rounds: Sequence[RoundSpec] = ()
     ) -> Job:
-        """Append the next version of a RUNNING job; ``completes_round`` pops the round it came
-        from, ``then_rounds`` are queued after the others (the automatic rounds after version 1).
-        FailedPrecondition if the job stopped running meanwhile (it was cancelled)."""
-        with self._tx() as db:
-            job = self._require(db, job_id)
+        """Append the next version of a RUNNING job this replica holds; ``completes_round`` pops the
+        round it came from, ``then_rounds`` are queued after the others (the automatic rounds after
+        version 1). FailedPrecondition if the job stopped running meanwhile (it was cancelled) or
+        another replica took it over."""
+
+        def add(db: Connection) -> Job:
+            job, owner, _ = self._locked(db, job_id)
             if job.state is not JobState.RUNNING:
                 raise FailedPrecondition(f"job {job.name} is {job.state.value}, not RUNNING; version dropped")
-            number = len(job.versions) + 1
+            if owner != self.owner:
+                raise FailedPrecondition(f"job {job.name} is held by another gateway replica; version dropped")
             db.execute(
                 "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (job_id, number, _dump(artifact_to_json(result.splat)),
+                (job_id, len(job.versions) + 1, _dump(artifact_to_json(result.splat)),
                  None if result.confidence is None else _dump(artifact_to_json(result.confidence)),
                  None if result.camera is None else _dump(camera_to_json(result.camera)),
                  None if result.report is None else _dump(result.report.to_json()),
@@ -373,26 +587,34 @@ class JobStore:
             pending = list(job.pending_rounds[1:] if completes_round else job.pending_rounds) + list(then_rounds)
             return self._write(db, job, pending_rounds=_dump([spec.to_json() for spec in pending]))
 
+        return self._tx(add)
+
     def next_round_or_succeed(self, job_id: str) -> tuple[Job, RoundSpec | None]:
         """The round to run next, or, when none is left, RUNNING -> SUCCEEDED (one transaction, so
-        a round appended concurrently is never stranded). A job that is no longer RUNNING gets
-        ``(job, None)`` unchanged."""
-        with self._tx() as db:
-            job = self._require(db, job_id)
-            if job.state is not JobState.RUNNING:
+        a round appended concurrently, through any replica, is never stranded). A job that is no
+        longer RUNNING, or no longer held by this replica, gets ``(job, None)`` unchanged."""
+
+        def step(db: Connection) -> tuple[Job, RoundSpec | None]:
+            job, owner, _ = self._locked(db, job_id)
+            if job.state is not JobState.RUNNING or owner != self.owner:
                 return job, None
             if job.pending_rounds:
                 return job, job.pending_rounds[0]
             return self._write(db, job, state=JobState.SUCCEEDED.value, fraction=1.0, message="done",
                                error=None), None
 
-    def finish_with_error(self, job_id: str, error: JobError, *, cancelled: bool = False) -> Job:
+        return self._tx(step)
+
+    def finish_with_error(self, job_id: str, error: JobError, *, cancelled: bool = False,
+                          held_only: bool = False) -> Job:
         """Stop an active job: without versions it becomes FAILED (or CANCELLED); with versions it
         returns to SUCCEEDED, keeping them, with ``error`` set. Queued rounds are dropped. A job
-        that is already done is returned unchanged (cancelling a finished job is a no-op)."""
-        with self._tx() as db:
-            job = self._require(db, job_id)
-            if job.state not in ACTIVE_STATES:
+        that is already done is returned unchanged (cancelling a finished job is a no-op), and so
+        is one another replica holds when ``held_only`` (the runner's own failures)."""
+
+        def finish(db: Connection) -> Job:
+            job, owner, _ = self._locked(db, job_id)
+            if job.state not in ACTIVE_STATES or (held_only and owner != self.owner):
                 return job
             if job.versions:
                 state = JobState.SUCCEEDED
@@ -401,18 +623,21 @@ class JobStore:
             return self._write(db, job, state=state.value, error=_dump(error.to_json()),
                                message=error.message, pending_rounds="[]")
 
+        return self._tx(finish)
+
     def request_round(
         self, tenant: str, job_id: str, spec: RoundSpec, *, max_pending: int, can_start: bool
     ) -> tuple[Job, RoundOutcome]:
         """Accept an Enhance call (see :class:`RoundOutcome`); ``can_start`` says whether the caller
         holds a queue slot for an idle job. FailedPrecondition for a job that has no version yet or
         is FAILED/CANCELLED; Overloaded when ``max_pending`` rounds already wait."""
-        with self._tx() as db:
-            job = self._require(db, job_id)
+
+        def request(db: Connection) -> tuple[Job, RoundOutcome]:
+            job, _, _ = self._locked(db, job_id)
             if job.tenant != tenant:
                 raise NotFound(f"job {job.name} not found", field="name")
             if spec.request_id and db.execute(
-                "SELECT 1 FROM enhance_requests WHERE job_id = ? AND request_id = ?", (job_id, spec.request_id)
+                "SELECT 1 AS seen FROM enhance_requests WHERE job_id = ? AND request_id = ?", (job_id, spec.request_id)
             ).fetchone():
                 return job, RoundOutcome.DUPLICATE
             if job.state.final:
@@ -433,26 +658,70 @@ class JobStore:
             if job.state is JobState.RUNNING:
                 return self._write(db, job, pending_rounds=pending), RoundOutcome.APPENDED
             job = self._write(db, job, state=JobState.RUNNING.value, pending_rounds=pending, error=None,
-                              stage=Stage.ENHANCE.value, fraction=0.0, message="enhancement round queued")
+                              stage=Stage.ENHANCE.value, fraction=0.0, message="enhancement round queued",
+                              **self._lease())
             return job, RoundOutcome.STARTED
 
-    def recoverable_jobs(self) -> list[Job]:
-        """QUEUED and RUNNING jobs, oldest first, for the runner to resume after a restart. RUNNING
-        jobs are marked with a message saying their work was interrupted."""
-        with self._tx() as db:
-            db.execute(
-                "UPDATE jobs SET message = 'interrupted by a gateway restart; resuming', revision = revision + 1,"
-                " update_time = ? WHERE state = ?",
-                (self._clock(), JobState.RUNNING.value),
-            )
-            ids = [row["id"] for row in db.execute(
-                "SELECT id FROM jobs WHERE state IN (?, ?) ORDER BY create_time, id",
-                (JobState.QUEUED.value, JobState.RUNNING.value),
-            )]
-            return [self._require(db, job_id) for job_id in ids]
+        return self._tx(request)
+
+    # ---- leases ---------------------------------------------------------------------------------
+
+    def renew_leases(self, job_ids: Iterable[str]) -> set[str]:
+        """Extend this replica's leases on ``job_ids``; returns those it still holds (active and
+        owned). The others were cancelled, finished, or taken over after the lease expired."""
+        ids = sorted(set(job_ids))
+        if not ids:
+            return set()
+
+        def renew(db: Connection) -> set[str]:
+            rows = db.execute(
+                f"UPDATE jobs SET lease_expiry = ? WHERE owner = ? AND {_ACTIVE_SQL} AND id IN ({_marks(ids)})"
+                " RETURNING id",
+                (self._clock() + self._lease_us, self.owner, *ids),
+            ).fetchall()
+            return {row["id"] for row in rows}
+
+        return self._tx(renew)
+
+    def release(self, job_ids: Iterable[str]) -> None:
+        """Give up this replica's leases on ``job_ids`` (a graceful stop): other replicas, or this
+        one after a restart, adopt the jobs at once instead of waiting for the leases to expire."""
+        ids = sorted(set(job_ids))
+        if ids:
+            self._tx(lambda db: db.execute(
+                f"UPDATE jobs SET owner = NULL, lease_expiry = NULL WHERE owner = ? AND id IN ({_marks(ids)})",
+                (self.owner, *ids)))
+
+    def claim_orphans(self, limit: int) -> list[Job]:
+        """Adopt up to ``limit`` QUEUED and RUNNING jobs that no live replica holds (no lease, or an
+        expired one), oldest first; RUNNING ones are marked as resumed. Rows another replica is
+        claiming at the same moment are skipped, never adopted twice."""
+        if limit <= 0:
+            return []
+
+        def claim(db: Connection) -> list[Job]:
+            rows = db.execute(
+                f"SELECT id, state FROM jobs WHERE {_ACTIVE_SQL} AND (owner IS NULL OR lease_expiry IS NULL"
+                f" OR lease_expiry <= ?) ORDER BY create_time, id LIMIT ?{self._db.claim_clause}",
+                (self._clock(), limit),
+            ).fetchall()
+            jobs = []
+            for row in rows:
+                if row["state"] == JobState.RUNNING.value:
+                    jobs.append(self._write(db, self._require(db, row["id"]), message=RESUMED_MESSAGE,
+                                            **self._lease()))
+                else:
+                    self._set_lease(db, row["id"])
+                    jobs.append(self._require(db, row["id"]))
+            return jobs
+
+        jobs = self._tx(claim)
+        if jobs:
+            logger.info("adopted %d jobs no live replica held", len(jobs), extra={"owner": self.owner})
+        return jobs
 
 
-def _version_from_row(row: sqlite3.Row) -> Version:
+def _version_from_row(row: Any) -> Version:
     return Version(
         job_id=row["job_id"],
         number=row["number"],
@@ -465,7 +734,7 @@ def _version_from_row(row: sqlite3.Row) -> Version:
     )
 
 
-def _job_from_row(row: sqlite3.Row, versions: Sequence[Version]) -> Job:
+def _job_from_row(row: Any, versions: Sequence[Version]) -> Job:
     return Job(
         id=row["id"],
         tenant=row["tenant"],

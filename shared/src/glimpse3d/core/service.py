@@ -202,18 +202,21 @@ class ArtifactIO:
         except InvalidInput as err:
             raise InvalidInput(f"{field}: {err.message}", field=field) from None
 
-    async def _put(self, data: bytes, media_type: str) -> common_pb2.ArtifactRef:
-        ref: ArtifactRef = await asyncio.to_thread(self.store.put, data, media_type)
+    async def _put(self, data: bytes, media_type: str, temporary: bool) -> common_pb2.ArtifactRef:
+        ref: ArtifactRef = await asyncio.to_thread(self.store.put, data, media_type, temporary=temporary)
         return convert.artifact_to_proto(ref)
 
-    async def put_png(self, img: np.ndarray) -> common_pb2.ArtifactRef:
-        return await self._put(await asyncio.to_thread(encode_png, img), MEDIA_PNG)
+    # ``temporary=True`` marks an intermediate result that the S3 store expires after some days
+    # (GLIMPSE3D_S3_TEMP_EXPIRY_DAYS); durable outputs are the ones job versions refer to.
 
-    async def put_array(self, arr: np.ndarray) -> common_pb2.ArtifactRef:
-        return await self._put(encode_npy(np.asarray(arr, dtype=np.float32)), MEDIA_NPY)
+    async def put_png(self, img: np.ndarray, *, temporary: bool = False) -> common_pb2.ArtifactRef:
+        return await self._put(await asyncio.to_thread(encode_png, img), MEDIA_PNG, temporary)
 
-    async def put_splat(self, splat: Splat) -> common_pb2.ArtifactRef:
-        return await self._put(await asyncio.to_thread(splat_to_ply_bytes, splat), MEDIA_PLY)
+    async def put_array(self, arr: np.ndarray, *, temporary: bool = False) -> common_pb2.ArtifactRef:
+        return await self._put(encode_npy(np.asarray(arr, dtype=np.float32)), MEDIA_NPY, temporary)
+
+    async def put_splat(self, splat: Splat, *, temporary: bool = False) -> common_pb2.ArtifactRef:
+        return await self._put(await asyncio.to_thread(splat_to_ply_bytes, splat), MEDIA_PLY, temporary)
 
 
 @dataclass
@@ -252,13 +255,16 @@ async def serve(
     settings: ServiceSettings | None = None,
     store: ArtifactStore | None = None,
 ) -> None:
-    """Run a service until SIGTERM: build the servicer, bind, load the backend in a thread (the
+    """Run a service until SIGTERM: make the artifact store ready (an unreachable one stops the
+    service here, with Unavailable), build the servicer, bind, load the backend in a thread (the
     health check says NOT_SERVING until it has loaded), then serve."""
     server_config = server_config or load_config(ServerConfig)
     settings = settings or load_config(ServiceSettings)
+    store = store or store_from_env()
+    await asyncio.to_thread(store.ensure_ready)
     runtime = ServiceRuntime(
         settings=settings,
-        io=ArtifactIO(store or store_from_env(), settings.artifact_max_bytes),
+        io=ArtifactIO(store, settings.artifact_max_bytes),
         limiter=ComputeLimiter(settings.max_concurrency, settings.max_waiting),
     )
     registration, load = build(runtime)

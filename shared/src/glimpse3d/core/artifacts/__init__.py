@@ -3,7 +3,9 @@
 
 Backends: :class:`FileArtifactStore` (``file://``, the default) and :class:`S3ArtifactStore`
 (``s3://``, any S3-compatible server). Use :func:`open_store` or :func:`store_from_env` to build
-one from configuration. Shared semantics are documented in :mod:`glimpse3d.core.artifacts.base`.
+one from configuration and call its ``ensure_ready()`` at start-up. Shared semantics, including
+temporary artifacts, are documented in :mod:`glimpse3d.core.artifacts.base`; the layout, backends
+and settings in docs/artifacts.md.
 """
 
 from glimpse3d.core.artifacts.base import (
@@ -14,6 +16,7 @@ from glimpse3d.core.artifacts.base import (
     BaseArtifactStore,
     RefOrUri,
     content_key,
+    is_temporary_key,
     sha256_of_key,
 )
 from glimpse3d.core.artifacts.factory import (
@@ -22,19 +25,22 @@ from glimpse3d.core.artifacts.factory import (
     ENV_S3_ENDPOINT,
     ENV_S3_SECRET_KEY,
     ENV_S3_SECURE,
+    ENV_S3_TEMP_EXPIRY_DAYS,
     open_store,
     store_from_env,
 )
 from glimpse3d.core.artifacts.file import FileArtifactStore
-from glimpse3d.core.artifacts.s3 import S3ArtifactStore
+from glimpse3d.core.artifacts.s3 import DEFAULT_TEMP_EXPIRY_DAYS, S3ArtifactStore
 
 __all__ = [
     "DEFAULT_PRESIGN_EXPIRY",
+    "DEFAULT_TEMP_EXPIRY_DAYS",
     "ENV_ARTIFACTS_URL",
     "ENV_S3_ACCESS_KEY",
     "ENV_S3_ENDPOINT",
     "ENV_S3_SECRET_KEY",
     "ENV_S3_SECURE",
+    "ENV_S3_TEMP_EXPIRY_DAYS",
     "MAX_PRESIGN_EXPIRY",
     "ArtifactRef",
     "ArtifactStore",
@@ -43,6 +49,7 @@ __all__ = [
     "RefOrUri",
     "S3ArtifactStore",
     "content_key",
+    "is_temporary_key",
     "open_store",
     "sha256_of_key",
     "store_from_env",

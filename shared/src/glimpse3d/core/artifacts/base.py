@@ -3,15 +3,21 @@
 An artifact is an immutable blob (an input photo, a depth map, a ``.ply`` splat) addressed by the
 sha256 of its bytes. Services pass :class:`ArtifactRef` values to each other instead of the bytes.
 
-Every backend lays blobs out under the same relative key, ``sha256/<first two hex>/<full hex>``;
-the URI of an artifact is that key placed under the backend's location (``file:///…/sha256/…`` or
-``s3://bucket/prefix/sha256/…``). Because the key carries the hash, a bare URI is as good as a ref
-for reading: the sha256 to verify against is the one in the key.
+Every backend lays blobs out under the same relative key, ``sha256/<first two hex>/<full hex>``,
+or ``tmp/sha256/<first two hex>/<full hex>`` for a temporary artifact (``put(..., temporary=True)``:
+an intermediate result, such as a rendered view or a depth map, that nothing needs once the job step
+that made it is over). The URI of an artifact is that key placed under the backend's location
+(``file:///…/sha256/…`` or ``s3://bucket/prefix/tmp/sha256/…``). Because the key carries the hash,
+a bare URI is as good as a ref for reading: the sha256 to verify against is the one in the key.
+Temporary and durable artifacts are read the same way; what differs is how long they live: the S3
+backend installs a bucket lifecycle rule that expires the ``tmp/`` keys (see
+:mod:`glimpse3d.core.artifacts.s3`), the file backend keeps them until someone deletes them.
 
 Contract shared by all backends (implemented once in :class:`BaseArtifactStore`):
 
 - ``put`` is idempotent and cheap when the bytes are already there: if an object with the same key
-  and size exists (and its metadata is consistent) nothing is written. The returned ref always
+  and size exists (and its metadata is consistent) nothing is written. The exception is a temporary
+  put, which always writes, so that the object's age (what expiry counts from) starts again. The returned ref always
   carries the ``media_type`` passed to that call, while the stored media type (what ``stat``
   reports) stays the one recorded when the bytes were written. ``put`` does not re-read existing
   content (``get`` is where corruption is caught); it rewrites an object whose size or metadata
@@ -25,6 +31,9 @@ Contract shared by all backends (implemented once in :class:`BaseArtifactStore`)
   caller's job.
 - ``presign`` raises :class:`~glimpse3d.core.errors.NotFound` for a missing artifact and accepts an
   expiry in ``(0, 7 days]`` (the S3 SigV4 limit) on every backend.
+- ``ensure_ready`` prepares the store for use (the S3 bucket and its lifecycle rule) and raises
+  :class:`~glimpse3d.core.errors.Unavailable` naming the location when it cannot be used; servers
+  call it at start-up so that a misconfigured store stops them at once.
 """
 
 from __future__ import annotations
@@ -53,9 +62,11 @@ CHUNK_SIZE = 1 << 20
 DEFAULT_PRESIGN_EXPIRY = timedelta(hours=1)
 MAX_PRESIGN_EXPIRY = timedelta(days=7)
 OCTET_STREAM = "application/octet-stream"
+TEMP_KEY_PREFIX = "tmp/"
+"""Relative keys of temporary artifacts start with this (``tmp/sha256/<aa>/<hex>``)."""
 
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
-_KEY_RE = re.compile(r"sha256/([0-9a-f]{2})/([0-9a-f]{64})")
+_KEY_RE = re.compile(r"(?:tmp/)?sha256/([0-9a-f]{2})/([0-9a-f]{64})")
 # RFC 6838 restricted-name for type and subtype; parameters (";charset=…") are not accepted.
 _MEDIA_TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}")
 
@@ -77,18 +88,27 @@ def validate_media_type(value: object) -> str:
     return value
 
 
-def content_key(sha256: str) -> str:
-    """The relative, content-addressed key of a blob: ``sha256/<aa>/<full hex>``."""
+def content_key(sha256: str, *, temporary: bool = False) -> str:
+    """The relative, content-addressed key of a blob: ``sha256/<aa>/<full hex>``, with ``tmp/`` in
+    front for a temporary artifact."""
     validate_sha256(sha256)
-    return f"sha256/{sha256[:2]}/{sha256}"
+    key = f"sha256/{sha256[:2]}/{sha256}"
+    return TEMP_KEY_PREFIX + key if temporary else key
 
 
 def sha256_of_key(key: str) -> str:
-    """Inverse of :func:`content_key`; raises InvalidInput for anything else."""
+    """Inverse of :func:`content_key` (either kind of key); raises InvalidInput for anything else."""
     match = _KEY_RE.fullmatch(key)
     if match is None or match.group(2)[:2] != match.group(1):
-        raise InvalidInput(f"artifact key must look like 'sha256/<aa>/<64 hex>', got {key!r}", field="uri")
+        raise InvalidInput(
+            f"artifact key must look like '[tmp/]sha256/<aa>/<64 hex>', got {key!r}", field="uri"
+        )
     return match.group(2)
+
+
+def is_temporary_key(key: str) -> bool:
+    """Whether a relative key (as made by :func:`content_key`) is a temporary artifact's."""
+    return key.startswith(TEMP_KEY_PREFIX)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +136,9 @@ RefOrUri = ArtifactRef | str
 class ArtifactStore(Protocol):
     """What services program against; see the module docstring for the shared semantics."""
 
-    def put(self, data: bytes | BinaryIO, media_type: str, *, size: int | None = None) -> ArtifactRef: ...
+    def put(
+        self, data: bytes | BinaryIO, media_type: str, *, size: int | None = None, temporary: bool = False
+    ) -> ArtifactRef: ...
 
     def get(self, ref_or_uri: RefOrUri, *, max_bytes: int | None = None) -> bytes: ...
 
@@ -129,6 +151,8 @@ class ArtifactStore(Protocol):
     def delete(self, ref_or_uri: RefOrUri) -> None: ...
 
     def presign(self, ref_or_uri: RefOrUri, expires: timedelta = DEFAULT_PRESIGN_EXPIRY) -> str: ...
+
+    def ensure_ready(self) -> None: ...
 
 
 class Blob(NamedTuple):
@@ -214,26 +238,30 @@ class BaseArtifactStore(ABC):
 
     # ---- public API -----------------------------------------------------------------------------
 
-    def put(self, data: bytes | BinaryIO, media_type: str, *, size: int | None = None) -> ArtifactRef:
+    def put(
+        self, data: bytes | BinaryIO, media_type: str, *, size: int | None = None, temporary: bool = False
+    ) -> ArtifactRef:
         """Store ``data`` (bytes or a binary file object, read to EOF) and return its ref.
 
         ``size``, if given, is the exact byte count expected; a mismatch raises InvalidInput.
+        ``temporary`` stores it under the ``tmp/`` key, which the S3 backend's lifecycle rule
+        expires (see the module docstring); use it only for what no job state will refer to later.
         """
         validate_media_type(media_type)
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
             raise InvalidInput(f"size must be a non-negative int, got {size!r}", field="size")
+        if not isinstance(temporary, bool):
+            raise InvalidInput(f"temporary must be a bool, got {temporary!r}", field="temporary")
         if isinstance(data, bytes | bytearray | memoryview):
-            return self._put_bytes(bytes(data), media_type, size)
+            return self._put_bytes(bytes(data), media_type, size, temporary)
         if not callable(getattr(data, "read", None)):
             raise InvalidInput(
                 f"data must be bytes or a binary file object, got {type(data).__name__}",
                 field="data",
             )
         with spool(data, self._spool_dir(), size) as spooled:
-            key = content_key(spooled.sha256)
-            if self._already_stored(key, spooled.size):
-                logger.debug("artifact %s already stored; put is a no-op", key)
-            else:
+            key = content_key(spooled.sha256, temporary=temporary)
+            if self._needs_write(key, spooled.size):
                 self._write_spooled(key, spooled, media_type)
                 logger.debug("stored artifact %s (%d bytes, %s)", key, spooled.size, media_type)
         return ArtifactRef(self._uri_for_key(key), spooled.sha256, spooled.size, media_type)
@@ -287,6 +315,10 @@ class BaseArtifactStore(ABC):
         self._stat_key(key)
         return self._presign_key(key, expires)
 
+    @abstractmethod
+    def ensure_ready(self) -> None:
+        """Prepare the store for use; Unavailable (naming where it is) if it cannot be used."""
+
     # ---- shared helpers -------------------------------------------------------------------------
 
     def _resolve(self, ref_or_uri: RefOrUri) -> tuple[str, str]:
@@ -308,24 +340,29 @@ class BaseArtifactStore(ABC):
         key = self._key_from_uri(ref_or_uri)
         return key, sha256_of_key(key)
 
-    def _already_stored(self, key: str, size: int) -> bool:
+    def _needs_write(self, key: str, size: int) -> bool:
+        """False when a durable blob of this size is already stored; a temporary one is always
+        rewritten, which restarts its age."""
+        if is_temporary_key(key):
+            return True
         try:
             stored_size, _ = self._stat_key(key)
         except NotFound:
-            return False
+            return True
         except IntegrityError as exc:
             logger.warning("rewriting artifact %s: %s", key, exc.message)
+            return True
+        if stored_size == size:
+            logger.debug("artifact %s already stored; put is a no-op", key)
             return False
-        return stored_size == size
+        return True
 
-    def _put_bytes(self, data: bytes, media_type: str, size: int | None) -> ArtifactRef:
+    def _put_bytes(self, data: bytes, media_type: str, size: int | None, temporary: bool) -> ArtifactRef:
         if size is not None and size != len(data):
             raise InvalidInput(f"size says {size} bytes but data holds {len(data)}", field="size")
         sha256 = hashlib.sha256(data).hexdigest()
-        key = content_key(sha256)
-        if self._already_stored(key, len(data)):
-            logger.debug("artifact %s already stored; put is a no-op", key)
-        else:
+        key = content_key(sha256, temporary=temporary)
+        if self._needs_write(key, len(data)):
             self._write_bytes(key, data, media_type)
             logger.debug("stored artifact %s (%d bytes, %s)", key, len(data), media_type)
         return ArtifactRef(self._uri_for_key(key), sha256, len(data), media_type)

@@ -10,7 +10,7 @@ from urllib.parse import unquote, urlsplit
 
 from glimpse3d.core.artifacts.base import ArtifactStore
 from glimpse3d.core.artifacts.file import FileArtifactStore
-from glimpse3d.core.artifacts.s3 import S3ArtifactStore
+from glimpse3d.core.artifacts.s3 import DEFAULT_TEMP_EXPIRY_DAYS, S3ArtifactStore
 from glimpse3d.core.errors import InvalidInput
 
 ENV_ARTIFACTS_URL = "GLIMPSE3D_ARTIFACTS_URL"
@@ -18,6 +18,7 @@ ENV_S3_ENDPOINT = "GLIMPSE3D_S3_ENDPOINT"
 ENV_S3_ACCESS_KEY = "GLIMPSE3D_S3_ACCESS_KEY"
 ENV_S3_SECRET_KEY = "GLIMPSE3D_S3_SECRET_KEY"
 ENV_S3_SECURE = "GLIMPSE3D_S3_SECURE"
+ENV_S3_TEMP_EXPIRY_DAYS = "GLIMPSE3D_S3_TEMP_EXPIRY_DAYS"
 
 _S3_REQUIRED = ("endpoint", "access_key", "secret_key")
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -75,26 +76,41 @@ def _parse_bool(name: str, value: str) -> bool:
     raise InvalidInput(f"{name} must be true or false, got {value!r}", field=name)
 
 
-def store_from_env(env: Mapping[str, str] | None = None) -> ArtifactStore:
+def _parse_days(name: str, value: str) -> int:
+    try:
+        days = int(value.strip())
+    except ValueError:
+        days = -1
+    if days < 0:
+        raise InvalidInput(f"{name} must be a whole number of days >= 0 (0: never expire), got {value!r}", field=name)
+    return days
+
+
+def store_from_env(env: Mapping[str, str] | None = None, *, url: str | None = None) -> ArtifactStore:
     """Open the store configured by ``GLIMPSE3D_ARTIFACTS_URL`` (and the ``GLIMPSE3D_S3_*`` variables).
 
-    ``env`` defaults to ``os.environ``. The S3 variables are read only for an ``s3://`` URL:
-    ``GLIMPSE3D_S3_ENDPOINT`` (host:port or http(s)://host:port), ``GLIMPSE3D_S3_ACCESS_KEY``,
-    ``GLIMPSE3D_S3_SECRET_KEY`` and ``GLIMPSE3D_S3_SECURE`` (true/false, default false).
+    ``env`` defaults to ``os.environ``; ``url``, when given, is used instead of
+    ``GLIMPSE3D_ARTIFACTS_URL`` (the gateway passes its configured URL). The S3 variables are read
+    only for an ``s3://`` URL: ``GLIMPSE3D_S3_ENDPOINT`` (host:port or http(s)://host:port),
+    ``GLIMPSE3D_S3_ACCESS_KEY``, ``GLIMPSE3D_S3_SECRET_KEY``, ``GLIMPSE3D_S3_SECURE`` (true/false,
+    default false) and ``GLIMPSE3D_S3_TEMP_EXPIRY_DAYS`` (days after which temporary artifacts
+    expire, default 7; 0 never). The store is not contacted here: call ``ensure_ready()``.
     """
     env = os.environ if env is None else env
-    url = env.get(ENV_ARTIFACTS_URL, "").strip()
+    url = (env.get(ENV_ARTIFACTS_URL, "") if url is None else url).strip()
     if not url:
         raise InvalidInput(f"{ENV_ARTIFACTS_URL} is not set", field=ENV_ARTIFACTS_URL)
     if not url.startswith("s3://"):
         return open_store(url)
     missing = [name for name in (ENV_S3_ENDPOINT, ENV_S3_ACCESS_KEY, ENV_S3_SECRET_KEY) if not env.get(name)]
     if missing:
-        raise InvalidInput(f"{ENV_ARTIFACTS_URL}={url} needs {', '.join(missing)}", field=missing[0])
+        raise InvalidInput(f"artifact store {url} needs {', '.join(missing)}", field=missing[0])
+    days = env.get(ENV_S3_TEMP_EXPIRY_DAYS, "")
     return open_store(
         url,
         endpoint=env[ENV_S3_ENDPOINT],
         access_key=env[ENV_S3_ACCESS_KEY],
         secret_key=env[ENV_S3_SECRET_KEY],
         secure=_parse_bool(ENV_S3_SECURE, env.get(ENV_S3_SECURE, "")),
+        temp_expiry_days=_parse_days(ENV_S3_TEMP_EXPIRY_DAYS, days) if days.strip() else DEFAULT_TEMP_EXPIRY_DAYS,
     )

@@ -4,12 +4,16 @@ Layout under ``root``::
 
     sha256/<aa>/<hex>        the blob
     sha256/<aa>/<hex>.json   sidecar: {"sha256", "size", "media_type"}
-    .tmp/                    temporary files; same filesystem, so os.replace is atomic
+    tmp/sha256/<aa>/<hex>    a temporary artifact (``put(..., temporary=True)``), with its sidecar
+    .tmp/                    files being written; same filesystem, so os.replace is atomic
 
 The sidecar is written before the blob, so a visible blob always has its media type recorded;
 both are written to a temporary file, fsync'ed and moved into place with ``os.replace``, so
 readers never see partial files. URIs are ``file://`` URIs of the blob path; a URI that resolves
 outside ``root`` (``..``, percent-encoded or not, or a symlink) is rejected with InvalidInput.
+
+Nothing here expires: temporary artifacts only live apart, under ``tmp/``, where an operator may
+prune them by age (each temporary put rewrites its file, so the modification time is its age).
 
 ``presign`` returns the blob's ``file://`` URI: only clients that share the filesystem can use it,
 and the expiry is validated but not enforced.
@@ -35,7 +39,7 @@ from glimpse3d.core.artifacts.base import (
     Spooled,
     validate_media_type,
 )
-from glimpse3d.core.errors import IntegrityError, InvalidInput, NotFound
+from glimpse3d.core.errors import IntegrityError, InvalidInput, NotFound, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +69,15 @@ class FileArtifactStore(BaseArtifactStore):
 
     def __repr__(self) -> str:
         return f"FileArtifactStore({str(self._root)!r})"
+
+    def ensure_ready(self) -> None:
+        """Create the directories if they went missing and check that files can be written there."""
+        try:
+            self._tmp.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(prefix="ready-", suffix=".part", dir=self._tmp):
+                pass
+        except OSError as exc:
+            raise Unavailable(f"artifact directory {self._root} is not writable: {exc}") from exc
 
     # ---- paths and URIs -------------------------------------------------------------------------
 

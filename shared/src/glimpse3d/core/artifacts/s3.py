@@ -1,18 +1,27 @@
 """S3-compatible backend (MinIO, AWS S3, …) through the ``minio`` SDK.
 
-Objects live at ``<prefix>/sha256/<aa>/<hex>`` in one bucket; their URI is
-``s3://<bucket>/<prefix>/sha256/<aa>/<hex>``. Each object carries its media type as Content-Type
-and its sha256 as user metadata (``x-amz-meta-sha256``); reads verify the content against the key
-and fail with IntegrityError if either disagrees.
+Objects live at ``<prefix>/sha256/<aa>/<hex>`` in one bucket, temporary artifacts at
+``<prefix>/tmp/sha256/<aa>/<hex>``; their URI is ``s3://<bucket>/<object name>``. Each object
+carries its media type as Content-Type and its sha256 as user metadata (``x-amz-meta-sha256``);
+reads verify the content against the key and fail with IntegrityError if either disagrees.
 
 Uploads of more than ``part_size`` bytes (default and minimum 5 MiB) go multipart; the SDK holds
 a few parts in memory at a time, and file objects are first spooled to a temporary file to be
 hashed, so memory stays bounded whatever the artifact size.
 
-The bucket is created on the first upload if it does not exist; services may call
-:meth:`S3ArtifactStore.ensure_bucket` at start-up to fail fast instead. The HTTP client uses
-short connect timeouts and few retries so that an unreachable endpoint surfaces quickly as
-:class:`~glimpse3d.core.errors.Unavailable`.
+Servers call :meth:`S3ArtifactStore.ensure_ready` at start-up: it creates the bucket if it does
+not exist (several replicas may race to create it; losing the race is fine) and installs the
+lifecycle rule below; without that call the same happens before the first upload. The HTTP client
+uses short connect timeouts and few retries so that an unreachable endpoint surfaces quickly as
+:class:`~glimpse3d.core.errors.Unavailable`, which names the endpoint.
+
+Lifecycle rule: temporary artifacts expire ``temp_expiry_days`` days after they were (last) written,
+by one bucket lifecycle rule with the ID :attr:`S3ArtifactStore.lifecycle_rule_id` whose filter is
+the prefix ``<prefix>/tmp/``; S3 deletes the objects itself. The store reads the bucket's lifecycle
+configuration, keeps every rule with another ID and writes the configuration back only when its own
+rule is missing or different. ``temp_expiry_days=0`` removes the rule (nothing expires). Rules are
+round-tripped through the minio SDK's lifecycle model; a configuration it cannot represent faithfully
+(a legacy rule without a ``Filter``, or one it fails to parse) is left untouched, with a warning.
 
 Errors: a missing object or bucket is NotFound; transport failures and any other S3 error code
 (AccessDenied, SlowDown, 5xx after retries, …) are Unavailable, with the endpoint and object in
@@ -24,6 +33,7 @@ same host name.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -38,13 +48,16 @@ from urllib.parse import urlsplit
 import certifi
 import urllib3
 from minio import Minio
+from minio.commonconfig import ENABLED, Filter
 from minio.error import MinioException, S3Error
 from minio.helpers import MAX_PART_SIZE, MIN_PART_SIZE
+from minio.lifecycleconfig import Expiration, LifecycleConfig, Rule
 from urllib3.response import BaseHTTPResponse
 
 from glimpse3d.core.artifacts.base import (
     CHUNK_SIZE,
     OCTET_STREAM,
+    TEMP_KEY_PREFIX,
     BaseArtifactStore,
     Blob,
     Spooled,
@@ -55,6 +68,11 @@ from glimpse3d.core.errors import IntegrityError, InvalidInput, NotFound, Unavai
 logger = logging.getLogger(__name__)
 
 SHA256_METADATA = "x-amz-meta-sha256"
+DEFAULT_TEMP_EXPIRY_DAYS = 7
+LIFECYCLE_RULE_ID = "glimpse3d-temp-expiry"
+"""ID of the store's lifecycle rule; ``:<prefix>`` is appended when the store has a key prefix."""
+_MAX_RULE_ID = 255
+_BUCKET_TAKEN_CODES = frozenset({"BucketAlreadyOwnedByYou", "BucketAlreadyExists"})
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NoSuchObject", "ResourceNotFound"})
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _PREFIX_SEGMENT_RE = re.compile(r"[A-Za-z0-9!_.*'()-]+")
@@ -79,6 +97,21 @@ def _normalise_prefix(prefix: str) -> str:
 def _media_type(content_type: str | None) -> str:
     """The stored Content-Type without parameters (``text/plain; charset=…`` -> ``text/plain``)."""
     return (content_type or "").split(";", 1)[0].strip() or OCTET_STREAM
+
+
+def _rule_summary(rule: Rule) -> tuple[object, ...]:
+    """What matters of a lifecycle rule of this store (status, prefix, expiry, other actions)."""
+    expiration = rule.expiration
+    return (
+        rule.status,
+        rule.rule_filter.prefix if rule.rule_filter is not None else None,
+        rule.rule_filter is not None and (rule.rule_filter.tag, rule.rule_filter.and_operator) != (None, None),
+        (expiration.days, expiration.date, expiration.expired_object_delete_marker) if expiration else None,
+        rule.transition,
+        rule.abort_incomplete_multipart_upload,
+        rule.noncurrent_version_expiration,
+        rule.noncurrent_version_transition,
+    )
 
 
 def _split_endpoint(endpoint: str, secure: bool) -> tuple[str, bool]:
@@ -131,7 +164,13 @@ class S3ArtifactStore(BaseArtifactStore):
         connect_timeout: float = 3.0,
         read_timeout: float = 60.0,
         retries: int = 2,
+        temp_expiry_days: int = DEFAULT_TEMP_EXPIRY_DAYS,
     ) -> None:
+        if isinstance(temp_expiry_days, bool) or not isinstance(temp_expiry_days, int) or temp_expiry_days < 0:
+            raise InvalidInput(
+                f"temp_expiry_days must be an int >= 0 (0: temporary artifacts never expire), got {temp_expiry_days!r}",
+                field="temp_expiry_days",
+            )
         if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
             raise InvalidInput(
                 f"part_size must be in [{MIN_PART_SIZE}, {MAX_PART_SIZE}], got {part_size}",
@@ -142,6 +181,7 @@ class S3ArtifactStore(BaseArtifactStore):
         self._bucket = _validate_bucket(bucket)
         self._prefix = _normalise_prefix(prefix)
         self._part_size = part_size
+        self._temp_expiry_days = temp_expiry_days
         self._client = Minio(
             host,
             access_key=access_key,
@@ -161,6 +201,29 @@ class S3ArtifactStore(BaseArtifactStore):
     @property
     def prefix(self) -> str:
         return self._prefix
+
+    @property
+    def endpoint(self) -> str:
+        """``http(s)://host:port`` of the S3 server."""
+        return self._endpoint
+
+    @property
+    def temp_expiry_days(self) -> int:
+        """Days after which temporary artifacts expire; 0: never."""
+        return self._temp_expiry_days
+
+    @property
+    def temp_prefix(self) -> str:
+        """The object-name prefix of temporary artifacts (the lifecycle rule's filter)."""
+        return self._object_name(TEMP_KEY_PREFIX)
+
+    @property
+    def lifecycle_rule_id(self) -> str:
+        """ID of this store's lifecycle rule: one per bucket and key prefix."""
+        rule_id = f"{LIFECYCLE_RULE_ID}:{self._prefix}" if self._prefix else LIFECYCLE_RULE_ID
+        if len(rule_id) > _MAX_RULE_ID:  # S3's limit; a very long prefix is named by its hash
+            rule_id = f"{LIFECYCLE_RULE_ID}:sha256:{hashlib.sha256(self._prefix.encode()).hexdigest()}"
+        return rule_id
 
     def __repr__(self) -> str:
         return f"S3ArtifactStore({self._endpoint!r}, bucket={self._bucket!r}, prefix={self._prefix!r})"
@@ -184,21 +247,73 @@ class S3ArtifactStore(BaseArtifactStore):
 
     # ---- bucket ---------------------------------------------------------------------------------
 
+    def ensure_ready(self) -> None:
+        """Same as :meth:`ensure_bucket`; what servers call at start-up."""
+        self.ensure_bucket()
+
     def ensure_bucket(self) -> None:
-        """Create the bucket if it does not exist. Idempotent; Unavailable if S3 is unreachable."""
+        """Create the bucket if it does not exist and install the lifecycle rule of temporary
+        artifacts. Idempotent and safe when replicas race; Unavailable if S3 is unreachable."""
         target = f"s3://{self._bucket}"
         with self._translate("checking bucket", target):
-            if self._client.bucket_exists(self._bucket):
-                self._bucket_ready = True
-                return
-        with self._translate("creating bucket", target):
-            try:
-                self._client.make_bucket(self._bucket, location=self._region)
-                logger.info("created S3 bucket %s at %s", self._bucket, self._endpoint)
-            except S3Error as exc:
-                if exc.code != "BucketAlreadyOwnedByYou":  # lost a race with another creator
-                    raise
+            exists = self._client.bucket_exists(self._bucket)
+        if not exists:
+            with self._translate("creating bucket", target):
+                try:
+                    self._client.make_bucket(self._bucket, location=self._region)
+                    logger.info("created S3 bucket %s at %s", self._bucket, self._endpoint)
+                except S3Error as exc:
+                    if exc.code not in _BUCKET_TAKEN_CODES:  # else: lost a race with another creator
+                        raise
+        self._ensure_lifecycle()
         self._bucket_ready = True
+
+    def _wanted_rules(self) -> list[Rule]:
+        if not self._temp_expiry_days:
+            return []
+        return [
+            Rule(
+                ENABLED,
+                rule_filter=Filter(prefix=self.temp_prefix),
+                rule_id=self.lifecycle_rule_id,
+                expiration=Expiration(days=self._temp_expiry_days),
+            )
+        ]
+
+    def _ensure_lifecycle(self) -> None:
+        """Make the store's own lifecycle rule what ``temp_expiry_days`` asks for; keep other rules."""
+        target = f"s3://{self._bucket}"
+        with self._translate("reading the lifecycle configuration of", target):
+            try:
+                current = self._client.get_bucket_lifecycle(self._bucket)
+            except ValueError as exc:  # the SDK could not parse what the server sent
+                logger.warning("leaving the lifecycle configuration of %s untouched: it could not be "
+                               "parsed (%s); temporary artifacts under %s will not expire unless a rule "
+                               "is added by hand", target, exc, self.temp_prefix)
+                return
+        rules = list(current.rules) if current is not None else []
+        ours = [rule for rule in rules if rule.rule_id == self.lifecycle_rule_id]
+        others = [rule for rule in rules if rule.rule_id != self.lifecycle_rule_id]
+        wanted = self._wanted_rules()
+        if [_rule_summary(rule) for rule in ours] == [_rule_summary(rule) for rule in wanted]:
+            return
+        unsafe = [rule.rule_id or "(no ID)" for rule in others if rule.rule_filter is None]
+        if unsafe:
+            logger.warning("leaving the lifecycle configuration of %s untouched: rules %s have no "
+                           "Filter, which rewriting could widen to the whole bucket; temporary artifacts "
+                           "under %s need a rule added by hand", target, unsafe, self.temp_prefix)
+            return
+        with self._translate("updating the lifecycle configuration of", target):
+            if others or wanted:
+                self._client.set_bucket_lifecycle(self._bucket, LifecycleConfig(others + wanted))
+            else:
+                self._client.delete_bucket_lifecycle(self._bucket)
+        if wanted:
+            logger.info("lifecycle rule %s on %s: objects under %s expire after %d days",
+                        self.lifecycle_rule_id, target, self.temp_prefix, self._temp_expiry_days)
+        else:
+            logger.info("removed lifecycle rule %s from %s: temporary artifacts no longer expire",
+                        self.lifecycle_rule_id, target)
 
     def _ensure_bucket_once(self) -> None:
         if self._bucket_ready:

@@ -43,8 +43,8 @@ class DepthServicer(depth_pb2_grpc.DepthServicer):
             camera = default_camera(w, h)
         result = await self.rt.limiter.run(self.backend.estimate, image, camera)
         return depth_pb2.EstimateDepthResponse(
-            depth=await self.rt.io.put_array(result.depth),
-            mask=await self.rt.io.put_array(result.mask),
+            depth=await self.rt.io.put_array(result.depth, temporary=True),
+            mask=await self.rt.io.put_array(result.mask, temporary=True),
             camera=convert.camera_to_proto(camera),
             backend=self.backend.name,
         )

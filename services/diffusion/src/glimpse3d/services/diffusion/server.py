@@ -37,7 +37,8 @@ class DiffusionServicer(diffusion_pb2_grpc.DiffusionServicer):
             self.backend.enhance, view, depth=depth, alpha=alpha, reference=reference, prompt=request.prompt,
             strength=strength, steps=steps, guidance=guidance, seed=request.seed,
         )
-        return diffusion_pb2.EnhanceViewResponse(view=await self.rt.io.put_png(out), backend=self.backend.name)
+        view_ref = await self.rt.io.put_png(out, temporary=True)
+        return diffusion_pb2.EnhanceViewResponse(view=view_ref, backend=self.backend.name)
 
 
 def build(runtime: ServiceRuntime) -> tuple[Registration, Callable[[], None]]:

@@ -44,8 +44,8 @@ class MultiviewServicer(multiview_pb2_grpc.MultiviewServicer):
         for camera, view in zip(cameras, views, strict=True):
             response.views.add(
                 camera=convert.camera_to_proto(camera),
-                rgb=await self.rt.io.put_png(view.rgb),
-                mask=await self.rt.io.put_array(view.mask),
+                rgb=await self.rt.io.put_png(view.rgb, temporary=True),
+                mask=await self.rt.io.put_array(view.mask, temporary=True),
             )
         return response
 

@@ -101,9 +101,9 @@ class ReconstructionServicer(reconstruction_pb2_grpc.ReconstructionServicer):
         for camera, img in zip(cameras, images, strict=True):
             response.views.add(
                 camera=convert.camera_to_proto(camera),
-                rgb=await self.rt.io.put_png(np.clip(img.rgb, 0.0, 1.0)),
-                depth=await self.rt.io.put_array(img.depth),
-                alpha=await self.rt.io.put_array(img.alpha),
+                rgb=await self.rt.io.put_png(np.clip(img.rgb, 0.0, 1.0), temporary=True),
+                depth=await self.rt.io.put_array(img.depth, temporary=True),
+                alpha=await self.rt.io.put_array(img.alpha, temporary=True),
             )
         return response
 

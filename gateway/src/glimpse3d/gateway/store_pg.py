@@ -1,0 +1,153 @@
+"""PostgreSQL backend of the job store: :class:`PostgresDatabase`, the :class:`~glimpse3d.gateway.store.Database`
+that :class:`~glimpse3d.gateway.store.JobStore` runs on when ``GLIMPSE3D_DB_URL`` is set.
+
+psycopg 3 with psycopg_pool (the driver's own pool, kept by the same maintainers): a pool of
+``pool_size`` autocommit connections, each checked on checkout (a server restart or a dropped idle
+connection costs a reconnect, not an error), one explicit transaction per store method at READ
+COMMITTED. What differs from SQLite is only what the databases do differently:
+
+- placeholders: the store writes ``?``, psycopg takes ``%s`` (the store's SQL has no literal ``%``);
+- row locks: ``SELECT ... FOR UPDATE`` before a read-modify-write of a job, ``FOR UPDATE SKIP LOCKED``
+  when adopting orphaned jobs, so concurrent replicas queue on one job's row instead of
+  overwriting each other, and never adopt the same job twice;
+- migrations: several replicas may start at once; each migrates inside a transaction holding a
+  transaction-level advisory lock, so exactly one applies a version and the others then see it;
+- errors: a server that cannot be reached (refused, timed out, authentication failed, no pool
+  connection within ``timeout_s``) is :class:`~glimpse3d.gateway.store.DatabaseUnavailable`
+  (gRPC UNAVAILABLE) naming ``postgresql://user@host:port/dbname``; serialization failures and
+  deadlocks roll the transaction back, and it is run again, up to ``retries`` times in all.
+
+Connection settings are libpq's: ``postgresql://user@host:port/dbname?sslmode=verify-full&...``;
+the password comes from ``PGPASSWORD`` or a passfile (``PGPASSFILE``, ``?passfile=``, or
+``~/.pgpass``), so it need not appear in the URL. A password in the URL works too, but is never
+logged or put in an error message: only :attr:`PostgresDatabase.name` is, which has none.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from glimpse3d.core.config import ConfigError
+from glimpse3d.gateway.config import check_db_url
+from glimpse3d.gateway.store import Connection, Cursor, DatabaseUnavailable
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_POOL_SIZE = 10
+DEFAULT_TIMEOUT_S = 10.0
+DEFAULT_RETRIES = 4
+# pg_advisory_xact_lock key held while migrating ("g3d" "jobs" in ASCII); any constant works.
+MIGRATION_LOCK_KEY = 0x673364_6A6F6273
+_RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
+
+
+def describe(params: dict[str, Any]) -> str:
+    """``postgresql://user@host:port/dbname`` from libpq parameters (and libpq's environment
+    defaults for the parts left out), without the password."""
+    user = params.get("user") or os.environ.get("PGUSER", "")
+    host = params.get("host") or os.environ.get("PGHOST") or "localhost"
+    port = params.get("port") or os.environ.get("PGPORT") or "5432"
+    dbname = params.get("dbname") or os.environ.get("PGDATABASE") or user
+    return f"postgresql://{user + '@' if user else ''}{host}:{port}/{dbname}"
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+@lru_cache(maxsize=512)
+def _pg_sql(sql: str) -> str:
+    return sql.replace("?", "%s")
+
+
+class _PgConnection:
+    """The store's :class:`~glimpse3d.gateway.store.Connection` over a psycopg connection."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        return self._conn.execute(_pg_sql(sql), tuple(params) or None)
+
+
+class PostgresDatabase:
+    """A pool of connections to one PostgreSQL database (see the module docstring)."""
+
+    exclusive = False
+    lock_clause = " FOR UPDATE"
+    claim_clause = " FOR UPDATE SKIP LOCKED"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        retries: int = DEFAULT_RETRIES,
+    ) -> None:
+        check_db_url(url)
+        try:
+            params = conninfo_to_dict(url)
+        except psycopg.ProgrammingError as err:
+            raise ConfigError(f"db_url is not a valid PostgreSQL URL: {_first_line(err)}", field="db_url") from None
+        self.name = describe(params)
+        self._password = str(params.get("password") or "")
+        self._retries = max(1, retries)
+        self._timeout_s = timeout_s
+        kwargs: dict[str, Any] = {"autocommit": True, "row_factory": dict_row}
+        if "connect_timeout" not in params:
+            kwargs["connect_timeout"] = max(1, round(timeout_s))
+        if "application_name" not in params:
+            kwargs["application_name"] = "glimpse3d-gateway"
+        try:  # one direct connection first: libpq's own reason when the server cannot be reached
+            psycopg.connect(url, **kwargs).close()
+        except psycopg.OperationalError as err:
+            raise self._unavailable(err) from err
+        self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            url, kwargs=kwargs, min_size=1, max_size=max(1, pool_size), timeout=timeout_s,
+            check=ConnectionPool.check_connection, name="glimpse3d-jobs", open=False,
+        )
+        self._pool.open()
+        logger.info("job database connected", extra={"database": self.name, "pool_size": pool_size})
+
+    def _unavailable(self, err: BaseException, what: str = "is unavailable") -> DatabaseUnavailable:
+        reason = _first_line(err)
+        if self._password:
+            reason = reason.replace(self._password, "***")
+        return DatabaseUnavailable(f"job database {self.name} {what}: {reason}",
+                                   metadata={"database": self.name})
+
+    def transaction(self, fn: Callable[[Connection], T], *, migrate: bool = False) -> T:
+        for attempt in range(1, self._retries + 1):
+            try:
+                with self._pool.connection() as conn, conn.transaction():
+                    if migrate:
+                        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+                    return fn(_PgConnection(conn))
+            except _RETRYABLE as err:
+                if attempt == self._retries:
+                    raise self._unavailable(err, f"stayed busy through {attempt} attempts") from err
+                delay = 0.01 * 2**attempt * (1 + random.random())
+                logger.info("job database transaction retried: %s", _first_line(err),
+                            extra={"attempt": attempt, "delay_s": round(delay, 3)})
+                time.sleep(delay)
+            except psycopg.OperationalError as err:  # includes the pool's PoolTimeout
+                raise self._unavailable(err) from err
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def close(self) -> None:
+        self._pool.close()
