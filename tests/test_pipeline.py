@@ -198,3 +198,7 @@ def test_services_export_queue_gauges_for_autoscaling(stack):
             text = response.read().decode()
         assert _metric(text, "glimpse3d_service_queue_depth") == 0, name
         assert (_metric(text, "glimpse3d_service_concurrency") or 0) >= 1, name
+    with urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics_ports['gateway']}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    assert _metric(text, "glimpse3d_gateway_queue_depth") == 0
+    assert (_metric(text, "glimpse3d_gateway_workers") or 0) >= 1
