@@ -158,11 +158,8 @@ class TritonModel:
             if value is None:
                 continue
             arr = np.asarray(value)
-            if arr.dtype.kind in "USO":
-                arr = arr.astype(np.object_)
             arr = arr[None] if batched else arr
-            tensor = grpcclient.InferInput(name, list(arr.shape), "BYTES" if arr.dtype == np.object_
-                                           else np_to_triton_dtype(arr.dtype))
+            tensor = grpcclient.InferInput(name, list(arr.shape), np_to_triton_dtype(arr.dtype))
             tensor.set_data_from_numpy(np.ascontiguousarray(arr))
             request.append(tensor)
         wanted = [grpcclient.InferRequestedOutput(name) for name in outputs]

@@ -1,10 +1,11 @@
 """The base of every ``deploy/triton/<model>/1/model.py`` (Triton's Python backend).
 
-A ``model.py`` is three lines: put the project's packages on ``sys.path`` (see
-:func:`add_site_packages`), then ``TritonPythonModel = make_model("<module>:<Handler>")``. The
-handler is the service's own code (``glimpse3d.services.<service>.triton``), built around the same
-backend class the service runs in-process, so Triton and the embedded CPU mode share one
-implementation.
+A ``model.py`` is a few lines: put the directories in :data:`SITE_PACKAGES_ENV` first on
+``sys.path`` (Triton's Python stub ignores ``PYTHONPATH``; in the Triton image the packages are
+installed where the stub looks and the variable is unset), then
+``TritonPythonModel = make_model("<module>:<Handler>")``. The handler is the service's own code
+(``glimpse3d.services.<service>.triton``), built around the same backend class the service runs
+in-process, so Triton and the embedded CPU mode share one implementation.
 
 The model's ``config.pbtxt`` drives it:
 
@@ -27,9 +28,6 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import os
-import site
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,20 +43,6 @@ log = logging.getLogger(__name__)
 SITE_PACKAGES_ENV = "GLIMPSE3D_TRITON_SITE_PACKAGES"
 
 Tensors = dict[str, np.ndarray]
-
-
-def add_site_packages(env: Mapping[str, str] | None = None) -> list[str]:
-    """Put the directories in ``GLIMPSE3D_TRITON_SITE_PACKAGES`` (``os.pathsep``-separated) first on
-    ``sys.path``, with their ``.pth`` files processed (editable installs). Triton's Python stub does
-    not read ``PYTHONPATH``; in the Triton image the packages are installed where the stub looks and
-    the variable is unset."""
-    raw = (env if env is not None else os.environ).get(SITE_PACKAGES_ENV, "")
-    before = list(sys.path)
-    for path in filter(None, raw.split(os.pathsep)):
-        site.addsitedir(path)
-    added = [p for p in sys.path if p not in before]
-    sys.path[:] = added + before
-    return added
 
 
 class Handler:
