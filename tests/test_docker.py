@@ -436,7 +436,8 @@ def test_make_setup_runs_install_sh_with_the_same_pip_command():
     args = shlex.split(line.replace("$(BIN)", ".venv/bin").replace("$(SERVICES)", " ".join(services)))
     pip = dry_run(args[1:])
     assert pip == (f"+ {REPO_ROOT}/.venv/bin/python -m pip install -q -c constraints.txt -r requirements-dev.txt "
-                   "-e shared[torch,models,triton] -e gateway " + " ".join(f"-e services/{s}" for s in services))
+                   "-e shared[torch,models,triton] -e gateway " + " ".join(f"-e services/{s}" for s in services)
+                   + " -e research")
 
 
 @pytest.mark.parametrize("args, message", [
