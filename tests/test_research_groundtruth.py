@@ -84,3 +84,22 @@ def test_coarse_splat_scored_against_ground_truth(tmp_path, monkeypatch):
     assert grid.shape == (128, 64 * 9, 3)
     assert score["matte_iou"] > 0.9 and score["fscore_0.1"] > 0.8
     assert 10.0 < score["psnr_mask_db"] < 40.0
+
+
+def test_objects_command_writes_a_contact_sheet_and_licences(tmp_path, monkeypatch):
+    import json
+
+    from glimpse3d.research.__main__ import main
+
+    monkeypatch.setenv("GLIMPSE3D_RESEARCH_CACHE", str(tmp_path / "cache"))
+    assert main(["objects", "--objects", "torus", "nut", "--resolution", "48", "--out", str(tmp_path / "out")]) == 0
+    summary = json.loads((tmp_path / "out" / "objects.json").read_text())
+    assert set(summary) == {"torus", "nut"} and "MIT" in summary["nut"]["licence"]
+    assert (tmp_path / "out" / "objects.png").stat().st_size > 0
+
+
+def test_unknown_object_is_named():
+    from glimpse3d.core.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="unknown benchmark object 'teapot'"):
+        load_object("teapot")
