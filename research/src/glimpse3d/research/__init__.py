@@ -1,2 +1,3 @@
 """Glimpse3D's research platform: benchmark objects with ground truth from an independent renderer,
-and the metrics the studies report (docs/research.md)."""
+the metrics, the coarse-splat evaluation and enhancement rounds scored against ground truth
+(docs/research.md)."""
