@@ -76,11 +76,11 @@ def test_ground_truth_is_cached_and_deterministic(tmp_path, monkeypatch):
 
 def test_coarse_splat_scored_against_ground_truth(tmp_path, monkeypatch):
     """The weight-free coarse splat of a convex object is close in shape; its back is not the truth."""
-    from glimpse3d.research.coarse import evaluate_coarse
+    from glimpse3d.research.coarse import Stages, evaluate_coarse
 
     monkeypatch.setenv("GLIMPSE3D_RESEARCH_CACHE", str(tmp_path))
     gt = gtm.ground_truth("ellipsoid", 64)
-    score, grid = evaluate_coarse(gt, gtm.surface_samples(gt.obj, 4000))
+    score, grid = evaluate_coarse(gt, gtm.surface_samples(gt.obj, 4000), Stages.load())
     assert grid.shape == (128, 64 * 9, 3)
     assert score["matte_iou"] > 0.9 and score["fscore_0.1"] > 0.8
     assert 10.0 < score["psnr_mask_db"] < 40.0
@@ -96,6 +96,13 @@ def test_objects_command_writes_a_contact_sheet_and_licences(tmp_path, monkeypat
     summary = json.loads((tmp_path / "out" / "objects.json").read_text())
     assert set(summary) == {"torus", "nut"} and "MIT" in summary["nut"]["licence"]
     assert (tmp_path / "out" / "objects.png").stat().st_size > 0
+
+
+def test_bad_resolution_is_one_line_and_status_2(tmp_path, capsys):
+    from glimpse3d.research.__main__ import main
+
+    assert main(["objects", "--objects", "torus", "--resolution", "8", "--out", str(tmp_path)]) == 2
+    assert "resolution must be an integer in 32..2048, got 8" in capsys.readouterr().err
 
 
 def test_unknown_object_is_named():

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from glimpse3d.core.errors import Glimpse3DError
 from glimpse3d.research.groundtruth import DEFAULT_RESOLUTION, digest, ground_truth, surface_samples
 from glimpse3d.research.objects import OBJECT_NAMES
 
@@ -40,14 +41,15 @@ def _objects(args: argparse.Namespace) -> int:
 
 
 def _coarse(args: argparse.Namespace) -> int:
-    from glimpse3d.research.coarse import evaluate_coarse
+    from glimpse3d.research.coarse import Stages, evaluate_coarse
 
     args.out.mkdir(parents=True, exist_ok=True)
+    stages = Stages.load(args.depth, args.reconstruction)
     results = {}
     for name in args.objects:
         gt = ground_truth(name, args.resolution)
         start = time.perf_counter()
-        score, grid = evaluate_coarse(gt, surface_samples(gt.obj), args.depth, args.reconstruction)
+        score, grid = evaluate_coarse(gt, surface_samples(gt.obj), stages)
         score["seconds"] = time.perf_counter() - start
         results[name] = score
         Image.fromarray(grid).save(args.out / f"coarse-{name}.png")
@@ -79,7 +81,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
-    return {"objects": _objects, "coarse": _coarse}[args.command](args)
+    try:
+        return {"objects": _objects, "coarse": _coarse}[args.command](args)
+    except Glimpse3DError as err:  # bad input or a missing asset: one line, exit status 2
+        print(f"glimpse3d.research: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from glimpse3d.core.reproject import psnr_db, warp_into
 
 FSCORE_THRESHOLD = 0.1  # SF3D/SPAR3D report F-score@0.1 in the unit-box frame
 DELTA_THRESHOLD = 1.25
-NA_NO_WEIGHTS = "n/a: no weights"
 
 
 def psnr(pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None) -> float:
@@ -127,11 +126,11 @@ def inconsistency(images: Sequence[np.ndarray], cameras: Sequence[Camera], depth
         for j, (img_j, cam_j, d_j, m_j) in enumerate(zip(images, cameras, depths, masks, strict=True)):
             if i == j:
                 continue
-            warped, valid = warp_into(cam_i, np.where(interior, d_i, 0.0), cam_j, img_j, d_j)
-            mask_j, _ = warp_into(cam_i, np.where(interior, d_i, 0.0), cam_j, np.asarray(m_j, np.float32), d_j)
-            sel = valid & (mask_j > 0.999)
+            rgba_j = np.concatenate([np.asarray(img_j, np.float32), np.asarray(m_j, np.float32)[..., None]], axis=2)
+            warped, valid = warp_into(cam_i, np.where(interior, d_i, 0.0), cam_j, rgba_j, d_j)
+            sel = valid & (warped[..., 3] > 0.999)
             if sel.any():
-                total += float(np.abs(warped[sel] - np.asarray(img_i, np.float32)[sel]).sum() / 3.0)
+                total += float(np.abs(warped[..., :3][sel] - np.asarray(img_i, np.float32)[sel]).sum() / 3.0)
                 count += int(sel.sum())
     return total / count if count else float("nan")
 

@@ -23,6 +23,7 @@ import trimesh
 from PIL import Image
 
 from glimpse3d.core.errors import FailedPrecondition, InvalidInput
+from glimpse3d.core.synthetic import hsv_to_rgb
 
 # albedo(points [M, 3] world, face index [M], barycentric [M, 3]) -> rgb [M, 3] in [0, 1]
 Albedo = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
@@ -41,10 +42,6 @@ class BenchmarkObject:
     albedo: Albedo
     smooth: bool = True  # interpolate vertex normals (False: flat faces, e.g. boxes)
 
-    @property
-    def real(self) -> bool:
-        return not self.licence.startswith("Apache-2.0 (generated")
-
 
 def normalise(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
     """A copy centred on its bounding box with the longest side 1."""
@@ -55,15 +52,9 @@ def normalise(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
     return out
 
 
-def _hsv(h: np.ndarray, s: float | np.ndarray, v: float | np.ndarray) -> np.ndarray:
+def _hsv(h: np.ndarray, s: float, v: float | np.ndarray) -> np.ndarray:
     h = np.asarray(h, np.float64) % 1.0
-    s = np.broadcast_to(np.asarray(s, np.float64), h.shape)
-    v = np.broadcast_to(np.asarray(v, np.float64), h.shape)
-    i = np.floor(h * 6).astype(int) % 6
-    f = h * 6 - np.floor(h * 6)
-    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
-    table = np.stack([np.stack(c, 1) for c in ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))])
-    return table[i, np.arange(h.shape[0])]
+    return hsv_to_rgb(h, np.full_like(h, s), np.broadcast_to(np.asarray(v, np.float64), h.shape))
 
 
 def _rotation(axis: str, degrees: float) -> np.ndarray:

@@ -14,13 +14,10 @@ import numpy as np
 
 from glimpse3d.core import convert
 from glimpse3d.core.cameras import Camera, orbit_camera
-from glimpse3d.research import metrics
-from glimpse3d.research.coarse import coarse_splat
-from glimpse3d.research.groundtruth import BACKGROUND, GroundTruth, Raycaster
+from glimpse3d.research.coarse import Stages, coarse_splat, heldout_psnr, render_heldout
+from glimpse3d.research.groundtruth import GroundTruth, Raycaster
 from glimpse3d.services.backprojection.backends import REGISTRY as BACKPROJECTION
-from glimpse3d.services.depth.backends import REGISTRY as DEPTH
 from glimpse3d.services.diffusion.backends import REGISTRY as DIFFUSION
-from glimpse3d.services.reconstruction.backends import REGISTRY as RECONSTRUCTION
 
 # Round cameras: elevation 15, off both held-out rings (0 and 30), the far side first.
 ROUND_AZIMUTHS = (180.0, 90.0, 270.0, 45.0, 315.0, 135.0, 225.0)
@@ -33,27 +30,20 @@ def round_cameras(n: int, resolution: int) -> list[Camera]:
                          width=resolution, height=resolution, fov_y_deg=convert.DEFAULT_FOV_Y_DEG) for k in range(n)]
 
 
-def heldout_psnr(recon, splat, gt: GroundTruth) -> tuple[float, float]:
-    """(mean held-out PSNR inside the mask, mean full-image PSNR), in dB."""
-    renders = recon.render(splat, [v.camera for v in gt.heldout], background=BACKGROUND)
-    inside = [metrics.psnr(r.rgb, v.rgb, v.mask) for r, v in zip(renders, gt.heldout, strict=True)]
-    full = [metrics.psnr(r.rgb, v.rgb) for r, v in zip(renders, gt.heldout, strict=True)]
-    return float(np.mean(inside)), float(np.mean(full))
-
-
 def run_rounds(gt: GroundTruth, feed: str, rounds: int, seed: int = 0) -> list[dict[str, float]]:
     """Scores of versions 1 (the coarse splat) to ``rounds + 1``."""
     if feed not in FEEDS:
         raise ValueError(f"feed must be one of {FEEDS}, got {feed!r}")
-    splat, _ = coarse_splat(gt, seed=seed)
-    recon, depth = RECONSTRUCTION.create("lift"), DEPTH.create("silhouette")
+    stages = Stages.load()
+    splat, _ = coarse_splat(gt, stages, seed=seed)
+    recon, depth = stages.reconstruction, stages.depth
     diffusion, fuse = DIFFUSION.create("classical"), BACKPROJECTION.create("mvcrm")
-    for backend in (recon, depth, diffusion, fuse):
-        backend.load()
+    diffusion.load()
+    fuse.load()
     caster = Raycaster(gt.obj) if feed == "oracle" else None
     photo = gt.input.rgb_uint8
     confidence = None
-    scores = [dict(zip(("psnr_mask_db", "psnr_db"), heldout_psnr(recon, splat, gt), strict=True))]
+    scores = [heldout_psnr(render_heldout(stages, splat, gt), gt)]
     for k, cam in enumerate(round_cameras(rounds, gt.input.camera.width)):
         rendered = recon.render(splat, [cam])[0]
         if caster is not None:
@@ -65,7 +55,7 @@ def run_rounds(gt: GroundTruth, feed: str, rounds: int, seed: int = 0) -> list[d
         view_depth = depth.estimate(view, cam).depth
         result = fuse.refine(splat, view, cam, view_depth, confidence, reference=photo)
         splat, confidence = result.splat, result.confidence
-        score = dict(zip(("psnr_mask_db", "psnr_db"), heldout_psnr(recon, splat, gt), strict=True))
+        score = heldout_psnr(render_heldout(stages, splat, gt), gt)
         score["accepted_fraction"] = result.report.accepted_fraction
         scores.append(score)
     return scores

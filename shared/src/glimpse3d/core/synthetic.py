@@ -43,7 +43,7 @@ def _fibonacci_directions(n: int) -> np.ndarray:
     return np.stack([r * np.sin(phi), y, r * np.cos(phi)], axis=1)
 
 
-def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
+def hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Vectorised HSV -> RGB, all inputs [N] in [0, 1]; returns [N, 3]."""
     i = np.floor(h * 6.0).astype(int) % 6
     f = h * 6.0 - np.floor(h * 6.0)
@@ -69,7 +69,7 @@ def checker_colors(directions: np.ndarray) -> np.ndarray:
     hue = (sector / _SECTORS + 0.37 * parity) % 1.0
     sat = np.where(parity == 0, 0.75, 0.45)
     val = np.where(parity == 0, 0.92, 0.45)
-    return _hsv_to_rgb(hue, sat, val).astype(np.float32)
+    return hsv_to_rgb(hue, sat, val).astype(np.float32)
 
 
 def _frame_quats(normals: np.ndarray) -> np.ndarray:
