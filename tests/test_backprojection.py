@@ -464,3 +464,77 @@ def test_fusing_a_view_leaves_the_far_side_alone():
     assert psnr(result.splat, far) > psnr(noisy, far) - 0.2
     assert psnr(result.splat, fed) > psnr(noisy, fed) + 5
     assert result.confidence[facing < -0.3].max() < 0.05
+
+
+# ---------------------------------------------------------------------------- ablation switches
+
+
+def _splat_change(a: Splat, b: Splat) -> float:
+    return float(sum(np.abs(getattr(a, k) - getattr(b, k)).max() for k in ("means", "quats", "log_scales", "sh")))
+
+
+def test_ablation_names_are_checked() -> None:
+    from glimpse3d.services.backprojection.options import Ablation
+
+    assert Ablation.without("anchor") == Ablation(anchor=False)
+    with pytest.raises(InvalidInput, match="unknown MVCRM component 'colour'"):
+        Ablation.without("colour")
+    with pytest.raises(InvalidInput, match="ablation must be an Ablation"):
+        refine(textured_object(0, n=50), np.ones((SIZE, SIZE, 3), np.float32), cam(0), ablation="anchor")
+
+
+def test_each_ablation_switch_changes_the_fusion(gt: Splat, degraded: Splat, true_round) -> None:
+    """Each switch changes what the round does, in the direction its component exists for."""
+    from glimpse3d.services.backprojection.options import Ablation
+
+    c = cam(25)
+    view, depth, _ = render(gt, c)
+    conf = true_round.confidence
+
+    def run(ablation: Ablation, **kwargs):
+        args = {"view": view, "view_depth": depth, "confidence": conf, **kwargs}
+        return refine(true_round.splat, args["view"], c, args["view_depth"], args["confidence"], OPTS,
+                      clip=kwargs.get("clip"), ablation=ablation)
+
+    full = run(Ablation())
+    assert _splat_change(run(Ablation()).splat, full.splat) == 0.0  # deterministic: differences are the switch's
+
+    # depth consistency: a view whose depth disagrees on its right half is half trusted, unless ignored.
+    bad_depth = depth.copy()
+    bad_depth[:, SIZE // 2:] *= 1.6
+    with_depth, without_depth = run(Ablation(), view_depth=bad_depth), run(Ablation.without("depth_consistency"),
+                                                                            view_depth=bad_depth)
+    assert with_depth.report.accepted_fraction < 0.75 and without_depth.report.accepted_fraction == 1.0
+    assert _splat_change(with_depth.splat, without_depth.splat) > 1e-3
+
+    # normal smoothing: the orientations move differently.
+    no_normals = run(Ablation.without("normal_smoothing"))
+    assert np.abs(no_normals.splat.quats - full.splat.quats).max() > 1e-4
+
+    # CLIP check: a scorer that rejects everything stops the full round, not the ablated one.
+    rejected, passed = run(Ablation(), clip=FakeClip(0.0)), run(Ablation.without("clip_check"), clip=FakeClip(0.0))
+    assert rejected.report.rejected and rejected.splat is true_round.splat
+    assert not passed.report.rejected and _splat_change(passed.splat, full.splat) == 0.0
+
+    # anchor: confirmed Gaussians resist an inverted-colour view less without it.
+    inverted, _, _ = render(recoloured(gt, 1.0 - gt.base_colors), c)
+    anchored, free = run(Ablation(), view=inverted), run(Ablation.without("anchor"), view=inverted)
+    confirmed = conf > 0.3
+
+    def colour_change(result) -> float:
+        return float(np.abs(result.splat.base_colors - true_round.splat.base_colors)[confirmed].mean())
+
+    assert colour_change(free) > 1.3 * colour_change(anchored), (colour_change(free), colour_change(anchored))
+
+    # footprint weighting: Gaussians the view barely shows (the far side) move more without it.
+    unweighted = run(Ablation.without("footprint_weighting"), view=inverted)
+    far = gt.means[:, 2] < -0.4
+    far_full = np.abs(anchored.splat.base_colors - true_round.splat.base_colors)[far].mean()
+    far_free = np.abs(unweighted.splat.base_colors - true_round.splat.base_colors)[far].mean()
+    assert far_free > far_full
+
+    # confidence accumulation: the round adds nothing to the confidence.
+    frozen = run(Ablation.without("confidence_accumulation"))
+    np.testing.assert_array_equal(frozen.confidence, conf)
+    assert full.confidence.mean() > conf.mean() + 0.01
+    assert _splat_change(frozen.splat, full.splat) == 0.0  # same fusion, only the bookkeeping differs

@@ -52,6 +52,8 @@ from glimpse3d.services.backprojection import normals as nrm
 from glimpse3d.services.backprojection.fusion import FusionProblem, NormalTerms, fuse
 from glimpse3d.services.backprojection.options import (
     DEFAULT_LEARNING_RATE,
+    FULL_MVCRM,
+    Ablation,
     ClipScorer,
     RefineOptions,
     RefineReport,
@@ -322,6 +324,7 @@ def refine(
     background: Sequence[float] | None = None,
     device: str | torch.device = "cpu",
     max_side: int | None = None,
+    ablation: Ablation = FULL_MVCRM,
 ) -> RefineResult:
     """Fuse one enhanced ``view`` [H, W, 3] seen from ``camera`` into ``splat`` (one MVCRM round).
 
@@ -334,8 +337,11 @@ def refine(
     ``reference``: the input photo for the CLIP check; ``background``: the colour the view was
     rendered over (None: estimated, see :func:`estimate_background`). Returns the refined splat
     (the input object itself when rejected), the new confidence and the report. Raises
-    :class:`InvalidInput` naming the bad field.
+    :class:`InvalidInput` naming the bad field. ``ablation``: components switched off, for the
+    research harness's ablation study (:class:`Ablation`); the default is the full module.
     """
+    if not isinstance(ablation, Ablation):
+        raise InvalidInput(f"ablation must be an Ablation, got {type(ablation).__name__}", field="ablation")
     opts = options if options is not None else RefineOptions()
     if not isinstance(opts, RefineOptions):
         raise InvalidInput(f"options must be RefineOptions, got {type(opts).__name__}", field="options")
@@ -348,19 +354,21 @@ def refine(
     ref = _check_reference(reference)
     g0 = to_tensors(splat, device)
     rgb0, depth0, alpha0, bg = _first_render(g0, camera, target, depth_in, background)
-    trust = pixel_trust(depth0, alpha0, depth_in, opts.depth_tolerance, opts.seed)
+    trust_depth = depth_in if ablation.depth_consistency else None
+    trust = pixel_trust(depth0, alpha0, trust_depth, opts.depth_tolerance, opts.seed)
     before = weighted_mae(rgb0, target, trust.weight)
-    score, note, passed = _clip_check(clip, opts, target, rgb0, ref)
+    score, note, passed = _clip_check(clip if ablation.clip_check else None, opts, target, rgb0, ref)
     if passed and float(trust.weight.sum()) <= 1e-6:
         passed, note = False, f"{note}; rejected: no pixel of the view is trusted (its geometry disagrees)"
     if not passed:
         logger.info("MVCRM round rejected: %s", note)
         report = RefineReport(trust.accepted_fraction, before, before, score, note, True, 0, float(conf.mean()))
         return RefineResult(splat, conf, report)
-    g, share, seen = _fuse_round(g0, camera, target, trust, conf, opts, bg, depth0, alpha0)
+    g, share, seen = _fuse_round(g0, camera, target, trust, conf, opts, bg, depth0, alpha0, ablation)
     rgb1, _, _ = _render_np(g, camera, bg)
     after = weighted_mae(rgb1, target, trust.weight)
-    new_conf = (conf + (share * seen).cpu().numpy()).astype(np.float32)
+    gained = (share * seen).cpu().numpy() if ablation.confidence_accumulation else 0.0
+    new_conf = (conf + gained).astype(np.float32)
     report = RefineReport(
         trust.accepted_fraction, before, after, score, note, False, opts.steps, float(new_conf.mean())
     )
@@ -396,6 +404,7 @@ def _fuse_round(
     bg: Tensor,
     depth0: np.ndarray,
     alpha0: np.ndarray,
+    ablation: Ablation = FULL_MVCRM,
 ) -> tuple[GaussianTensors, Tensor, Tensor]:
     """Footprints, anchor, normal terms and the fusion itself: (result, trusted share [N], seen [N])."""
     dev = g0.device
@@ -403,15 +412,18 @@ def _fuse_round(
     cov, tru = footprints(g0, camera, weight)  # [N], [N]
     share = torch.where(cov > 1e-8, tru / cov.clamp(min=1e-8), 0.0).clamp(0.0, 1.0)  # [N]
     seen = observation_strength(cov)  # [N]
+    step_scale = share * observation_strength(cov, STEP_FOOTPRINT) if ablation.footprint_weighting else share
+    anchor_weight = opts.anchor_weight if ablation.anchor else 0.0
+    normals = _normal_terms(g0, camera, depth0, alpha0, share, opts) if ablation.normal_smoothing else None
     problem = FusionProblem(
         camera=camera,
         view=torch.as_tensor(target, device=dev),
         pixel_weight=weight,
         normaliser=float(max(1, int(trust.object_mask.sum()))),
-        step_scale=share * observation_strength(cov, STEP_FOOTPRINT),
-        anchor=opts.anchor_weight * torch.as_tensor(conf, device=dev) * cov,
+        step_scale=step_scale,
+        anchor=anchor_weight * torch.as_tensor(conf, device=dev) * cov,
         background=bg,
-        normals=_normal_terms(g0, camera, depth0, alpha0, share, opts),
+        normals=normals,
     )
     return fuse(g0, problem, opts.steps, opts.learning_rate), share, seen
 

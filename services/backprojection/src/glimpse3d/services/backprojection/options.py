@@ -124,6 +124,41 @@ def _number(opts: RefineOptions, name: str, low: float, high: float = math.inf, 
 
 
 @dataclass(frozen=True)
+class Ablation:
+    """MVCRM components, each on by default; the research harness switches them off one at a time.
+
+    Not part of the wire contract (the service always runs the full module). Each switch, when off:
+    depth_consistency: trust is the rendered alpha alone (the view's depth is ignored);
+    normal_smoothing: no normal terms; clip_check: no CLIP check; anchor: no pull towards the
+    parameters earlier rounds confirmed; footprint_weighting: every Gaussian's step is scaled by its
+    trusted share only, not by how well the view shows it; confidence_accumulation: the round adds
+    nothing to the per-Gaussian confidence (later rounds' anchors stay where they were).
+    """
+
+    depth_consistency: bool = True
+    normal_smoothing: bool = True
+    clip_check: bool = True
+    anchor: bool = True
+    footprint_weighting: bool = True
+    confidence_accumulation: bool = True
+
+    @classmethod
+    def without(cls, component: str) -> Ablation:
+        """The full module with ``component`` switched off (InvalidInput for an unknown name)."""
+        names = [f.name for f in fields(cls)]
+        if component not in names:
+            raise InvalidInput(f"unknown MVCRM component {component!r}; known: {', '.join(names)}", field="ablation")
+        return cls(**{component: False})
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(self))
+
+
+FULL_MVCRM = Ablation()
+
+
+@dataclass(frozen=True)
 class RefineReport:
     """What one round did; mirrors ``glimpse3d.v1.RefineReport``.
 
