@@ -129,6 +129,9 @@ def test_demo_writes_every_output(tmp_path):
     versions = metrics["job"]["versions"]
     assert len(versions) == 3
     assert versions[0]["metrics"]["input_view_psnr_db"] > 20
+    for v in versions:  # every version is scored against the photo (glimpse3d.core.feedback)
+        assert 8.0 < v["metrics"]["photo_psnr_db"] < 60.0 and 8.0 < v["metrics"]["photo_consistency_db"] < 60.0
+        assert 0.2 < v["metrics"]["photo_consistency_coverage"] <= 1.0
     for v in versions[1:]:
         assert 0.0 <= v["report"].get("accepted_fraction", 0.0) <= 1.0
     from PIL import Image

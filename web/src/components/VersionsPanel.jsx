@@ -1,5 +1,7 @@
 // Version history: every version of the job (the initial reconstruction, then one per enhancement
-// round), newest first, with each round's report (accepted pixels, photometric error before and after).
+// round), newest first, with each round's report (accepted pixels, photometric error before and after)
+// and every version's figures against the photo (PSNR at the photo's camera, and the consistency of
+// the turned views with the photo), which a round cannot improve by construction.
 // Picking a version shows it; "Compare with" puts another version beside it behind a slider.
 
 import { errorChange, formatTime, metricRows, percent } from "../format.js";
@@ -25,6 +27,8 @@ function summary(version) {
     if (num(m.input_view_psnr_db)) parts.push(`input view ${m.input_view_psnr_db.toFixed(1)} dB`);
     if (version.num_gaussians) parts.push(`${Number(version.num_gaussians).toLocaleString("en-US")} Gaussians`);
   }
+  if (num(m.photo_psnr_db)) parts.push(`vs photo ${m.photo_psnr_db.toFixed(1)} dB`);
+  if (num(m.photo_consistency_db)) parts.push(`turned views vs photo ${m.photo_consistency_db.toFixed(1)} dB`);
   return parts.join(" · ");
 }
 

@@ -135,8 +135,13 @@ async def cmd_enhance(stub: glimpse3d_pb2_grpc.Glimpse3DStub, ns: argparse.Names
         raise CliError(f"{job.name}: the round failed: {job.error.message}")
     v = job.versions[-1]
     r = v.report
-    print(f"{v.name}: accepted {r.accepted_fraction:.1%} of pixels, error {r.photometric_error_before:.4f}"
-          f" -> {r.photometric_error_after:.4f}")
+    line = (f"{v.name}: accepted {r.accepted_fraction:.1%} of pixels, error {r.photometric_error_before:.4f}"
+            f" -> {r.photometric_error_after:.4f}")
+    if len(job.versions) > 1 and "photo_psnr_db" in v.metrics and "photo_psnr_db" in job.versions[-2].metrics:
+        # The figure a round cannot improve by construction (glimpse3d.core.feedback): PSNR against the photo.
+        before, after = job.versions[-2].metrics["photo_psnr_db"], v.metrics["photo_psnr_db"]
+        line += f"; against the photo {before:.2f} -> {after:.2f} dB"
+    print(line)
 
 
 async def cmd_export(stub: glimpse3d_pb2_grpc.Glimpse3DStub, ns: argparse.Namespace) -> None:

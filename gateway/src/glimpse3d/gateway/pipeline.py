@@ -21,6 +21,7 @@ import numpy as np
 
 from glimpse3d.core import convert
 from glimpse3d.core.artifacts import ArtifactStore
+from glimpse3d.core.feedback import background_colour, feedback_cameras, photo_figures
 from glimpse3d.core.cameras import Camera, orbit_camera, turned_about_up
 from glimpse3d.core.formats import read_ply
 from glimpse3d.core.images import decode_image, decode_npy, encode_png, resize_longest
@@ -119,6 +120,8 @@ class ServicePipeline:
         self.artifacts = artifacts
         # (input sha256, side) -> working image; every round of a job needs the same one.
         self._working: OrderedDict[tuple[str, int], common_pb2.ArtifactRef] = OrderedDict()
+        # (input sha256, side) -> the photo's depth estimate (its camera and matte), for the photo figures.
+        self._photo_depth: OrderedDict[tuple[str, int], depth_pb2.EstimateDepthResponse] = OrderedDict()
 
     async def _working_image(self, job: Job) -> tuple[common_pb2.ArtifactRef, int]:
         """The input photo resized to the job's working resolution, made once per photo and size."""
@@ -134,6 +137,43 @@ class ServicePipeline:
             while len(self._working) > WORKING_IMAGE_CACHE:
                 self._working.popitem(last=False)
         return self._working[key], side
+
+    async def _photo_depth_of(self, job: Job, image: common_pb2.ArtifactRef, side: int,
+                              ) -> depth_pb2.EstimateDepthResponse:
+        """The depth service's estimate for the job's working image (camera, matte), made once per photo."""
+        key = (job.input_image.sha256, side)
+        if key in self._photo_depth:
+            self._photo_depth.move_to_end(key)
+        else:
+            self._photo_depth[key] = await self._depth(image)
+            while len(self._photo_depth) > WORKING_IMAGE_CACHE:
+                self._photo_depth.popitem(last=False)
+        return self._photo_depth[key]
+
+    def _get(self, ref: common_pb2.ArtifactRef, field: str) -> bytes:
+        return self.artifacts.get(convert.artifact_from_proto(ref, field))
+
+    async def _photo_metrics(self, splat: common_pb2.ArtifactRef, image: common_pb2.ArtifactRef,
+                             depth: depth_pb2.EstimateDepthResponse) -> dict[str, float]:
+        """The version's figures against the photo (:mod:`glimpse3d.core.feedback`), finite ones only."""
+        photo_camera = convert.camera_from_proto(depth.camera, "camera")
+        photo, mask = await asyncio.gather(
+            asyncio.to_thread(lambda: decode_image(self._get(image, "image"), field="image")),
+            asyncio.to_thread(lambda: decode_npy(self._get(depth.mask, "mask"), field="mask")),
+        )
+        cameras = feedback_cameras(photo_camera)
+        rendered = await _call(self.clients.reconstruction.Render, reconstruction_pb2.RenderRequest(
+            splat=splat, views=[common_pb2.ViewSpec(camera=convert.camera_to_proto(c)) for c in cameras],
+            background=list(background_colour(photo, mask))), self.config.render_deadline_s)
+
+        def load(view: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            rgb = decode_image(self._get(view.rgb, "rgb"), field="rgb").astype(np.float32) / 255.0
+            return (rgb, decode_npy(self._get(view.depth, "depth"), field="depth"),
+                    decode_npy(self._get(view.alpha, "alpha"), field="alpha"))
+
+        renders = await asyncio.to_thread(lambda: [load(v) for v in rendered.views])
+        figures = await asyncio.to_thread(photo_figures, photo, cameras, renders)
+        return {k: v for k, v in figures.items() if np.isfinite(v)}
 
     async def _depth(self, image: common_pb2.ArtifactRef, camera: common_pb2.Camera | None = None,
                      ) -> depth_pb2.EstimateDepthResponse:
@@ -154,9 +194,9 @@ class ServicePipeline:
 
     async def run_initial(self, job: Job, report: ProgressReporter) -> VersionResult:
         start = time.perf_counter()
-        image, _ = await self._working_image(job)
+        image, side = await self._working_image(job)
         await report(Stage.MATTING_DEPTH, 0.0, "matting and depth")
-        depth = await self._depth(image)
+        depth = await self._photo_depth_of(job, image, side)
         views = await self._reconstruction_views(job, image, depth, report)
         await report(Stage.RECONSTRUCT, 0.2, "coarse reconstruction")
         recon = await _call(self.clients.reconstruction.Reconstruct, reconstruction_pb2.ReconstructRequest(
@@ -166,12 +206,14 @@ class ServicePipeline:
         splat, confidence = recon.splat, None
         if job.options.num_views:
             splat, confidence = await self._novel_views(job, image, depth, splat, report)
+        photo_metrics = await self._photo_metrics(splat, image, depth)
         await report(Stage.RECONSTRUCT, 1.0, "coarse splat ready")
         return VersionResult(
             splat=convert.artifact_from_proto(splat, "splat"),
             confidence=convert.artifact_from_proto(confidence, "confidence") if confidence else None,
             metrics={"input_view_psnr_db": recon.input_view_psnr_db, "num_gaussians": float(recon.num_gaussians),
-                     "num_views": float(job.options.num_views), "seconds": time.perf_counter() - start},
+                     "num_views": float(job.options.num_views), **photo_metrics,
+                     "seconds": time.perf_counter() - start},
         )
 
     async def _reconstruction_views(self, job: Job, image: common_pb2.ArtifactRef,
@@ -241,6 +283,7 @@ class ServicePipeline:
         confidence = convert.artifact_to_proto(latest.confidence) if latest.confidence else None
         refined = await self._refine(splat, confidence, enhanced.view, cam_msg, image, round_spec.seed,
                                      rendered_depth=rendered.depth)
+        photo_metrics = await self._photo_metrics(refined.splat, image, await self._photo_depth_of(job, image, side))
         await report(Stage.REFINE, 1.0, "round done")
         rep = report_from_proto(refined.report)
         return VersionResult(
@@ -249,7 +292,7 @@ class ServicePipeline:
             camera=camera, report=rep,
             metrics={"accepted_fraction": rep.accepted_fraction,
                      "photometric_error_before": rep.photometric_error_before,
-                     "photometric_error_after": rep.photometric_error_after,
+                     "photometric_error_after": rep.photometric_error_after, **photo_metrics,
                      "seconds": time.perf_counter() - start},
         )
 
