@@ -21,8 +21,8 @@ import numpy as np
 
 from glimpse3d.core import convert
 from glimpse3d.core.artifacts import ArtifactStore
-from glimpse3d.core.feedback import background_colour, feedback_cameras, photo_figures
 from glimpse3d.core.cameras import Camera, orbit_camera, turned_about_up
+from glimpse3d.core.feedback import background_colour, feedback_cameras, photo_figures
 from glimpse3d.core.formats import read_ply
 from glimpse3d.core.images import decode_image, decode_npy, encode_png, resize_longest
 from glimpse3d.core.rpc import create_channel, error_from_rpc
