@@ -102,7 +102,13 @@ $(TRITON_STAMP): $(STAMP)
 triton-up: triton
 	$(BIN)/python -m glimpse3d.core.triton.server --cpu
 
-.PHONY: research-assets research-objects
+.PHONY: research research-assets research-objects
+# The six studies on the weight-free backends (learned ones take part when `make models` installed them):
+# about 15 minutes on 2 CPU cores; writes research/out/<time>-<preset>/report.md and results.json.
+# RESEARCH_ARGS="--quick" is a 2-minute smoke run, "--full" every study on every object at 256 px (hours).
+research: setup research-assets
+	$(BIN)/python -m glimpse3d.research run $(RESEARCH_ARGS)
+
 # The real benchmark meshes of the research harness ship in pyvista's wheel; only its data files are
 # read, so it is installed without its dependencies (VTK is not needed).
 PYVISTA := pyvista==0.49.2

@@ -22,14 +22,14 @@ from glimpse3d.core.artifacts import FileArtifactStore
 from glimpse3d.core.cameras import Camera, orbit_camera, turned_about_up
 from glimpse3d.core.config import ConfigError, load_config
 from glimpse3d.core.errors import InvalidInput
-from glimpse3d.core.formats import splat_to_ply_bytes
+from glimpse3d.core.formats import read_ply, splat_to_ply_bytes
 from glimpse3d.core.images import encode_npy, encode_png
 from glimpse3d.core.service import ServiceSettings
 from glimpse3d.gateway.config import GatewayConfig
 from glimpse3d.gateway.models import JobOptions
 from glimpse3d.gateway.pipeline import ServicePipeline, reconstruction_view_cameras
 from glimpse3d.services.reconstruction.lgm.tiny import write_tiny
-from glimpse3d.v1 import common_pb2, depth_pb2, multiview_pb2, reconstruction_pb2
+from glimpse3d.v1 import backprojection_pb2, common_pb2, depth_pb2, multiview_pb2, reconstruction_pb2
 
 SIZE = 64
 RADIUS = 2.7
@@ -43,18 +43,20 @@ def _angles(camera: Camera) -> tuple[float, float, float]:
 
 
 class FakeServices:
-    """Depth, multiview and reconstruction stand-ins that record every request, in call order.
+    """Depth, multiview, reconstruction and backprojection stand-ins that record every request, in call order.
 
     Depth answers the synthetic object's true depth and matte at ``photo``; multiview renders the
     object at each requested camera (a perfect novel-view model); reconstruction returns the object
-    itself unless a real stub replaces it."""
+    itself unless a real stub replaces it, and renders any splat it is sent; backprojection returns
+    the splat unchanged with a confidence of 1 per Gaussian."""
 
     def __init__(self, store: FileArtifactStore, photo: Camera, reconstruction=None) -> None:
         self.store, self.photo, self.calls = store, photo, []
         self.obj = synthetic.textured_object(seed=2, n=1500)
         self.depth = SimpleNamespace(Estimate=self._estimate)
         self.multiview = SimpleNamespace(Generate=self._generate)
-        self.reconstruction = reconstruction or SimpleNamespace(Reconstruct=self._reconstruct)
+        self.reconstruction = reconstruction or SimpleNamespace(Reconstruct=self._reconstruct, Render=self._render)
+        self.backprojection = SimpleNamespace(Refine=self._refine)
 
     def put(self, data: bytes, media: str) -> common_pb2.ArtifactRef:
         return convert.artifact_to_proto(self.store.put(data, media))
@@ -82,6 +84,29 @@ class FakeServices:
         return reconstruction_pb2.ReconstructResponse(
             splat=self.put(splat_to_ply_bytes(self.obj), "application/x-glimpse3d-splat+ply"),
             num_gaussians=self.obj.num_gaussians, input_view_psnr_db=30.0, backend="fake")
+
+
+    def _splat(self, ref: common_pb2.ArtifactRef):
+        return read_ply(self.store.get(convert.artifact_from_proto(ref)))
+
+    async def _render(self, request: reconstruction_pb2.RenderRequest, timeout=None):
+        self.calls.append(("render", request))
+        splat, response = self._splat(request.splat), reconstruction_pb2.RenderResponse()
+        for i, spec in enumerate(request.views):
+            camera = convert.view_from_proto(spec, f"views[{i}]")
+            depth, alpha = synthetic.render_depth_alpha(splat, camera)
+            response.views.add(camera=spec.camera,
+                               rgb=self.put(encode_png(synthetic.render_image(splat, camera, request.background)),
+                                            "image/png"),
+                               depth=self.put(encode_npy(depth), "application/x-npy"),
+                               alpha=self.put(encode_npy(alpha), "application/x-npy"))
+        return response
+
+    async def _refine(self, request: backprojection_pb2.RefineRequest, timeout=None):
+        self.calls.append(("backprojection", request))
+        n = self._splat(request.splat).num_gaussians
+        return backprojection_pb2.RefineResponse(
+            splat=request.splat, confidence=self.put(encode_npy(np.ones(n, np.float32)), "application/x-npy"))
 
 
 def _run_initial(services: FakeServices, views: int):
@@ -126,8 +151,12 @@ def test_views_are_generated_before_reconstruction_and_sent_with_it(tmp_path):
     services = FakeServices(FileArtifactStore(tmp_path / "a"), photo)
     run, stages = _run_initial(services, views=3)
     result = asyncio.run(run)
-    assert [name for name, _ in services.calls] == ["depth", "multiview", "reconstruction"]
-    generate, reconstruct = services.calls[1][1], services.calls[2][1]
+    # Then the photo seeds the confidence (one MVCRM step at its own camera) and the version is scored
+    # against the photo (one render of the photo's camera and the turned ones).
+    assert [name for name, _ in services.calls] == ["depth", "multiview", "reconstruction", "backprojection", "render"]
+    generate, reconstruct, seed = services.calls[1][1], services.calls[2][1], services.calls[3][1]
+    assert seed.options.steps == 1 and seed.camera == convert.camera_to_proto(photo) and seed.view == seed.reference
+    assert result.confidence is not None
     assert not generate.HasField("splat") and generate.seed == 5  # nothing to render yet: the photo drives it
     assert generate.input_camera == convert.camera_to_proto(photo) and generate.mask.uri
     sent = [convert.camera_from_proto(v.camera) for v in reconstruct.views]
@@ -138,13 +167,16 @@ def test_views_are_generated_before_reconstruction_and_sent_with_it(tmp_path):
         assert (cam.width, cam.height, cam.fx) == (SIZE, SIZE, pytest.approx(photo.fx))
     assert "multiview" in stages and stages.index("multiview") < stages.index("reconstruct")
     assert result.metrics["num_gaussians"] == services.obj.num_gaussians
+    # The fake reconstruction is the object the photo shows: identical at the photo's camera (an infinite
+    # PSNR, left out of the metrics, which hold finite numbers only), consistent from the turned cameras.
+    assert "photo_psnr_db" not in result.metrics and result.metrics["photo_consistency_db"] > 20.0
 
 
 def test_default_keeps_the_old_flow(tmp_path):
     services = FakeServices(FileArtifactStore(tmp_path / "a"), orbit_camera(0.0, 0.0, RADIUS, width=SIZE, height=SIZE))
     run, stages = _run_initial(services, views=0)
     asyncio.run(run)
-    assert [name for name, _ in services.calls] == ["depth", "reconstruction"]
+    assert [name for name, _ in services.calls] == ["depth", "reconstruction", "backprojection", "render"]
     assert len(services.calls[1][1].views) == 0 and "multiview" not in stages
 
 

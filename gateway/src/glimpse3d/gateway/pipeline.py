@@ -203,9 +203,9 @@ class ServicePipeline:
             image=image, depth=depth.depth, mask=depth.mask, camera=depth.camera, views=views,
             seed=job.options.seed,
         ), self.config.reconstruct_deadline_s)
-        splat, confidence = recon.splat, None
+        splat, confidence = await self._photo_confidence(job, image, depth, recon.splat)
         if job.options.num_views:
-            splat, confidence = await self._novel_views(job, image, depth, splat, report)
+            splat, confidence = await self._novel_views(job, image, depth, splat, confidence, report)
         photo_metrics = await self._photo_metrics(splat, image, depth)
         await report(Stage.RECONSTRUCT, 1.0, "coarse splat ready")
         return VersionResult(
@@ -215,6 +215,24 @@ class ServicePipeline:
                      "num_views": float(job.options.num_views), **photo_metrics,
                      "seconds": time.perf_counter() - start},
         )
+
+    async def _photo_confidence(self, job: Job, image: common_pb2.ArtifactRef, depth: depth_pb2.EstimateDepthResponse,
+                                splat: common_pb2.ArtifactRef,
+                                ) -> tuple[common_pb2.ArtifactRef, common_pb2.ArtifactRef]:
+        """The first version's confidence: the photo as an MVCRM round of one step at its own camera.
+
+        The coarse splat is fitted to the photo, but without this every Gaussian starts unconfirmed,
+        so the anchor does not protect what the photo shows and "auto" may pick the photo's own
+        viewpoint. Measured with the research harness (oracle rounds at 128 px): four rounds took the
+        splat's PSNR against the photo from 36.2 to 28.3 dB on the head and 34.8 to 27.5 dB on the
+        checker box; with this seed, to 31.5 and 31.8 dB, held-out PSNR unchanged within 0.05 dB.
+        """
+        request = backprojection_pb2.RefineRequest(
+            splat=splat, view=image, camera=depth.camera, view_depth=depth.depth, reference=image,
+            options=backprojection_pb2.RefineOptions(seed=job.options.seed, steps=1, clip_check=False),
+        )
+        refined = await _call(self.clients.backprojection.Refine, request, self.config.refine_deadline_s)
+        return refined.splat, refined.confidence
 
     async def _reconstruction_views(self, job: Job, image: common_pb2.ArtifactRef,
                                     depth: depth_pb2.EstimateDepthResponse, report: ProgressReporter,
@@ -233,7 +251,8 @@ class ServicePipeline:
         return list(generated.views)
 
     async def _novel_views(self, job: Job, image: common_pb2.ArtifactRef, depth: depth_pb2.EstimateDepthResponse,
-                           splat: common_pb2.ArtifactRef, report: ProgressReporter,
+                           splat: common_pb2.ArtifactRef, confidence: common_pb2.ArtifactRef | None,
+                           report: ProgressReporter,
                            ) -> tuple[common_pb2.ArtifactRef, common_pb2.ArtifactRef | None]:
         """Generate K novel views, then fuse each into the coarse splat through MVCRM."""
         k = job.options.num_views
@@ -246,7 +265,6 @@ class ServicePipeline:
             image=image, mask=depth.mask, input_camera=depth.camera, splat=splat, views=views,
             seed=job.options.seed,
         ), self.config.multiview_deadline_s)
-        confidence = None
         for i, view in enumerate(generated.views):
             await report(Stage.REFINE, 0.5 + 0.5 * i / k, f"fusing novel view {i + 1}/{k}")
             refined = await self._refine(splat, confidence, view.rgb, view.camera, image, job.options.seed + i)

@@ -1,4 +1,11 @@
-"""``python -m glimpse3d.research``: ground truth and the coarse-splat evaluation.
+"""``python -m glimpse3d.research``: ground truth, the coarse-splat evaluation and the six studies.
+
+  run [--quick | --full] [--objects A B] [--resolution N] [--rounds N] [--depth B] [--reconstruction B]
+      [--diffusion B] [--multiview B ...] [--depth-backends B ...] [--diffusion-backends B ...]
+      [--out DIR] [--name RUN]
+      every study (make research); writes DIR/RUN/results.json, report.md, plots and image grids
+  compare A B
+      the summary figures of two runs side by side, with B - A
 
   objects [--objects A B] [--resolution N] [--refresh] [--out DIR]
       render (or load from the cache) every object's views and write a contact sheet
@@ -61,6 +68,39 @@ def _coarse(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from glimpse3d.research.report import write_report
+    from glimpse3d.research.suite import run_suite, settings_for
+
+    preset = "quick" if args.quick else "full" if args.full else "default"
+    settings = settings_for(preset, objects=args.objects, resolution=args.resolution, rounds=args.rounds,
+                            depth=args.depth, reconstruction=args.reconstruction, diffusion=args.diffusion,
+                            multiview_backends=_tuple(args.multiview), depth_backends=_tuple(args.depth_backends),
+                            diffusion_backends=_tuple(args.diffusion_backends))
+    name = args.name or f"{time.strftime('%Y%m%d-%H%M%S')}-{preset}"
+    out = args.out / name
+    print("settings: " + ", ".join(f"{k}={v}" for k, v in vars(settings).items()), flush=True)
+    results = run_suite(settings, out, progress=lambda line: print(line, flush=True))
+    report = write_report(results, out)
+    t = results["targets"]
+    print(f"oracle gain {t['oracle_gain_db']['mean']:.2f} dB (target 3, met: {t['oracle_gain_db']['met']}); "
+          f"{settings.diffusion} change {t['classical_change_db']['mean']:.2f} dB; adversarial damage ratio "
+          f"{t['adversarial_damage_ratio']['ratio']}; total {results['timings_s']['total']:.0f} s")
+    print(f"report: {report}")
+    return 0
+
+
+def _tuple(values: list[str] | None) -> tuple[str, ...] | None:
+    return tuple(values) if values else None
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from glimpse3d.research.report import format_compare, load_results
+
+    print(format_compare(load_results(args.a), load_results(args.b)))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m glimpse3d.research", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -75,14 +115,33 @@ def _parser() -> argparse.ArgumentParser:
         else:
             s.add_argument("--depth", default="silhouette", help="depth backend")
             s.add_argument("--reconstruction", default="lift", help="reconstruction backend")
+    r = sub.add_parser("run", help="the six studies (make research)")
+    size = r.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="smoke run: one object at 64 px (about 2 minutes)")
+    size.add_argument("--full", action="store_true", help="every study on every object at 256 px (hours)")
+    r.add_argument("--objects", nargs="+", choices=OBJECT_NAMES, help="limit every study to these objects")
+    r.add_argument("--resolution", type=int)
+    r.add_argument("--rounds", type=int, help="enhancement rounds of study 5 (1..7)")
+    r.add_argument("--depth", help="the pipeline's depth backend (default silhouette)")
+    r.add_argument("--reconstruction", help="the pipeline's reconstruction backend (default lift)")
+    r.add_argument("--diffusion", help="the diffusion backend the rounds use (default classical)")
+    r.add_argument("--multiview", nargs="+", help="multiview backends of studies 1-2 (default render zero123)")
+    r.add_argument("--depth-backends", nargs="+", help="depth backends of study 3 (default silhouette dpt)")
+    r.add_argument("--diffusion-backends", nargs="+", help="diffusion backends of study 2 (default classical sdxl)")
+    r.add_argument("--out", type=Path, default=Path("research/out"))
+    r.add_argument("--name", help="run folder name (default: time and preset)")
+    c = sub.add_parser("compare", help="diff two runs")
+    c.add_argument("a", type=Path)
+    c.add_argument("b", type=Path)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
+    logging.getLogger("glimpse3d.services").setLevel(logging.WARNING)  # one line per MVCRM round is too many here
     try:
-        return {"objects": _objects, "coarse": _coarse}[args.command](args)
+        return {"objects": _objects, "coarse": _coarse, "run": _run, "compare": _compare}[args.command](args)
     except Glimpse3DError as err:  # bad input or a missing asset: one line, exit status 2
         print(f"glimpse3d.research: {err}", file=sys.stderr)
         return 2

@@ -122,14 +122,24 @@ class HubFetcher:
 # ---------------------------------------------------------------------------- sources
 
 
-def collect_models(services: Sequence[str] = SERVICES) -> tuple[ModelSource, ...]:
-    """``MODELS`` of every installed service, in service order; a name listed twice with the same
-    source is kept once with both ``used_by`` lists, with different sources it is an error."""
+MODELS_ENTRY_POINTS = "glimpse3d.models"  # other installed packages' MODELS modules (e.g. the research harness)
+
+
+def collect_models(services: Sequence[str] = SERVICES, plugins: bool = True) -> tuple[ModelSource, ...]:
+    """``MODELS`` of every installed service, in service order, then (``plugins``) of every module
+    registered in the ``glimpse3d.models`` entry point group, by entry point name; a name listed
+    twice with the same source is kept once with both ``used_by`` lists, with different sources it
+    is an error."""
     found: dict[str, ModelSource] = {}
-    for service in services:
-        module = service_module(service, "models")  # None: not installed, or no learned backends
+    modules: list[tuple[str, Any]] = [(s, service_module(s, "models")) for s in services]
+    if plugins:
+        from importlib.metadata import entry_points
+
+        modules += [(ep.name, ep.load()) for ep in sorted(entry_points(group=MODELS_ENTRY_POINTS),
+                                                           key=lambda ep: ep.name)]
+    for owner, module in modules:  # module None: not installed, or no learned backends
         for source in getattr(module, "MODELS", ()):
-            found[source.name] = _merge(found.get(source.name), source, service)
+            found[source.name] = _merge(found.get(source.name), source, owner)
     return tuple(found.values())
 
 
