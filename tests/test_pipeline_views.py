@@ -201,3 +201,21 @@ def test_lgm_reconstruction_service_accepts_the_pipeline_views(tmp_path):
 
     run_service("reconstruction", store, scenario,
                 settings=ServiceSettings(backend="lgm", model_dir=model_dir, device="cpu"))
+
+
+def test_photo_confidence_steers_auto_away_from_the_photo(tmp_path):
+    """The first version's confidence comes from the photo (one MVCRM step at its camera), so the first
+    "auto" round looks at what the photo did not show instead of the photo's own viewpoint."""
+    from glimpse3d.gateway.pipeline import pick_least_confident_view
+    from glimpse3d.services.backprojection.mvcrm import refine
+    from glimpse3d.services.backprojection.options import RefineOptions
+
+    obj = synthetic.textured_object(seed=2, n=1500)
+    photo = orbit_camera(0.0, 0.0, RADIUS, width=SIZE, height=SIZE)
+    depth, _ = synthetic.render_depth_alpha(obj, photo)
+    seeded = refine(obj, synthetic.render_image(obj, photo), photo, depth, None, RefineOptions(steps=1))
+    front = obj.means[:, 2] > 0.3
+    assert seeded.confidence[front].mean() > 0.3 and seeded.confidence[obj.means[:, 2] < -0.3].max() < 0.05
+    azimuth, _, _ = _angles(pick_least_confident_view(obj.means, seeded.confidence, SIZE, []))
+    assert min(azimuth, 360.0 - azimuth) >= 90.0, azimuth  # without the seed every view ties at 0
+    np.testing.assert_allclose(seeded.splat.means, obj.means, atol=0.02)  # one step barely moves the splat

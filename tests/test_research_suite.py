@@ -159,3 +159,13 @@ def test_quick_run_writes_every_study_and_compare_diffs_runs(tmp_path, capsys) -
     capsys.readouterr()
     assert cli.main(["compare", str(run), str(tmp_path / "missing")]) == 2
     assert "no results.json" in capsys.readouterr().err
+
+
+def test_studies_option_runs_only_those(tmp_path) -> None:
+    assert cli.main(["run", "--quick", "--studies", "depth", "--out", str(tmp_path), "--name", "d"]) == 0
+    results = json.loads((tmp_path / "d" / "results.json").read_text())
+    assert set(results["studies"]) == {"ground_truth", "depth"} and results["targets"] == {}
+    report = (tmp_path / "d" / "report.md").read_text()
+    assert "Study 3" in report and "Study 5" not in report
+    with pytest.raises(InvalidInput, match="unknown study"):
+        settings_for("quick", studies=("colour",))

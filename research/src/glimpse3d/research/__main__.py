@@ -2,7 +2,7 @@
 
   run [--quick | --full] [--objects A B] [--resolution N] [--rounds N] [--depth B] [--reconstruction B]
       [--diffusion B] [--multiview B ...] [--depth-backends B ...] [--diffusion-backends B ...]
-      [--out DIR] [--name RUN]
+      [--studies S ...] [--out DIR] [--name RUN]
       every study (make research); writes DIR/RUN/results.json, report.md, plots and image grids
   compare A B
       the summary figures of two runs side by side, with B - A
@@ -29,6 +29,8 @@ from PIL import Image
 from glimpse3d.core.errors import Glimpse3DError
 from glimpse3d.research.groundtruth import DEFAULT_RESOLUTION, digest, ground_truth, surface_samples
 from glimpse3d.research.objects import OBJECT_NAMES
+
+STUDIES = ("coarse", "multiview_baseline", "inconsistency", "depth", "before_after", "clip", "ablations")
 
 log = logging.getLogger("glimpse3d.research")
 
@@ -76,16 +78,18 @@ def _run(args: argparse.Namespace) -> int:
     settings = settings_for(preset, objects=args.objects, resolution=args.resolution, rounds=args.rounds,
                             depth=args.depth, reconstruction=args.reconstruction, diffusion=args.diffusion,
                             multiview_backends=_tuple(args.multiview), depth_backends=_tuple(args.depth_backends),
-                            diffusion_backends=_tuple(args.diffusion_backends))
+                            diffusion_backends=_tuple(args.diffusion_backends), studies=_tuple(args.studies))
     name = args.name or f"{time.strftime('%Y%m%d-%H%M%S')}-{preset}"
     out = args.out / name
     print("settings: " + ", ".join(f"{k}={v}" for k, v in vars(settings).items()), flush=True)
     results = run_suite(settings, out, progress=lambda line: print(line, flush=True))
     report = write_report(results, out)
-    t = results["targets"]
-    print(f"oracle gain {t['oracle_gain_db']['mean']:.2f} dB (target 3, met: {t['oracle_gain_db']['met']}); "
-          f"{settings.diffusion} change {t['classical_change_db']['mean']:.2f} dB; adversarial damage ratio "
-          f"{t['adversarial_damage_ratio']['ratio']}; total {results['timings_s']['total']:.0f} s")
+    for key, target in results["targets"].items():
+        if key != "coarse_vs_published":
+            figure = target.get("mean", target.get("ratio"))
+            print(f"{key}: {figure if figure is None else round(figure, 3)} (goal {target['target']}, "
+                  f"met: {target['met']})")
+    print(f"total {results['timings_s']['total']:.0f} s")
     print(f"report: {report}")
     return 0
 
@@ -128,6 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--multiview", nargs="+", help="multiview backends of studies 1-2 (default render zero123)")
     r.add_argument("--depth-backends", nargs="+", help="depth backends of study 3 (default silhouette dpt)")
     r.add_argument("--diffusion-backends", nargs="+", help="diffusion backends of study 2 (default classical sdxl)")
+    r.add_argument("--studies", nargs="+", choices=STUDIES, help="run only these studies (default: all)")
     r.add_argument("--out", type=Path, default=Path("research/out"))
     r.add_argument("--name", help="run folder name (default: time and preset)")
     c = sub.add_parser("compare", help="diff two runs")

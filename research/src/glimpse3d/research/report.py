@@ -96,26 +96,24 @@ def _plot_ablations(results: dict[str, Any], out: Path) -> str | None:
     return "ablations.png"
 
 
-def write_report(results: dict[str, Any], out: Path) -> Path:
-    """Write ``out/report.md`` (and ``curves.png``, ``ablations.png``) from ``results``."""
-    s, st, tg = results["settings"], results["studies"], results["targets"]
-    lines = [f"# Glimpse3D research report: preset `{s['preset']}`", ""]
-    lines += ["## Settings", "", "```", *(f"{k}: {v}" for k, v in s.items()), "```", "",
-              f"Environment: {results['environment']}. Learned metrics: LPIPS: {results['learned_metrics']['lpips']}; "
-              f"CLIP: {results['learned_metrics']['clip']}.", "",
-              "Timings (s): " + ", ".join(f"{k} {v}" for k, v in results["timings_s"].items()), ""]
-
+def _targets(results: dict[str, Any], out: Path) -> list[str]:
+    tg = results["targets"]
+    lines: list[str] = []
     lines += ["## Targets", ""]
-    o, c, a = tg["oracle_gain_db"], tg["classical_change_db"], tg["adversarial_damage_ratio"]
-    lines += _table(["target", "measured", "goal", "met"], [
-        [f"oracle views: held-out PSNR gain in the mask over {o['rounds']} rounds (dB)", _stat(o, 2),
-         f">= {o['target']}",
-         _fmt(o["met"])],
-        [f"`{c['backend']}` enhancement: held-out PSNR change over {c['rounds']} rounds (dB); worst single round "
-         f"{_fmt(c['worst_single_round_db'], 2)}", _stat(c, 2), "every object >= 0", _fmt(c["met"])],
-        [f"adversarial views: MVCRM damage / naive damage ({_fmt(a['mvcrm_damage_db'], 2)} dB / "
-         f"{_fmt(a['naive_damage_db'], 2)} dB)", _fmt(a["ratio"], 2), a["target"], _fmt(a["met"])],
-    ])
+    rows = []
+    if "oracle_gain_db" in tg:
+        o, c = tg["oracle_gain_db"], tg["classical_change_db"]
+        rows += [[f"oracle views: held-out PSNR gain in the mask over {o['rounds']} rounds (dB), {o['n']} objects",
+                  _stat(o, 2), f">= {o['target']}", _fmt(o["met"])],
+                 [f"`{c['backend']}` enhancement: held-out PSNR change over {c['rounds']} rounds (dB); worst single "
+                  f"round {_fmt(c['worst_single_round_db'], 2)}", _stat(c, 2), "every object >= 0", _fmt(c["met"])]]
+    if "adversarial_damage_ratio" in tg:
+        a = tg["adversarial_damage_ratio"]
+        rows.append([f"adversarial views: MVCRM damage / naive damage ({_fmt(a['mvcrm_damage_db'], 2)} dB / "
+                     f"{_fmt(a['naive_damage_db'], 2)} dB)", _fmt(a["ratio"], 2), a["target"], _fmt(a["met"])])
+    lines += _table(["target", "measured", "goal", "met"], rows)
+    if "coarse_vs_published" not in tg:
+        return lines
     cv = tg["coarse_vs_published"]
     lines += ["Coarse splat beside the published GSO figures (" + cv["note"] + "):", ""]
     lines += _table(["", "PSNR (dB)", "LPIPS", "Chamfer", "F-score@0.1"], [
@@ -124,14 +122,24 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
         *([name, _fmt(p["psnr_db"], 1), _fmt(p["lpips"]), _fmt(p["chamfer"]), _fmt(p["fscore_0.1"])]
           for name, p in cv["published"].items()),
     ])
+    return lines
 
+
+def _coarse(results: dict[str, Any], out: Path) -> list[str]:
+    st = results["studies"]
+    lines: list[str] = []
     co = st["coarse"]
     lines += ["## The coarse splat", "", f"Hypothesis: {co['hypothesis']}", ""]
     keys = ["psnr_db", "psnr_mask_db", "ssim", "lpips", "chamfer", "fscore_0.1", "matte_iou"]
     lines += _table(["object", *keys], [[n, *(_fmt(r.get(k)) for k in keys)] for n, r in co["per_object"].items()]
                     + [["**mean [95% CI]**", *(_stat(co["summary"].get(k)) for k in keys)]])
     lines += [f"LPIPS: {co['lpips_note']}.", "", *(f"![{n}]({p})" for n, p in list(co["grids"].items())[:3]), ""]
+    return lines
 
+
+def _multiview(results: dict[str, Any], out: Path) -> list[str]:
+    st = results["studies"]
+    lines: list[str] = []
     mv = st["multiview_baseline"]
     lines += ["## Study 1: multiview baseline", "", f"Hypothesis: {mv['hypothesis']}", ""]
     keys = ["psnr_db", "psnr_mask_db", "ssim", "lpips", "clip"]
@@ -142,14 +150,24 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
     lines += _table(["backend", *keys], rows)
     lines += [f"LPIPS: {mv['lpips_note']}; CLIP: {mv['clip_note']}.", "",
               *(f"![{n}]({e['grid']})" for n, e in mv["backends"].items() if "grid" in e), ""]
+    return lines
 
+
+def _inconsistency(results: dict[str, Any], out: Path) -> list[str]:
+    st = results["studies"]
+    lines: list[str] = []
     inc = st["inconsistency"]
     lines += ["## Study 2: multi-view inconsistency", "", f"Hypothesis: {inc['hypothesis']}", "",
               f"Unit: {inc['unit']}.", ""]
     lines += _table(["views", "inconsistency mean [95% CI]"], [
         [name, _stat(e["summary"].get("inconsistency"), 4) if e["status"] == "ok" else e["status"]]
         for name, e in inc["sets"].items()])
+    return lines
 
+
+def _depth(results: dict[str, Any], out: Path) -> list[str]:
+    st = results["studies"]
+    lines: list[str] = []
     dp = st["depth"]
     lines += ["## Study 3: depth accuracy and variance", "", f"Hypothesis: {dp['hypothesis']}", ""]
     keys = ["absrel", "delta1", "depth_spread", "matte_iou"]
@@ -157,7 +175,12 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
         [n, *((_stat(e["summary"].get(k), 4) for k in keys) if e["status"] == "ok" else [e["status"], "", "", ""])]
         for n, e in dp["backends"].items()])
     lines += [f"Depth spread of exact depth (the metric's floor): {dp['ground_truth_spread']}.", ""]
+    return lines
 
+
+def _before_after(results: dict[str, Any], out: Path) -> list[str]:
+    s, st = results["settings"], results["studies"]
+    lines: list[str] = []
     ba = st["before_after"]
     lines += [f"## Study 5: before and after, versions 1..{s['rounds'] + 1}", "", f"Hypothesis: {ba['hypothesis']}", ""]
     for feed, data in ba["feeds"].items():
@@ -180,7 +203,12 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
         for k in ("photo_psnr_db", "photo_consistency_db")])
     lines += [f"The round's own report: {fb['round_report']['note']}; the held-out PSNR rose in "
               f"{_fmt(fb['round_report']['share_of_rounds_that_improved_heldout'], 2)} of the rounds.", ""]
+    return lines
 
+
+def _clip(results: dict[str, Any], out: Path) -> list[str]:
+    s, st = results["settings"], results["studies"]
+    lines: list[str] = []
     cl = st["clip"]
     lines += ["## Study 4: CLIP similarity to the photo, per version", "", f"Hypothesis: {cl['hypothesis']}", ""]
     if cl["status"] != "ok":
@@ -189,7 +217,12 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
         lines += _table(["feed", *(f"v{k + 1}" for k in range(s["rounds"] + 1))],
                         [[f, *(_stat(e, 3) for e in vals)] for f, vals in cl["per_feed"].items()])
         lines += [f"Ground-truth views against the photo: {_stat(cl['ground_truth'].get('clip_to_photo'))}.", ""]
+    return lines
 
+
+def _ablations(results: dict[str, Any], out: Path) -> list[str]:
+    st = results["studies"]
+    lines: list[str] = []
     ab = st["ablations"]
     lines += ["## Study 6: MVCRM ablations", "", f"Hypothesis: {ab['hypothesis']}", "", f"Protocol: {ab['protocol']}.",
               ""]
@@ -201,6 +234,33 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
     plot = _plot_ablations(results, out)
     if plot:
         lines += [f"![ablations]({plot})", ""]
+    return lines
+
+
+def write_report(results: dict[str, Any], out: Path) -> Path:
+    """Write ``out/report.md`` (and ``curves.png``, ``ablations.png``) from ``results``."""
+    s, st = results["settings"], results["studies"]
+    lines = [f"# Glimpse3D research report: preset `{s['preset']}`", ""]
+    lines += ["## Settings", "", "```", *(f"{k}: {v}" for k, v in s.items()), "```", "",
+              f"Environment: {results['environment']}. Learned metrics: LPIPS: {results['learned_metrics']['lpips']}; "
+              f"CLIP: {results['learned_metrics']['clip']}.", "",
+              "Timings (s): " + ", ".join(f"{k} {v}" for k, v in results["timings_s"].items()), ""]
+
+    lines += _targets(results, out)
+    if "coarse" in st:
+        lines += _coarse(results, out)
+    if "multiview_baseline" in st:
+        lines += _multiview(results, out)
+    if "inconsistency" in st:
+        lines += _inconsistency(results, out)
+    if "depth" in st:
+        lines += _depth(results, out)
+    if "before_after" in st:
+        lines += _before_after(results, out)
+    if "clip" in st:
+        lines += _clip(results, out)
+    if "ablations" in st:
+        lines += _ablations(results, out)
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -90,6 +90,8 @@ class Settings:
     diffusion_backends: tuple[str, ...] = ("classical", "sdxl")
     bootstrap: int = 2000
     seed: int = 0
+    studies: tuple[str, ...] = ("coarse", "multiview_baseline", "inconsistency", "depth", "before_after", "clip",
+                                "ablations")
     model_dir: str = field(default_factory=lambda: os.environ.get("GLIMPSE3D_MODEL_DIR", "models"))
 
     def __post_init__(self) -> None:
@@ -98,6 +100,10 @@ class Settings:
             raise InvalidInput(f"unknown object {unknown[0]!r}; known: {', '.join(OBJECT_NAMES)}", field="objects")
         if not 1 <= self.rounds <= 7:
             raise InvalidInput(f"rounds must be in 1..7 (versions 1..8), got {self.rounds}", field="rounds")
+        unknown = [x for x in self.studies if x not in STUDIES]
+        if unknown or not self.studies:
+            raise InvalidInput(f"unknown study {unknown[0] if unknown else '(none)'}; known: {', '.join(STUDIES)}",
+                               field="studies")
         if not 1 <= self.adversarial_per_object <= len(ADVERSARIAL):
             raise InvalidInput("adversarial_per_object must be in 1..3", field="adversarial_per_object")
 
@@ -107,6 +113,7 @@ class Settings:
         return tuple(ADVERSARIAL[(index * n + j) % len(ADVERSARIAL)] for j in range(n))
 
 
+STUDIES = ("coarse", "multiview_baseline", "inconsistency", "depth", "before_after", "clip", "ablations")
 ALL = tuple(OBJECT_NAMES)
 PRESETS = {
     # A smoke run (CI): one object at 64 px, every study, 2 rounds.
@@ -462,14 +469,28 @@ def study_ablations(ctx: Context) -> dict[str, Any]:
 
 def targets(results: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    ba = results["studies"]["before_after"]["feeds"]
+    studies = results["studies"]
+    if "before_after" in studies:
+        out.update(_round_targets(studies["before_after"]["feeds"], results["settings"]["diffusion"]))
+    if "ablations" in studies:
+        out.update(_ablation_target(studies["ablations"]["variants"]))
+    if "coarse" in studies:
+        coarse = studies["coarse"]["summary"]
+        keys = ("psnr_db", "psnr_mask_db", "lpips", "chamfer", "fscore_0.1")
+        out["coarse_vs_published"] = {"ours": {k: coarse.get(k, {}).get("mean") for k in keys},
+                                      "published": PUBLISHED,
+                                      "note": "different objects (ours: the benchmark objects, GSO in the papers)"}
+    return out
+
+
+def _round_targets(ba: dict[str, Any], diffusion: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     oracle = ba["oracle"]["per_object"]
     rounds = min(4, min(len(v) for v in oracle.values()) - 1)
     gains = [rows[rounds]["psnr_mask_db"] - rows[0]["psnr_mask_db"] for rows in oracle.values()]
     g = summarise(gains)
     out["oracle_gain_db"] = {"rounds": rounds, "target": TARGETS["oracle_gain_db"], **g,
                              "met": bool(g["mean"] is not None and g["mean"] >= TARGETS["oracle_gain_db"])}
-    diffusion = results["settings"]["diffusion"]
     per = ba[diffusion]["per_object"]
     changes = [rows[-1]["psnr_mask_db"] - rows[0]["psnr_mask_db"] for rows in per.values()]
     worst_round = min(b["psnr_mask_db"] - a["psnr_mask_db"]
@@ -478,7 +499,11 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
     out["classical_change_db"] = {"backend": diffusion, "rounds": min(len(v) for v in per.values()) - 1,
                                   "target": ">= 0", **c, "worst_single_round_db": worst_round,
                                   "met": bool(c["mean"] is not None and min(changes) >= 0)}
-    ab = results["studies"]["ablations"]["variants"]
+    return out
+
+
+def _ablation_target(ab: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
 
     def damage(variant: str) -> float | None:
         cases = ab.get(variant, {}).get("adversarial", {}).get("per_case", {})
@@ -489,15 +514,7 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
     out["adversarial_damage_ratio"] = {"mvcrm_damage_db": full, "naive_damage_db": naive, "ratio": ratio,
                                        "target": f"<= {TARGETS['adversarial_damage_ratio']}",
                                        "met": bool(ratio is not None and ratio <= TARGETS["adversarial_damage_ratio"])}
-    coarse = results["studies"]["coarse"]["summary"]
-    keys = ("psnr_db", "psnr_mask_db", "lpips", "chamfer", "fscore_0.1")
-    out["coarse_vs_published"] = {"ours": {k: coarse.get(k, {}).get("mean") for k in keys},
-                                  "published": PUBLISHED,
-                                  "note": "different objects (ours: 10 benchmark objects, GSO in the papers)"}
     return out
-
-
-STUDIES = ("coarse", "multiview_baseline", "inconsistency", "depth", "before_after", "clip", "ablations")
 
 
 def run_suite(settings: Settings, out: Path, progress: Callable[[str], None] = log.info) -> dict[str, Any]:
@@ -515,6 +532,10 @@ def run_suite(settings: Settings, out: Path, progress: Callable[[str], None] = l
                                                                                   "clip": clip_note}}
 
     def timed(name: str, fn: Callable[[], dict[str, Any]]) -> None:
+        if name != "ground_truth" and name not in settings.studies:
+            return
+        if name == "clip" and "before_after" not in results["studies"]:
+            return  # study 4 reads study 5's versions
         t = time.perf_counter()
         progress(f"study {name} ...")
         results["studies"][name] = fn()
