@@ -138,14 +138,16 @@ class ServicePipeline:
                 self._working.popitem(last=False)
         return self._working[key], side
 
-    async def _photo_depth_of(self, job: Job, image: common_pb2.ArtifactRef, side: int,
+    async def _photo_depth_of(self, job: Job, image: common_pb2.ArtifactRef, side: int, *, fresh: bool = False,
                               ) -> depth_pb2.EstimateDepthResponse:
-        """The depth service's estimate for the job's working image (camera, matte), made once per photo."""
+        """The depth service's estimate for the job's working image (camera, matte), kept per photo for
+        the rounds' photo figures; ``fresh`` asks the service again (a job's first version always does)."""
         key = (job.input_image.sha256, side)
-        if key in self._photo_depth:
+        if key in self._photo_depth and not fresh:
             self._photo_depth.move_to_end(key)
         else:
             self._photo_depth[key] = await self._depth(image)
+            self._photo_depth.move_to_end(key)
             while len(self._photo_depth) > WORKING_IMAGE_CACHE:
                 self._photo_depth.popitem(last=False)
         return self._photo_depth[key]
@@ -196,7 +198,7 @@ class ServicePipeline:
         start = time.perf_counter()
         image, side = await self._working_image(job)
         await report(Stage.MATTING_DEPTH, 0.0, "matting and depth")
-        depth = await self._photo_depth_of(job, image, side)
+        depth = await self._photo_depth_of(job, image, side, fresh=True)
         views = await self._reconstruction_views(job, image, depth, report)
         await report(Stage.RECONSTRUCT, 0.2, "coarse reconstruction")
         recon = await _call(self.clients.reconstruction.Reconstruct, reconstruction_pb2.ReconstructRequest(

@@ -247,20 +247,11 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
               "Timings (s): " + ", ".join(f"{k} {v}" for k, v in results["timings_s"].items()), ""]
 
     lines += _targets(results, out)
-    if "coarse" in st:
-        lines += _coarse(results, out)
-    if "multiview_baseline" in st:
-        lines += _multiview(results, out)
-    if "inconsistency" in st:
-        lines += _inconsistency(results, out)
-    if "depth" in st:
-        lines += _depth(results, out)
-    if "before_after" in st:
-        lines += _before_after(results, out)
-    if "clip" in st:
-        lines += _clip(results, out)
-    if "ablations" in st:
-        lines += _ablations(results, out)
+    for study, section in (("coarse", _coarse), ("multiview_baseline", _multiview), ("inconsistency", _inconsistency),
+                           ("depth", _depth), ("before_after", _before_after), ("clip", _clip),
+                           ("ablations", _ablations)):
+        if study in st:  # --studies may have left some out
+            lines += section(results, out)
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
