@@ -104,7 +104,7 @@ triton-up: triton
 
 .PHONY: research research-assets research-objects
 # The six studies on the weight-free backends (learned ones take part when `make models` installed them):
-# about 15 minutes on 2 CPU cores; writes research/out/<time>-<preset>/report.md and results.json.
+# about 13 minutes on 2 CPU cores; writes research/out/<time>-<preset>/report.md and results.json.
 # RESEARCH_ARGS="--quick" is a 2-minute smoke run, "--full" every study on every object at 256 px (hours).
 research: setup research-assets
 	$(BIN)/python -m glimpse3d.research run $(RESEARCH_ARGS)

@@ -87,7 +87,7 @@ def _plot_ablations(results: dict[str, Any], out: Path) -> str | None:
         ax.bar([i + j * width for i in range(len(variants))], ys, width, label=feed)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(variants))], list(variants), rotation=30, ha="right")
     ax.axhline(0, color="black", lw=0.8)
-    ax.set_ylabel("held-out PSNR change of round 2 (dB)")
+    ax.set_ylabel("round-2 held-out\nPSNR change (dB)")
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
