@@ -59,6 +59,7 @@ def test_cli_generate_enhance_export_jobs(stack, tmp_path):
     enh = cli(stack, "enhance", job, "--azimuth", "90", "--elevation", "10")
     assert enh.returncode == 0, enh.stderr
     assert f"{job}/versions/3" in enh.stdout and "accepted" in enh.stdout
+    assert "against the photo" in enh.stdout and " dB" in enh.stdout  # the figure a round cannot game
     assert "%" in enh.stderr  # the progress bar fed by WatchJob
 
     exp = cli(stack, "export", f"{job}/versions/1", "--format", "ply", "--out", str(tmp_path / "v1.ply"))

@@ -169,3 +169,9 @@ def test_studies_option_runs_only_those(tmp_path) -> None:
     assert "Study 3" in report and "Study 5" not in report
     with pytest.raises(InvalidInput, match="unknown study"):
         settings_for("quick", studies=("colour",))
+    # Study 2 alone generates the multiview views itself (study 1 did not run).
+    assert cli.main(["run", "--quick", "--studies", "inconsistency", "--out", str(tmp_path), "--name", "i"]) == 0
+    sets = json.loads((tmp_path / "i" / "results.json").read_text())["studies"]["inconsistency"]["sets"]
+    assert sets["multiview/render"]["summary"]["inconsistency"]["mean"] > sets["ground truth"]["summary"][
+        "inconsistency"]["mean"]
+    assert sets["multiview/zero123"]["status"].startswith("n/a: no weights")

@@ -27,10 +27,9 @@ import numpy as np
 from PIL import Image
 
 from glimpse3d.core.errors import Glimpse3DError
+from glimpse3d.research import STUDIES
 from glimpse3d.research.groundtruth import DEFAULT_RESOLUTION, digest, ground_truth, surface_samples
 from glimpse3d.research.objects import OBJECT_NAMES
-
-STUDIES = ("coarse", "multiview_baseline", "inconsistency", "depth", "before_after", "clip", "ablations")
 
 log = logging.getLogger("glimpse3d.research")
 

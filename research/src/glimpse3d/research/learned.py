@@ -79,9 +79,12 @@ def load_lpips(model_dir: Path | None = None) -> tuple[LpipsScorer | None, str]:
     weights = root / "model.safetensors"
     if not weights.is_file():
         return None, f"{NO_WEIGHTS} ({LPIPS_VGG} not in {root.parent.parent}; run `make models`)"
+    from safetensors import SafetensorError
+
     try:
         return LpipsScorer(weights), LpipsScorer.name
-    except Exception as err:  # a truncated or foreign file: say so, never fall back to a guess
+    except (OSError, RuntimeError, ValueError, SafetensorError, Glimpse3DError) as err:  # truncated or foreign
+        # file: say so, never fall back to a guess
         return None, f"n/a: {LPIPS_VGG} cannot be read ({err})"
 
 

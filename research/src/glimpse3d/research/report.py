@@ -125,11 +125,8 @@ def _targets(results: dict[str, Any], out: Path) -> list[str]:
     return lines
 
 
-def _coarse(results: dict[str, Any], out: Path) -> list[str]:
-    st = results["studies"]
-    lines: list[str] = []
-    co = st["coarse"]
-    lines += ["## The coarse splat", "", f"Hypothesis: {co['hypothesis']}", ""]
+def _coarse(co: dict[str, Any], results: dict[str, Any], out: Path) -> list[str]:
+    lines = ["## The coarse splat", "", f"Hypothesis: {co['hypothesis']}", ""]
     keys = ["psnr_db", "psnr_mask_db", "ssim", "lpips", "chamfer", "fscore_0.1", "matte_iou"]
     lines += _table(["object", *keys], [[n, *(_fmt(r.get(k)) for k in keys)] for n, r in co["per_object"].items()]
                     + [["**mean [95% CI]**", *(_stat(co["summary"].get(k)) for k in keys)]])
@@ -137,11 +134,8 @@ def _coarse(results: dict[str, Any], out: Path) -> list[str]:
     return lines
 
 
-def _multiview(results: dict[str, Any], out: Path) -> list[str]:
-    st = results["studies"]
-    lines: list[str] = []
-    mv = st["multiview_baseline"]
-    lines += ["## Study 1: multiview baseline", "", f"Hypothesis: {mv['hypothesis']}", ""]
+def _multiview(mv: dict[str, Any], results: dict[str, Any], out: Path) -> list[str]:
+    lines = ["## Study 1: multiview baseline", "", f"Hypothesis: {mv['hypothesis']}", ""]
     keys = ["psnr_db", "psnr_mask_db", "ssim", "lpips", "clip"]
     rows = []
     for name, entry in mv["backends"].items():
@@ -153,11 +147,8 @@ def _multiview(results: dict[str, Any], out: Path) -> list[str]:
     return lines
 
 
-def _inconsistency(results: dict[str, Any], out: Path) -> list[str]:
-    st = results["studies"]
-    lines: list[str] = []
-    inc = st["inconsistency"]
-    lines += ["## Study 2: multi-view inconsistency", "", f"Hypothesis: {inc['hypothesis']}", "",
+def _inconsistency(inc: dict[str, Any], results: dict[str, Any], out: Path) -> list[str]:
+    lines = ["## Study 2: multi-view inconsistency", "", f"Hypothesis: {inc['hypothesis']}", "",
               f"Unit: {inc['unit']}.", ""]
     lines += _table(["views", "inconsistency mean [95% CI]"], [
         [name, _stat(e["summary"].get("inconsistency"), 4) if e["status"] == "ok" else e["status"]]
@@ -165,11 +156,8 @@ def _inconsistency(results: dict[str, Any], out: Path) -> list[str]:
     return lines
 
 
-def _depth(results: dict[str, Any], out: Path) -> list[str]:
-    st = results["studies"]
-    lines: list[str] = []
-    dp = st["depth"]
-    lines += ["## Study 3: depth accuracy and variance", "", f"Hypothesis: {dp['hypothesis']}", ""]
+def _depth(dp: dict[str, Any], results: dict[str, Any], out: Path) -> list[str]:
+    lines = ["## Study 3: depth accuracy and variance", "", f"Hypothesis: {dp['hypothesis']}", ""]
     keys = ["absrel", "delta1", "depth_spread", "matte_iou"]
     lines += _table(["backend", *keys], [
         [n, *((_stat(e["summary"].get(k), 4) for k in keys) if e["status"] == "ok" else [e["status"], "", "", ""])]
@@ -178,11 +166,9 @@ def _depth(results: dict[str, Any], out: Path) -> list[str]:
     return lines
 
 
-def _before_after(results: dict[str, Any], out: Path) -> list[str]:
-    s, st = results["settings"], results["studies"]
-    lines: list[str] = []
-    ba = st["before_after"]
-    lines += [f"## Study 5: before and after, versions 1..{s['rounds'] + 1}", "", f"Hypothesis: {ba['hypothesis']}", ""]
+def _before_after(ba: dict[str, Any], results: dict[str, Any], out: Path) -> list[str]:
+    s = results["settings"]
+    lines = [f"## Study 5: before and after, versions 1..{s['rounds'] + 1}", "", f"Hypothesis: {ba['hypothesis']}", ""]
     for feed, data in ba["feeds"].items():
         keys = [k for k in ("psnr_mask_db", "psnr_db", "ssim", "lpips", "clip_to_photo", "photo_psnr_db",
                             "photo_consistency_db") if k in data["curve"][0]]
@@ -206,11 +192,9 @@ def _before_after(results: dict[str, Any], out: Path) -> list[str]:
     return lines
 
 
-def _clip(results: dict[str, Any], out: Path) -> list[str]:
-    s, st = results["settings"], results["studies"]
-    lines: list[str] = []
-    cl = st["clip"]
-    lines += ["## Study 4: CLIP similarity to the photo, per version", "", f"Hypothesis: {cl['hypothesis']}", ""]
+def _clip(cl: dict[str, Any], results: dict[str, Any], out: Path) -> list[str]:
+    s = results["settings"]
+    lines = ["## Study 4: CLIP similarity to the photo, per version", "", f"Hypothesis: {cl['hypothesis']}", ""]
     if cl["status"] != "ok":
         lines += [f"{cl['status']}.", ""]
     else:
@@ -220,11 +204,8 @@ def _clip(results: dict[str, Any], out: Path) -> list[str]:
     return lines
 
 
-def _ablations(results: dict[str, Any], out: Path) -> list[str]:
-    st = results["studies"]
-    lines: list[str] = []
-    ab = st["ablations"]
-    lines += ["## Study 6: MVCRM ablations", "", f"Hypothesis: {ab['hypothesis']}", "", f"Protocol: {ab['protocol']}.",
+def _ablations(ab: dict[str, Any], results: dict[str, Any], out: Path) -> list[str]:
+    lines = ["## Study 6: MVCRM ablations", "", f"Hypothesis: {ab['hypothesis']}", "", f"Protocol: {ab['protocol']}.",
               ""]
     feeds = sorted({f for v in ab["variants"].values() for f in v})
     lines += _table(["variant", *(f"{f}: round-2 change (dB)" for f in feeds)], [
@@ -251,7 +232,7 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
                            ("depth", _depth), ("before_after", _before_after), ("clip", _clip),
                            ("ablations", _ablations)):
         if study in st:  # --studies may have left some out
-            lines += section(results, out)
+            lines += section(st[study], results, out)
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

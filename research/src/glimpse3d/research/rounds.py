@@ -44,10 +44,10 @@ ROTATION_DEG = 25.0
 FEEDS = ("oracle", "classical")  # what run_rounds accepts (the study runner takes any diffusion backend)
 
 
-def round_cameras(n: int, resolution: int, first: int = 0) -> list[Camera]:
+def round_cameras(n: int, resolution: int) -> list[Camera]:
     return [orbit_camera(ROUND_AZIMUTHS[k % len(ROUND_AZIMUTHS)], ROUND_ELEVATION, convert.DEFAULT_ORBIT_RADIUS,
                          width=resolution, height=resolution, fov_y_deg=convert.DEFAULT_FOV_Y_DEG)
-            for k in range(first, first + n)]
+            for k in range(n)]
 
 
 def to_uint8(rgb: np.ndarray) -> np.ndarray:

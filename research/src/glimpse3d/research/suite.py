@@ -25,7 +25,7 @@ from scipy import stats
 
 from glimpse3d.core.errors import Glimpse3DError, InvalidInput
 from glimpse3d.core.models import ModelMissing
-from glimpse3d.research import metrics
+from glimpse3d.research import STUDIES, metrics
 from glimpse3d.research.coarse import Stages, coarse_splat, evaluate_coarse, render_heldout
 from glimpse3d.research.groundtruth import GroundTruth, digest, ground_truth, surface_samples
 from glimpse3d.research.learned import load_clip, load_lpips
@@ -90,8 +90,7 @@ class Settings:
     diffusion_backends: tuple[str, ...] = ("classical", "sdxl")
     bootstrap: int = 2000
     seed: int = 0
-    studies: tuple[str, ...] = ("coarse", "multiview_baseline", "inconsistency", "depth", "before_after", "clip",
-                                "ablations")
+    studies: tuple[str, ...] = STUDIES
     model_dir: str = field(default_factory=lambda: os.environ.get("GLIMPSE3D_MODEL_DIR", "models"))
 
     def __post_init__(self) -> None:
@@ -113,7 +112,6 @@ class Settings:
         return tuple(ADVERSARIAL[(index * n + j) % len(ADVERSARIAL)] for j in range(n))
 
 
-STUDIES = ("coarse", "multiview_baseline", "inconsistency", "depth", "before_after", "clip", "ablations")
 ALL = tuple(OBJECT_NAMES)
 PRESETS = {
     # A smoke run (CI): one object at 64 px, every study, 2 rounds.
@@ -163,6 +161,7 @@ class Context:
     gts: dict[str, GroundTruth] = field(default_factory=dict)
     coarse: dict[str, tuple[Any, np.ndarray]] = field(default_factory=dict)
     first: dict[str, tuple[Any, np.ndarray]] = field(default_factory=dict)
+    multiview_status: dict[str, str] = field(default_factory=dict)  # study 1's load status per backend
 
     def gt(self, name: str) -> GroundTruth:
         if name not in self.gts:
@@ -246,14 +245,16 @@ def _generated(ctx: Context, backend: Any, name: str) -> list[np.ndarray]:
 
 
 def study_multiview(ctx: Context, outputs: dict[str, dict[str, list[np.ndarray]]]) -> dict[str, Any]:
-    """Study 1; fills ``outputs[backend][object]`` with the generated views for study 2."""
+    """Study 1; fills ``outputs[backend][object]`` with the generated views for study 2 (a backend that
+    could not be loaded gets ``outputs[backend] = {}``)."""
     result: dict[str, Any] = {"hypothesis": HYPOTHESES["multiview_baseline"], "backends": {},
                               "lpips_note": ctx.lpips_note, "clip_note": ctx.clip_note}
     for backend_name in ctx.settings.multiview_backends:
         backend, status = _load_backend(MULTIVIEW, backend_name)
         entry: dict[str, Any] = {"status": status}
+        outputs[backend_name], ctx.multiview_status[backend_name] = {}, status
         if backend is not None:
-            per_object, outputs[backend_name] = {}, {}
+            per_object = {}
             for name in ctx.settings.objects:
                 views = _generated(ctx, backend, name)
                 outputs[backend_name][name] = views
@@ -288,10 +289,17 @@ def study_inconsistency(ctx: Context, outputs: dict[str, dict[str, list[np.ndarr
     sets["ground truth"] = score(lambda n: [v.rgb for v in ctx.gt(n).heldout])
     sets["coarse splat renders"] = score(coarse_renders)
     for backend_name in ctx.settings.multiview_backends:
-        if backend_name in outputs:
+        if outputs.get(backend_name):
             sets[f"multiview/{backend_name}"] = score(lambda n, b=backend_name: outputs[b][n])
-        else:
-            sets[f"multiview/{backend_name}"] = {"status": _load_backend(MULTIVIEW, backend_name)[1]}
+        elif backend_name in outputs:  # study 1 could not load it
+            sets[f"multiview/{backend_name}"] = {"status": ctx.multiview_status[backend_name]}
+        else:  # study 1 did not run (--studies)
+            backend, status = _load_backend(MULTIVIEW, backend_name)
+            if backend is not None:
+                outputs[backend_name] = {n: _generated(ctx, backend, n) for n in ctx.settings.objects}
+                sets[f"multiview/{backend_name}"] = score(lambda n, b=backend_name: outputs[b][n])
+            else:
+                sets[f"multiview/{backend_name}"] = {"status": status}
     strength, steps, guidance = apply_proto_defaults(0.0, 0, 0.0)
     for backend_name in ctx.settings.diffusion_backends:
         backend, status = _load_backend(DIFFUSION, backend_name)
@@ -356,9 +364,9 @@ def study_before_after(ctx: Context) -> dict[str, Any]:
     s = ctx.settings
     feeds = ("oracle", s.diffusion)
     result: dict[str, Any] = {"hypothesis": HYPOTHESES["before_after"], "feeds": {}, "grids": {},
-                              "round_cameras": [[180.0, 15.0]], "lpips_note": ctx.lpips_note}
-    cams_az = [c.position.tolist() for c in round_cameras(s.rounds, s.resolution)]
-    result["round_cameras"] = cams_az
+                              "round_camera_positions": [c.position.tolist()
+                                                         for c in round_cameras(s.rounds, s.resolution)],
+                              "lpips_note": ctx.lpips_note}
     for feed_name in feeds:
         per_object: dict[str, list[dict[str, float]]] = {}
         for name in s.round_objects:
