@@ -538,3 +538,62 @@ def test_each_ablation_switch_changes_the_fusion(gt: Splat, degraded: Splat, tru
     np.testing.assert_array_equal(frozen.confidence, conf)
     assert full.confidence.mean() > conf.mean() + 0.01
     assert _splat_change(frozen.splat, full.splat) == 0.0  # same fusion, only the bookkeeping differs
+
+
+# ---------------------------------------------------------------------------- trusted views (the photo)
+
+
+def test_a_trusted_photo_keeps_a_darkening_view_from_damaging_what_the_photo_shows() -> None:
+    """A round fed a view 45 degrees off the photo that is darkened to 55 % (a bad enhancement): fused
+    alone it drags the side both views see towards the dark copy and the photo's PSNR collapses; fused
+    together with the photo as a trusted view, the photo's side stays close to where it was, and more
+    so with the photo weighted more. The enhanced view is still fitted where the photo does not see."""
+    from glimpse3d.core.synthetic import render_depth_alpha, render_image
+    from glimpse3d.services.backprojection.options import TrustedView
+
+    obj = textured_object(seed=2, n=1500)
+    photo_cam, side_cam = cam(0.0, 0.0), cam(45.0, 10.0)
+    photo = render_image(obj, photo_cam)
+    _, photo_alpha = render_depth_alpha(obj, photo_cam)
+    view = np.clip(render_image(obj, side_cam).astype(np.float32) / 255.0 * 0.55, 0.0, 1.0)
+    view_depth, _ = render_depth_alpha(obj, side_cam)
+    inside = photo_alpha > 0.5
+
+    def photo_psnr(splat: Splat) -> float:
+        rgb, _, _ = render(splat, photo_cam, background=WHITE)
+        return float(10.0 * np.log10(1.0 / np.mean(np.square(rgb[inside] - photo[inside] / 255.0))))
+
+    start = photo_psnr(obj)
+    scores, fits = {}, {}
+    for weight in (None, 1.0, 4.0):
+        trusted = () if weight is None else (TrustedView(photo, photo_cam, photo_alpha, weight),)
+        result = refine(obj, view, side_cam, view_depth, None, RefineOptions(steps=STEPS), trusted=trusted)
+        scores[weight], fits[weight] = photo_psnr(result.splat), result.report.photometric_error_after
+        assert result.report.photometric_error_after < result.report.photometric_error_before  # it still fits the view
+    assert start > 35.0
+    assert scores[None] < start - 8.0, scores  # alone, the dark view costs the photo a lot
+    assert scores[1.0] > scores[None] + 5.0, scores
+    assert scores[4.0] > scores[1.0] + 5.0 and scores[4.0] > 35.0, scores  # measured: 13.4, 24.9, 37.5 dB
+    assert fits[None] < fits[1.0] < fits[4.0]  # the photo's weight is what the view's fit gives up
+
+
+def test_trusted_view_validation() -> None:
+    from glimpse3d.services.backprojection.options import TrustedView
+
+    c = cam(0.0)
+    good = np.zeros((SIZE, SIZE, 3), np.uint8)
+    mask = np.ones((SIZE, SIZE), np.float32)
+    rgba = np.dstack([good, np.full((SIZE, SIZE), 255, np.uint8)])
+    assert TrustedView(rgba, c, mask).image.shape == (SIZE, SIZE, 3)  # an alpha channel is dropped
+    for image, m, weight, needle in (
+        (good[:10], mask, 1.0, "must be [H, W, 3] = [64, 64, 3]"),
+        (good, mask[:10], 1.0, "mask must be [H, W] = [64, 64]"),
+        (good, mask * 2.0, 1.0, "mask values must be finite and in [0, 1]"),
+        (good, mask, -1.0, "weight must be finite and >= 0"),
+        (good, mask, float("nan"), "weight must be finite and >= 0"),
+        (good.astype(np.int32), mask, 1.0, "must be uint8, or finite floats"),
+    ):
+        with pytest.raises(InvalidInput, match=needle.replace("[", r"\[").replace("]", r"\]")):
+            TrustedView(image, c, m, weight)
+    with pytest.raises(InvalidInput, match="sequence of TrustedView"):
+        refine(textured_object(seed=2, n=200), good, c, trusted=TrustedView(good, c, mask))

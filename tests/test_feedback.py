@@ -7,7 +7,16 @@ import pytest
 import torch
 
 from glimpse3d.core.cameras import orbit_camera
-from glimpse3d.core.feedback import TURNS_DEG, background_colour, feedback_cameras, photo_figures
+from glimpse3d.core.feedback import (
+    MAX_ROUND_LOSS_DB,
+    TURNS_DEG,
+    background_colour,
+    feedback_cameras,
+    input_view_figures,
+    photo_figures,
+    round_rejection,
+    ssim_map,
+)
 from glimpse3d.core.render import rasterize
 from glimpse3d.core.splat import Splat, rgb_to_sh0
 from glimpse3d.core.synthetic import textured_object
@@ -73,3 +82,51 @@ def test_background_colour_and_bad_input() -> None:
     with pytest.raises(ValueError, match="differ in size"):
         blank = (np.zeros((20, 20, 3), np.float32), np.zeros((20, 20), np.float32), np.zeros((20, 20), np.float32))
         photo_figures(photo, cams, [blank] * len(cams))
+
+
+# ---------------------------------------------------------------------------- input view, SSIM, the round rule
+
+
+def test_ssim_map_is_scikit_images() -> None:
+    skm = pytest.importorskip("skimage.metrics")
+    rng = np.random.default_rng(0)
+    a = rng.random((40, 52, 3))
+    b = np.clip(a + 0.1 * rng.standard_normal(a.shape), 0.0, 1.0)
+    _, full = skm.structural_similarity(a, b, channel_axis=2, data_range=1.0, full=True)
+    np.testing.assert_allclose(ssim_map(a, b), full.mean(axis=2), atol=1e-9)
+    np.testing.assert_allclose(ssim_map(a, a), 1.0)
+    with pytest.raises(ValueError, match="one shape"):
+        ssim_map(a, b[:10])
+
+
+def test_input_view_figures_score_the_whole_matte_not_the_models_alpha() -> None:
+    """A render that lost half of the object inside the photo's matte is scored over the whole matte:
+    half the object's pixels now show the background, and the figures say so."""
+    rng = np.random.default_rng(1)
+    photo = (rng.random((32, 48, 3)) * 0.5).astype(np.float32)
+    mask = np.zeros((32, 48), np.float32)
+    mask[8:24, 12:36] = 1.0
+    perfect = input_view_figures(photo, mask, photo)
+    assert perfect["input_view_psnr_db"] == float("inf") and perfect["input_view_ssim"] == pytest.approx(1.0)
+    assert perfect["matte_coverage"] == pytest.approx(16 * 24 / (32 * 48))
+    lost = photo.copy()
+    lost[8:24, 24:36] = 1.0  # the right half of the object gone, white background there
+    figures = input_view_figures(photo, mask, lost)
+    expected = 10 * np.log10(1.0 / np.mean(np.square(lost[mask > 0.5] - photo[mask > 0.5])))
+    assert figures["input_view_psnr_db"] == pytest.approx(expected) and figures["input_view_psnr_db"] < 10.0
+    assert figures["input_view_ssim"] < 0.6
+    outside_only = photo.copy()
+    outside_only[:4] = 1.0  # a change outside the matte does not count
+    assert input_view_figures(photo, mask, outside_only)["input_view_psnr_db"] == float("inf")
+    empty = input_view_figures(photo, np.zeros_like(mask), photo)
+    assert np.isnan(empty["input_view_psnr_db"]) and empty["matte_coverage"] == 0.0
+    with pytest.raises(ValueError, match="one size"):
+        input_view_figures(photo, mask[:10], photo)
+
+
+def test_round_rejection_rule() -> None:
+    assert MAX_ROUND_LOSS_DB == 0.5
+    assert round_rejection(30.0, 29.6) is None and round_rejection(30.0, 31.0) is None
+    reason = round_rejection(30.0, 29.2)
+    assert reason is not None and "30.00 to 29.20 dB (-0.80 dB; at most -0.5 dB" in reason and "unchanged" in reason
+    assert round_rejection(float("nan"), 10.0) is None and round_rejection(30.0, float("nan")) is None

@@ -330,7 +330,7 @@ def test_enhance_camera_and_auto_add_versions(http, first):
         assert (version["number"], version["parent"], version["kind"]) == (number, number - 1, "enhance")
         metrics = version["metrics"]
         assert 0.0 <= metrics["accepted_fraction"] <= 1.0
-        assert 0.0 <= metrics["photometric_error_after"] <= metrics["photometric_error_before"] + 1e-6
+        assert 0.0 <= metrics["enhanced_view_error_after"] <= metrics["enhanced_view_error_before"] + 1e-6
         assert version["report"]["accepted_fraction"] == metrics["accepted_fraction"]
         assert version["num_gaussians"] == v1["num_gaussians"]  # read from the splat's header
         assert (version["camera"]["width"], version["camera"]["height"]) == (RES, RES)

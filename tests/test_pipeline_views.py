@@ -96,8 +96,8 @@ class FakeServices:
             camera = convert.view_from_proto(spec, f"views[{i}]")
             depth, alpha = synthetic.render_depth_alpha(splat, camera)
             response.views.add(camera=spec.camera,
-                               rgb=self.put(encode_png(synthetic.render_image(splat, camera, request.background)),
-                                            "image/png"),
+                               rgb=self.put(encode_png(synthetic.render_image(
+                                   splat, camera, request.background or (1.0, 1.0, 1.0))), "image/png"),
                                depth=self.put(encode_npy(depth), "application/x-npy"),
                                alpha=self.put(encode_npy(alpha), "application/x-npy"))
         return response
@@ -216,6 +216,114 @@ def test_photo_confidence_steers_auto_away_from_the_photo(tmp_path):
     seeded = refine(obj, synthetic.render_image(obj, photo), photo, depth, None, RefineOptions(steps=1))
     front = obj.means[:, 2] > 0.3
     assert seeded.confidence[front].mean() > 0.3 and seeded.confidence[obj.means[:, 2] < -0.3].max() < 0.05
-    azimuth, _, _ = _angles(pick_least_confident_view(obj.means, seeded.confidence, SIZE, []))
+    azimuth, _, _ = _angles(pick_least_confident_view(obj.means, seeded.confidence, photo, []))
     assert min(azimuth, 360.0 - azimuth) >= 90.0, azimuth  # without the seed every view ties at 0
     np.testing.assert_allclose(seeded.splat.means, obj.means, atol=0.02)  # one step barely moves the splat
+
+
+# ---------------------------------------------------------------------------- rounds against the photo
+
+
+class RoundServices(FakeServices):
+    """FakeServices plus a diffusion stand-in that returns the render as the "enhanced" view, and a
+    backprojection whose result per call is scripted: ``"same"`` returns the splat unchanged,
+    ``"dark"`` returns it with every colour darkened to 40 % (what a bad enhancement fused alone does)."""
+
+    def __init__(self, store, photo, script):
+        super().__init__(store, photo)
+        self.script = list(script)
+        self.diffusion = SimpleNamespace(Enhance=self._enhance)
+
+    async def _enhance(self, request, timeout=None):
+        self.calls.append(("diffusion", request))
+        from glimpse3d.v1 import diffusion_pb2
+
+        return diffusion_pb2.EnhanceViewResponse(view=request.view)
+
+    async def _refine(self, request, timeout=None):
+        self.calls.append(("backprojection", request))
+        splat = self._splat(request.splat)
+        if self.script.pop(0) == "dark":
+            from glimpse3d.core.splat import Splat, rgb_to_sh0, sh0_to_rgb
+
+            sh = splat.sh.copy()
+            sh[:, 0, :] = rgb_to_sh0(np.clip(sh0_to_rgb(sh[:, 0, :]) * 0.4, 0.0, 1.0))
+            splat = Splat(splat.means, splat.quats, splat.log_scales, splat.opacity_logits, sh)
+        ref = self.put(splat_to_ply_bytes(splat), "application/x-glimpse3d-splat+ply")
+        n = splat.num_gaussians
+        return backprojection_pb2.RefineResponse(
+            splat=ref, confidence=self.put(encode_npy(np.ones(n, np.float32)), "application/x-npy"),
+            report=backprojection_pb2.RefineReport(accepted_fraction=1.0, photometric_error_before=0.1,
+                                                   photometric_error_after=0.05, steps=60))
+
+
+def _run_round(services: RoundServices, camera: Camera | None):
+    from glimpse3d.gateway.models import RoundSpec
+
+    pipeline = ServicePipeline(GatewayConfig(), services, services.store)
+    noise = np.random.default_rng(0).integers(-3, 4, (SIZE, SIZE, 3))  # a photo the splat fits to ~40 dB
+    photo = np.clip(synthetic.render_image(services.obj, services.photo).astype(int) + noise, 0, 255).astype(np.uint8)
+    splat = services.store.put(splat_to_ply_bytes(services.obj), "application/x-glimpse3d-splat+ply")
+    version = SimpleNamespace(splat=splat, confidence=None, camera=None, metrics={})
+    job = SimpleNamespace(id="j", options=JobOptions(resolution=SIZE, seed=5), versions=[version],
+                          input_image=services.store.put(encode_png(photo), "image/png"))
+
+    async def report(stage: str, fraction: float, message: str = "") -> None:
+        pass
+
+    return asyncio.run(pipeline.run_round(job, RoundSpec(camera=camera), report))
+
+
+def test_every_round_is_fused_with_the_photo_and_a_harmless_one_stands(tmp_path):
+    services = RoundServices(fake_store(tmp_path), orbit_camera(0.0, 0.0, RADIUS, width=SIZE, height=SIZE),
+                             ["same"])
+    result = _run_round(services, orbit_camera(120.0, 10.0, RADIUS, width=SIZE, height=SIZE))
+    (_, refine), = [c for c in services.calls if c[0] == "backprojection"]
+    trusted, = refine.trusted_views
+    assert trusted.camera == convert.camera_to_proto(services.photo) and trusted.mask.uri and trusted.weight == 0.0
+    assert trusted.image.uri == refine.reference.uri  # the photo itself
+    m = result.metrics
+    assert m["photo_weight_raised"] == 0.0 and m["input_view_psnr_change_db"] == pytest.approx(0.0, abs=1e-6)
+    assert m["enhanced_view_error_after"] == 0.05 and "photometric_error_after" not in m
+    assert 0.95 < m["input_view_ssim"] < 1.0 and 0.05 < m["matte_coverage"] < 0.9  # the noise costs a little SSIM
+
+
+def test_a_round_that_costs_the_photo_is_fused_again_then_rejected(tmp_path):
+    from glimpse3d.core.errors import RoundRejected
+
+    photo = orbit_camera(0.0, 0.0, RADIUS, width=SIZE, height=SIZE)
+    side = orbit_camera(120.0, 10.0, RADIUS, width=SIZE, height=SIZE)
+    # Fused again with the photo weighted more, the round costs nothing: it stands, and says so.
+    services = RoundServices(fake_store(tmp_path / "a"), photo, ["dark", "same"])
+    result = _run_round(services, side)
+    weights = [c[1].trusted_views[0].weight for c in services.calls if c[0] == "backprojection"]
+    assert weights == [0.0, 4.0] and result.metrics["photo_weight_raised"] == 1.0
+    # Still costly after the second fusion: rejected with the reason, no version.
+    services = RoundServices(fake_store(tmp_path / "b"), photo, ["dark", "dark"])
+    with pytest.raises(RoundRejected, match=r"would lower the input-view PSNR against the photo from \d") as err:
+        _run_round(services, side)
+    assert err.value.reason == "ROUND_REJECTED" and "model is unchanged" in err.value.message
+
+
+def fake_store(path):
+    path.mkdir(parents=True, exist_ok=True)
+    return FileArtifactStore(path)
+
+
+def test_auto_never_picks_the_photos_viewpoint_and_keeps_its_frame(tmp_path):
+    """With no confidence anywhere every view ties; none within 30 degrees of the photo is picked even
+    when the photo's side is the least confident, and every candidate has the photo's (wide) frame."""
+    from glimpse3d.gateway.pipeline import AUTO_MIN_SEPARATION_DEG, pick_least_confident_view, separation_deg
+
+    obj = synthetic.textured_object(seed=2, n=1500)
+    for photo_az in (0.0, 90.0, 200.0):
+        photo = orbit_camera(photo_az, 5.0, RADIUS, width=96, height=54)
+        facing_photo = (obj.means @ photo.position) > 0
+        conf = np.where(facing_photo, 0.0, 1.0).astype(np.float32)  # the photo's side looks least confident
+        used: list[Camera] = []
+        for _ in range(6):
+            picked = pick_least_confident_view(obj.means, conf, photo, used)
+            assert separation_deg(picked, photo) >= AUTO_MIN_SEPARATION_DEG, (photo_az, _angles(picked))
+            assert (picked.width, picked.height) == (96, 54) and picked.fy == pytest.approx(photo.fy)
+            used.append(picked)
+    assert AUTO_MIN_SEPARATION_DEG == 30.0

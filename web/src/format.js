@@ -33,12 +33,15 @@ function fixed(digits) {
 // name -> [label, format]; metrics not listed here are shown under their own name.
 const METRICS = {
   accepted_fraction: ["Accepted pixels", (v) => percent(v, 1)],
-  photometric_error_before: ["Error before", fixed(4)],
-  photometric_error_after: ["Error after", fixed(4)],
+  enhanced_view_error_before: ["Fit to enhanced view, before", fixed(4)],
+  enhanced_view_error_after: ["Fit to enhanced view, after", fixed(4)],
   clip_score: ["CLIP score", fixed(3)],
   mean_confidence: ["Mean confidence", fixed(3)],
   steps: ["Fusion steps", (v) => String(Math.round(v))],
-  input_view_psnr_db: ["Input view PSNR", (v) => `${fixed(1)(v)} dB`],
+  input_view_psnr_db: ["Input view PSNR vs photo", (v) => `${fixed(1)(v)} dB`],
+  input_view_psnr_change_db: ["Input view PSNR change", (v) => `${v >= 0 ? "+" : ""}${fixed(2)(v)} dB`],
+  input_view_ssim: ["Input view SSIM vs photo", fixed(3)],
+  matte_coverage: ["Matte coverage", (v) => percent(v, 1)],
   num_gaussians: ["Gaussians", (v) => Math.round(v).toLocaleString("en-US")],
   num_views: ["Novel views", (v) => String(Math.round(v))],
   seconds: ["Time", (v) => `${fixed(1)(v)} s`],
@@ -63,10 +66,10 @@ export function metricRows(metrics) {
   });
 }
 
-/** The change of the photometric error over a round, e.g. "-42.0%", or null when not reported. */
+/** The change of the fit to the enhanced view over a round, e.g. "-42.0%", or null when not reported. */
 export function errorChange(metrics) {
-  const before = metrics?.photometric_error_before;
-  const after = metrics?.photometric_error_after;
+  const before = metrics?.enhanced_view_error_before;
+  const after = metrics?.enhanced_view_error_after;
   if (!Number.isFinite(before) || !Number.isFinite(after) || before <= 0) return null;
   const change = (after - before) / before;
   return `${change > 0 ? "+" : ""}${(change * 100).toFixed(1)}%`;

@@ -34,8 +34,11 @@ export function enhanceVersion(id = "j1", n = 2) {
     camera: { position: [1, 0.5, 2.4], target: [0, 0, 0], up: [0, 1, 0], fov_y_deg: 40, width: 512, height: 384 },
     metrics: {
       accepted_fraction: 0.8333,
-      photometric_error_before: 0.02,
-      photometric_error_after: 0.012,
+      enhanced_view_error_before: 0.02,
+      enhanced_view_error_after: 0.012,
+      input_view_psnr_db: 27.0,
+      input_view_psnr_change_db: -0.3,
+      input_view_ssim: 0.9123,
       mean_confidence: 0.5,
       steps: 60,
       seconds: 8.5,

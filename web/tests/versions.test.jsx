@@ -19,10 +19,13 @@ describe("metric formats", () => {
     const rows = metricRows(enhanceVersion().metrics);
     expect(rows.map((r) => [r.label, r.value])).toEqual([
       ["Accepted pixels", "83.3%"],
-      ["Error before", "0.0200"],
-      ["Error after", "0.0120"],
+      ["Fit to enhanced view, before", "0.0200"],
+      ["Fit to enhanced view, after", "0.0120"],
       ["Mean confidence", "0.500"],
       ["Fusion steps", "60"],
+      ["Input view PSNR vs photo", "27.0 dB"],
+      ["Input view PSNR change", "-0.30 dB"],
+      ["Input view SSIM vs photo", "0.912"],
       ["Time", "8.5 s"],
     ]);
   });
@@ -36,9 +39,9 @@ describe("metric formats", () => {
   });
 
   it("gives the error change of a round", () => {
-    expect(errorChange({ photometric_error_before: 0.02, photometric_error_after: 0.012 })).toBe("-40.0%");
-    expect(errorChange({ photometric_error_before: 0.01, photometric_error_after: 0.015 })).toBe("+50.0%");
-    expect(errorChange({ photometric_error_before: 0, photometric_error_after: 0.015 })).toBeNull();
+    expect(errorChange({ enhanced_view_error_before: 0.02, enhanced_view_error_after: 0.012 })).toBe("-40.0%");
+    expect(errorChange({ enhanced_view_error_before: 0.01, enhanced_view_error_after: 0.015 })).toBe("+50.0%");
+    expect(errorChange({ enhanced_view_error_before: 0, enhanced_view_error_after: 0.015 })).toBeNull();
     expect(errorChange({})).toBeNull();
   });
 });
@@ -51,14 +54,15 @@ describe("VersionsPanel", () => {
     const buttons = within(screen.getByTestId("versions")).getAllByRole("button");
     expect(buttons.map((b) => b.getAttribute("data-version"))).toEqual(["2", "1"]);
     expect(buttons[0].textContent).toContain("v2 · enhanced from v1");
-    expect(buttons[0].textContent).toContain("accepted 83.3% · error 0.0200 → 0.0120 (-40.0%)");
+    expect(buttons[0].textContent).toContain("accepted 83.3% · fit to the enhanced view 0.0200 → 0.0120 (-40.0%)");
+    expect(buttons[0].textContent).toContain("input view vs photo 27.0 dB (-0.30 dB) · SSIM 0.912");
     expect(buttons[0].getAttribute("aria-pressed")).toBe("true");
     expect(buttons[1].textContent).toContain("v1 · initial");
-    expect(buttons[1].textContent).toContain("input view 27.3 dB · 12,000 Gaussians");
+    expect(buttons[1].textContent).toContain("input view vs photo 27.3 dB · 12,000 Gaussians");
     expect(metricsShown()).toMatchObject({
       accepted_fraction: "83.3%",
-      photometric_error_before: "0.0200",
-      photometric_error_after: "0.0120",
+      enhanced_view_error_before: "0.0200",
+      enhanced_view_error_after: "0.0120",
     });
   });
 

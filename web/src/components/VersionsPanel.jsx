@@ -1,7 +1,8 @@
 // Version history: every version of the job (the initial reconstruction, then one per enhancement
-// round), newest first, with each round's report (accepted pixels, photometric error before and after)
-// and every version's figures against the photo (PSNR at the photo's camera, and the consistency of
-// the turned views with the photo), which a round cannot improve by construction.
+// round), newest first, with each round's report (accepted pixels, its fit to the enhanced view before
+// and after) and every version's figures against the photo (PSNR and SSIM at the photo's camera inside
+// the matte, with the round's change, and the consistency of the turned views with the photo), which a
+// round cannot improve by construction.
 // Picking a version shows it; "Compare with" puts another version beside it behind a slider.
 
 import { errorChange, formatTime, metricRows, percent } from "../format.js";
@@ -16,18 +17,25 @@ function summary(version) {
   if (version.kind === "enhance") {
     if (version.report?.rejected) parts.push("rejected");
     if (num(m.accepted_fraction)) parts.push(`accepted ${percent(m.accepted_fraction, 1)}`);
-    if (num(m.photometric_error_before) && num(m.photometric_error_after)) {
+    if (num(m.enhanced_view_error_before) && num(m.enhanced_view_error_after)) {
       const change = errorChange(m);
       parts.push(
-        `error ${m.photometric_error_before.toFixed(4)} → ${m.photometric_error_after.toFixed(4)}` +
-          (change ? ` (${change})` : ""),
+        `fit to the enhanced view ${m.enhanced_view_error_before.toFixed(4)} → ` +
+          `${m.enhanced_view_error_after.toFixed(4)}` + (change ? ` (${change})` : ""),
       );
     }
-  } else {
-    if (num(m.input_view_psnr_db)) parts.push(`input view ${m.input_view_psnr_db.toFixed(1)} dB`);
+  }
+  if (num(m.input_view_psnr_db)) {
+    const change = num(m.input_view_psnr_change_db)
+      ? ` (${m.input_view_psnr_change_db >= 0 ? "+" : ""}${m.input_view_psnr_change_db.toFixed(2)} dB)`
+      : "";
+    parts.push(`input view vs photo ${m.input_view_psnr_db.toFixed(1)} dB${change}`);
+  }
+  if (num(m.input_view_ssim)) parts.push(`SSIM ${m.input_view_ssim.toFixed(3)}`);
+  if (version.kind !== "enhance") {
+    if (num(m.matte_coverage)) parts.push(`matte ${percent(m.matte_coverage, 0)} of the photo`);
     if (version.num_gaussians) parts.push(`${Number(version.num_gaussians).toLocaleString("en-US")} Gaussians`);
   }
-  if (num(m.photo_psnr_db)) parts.push(`vs photo ${m.photo_psnr_db.toFixed(1)} dB`);
   if (num(m.photo_consistency_db)) parts.push(`turned views vs photo ${m.photo_consistency_db.toFixed(1)} dB`);
   return parts.join(" · ");
 }

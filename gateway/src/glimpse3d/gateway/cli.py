@@ -6,7 +6,9 @@
     glimpse3d jobs
 
 The gateway address comes from --addr or GLIMPSE3D_GATEWAY_ADDR. Errors are one line on stderr
-(exit status 2 for bad input, 1 for everything else).
+(exit status 2 for bad input, 1 for everything else). ``generate`` prints a table of every version's
+figures against the photo; when a requested round failed or was rejected it still exports the
+latest version, then prints the error and exits with status 1.
 """
 
 from __future__ import annotations
@@ -96,6 +98,48 @@ async def export(stub: glimpse3d_pb2_grpc.Glimpse3DStub, name: str, fmt: str, de
     return dest
 
 
+# (metric, column title, format) of the summary table: the figures against the photo first.
+SUMMARY_COLUMNS = (
+    ("input_view_psnr_db", "PSNR dB", "{:.2f}"),
+    ("input_view_psnr_change_db", "change", "{:+.2f}"),
+    ("input_view_ssim", "SSIM", "{:.3f}"),
+    ("photo_consistency_db", "consistency dB", "{:.2f}"),
+    ("matte_coverage", "matte", "{:.1%}"),
+    ("enhanced_view_error_after", "fit to enhanced", "{:.4f}"),
+)
+
+
+def summary_table(job: glimpse3d_pb2.Job) -> str:
+    """Each version's figures against the photo (input view inside the matte, consistency of the
+    turned views) and its fit to the view it was fed, one row per version."""
+    head = ["version", "view"] + [title for _, title, _ in SUMMARY_COLUMNS]
+    rows = [head]
+    for v in job.versions:
+        view = "photo" if not v.HasField("camera") else _view_name(v.camera)
+        cells = [v.name.rsplit("/", 1)[-1], view]
+        for key, _, fmt in SUMMARY_COLUMNS:
+            cells.append(fmt.format(v.metrics[key]) if key in v.metrics else "-")
+        rows.append(cells)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+
+
+def _view_name(camera: common_pb2.Camera) -> str:
+    """"az A el E" of a camera's centre seen from the object centre."""
+    import math
+
+    m = list(camera.world_to_camera)
+    if len(m) != 16:
+        return "?"
+    rot = [m[0:3], m[4:7], m[8:11]]
+    t = [m[3], m[7], m[11]]
+    pos = [-sum(rot[r][c] * t[r] for r in range(3)) for c in range(3)]  # -R^T t
+    dist = math.sqrt(sum(x * x for x in pos)) or 1.0
+    az = math.degrees(math.atan2(pos[0], pos[2])) % 360.0
+    el = math.degrees(math.asin(max(-1.0, min(1.0, pos[1] / dist))))
+    return f"az {round(az) % 360} el {round(el) + 0}"
+
+
 def _check_done(job: glimpse3d_pb2.Job) -> None:
     if job.state in (STATE.FAILED, STATE.CANCELLED):
         detail = f": {job.error.message}" if job.error.message else ""
@@ -115,6 +159,10 @@ async def cmd_generate(stub: glimpse3d_pb2_grpc.Glimpse3DStub, ns: argparse.Name
     for fmt in ns.formats:
         path = await export(stub, job.name, fmt, ns.out / f"model.{fmt}")
         print(path)
+    print(summary_table(job))
+    if job.error.message:  # a requested round failed or was rejected: the exports hold the last good version
+        done = len(job.versions) - 1
+        raise CliError(f"{job.name}: {done} of {ns.enhance} rounds done; a round failed: {job.error.message}")
 
 
 def _enhance_request(ns: argparse.Namespace) -> glimpse3d_pb2.EnhanceRequest:
@@ -135,12 +183,14 @@ async def cmd_enhance(stub: glimpse3d_pb2_grpc.Glimpse3DStub, ns: argparse.Names
         raise CliError(f"{job.name}: the round failed: {job.error.message}")
     v = job.versions[-1]
     r = v.report
-    line = (f"{v.name}: accepted {r.accepted_fraction:.1%} of pixels, error {r.photometric_error_before:.4f}"
-            f" -> {r.photometric_error_after:.4f}")
-    if len(job.versions) > 1 and "photo_psnr_db" in v.metrics and "photo_psnr_db" in job.versions[-2].metrics:
+    line = (f"{v.name}: accepted {r.accepted_fraction:.1%} of pixels, fit to the enhanced view: error"
+            f" {r.photometric_error_before:.4f} -> {r.photometric_error_after:.4f}")
+    if "input_view_psnr_db" in v.metrics and "input_view_psnr_before_db" in v.metrics:
         # The figure a round cannot improve by construction (glimpse3d.core.feedback): PSNR against the photo.
-        before, after = job.versions[-2].metrics["photo_psnr_db"], v.metrics["photo_psnr_db"]
-        line += f"; against the photo {before:.2f} -> {after:.2f} dB"
+        before, after = v.metrics["input_view_psnr_before_db"], v.metrics["input_view_psnr_db"]
+        line += f"; input view against the photo {before:.2f} -> {after:.2f} dB"
+        if "input_view_ssim" in v.metrics:
+            line += f" (SSIM {v.metrics['input_view_ssim']:.3f})"
     print(line)
 
 

@@ -3,7 +3,9 @@
 Starts the five services and the gateway as local processes on free ports, runs the photo through
 generate (with novel views), two "auto" enhancement clicks and export, then writes into --out:
 model.ply, model.splat, model.glb, turntable.png (rows: version 1 and the final version, seen from
-eight orbit views) and metrics.json. Stops every process and prints where the files are.
+eight orbit views) and metrics.json. A round the gateway rejects (it would have made the model worse
+against the photo) is logged with its reason and leaves the model as it was; any other failure stops
+the demo. Stops every process and prints where the files are, and a table of each version's figures.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from PIL import Image
 from glimpse3d.core import convert
 from glimpse3d.core.artifacts import open_store
 from glimpse3d.core.images import decode_image
-from glimpse3d.gateway.cli import FORMATS, download, watch
+from glimpse3d.core.rpc.errors import reason_and_field
+from glimpse3d.gateway.cli import FORMATS, download, summary_table, watch
 from glimpse3d.gateway.stack import Stack, raise_on_sigterm, start_stack
 from glimpse3d.v1 import common_pb2, glimpse3d_pb2, glimpse3d_pb2_grpc, reconstruction_pb2, reconstruction_pb2_grpc
 
@@ -49,7 +52,7 @@ async def _turntable_row(stack: Stack, artifacts_url: str, splat: common_pb2.Art
 
 async def run_demo(stack: Stack, photo: Path, out: Path, artifacts_url: str, rounds: int, views: int,
                    resolution: int = 0) -> dict:
-    metrics: dict = {"photo": photo.name, "timings_s": {}}
+    metrics: dict = {"photo": photo.name, "timings_s": {}, "rejected_rounds": []}
     async with grpc.aio.insecure_channel(stack.gateway_addr) as ch:
         stub = glimpse3d_pb2_grpc.Glimpse3DStub(ch)
         t0 = time.perf_counter()
@@ -66,6 +69,10 @@ async def run_demo(stack: Stack, photo: Path, out: Path, artifacts_url: str, rou
                                                             request_id=str(uuid.uuid4())))
             job = await watch(stub, job.name)
             metrics["timings_s"][f"round_{i + 1}"] = time.perf_counter() - t0
+            if job.error.message and reason_and_field(job.error)[0] == "ROUND_REJECTED":
+                log.info("%s: round %d rejected: %s", job.name, i + 1, job.error.message)
+                metrics["rejected_rounds"].append({"round": i + 1, "reason": job.error.message})
+                job.ClearField("error")
         if job.state != glimpse3d_pb2.Job.SUCCEEDED or job.error.message:
             raise RuntimeError(f"{job.name} ended {glimpse3d_pb2.Job.State.Name(job.state)}: {job.error.message}")
         for fmt, code in FORMATS.items():
@@ -76,6 +83,7 @@ async def run_demo(stack: Stack, photo: Path, out: Path, artifacts_url: str, rou
                 for v in (job.versions[0], job.versions[-1])]
         Image.fromarray(np.concatenate(rows, axis=0)).save(out / "turntable.png")
     metrics["job"] = json_format.MessageToDict(job, preserving_proto_field_name=True)
+    log.info("%s", summary_table(job))
     return metrics
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -21,8 +22,16 @@ import numpy as np
 
 from glimpse3d.core import convert
 from glimpse3d.core.artifacts import ArtifactStore
-from glimpse3d.core.cameras import Camera, orbit_camera, turned_about_up
-from glimpse3d.core.feedback import background_colour, feedback_cameras, photo_figures
+from glimpse3d.core.cameras import Camera, orbit_angles, orbit_camera, turned_about_up
+from glimpse3d.core.errors import RoundRejected
+from glimpse3d.core.feedback import (
+    PHOTO_RETRY_WEIGHT,
+    background_colour,
+    feedback_cameras,
+    input_view_figures,
+    photo_figures,
+    round_rejection,
+)
 from glimpse3d.core.formats import read_ply
 from glimpse3d.core.images import decode_image, decode_npy, encode_png, resize_longest
 from glimpse3d.core.rpc import create_channel, error_from_rpc
@@ -51,6 +60,8 @@ R = TypeVar("R")
 NOVEL_VIEW_ELEVATION_DEG = 15.0
 AUTO_AZIMUTHS_DEG = tuple(range(0, 360, 45))
 AUTO_ELEVATIONS_DEG = (0.0, 25.0)
+# "auto" never looks from within this angle of the photo's own viewpoint (the photo already shows it).
+AUTO_MIN_SEPARATION_DEG = 30.0
 WORKING_IMAGE_CACHE = 256  # refs kept (a few hundred bytes each)
 
 
@@ -81,20 +92,42 @@ async def _call(method: Callable[..., Awaitable[R]], request: Any, timeout_s: fl
         raise error_from_rpc(err) from err
 
 
+def orbit_like(photo: Camera, azimuth_deg: float, elevation_deg: float) -> Camera:
+    """An orbit view with the photo's size, field of view and distance (so a wide photo's object is
+    framed alike from every side, not cropped by a square camera)."""
+    fov_y = math.degrees(2.0 * math.atan(0.5 * photo.height / photo.fy))
+    radius = orbit_angles(photo)[2] or convert.DEFAULT_ORBIT_RADIUS
+    return orbit_camera(azimuth_deg, elevation_deg, radius, width=photo.width, height=photo.height, fov_y_deg=fov_y)
+
+
+def separation_deg(a: Camera, b: Camera) -> float:
+    """Angle between two cameras' positions seen from the world origin (the object centre), degrees."""
+    pa, pb = a.position, b.position
+    na, nb = float(np.linalg.norm(pa)), float(np.linalg.norm(pb))
+    if na < 1e-12 or nb < 1e-12:
+        return 0.0
+    return math.degrees(math.acos(float(np.clip(pa @ pb / (na * nb), -1.0, 1.0))))
+
+
 def pick_least_confident_view(means: np.ndarray, confidence: np.ndarray | None,
-                              size: int, used: list[Camera]) -> Camera:
+                              photo: Camera, used: list[Camera]) -> Camera:
     """The orbit view whose visible Gaussians have the lowest mean confidence ("auto" Enhance).
 
     A Gaussian counts as visible from a view when it lies on the camera's side of the object
     centre (a cheap stand-in for occlusion that is exact for convex objects). Views already used
-    by earlier rounds lose ties, so repeated "auto" clicks walk around the object.
+    by earlier rounds lose ties, so repeated "auto" clicks walk around the object. Views within
+    ``AUTO_MIN_SEPARATION_DEG`` of the ``photo``'s camera are never picked: the photo shows that
+    side, so a round there can only trade the photo's detail for the enhancement's. Every view has
+    the photo's size and field of view (:func:`orbit_like`).
     """
     centre = means.mean(axis=0) if len(means) else np.zeros(3)
     conf = np.zeros(len(means)) if confidence is None or len(confidence) != len(means) else confidence
     best: tuple[float, int, Camera] | None = None
     for el in AUTO_ELEVATIONS_DEG:
         for az in AUTO_AZIMUTHS_DEG:
-            cam = orbit_camera(az, el, convert.DEFAULT_ORBIT_RADIUS, width=size, height=size)
+            cam = orbit_like(photo, az, el)
+            if separation_deg(cam, photo) < AUTO_MIN_SEPARATION_DEG:
+                continue
             facing = (means - centre) @ (cam.position - centre) > 0
             score = float(conf[facing].mean()) if facing.any() else float("inf")
             reuse = sum(np.allclose(cam.world_to_camera, u.world_to_camera, atol=1e-6) for u in used)
@@ -175,7 +208,28 @@ class ServicePipeline:
 
         renders = await asyncio.to_thread(lambda: [load(v) for v in rendered.views])
         figures = await asyncio.to_thread(photo_figures, photo, cameras, renders)
+        figures.update(await asyncio.to_thread(input_view_figures, photo, mask, renders[0][0]))
         return {k: v for k, v in figures.items() if np.isfinite(v)}
+
+    async def _input_view(self, splat: common_pb2.ArtifactRef, image: common_pb2.ArtifactRef,
+                          depth: depth_pb2.EstimateDepthResponse) -> dict[str, float]:
+        """:func:`input_view_figures` of ``splat`` (rendered at the photo's camera only)."""
+        photo, mask = await asyncio.gather(
+            asyncio.to_thread(lambda: decode_image(self._get(image, "image"), field="image")),
+            asyncio.to_thread(lambda: decode_npy(self._get(depth.mask, "mask"), field="mask")),
+        )
+        rendered = await _call(self.clients.reconstruction.Render, reconstruction_pb2.RenderRequest(
+            splat=splat, views=[common_pb2.ViewSpec(camera=depth.camera)],
+            background=list(background_colour(photo, mask))), self.config.render_deadline_s)
+        rgb = await asyncio.to_thread(lambda: decode_image(self._get(rendered.views[0].rgb, "rgb"), field="rgb"))
+        return await asyncio.to_thread(input_view_figures, photo, mask, rgb)
+
+    @staticmethod
+    def _trusted_photo(image: common_pb2.ArtifactRef, depth: depth_pb2.EstimateDepthResponse, weight: float = 0.0,
+                       ) -> list[backprojection_pb2.TrustedView]:
+        """The photo, inside its matte, as the view every round is fused together with (``weight`` 0:
+        the service's default, as much as the enhanced view)."""
+        return [backprojection_pb2.TrustedView(image=image, camera=depth.camera, mask=depth.mask, weight=weight)]
 
     async def _depth(self, image: common_pb2.ArtifactRef, camera: common_pb2.Camera | None = None,
                      ) -> depth_pb2.EstimateDepthResponse:
@@ -185,12 +239,13 @@ class ServicePipeline:
     async def _refine(self, splat: common_pb2.ArtifactRef, confidence: common_pb2.ArtifactRef | None,
                       view: common_pb2.ArtifactRef, camera: common_pb2.Camera, reference: common_pb2.ArtifactRef,
                       seed: int, rendered_depth: common_pb2.ArtifactRef | None = None,
+                      trusted: list[backprojection_pb2.TrustedView] | None = None,
                       ) -> backprojection_pb2.RefineResponse:
         depth = await self._depth(view, camera)
         request = backprojection_pb2.RefineRequest(
             splat=splat, view=view, camera=camera, view_depth=depth.depth, reference=reference,
             confidence=confidence, rendered_depth=rendered_depth,
-            options=backprojection_pb2.RefineOptions(seed=seed),
+            options=backprojection_pb2.RefineOptions(seed=seed), trusted_views=trusted or [],
         )
         return await _call(self.clients.backprojection.Refine, request, self.config.refine_deadline_s)
 
@@ -213,7 +268,8 @@ class ServicePipeline:
         return VersionResult(
             splat=convert.artifact_from_proto(splat, "splat"),
             confidence=convert.artifact_from_proto(confidence, "confidence") if confidence else None,
-            metrics={"input_view_psnr_db": recon.input_view_psnr_db, "num_gaussians": float(recon.num_gaussians),
+            metrics={"reconstruction_fit_psnr_db": recon.input_view_psnr_db,
+                     "num_gaussians": float(recon.num_gaussians),
                      "num_views": float(job.options.num_views), **photo_metrics,
                      "seconds": time.perf_counter() - start},
         )
@@ -259,10 +315,9 @@ class ServicePipeline:
                            ) -> tuple[common_pb2.ArtifactRef, common_pb2.ArtifactRef | None]:
         """Generate K novel views, then fuse each into the coarse splat through MVCRM."""
         k = job.options.num_views
-        size = depth.camera.intrinsics.height
-        views = [common_pb2.ViewSpec(orbit=common_pb2.OrbitView(
-            azimuth_deg=360.0 * (i + 1) / (k + 1), elevation_deg=NOVEL_VIEW_ELEVATION_DEG,
-            width=size, height=size)) for i in range(k)]
+        photo = convert.camera_from_proto(depth.camera, "camera")
+        views = [common_pb2.ViewSpec(camera=convert.camera_to_proto(orbit_like(
+            photo, orbit_angles(photo)[0] + 360.0 * (i + 1) / (k + 1), NOVEL_VIEW_ELEVATION_DEG))) for i in range(k)]
         await report(Stage.MULTIVIEW, 0.4, f"generating {k} novel views")
         generated = await _call(self.clients.multiview.Generate, multiview_pb2.GenerateViewsRequest(
             image=image, mask=depth.mask, input_camera=depth.camera, splat=splat, views=views,
@@ -270,11 +325,12 @@ class ServicePipeline:
         ), self.config.multiview_deadline_s)
         for i, view in enumerate(generated.views):
             await report(Stage.REFINE, 0.5 + 0.5 * i / k, f"fusing novel view {i + 1}/{k}")
-            refined = await self._refine(splat, confidence, view.rgb, view.camera, image, job.options.seed + i)
+            refined = await self._refine(splat, confidence, view.rgb, view.camera, image, job.options.seed + i,
+                                         trusted=self._trusted_photo(image, depth))
             splat, confidence = refined.splat, refined.confidence
         return splat, confidence
 
-    async def _round_camera(self, job: Job, spec: RoundSpec, size: int) -> Camera:
+    async def _round_camera(self, job: Job, spec: RoundSpec, photo: Camera) -> Camera:
         if spec.camera is not None:
             return spec.camera
         latest = job.versions[-1]
@@ -283,13 +339,14 @@ class ServicePipeline:
         if latest.confidence is not None:
             conf = decode_npy(await asyncio.to_thread(self.artifacts.get, latest.confidence), field="confidence")
         used = [v.camera for v in job.versions if v.camera is not None]
-        return pick_least_confident_view(splat.means, conf, size, used)
+        return pick_least_confident_view(splat.means, conf, photo, used)
 
     async def run_round(self, job: Job, round_spec: RoundSpec, report: ProgressReporter) -> VersionResult:
         start = time.perf_counter()
         latest = job.versions[-1]
         image, side = await self._working_image(job)
-        camera = await self._round_camera(job, round_spec, side)
+        photo_depth = await self._photo_depth_of(job, image, side)
+        camera = await self._round_camera(job, round_spec, convert.camera_from_proto(photo_depth.camera, "camera"))
         cam_msg = convert.camera_to_proto(camera)
         splat = convert.artifact_to_proto(latest.splat)
         await report(Stage.ENHANCE, 0.0, "rendering the view")
@@ -302,9 +359,27 @@ class ServicePipeline:
         ), self.config.enhance_deadline_s)
         await report(Stage.REFINE, 0.5, "fusing the enhanced view (MVCRM)")
         confidence = convert.artifact_to_proto(latest.confidence) if latest.confidence else None
-        refined = await self._refine(splat, confidence, enhanced.view, cam_msg, image, round_spec.seed,
-                                     rendered_depth=rendered.depth)
-        photo_metrics = await self._photo_metrics(refined.splat, image, await self._photo_depth_of(job, image, side))
+
+        async def fuse(weight: float) -> tuple[backprojection_pb2.RefineResponse, dict[str, float]]:
+            result = await self._refine(splat, confidence, enhanced.view, cam_msg, image, round_spec.seed,
+                                        rendered_depth=rendered.depth,
+                                        trusted=self._trusted_photo(image, photo_depth, weight))
+            await report(Stage.REFINE, 0.8, "checking the result against the photo")
+            return result, await self._photo_metrics(result.splat, image, photo_depth)
+
+        (refined, photo_metrics), before = await asyncio.gather(fuse(0.0), self._input_view(splat, image, photo_depth))
+        before_db = before.get("input_view_psnr_db", float("nan"))
+        retried = 0.0
+        if round_rejection(before_db, photo_metrics.get("input_view_psnr_db", float("nan"))) is not None:
+            # Rounds are fused together with the photo; one that still costs it too much is fused again
+            # with the photo weighted more, keeping what the enhanced view adds where the photo allows.
+            await report(Stage.REFINE, 0.85, "the round cost the photo too much; fusing again, photo weighted more")
+            (refined, photo_metrics), retried = await fuse(PHOTO_RETRY_WEIGHT), 1.0
+        after_db = photo_metrics.get("input_view_psnr_db", float("nan"))
+        reason = round_rejection(before_db, after_db)
+        if reason is not None:
+            log.info("round rejected", extra={"job": job.id, "before_db": before_db, "after_db": after_db})
+            raise RoundRejected(reason)
         await report(Stage.REFINE, 1.0, "round done")
         rep = report_from_proto(refined.report)
         return VersionResult(
@@ -312,8 +387,12 @@ class ServicePipeline:
             confidence=convert.artifact_from_proto(refined.confidence, "confidence"),
             camera=camera, report=rep,
             metrics={"accepted_fraction": rep.accepted_fraction,
-                     "photometric_error_before": rep.photometric_error_before,
-                     "photometric_error_after": rep.photometric_error_after, **photo_metrics,
+                     # the fit to the enhanced view (it falls by construction; the photo figures do not)
+                     "enhanced_view_error_before": rep.photometric_error_before,
+                     "enhanced_view_error_after": rep.photometric_error_after,
+                     "photo_weight_raised": retried, **photo_metrics,
+                     **({"input_view_psnr_before_db": before_db, "input_view_psnr_change_db": after_db - before_db}
+                        if np.isfinite(after_db - before_db) else {}),
                      "seconds": time.perf_counter() - start},
         )
 

@@ -12,7 +12,11 @@ photo as reference. The enhanced view comes from a feed:
   ``other`` (the ground truth of another object at the same camera).
 
 The fusion is MVCRM (optionally with components switched off, :class:`Ablation`) or naive fusion.
-After every version the splat is scored on the 16 held-out views.
+Like the gateway's round, MVCRM fuses the view together with the photo (inside its estimated matte)
+as a trusted view, and a round that costs the photo more than ``MAX_ROUND_LOSS_DB`` of input-view
+PSNR is fused again with the photo weighted ``PHOTO_RETRY_WEIGHT``, then rejected if it still does
+(the version stays; its score row says ``rejected``). The ablation study switches each of the two
+off. After every version the splat is scored on the 16 held-out views.
 """
 
 from __future__ import annotations
@@ -25,14 +29,21 @@ from scipy import ndimage
 
 from glimpse3d.core import convert
 from glimpse3d.core.cameras import Camera, orbit_camera
-from glimpse3d.core.feedback import background_colour, feedback_cameras, photo_figures
+from glimpse3d.core.feedback import (
+    PHOTO_RETRY_WEIGHT,
+    background_colour,
+    feedback_cameras,
+    input_view_figures,
+    photo_figures,
+    round_rejection,
+)
 from glimpse3d.core.splat import Splat
 from glimpse3d.research import metrics
 from glimpse3d.research.coarse import Stages, coarse_splat, heldout_psnr, render_heldout
 from glimpse3d.research.groundtruth import BACKGROUND, GroundTruth, Raycaster
 from glimpse3d.research.objects import OBJECT_NAMES, load_object
 from glimpse3d.services.backprojection.mvcrm import naive_fuse, refine
-from glimpse3d.services.backprojection.options import FULL_MVCRM, Ablation, ClipScorer, RefineOptions
+from glimpse3d.services.backprojection.options import FULL_MVCRM, Ablation, ClipScorer, RefineOptions, TrustedView
 from glimpse3d.services.diffusion.backends import REGISTRY as DIFFUSION
 from glimpse3d.services.diffusion.backends import apply_proto_defaults
 
@@ -100,21 +111,34 @@ def make_feed(kind: str, gt: GroundTruth, seed: int = 0) -> Feed:
 
 @dataclass(frozen=True)
 class Fuser:
-    """MVCRM with ``ablation`` (``naive`` False) or naive fusion, with the product's default options."""
+    """MVCRM with ``ablation`` (``naive`` False) or naive fusion, with the product's default options.
+
+    ``trusted_photo``: MVCRM fuses the view together with the photo (the product does); ``guard``: the
+    product's rule against rounds that cost the photo (see the module docstring). Naive fusion has neither.
+    """
 
     name: str
     ablation: Ablation = FULL_MVCRM
     naive: bool = False
     clip: ClipScorer | None = None
+    trusted_photo: bool = True
+    guard: bool = True
+
+    def __post_init__(self) -> None:
+        if self.naive:
+            self.trusted_photo = self.guard = False
 
     def __call__(self, splat: Splat, view: np.ndarray, cam: Camera, view_depth: np.ndarray,
-                 confidence: np.ndarray | None, photo: np.ndarray, seed: int) -> tuple[Splat, np.ndarray | None, float]:
-        """(splat, confidence, accepted fraction) after fusing ``view``."""
+                 confidence: np.ndarray | None, photo: np.ndarray, seed: int,
+                 trusted: TrustedView | None = None) -> tuple[Splat, np.ndarray | None, float]:
+        """(splat, confidence, accepted fraction) after fusing ``view`` (with ``trusted`` when given and
+        ``trusted_photo`` is on)."""
         if self.naive:
             steps = RefineOptions().steps
             return naive_fuse(splat, view, cam, steps=steps), confidence, 1.0
+        views = (trusted,) if trusted is not None and self.trusted_photo else ()
         result = refine(splat, view, cam, view_depth, confidence, RefineOptions(seed=seed), self.clip, photo,
-                        ablation=self.ablation)
+                        ablation=self.ablation, trusted=views)
         return result.splat, result.confidence, result.report.accepted_fraction
 
 
@@ -126,6 +150,9 @@ def ablation_fusers(clip: ClipScorer | None) -> list[Fuser]:
         if component == "clip_check" and clip is None:
             continue
         fusers.append(Fuser(f"no {component.replace('_', ' ')}", Ablation.without(component), clip=clip))
+    fusers.append(Fuser("no trusted photo", clip=clip, trusted_photo=False))
+    fusers.append(Fuser("no round guard", clip=clip, guard=False))
+    fusers.append(Fuser("no trusted photo, no guard", clip=clip, trusted_photo=False, guard=False))
     fusers.append(Fuser("naive fusion", naive=True))
     return fusers
 
@@ -149,6 +176,14 @@ class Scorer:
     def __post_init__(self) -> None:
         self.photo_background = background_colour(self.gt.input.rgb, self.matte)
         self.photo_cameras = feedback_cameras(self.gt.input.camera)
+
+    def input_view_psnr(self, splat: Splat) -> float:
+        """The product's input-view PSNR: the splat at the photo's camera against the photo, inside the
+        estimated matte (NaN without one)."""
+        if self.matte is None:
+            return float("nan")
+        render = self.stages.reconstruction.render(splat, self.photo_cameras[:1], background=self.photo_background)[0]
+        return input_view_figures(self.gt.input.rgb, self.matte, render.rgb)["input_view_psnr_db"]
 
     def __call__(self, splat: Splat) -> tuple[dict[str, float], list[np.ndarray]]:
         renders = render_heldout(self.stages, splat, self.gt)
@@ -188,12 +223,30 @@ def run_sequence(gt: GroundTruth, stages: Stages, start: Splat, cameras: Sequenc
     including the start, grid renders of every version, final splat, final confidence)."""
     first = first_score if first_score is not None else scorer(start)
     scores, grids, splat = [dict(first[0])], [first[1]], start
+    photo = None if scorer.matte is None else TrustedView(gt.input.rgb_uint8, gt.input.camera, scorer.matte)
     for k, (cam, feed) in enumerate(zip(cameras, feeds, strict=True)):
         rendered = stages.reconstruction.render(splat, [cam])[0]
         view = feed(k, cam, to_uint8(rendered.rgb), rendered)
         view_depth = stages.depth.estimate(view, cam).depth
-        splat, confidence, accepted = fuser(splat, view, cam, view_depth, confidence, gt.input.rgb_uint8, seed + k)
+
+        args = (splat, view, cam, view_depth, confidence, gt.input.rgb_uint8, seed + k)
+
+        def fuse(weight: float, args=args):
+            trusted = None if photo is None else TrustedView(photo.image, photo.camera, photo.mask, weight)
+            return fuser(*args, trusted)
+
+        new_splat, new_conf, accepted = fuse(1.0)
+        verdict = {"rejected": 0.0, "photo_weight_raised": 0.0}
+        if fuser.guard:
+            before = scorer.input_view_psnr(splat)
+            if round_rejection(before, scorer.input_view_psnr(new_splat)) is not None:
+                new_splat, new_conf, accepted = fuse(PHOTO_RETRY_WEIGHT)
+                verdict["photo_weight_raised"] = 1.0
+                if round_rejection(before, scorer.input_view_psnr(new_splat)) is not None:
+                    new_splat, new_conf, verdict["rejected"] = splat, confidence, 1.0
+        splat, confidence = new_splat, new_conf
         score, grid = scorer(splat)
+        score.update(verdict)
         score["accepted_fraction"] = accepted
         scores.append(score)
         grids.append(grid)

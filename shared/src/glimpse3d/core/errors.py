@@ -49,6 +49,12 @@ class FailedPrecondition(Glimpse3DError):
     reason = "FAILED_PRECONDITION"
 
 
+class RoundRejected(FailedPrecondition):
+    """An enhancement round that would have made the model worse against the photo; nothing changed."""
+
+    reason = "ROUND_REJECTED"
+
+
 class NotReady(Glimpse3DError):
     """The backend has not finished loading; the caller may retry later."""
 

@@ -14,6 +14,16 @@ round is never fed the photo, so these figures can move either way:
   actually write, against the photo on the part of the surface that both see.
 - ``photo_consistency_coverage``: the fraction of the photo's rendered object pixels that the
   turned views cover (how much of the photo the consistency figure rests on).
+- ``input_view_psnr_db`` and ``input_view_ssim`` (:func:`input_view_figures`): the render at the
+  photo's camera against the photo over the photo's object region (the matte: the user's, or the
+  depth service's), not over the model's own alpha, so a model that lost part of the object there
+  scores the loss. SSIM follows scikit-image's defaults (7x7 uniform window, K1 0.01, K2 0.03,
+  sample covariance), its map averaged inside the matte.
+
+Every round is fused together with the photo (inside its matte) as a trusted view. A round may not
+cost the photo more than ``MAX_ROUND_LOSS_DB`` of input-view PSNR (:func:`round_rejection`): one
+that does is fused once more with the photo weighted ``PHOTO_RETRY_WEIGHT`` times the enhanced view,
+and when that still costs too much the gateway rejects the round and keeps the version it started from.
 
 The research harness reports how well the change of these figures tracks the change of the
 held-out ground-truth PSNR (docs/research.md).
@@ -29,6 +39,10 @@ from glimpse3d.core.cameras import Camera, turned_about_up
 from glimpse3d.core.reproject import psnr_db, warp_into
 
 TURNS_DEG = (-60.0, -30.0, 30.0, 60.0)
+MAX_ROUND_LOSS_DB = 0.5  # input-view PSNR a round may cost before it is rejected
+PHOTO_RETRY_WEIGHT = 4.0  # the photo's weight when a round that cost too much is fused again
+SSIM_WINDOW = 7
+SSIM_K1, SSIM_K2 = 0.01, 0.03
 OBJECT_ALPHA = 0.5  # rendered alpha above which a photo-view pixel is on the object
 MIN_BACKGROUND_PIXELS = 16
 
@@ -83,6 +97,66 @@ def photo_figures(
     }
 
 
+def _box_mean(x: np.ndarray, size: int) -> np.ndarray:
+    """[H, W] mean over a ``size`` x ``size`` window, the border mirrored (scipy's "reflect" mode)."""
+    r = size // 2
+    padded = np.pad(x, r, mode="symmetric")
+    c = np.pad(np.cumsum(np.cumsum(padded, axis=0), axis=1), ((1, 0), (1, 0)))
+    h, w = x.shape
+    total = c[size:size + h, size:size + w] - c[:h, size:size + w] - c[size:size + h, :w] + c[:h, :w]
+    return total / float(size * size)
+
+
+def ssim_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[H, W] SSIM of two images in [0, 1] ([H, W] or [H, W, C]; channels averaged), scikit-image's
+    ``structural_similarity`` defaults with data range 1 (its ``full=True`` map)."""
+    x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if x.shape != y.shape:
+        raise ValueError(f"SSIM needs images of one shape, got {list(x.shape)} and {list(y.shape)}")
+    if x.ndim == 2:
+        x, y = x[..., None], y[..., None]
+    n = SSIM_WINDOW * SSIM_WINDOW
+    cov_norm = n / (n - 1.0)
+    c1, c2 = SSIM_K1**2, SSIM_K2**2
+    maps = []
+    for ch in range(x.shape[2]):
+        xa, ya = x[..., ch], y[..., ch]
+        ux, uy = _box_mean(xa, SSIM_WINDOW), _box_mean(ya, SSIM_WINDOW)
+        vx = cov_norm * (_box_mean(xa * xa, SSIM_WINDOW) - ux * ux)
+        vy = cov_norm * (_box_mean(ya * ya, SSIM_WINDOW) - uy * uy)
+        vxy = cov_norm * (_box_mean(xa * ya, SSIM_WINDOW) - ux * uy)
+        maps.append(((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2)))
+    return np.mean(maps, axis=0)
+
+
+def input_view_figures(photo: np.ndarray, mask: np.ndarray, rendered: np.ndarray) -> dict[str, float]:
+    """``input_view_psnr_db`` and ``input_view_ssim`` of ``rendered`` [H, W, 3] (at the photo's camera)
+    against ``photo`` inside the object region ``mask >= 0.5``, plus ``matte_coverage`` (its share of
+    the frame). NaN figures when the matte is empty."""
+    target, render = _unit(photo), _unit(rendered)
+    if render.shape != target.shape or np.shape(mask) != target.shape[:2]:
+        raise ValueError(f"photo {list(target.shape)}, render {list(render.shape)} and matte "
+                         f"{list(np.shape(mask))} must have one size")
+    inside = np.asarray(mask) >= 0.5
+    if not inside.any():
+        return {"input_view_psnr_db": float("nan"), "input_view_ssim": float("nan"), "matte_coverage": 0.0}
+    return {
+        "input_view_psnr_db": psnr_db(render, target, inside),
+        "input_view_ssim": float(ssim_map(render, target)[inside].mean()),
+        "matte_coverage": float(inside.mean()),
+    }
+
+
+def round_rejection(before_db: float, after_db: float, limit_db: float = MAX_ROUND_LOSS_DB) -> str | None:
+    """Why a round that took the input-view PSNR from ``before_db`` to ``after_db`` is rejected, or
+    None when it may stand (it cost at most ``limit_db``; a figure that is not finite never rejects)."""
+    if not (np.isfinite(before_db) and np.isfinite(after_db)) or before_db - after_db <= limit_db:
+        return None
+    return (f"the round would lower the input-view PSNR against the photo from {before_db:.2f} to "
+            f"{after_db:.2f} dB ({after_db - before_db:+.2f} dB; at most -{limit_db:g} dB is allowed), "
+            "so it was rejected and the model is unchanged")
+
+
 def _unit(image: np.ndarray) -> np.ndarray:
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[2] < 3:
@@ -91,4 +165,5 @@ def _unit(image: np.ndarray) -> np.ndarray:
     return img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else img.astype(np.float32)
 
 
-__all__ = ["TURNS_DEG", "background_colour", "feedback_cameras", "photo_figures"]
+__all__ = ["MAX_ROUND_LOSS_DB", "PHOTO_RETRY_WEIGHT", "TURNS_DEG", "background_colour", "feedback_cameras",
+           "input_view_figures", "photo_figures", "round_rejection", "ssim_map"]

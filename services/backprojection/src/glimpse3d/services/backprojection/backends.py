@@ -37,6 +37,7 @@ from glimpse3d.services.backprojection.options import (
     ClipScorer,
     RefineOptions,
     RefineResult,
+    TrustedView,
 )
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class BackprojectionBackend(Protocol):
         reference: np.ndarray | None = None,
         *,
         background: Sequence[float] | None = None,
+        trusted: Sequence[TrustedView] = (),
     ) -> RefineResult: ...
 
 
@@ -142,14 +144,15 @@ class MVCRMBackend:
         reference: np.ndarray | None = None,
         *,
         background: Sequence[float] | None = None,
+        trusted: Sequence[TrustedView] = (),
     ) -> RefineResult:
-        """One MVCRM round; ``options=None`` uses :attr:`defaults`."""
+        """One MVCRM round; ``options=None`` uses :attr:`defaults`; ``trusted``: see :func:`.mvcrm.refine`."""
         if not self._ready:
             raise NotReady(f"backprojection backend {self.name} is not loaded yet")
         opts = self.defaults if options is None else options
         return refine(
             splat, view, camera, view_depth, confidence, opts, self.clip, reference,
-            background=background, device=self.device, max_side=self.max_side,
+            background=background, device=self.device, max_side=self.max_side, trusted=trusted,
         )
 
 

@@ -13,10 +13,13 @@ Loss, with n = number of object pixels in the view:
 
     L = 1/n [ sum_p w_p rho(render_p - view_p) + sum_i a_i ||theta_i - theta_i^0||^2 ] + normal terms
 
-rho is the Charbonnier penalty (a smooth L1), averaged over the three channels; ``a_i`` is the
-anchor strength of Gaussian i (anchor_weight x confidence x footprint, see mvcrm.py). Adam
-normalises each parameter's step, so a Gaussian seen only by untrusted pixels, or barely seen at
-all, would still move at full speed however small its gradient; every update is therefore scaled
+rho is the Charbonnier penalty (a smooth L1), averaged over the three channels. Each *trusted* view
+(the input photo, see mvcrm.py) adds its own photometric term ``lambda_t / n_t sum_p m_p rho(.)`` over its
+mask ``m``, normalised by its own object pixels ``n_t``, so the round cannot trade what the photo shows
+for the enhanced view. ``a_i`` is the anchor strength of Gaussian i (anchor_weight x confidence x
+footprint, see mvcrm.py). Adam normalises each parameter's step, so a Gaussian seen only by
+untrusted pixels, or barely seen at all, would still move at full speed however small its gradient;
+every update is therefore scaled
 per Gaussian by ``step_scale`` in [0, 1] (mvcrm.py: trusted share x relative footprint), which
 makes the trust weights act on the result, not only on the gradient direction.
 """
@@ -51,6 +54,18 @@ class NormalTerms:
 
 
 @dataclass(frozen=True)
+class TrustedTerm:
+    """A trusted view's photometric term: a view fused together with the round's view as ground truth."""
+
+    camera: Camera
+    view: Tensor  # [H, W, 3] in [0, 1]
+    pixel_weight: Tensor  # [H, W] (its mask)
+    normaliser: float  # its object pixels (>= 1)
+    background: Tensor  # [3]
+    weight: float
+
+
+@dataclass(frozen=True)
 class FusionProblem:
     camera: Camera
     view: Tensor  # [H, W, 3] target colours in [0, 1]
@@ -60,6 +75,7 @@ class FusionProblem:
     anchor: Tensor  # [N] >= 0 anchor strength a_i
     background: Tensor  # [3]
     normals: NormalTerms | None
+    trusted: tuple[TrustedTerm, ...] = ()
 
 
 class _Params:
@@ -119,6 +135,11 @@ def _loss(p: _Params, prob: FusionProblem) -> Tensor:
     loss = (photo + (prob.anchor * p.anchor_sq()).sum()) / prob.normaliser
     if prob.normals is not None and prob.normals.weight > 0 and prob.normals.active.numel() > 0:
         loss = loss + _normal_loss(p, prob.normals)
+    for term in prob.trusted:
+        if term.weight > 0:
+            seen = rasterize(p.gaussians(), term.camera, background=term.background)
+            fit = (term.pixel_weight[..., None] * charbonnier(seen.rgb - term.view)).sum() / 3.0
+            loss = loss + term.weight * fit / term.normaliser
     return loss
 
 

@@ -45,11 +45,12 @@ from torch import Tensor
 
 from glimpse3d.core.cameras import Camera
 from glimpse3d.core.errors import Glimpse3DError, InvalidInput
+from glimpse3d.core.feedback import background_colour
 from glimpse3d.core.images import resize_longest
 from glimpse3d.core.render import GaussianTensors, from_tensors, rasterize, to_tensors
 from glimpse3d.core.splat import SH_C0, Splat
 from glimpse3d.services.backprojection import normals as nrm
-from glimpse3d.services.backprojection.fusion import FusionProblem, NormalTerms, fuse
+from glimpse3d.services.backprojection.fusion import FusionProblem, NormalTerms, TrustedTerm, fuse
 from glimpse3d.services.backprojection.options import (
     DEFAULT_LEARNING_RATE,
     FULL_MVCRM,
@@ -58,6 +59,7 @@ from glimpse3d.services.backprojection.options import (
     RefineOptions,
     RefineReport,
     RefineResult,
+    TrustedView,
 )
 from glimpse3d.services.backprojection.weights import Trust, pixel_trust, weighted_mae
 
@@ -137,15 +139,46 @@ def _check_confidence(confidence: object, n: int) -> np.ndarray:
 def _check_reference(reference: object) -> np.ndarray | None:
     if reference is None:
         return None
-    if not isinstance(reference, np.ndarray) or reference.ndim != 3 or reference.shape[2] != 3:
+    if not isinstance(reference, np.ndarray) or reference.ndim != 3 or reference.shape[2] not in (3, 4):
         got = list(reference.shape) if isinstance(reference, np.ndarray) else type(reference).__name__
-        raise InvalidInput(f"reference must be an image [H, W, 3], got {got}", field="reference")
+        raise InvalidInput(f"reference must be an image [H, W, 3] (or RGBA), got {got}", field="reference")
+    reference = reference[..., :3]  # the CLIP check compares colours; a photo's alpha plays no part
     if reference.dtype == np.uint8:
         return reference.astype(np.float32) / 255.0
     ref = reference.astype(np.float32)
     if not np.isfinite(ref).all():
         raise InvalidInput("reference has a non-finite value", field="reference")
     return np.clip(ref, 0.0, 1.0)
+
+
+def _check_trusted(trusted: object, max_side: int | None) -> list[TrustedView]:
+    """The trusted views, each at most ``max_side`` a side (like the round's view)."""
+    if isinstance(trusted, TrustedView) or not isinstance(trusted, Sequence):
+        raise InvalidInput(f"trusted must be a sequence of TrustedView, got {type(trusted).__name__}",
+                           field="trusted_views")
+    out = []
+    for i, view in enumerate(trusted):
+        if not isinstance(view, TrustedView):
+            raise InvalidInput(f"trusted[{i}] must be a TrustedView, got {type(view).__name__}", field="trusted_views")
+        if max_side is not None and max(view.camera.width, view.camera.height) > max_side:
+            small = resize_longest(view.image, max_side)
+            mask = np.clip(resize_longest(view.mask, max_side), 0.0, 1.0)
+            out.append(TrustedView(small, view.camera.with_size(small.shape[1], small.shape[0]), mask, view.weight))
+        else:
+            out.append(view)
+    return out
+
+
+def _trusted_term(t: TrustedView, device: torch.device) -> TrustedTerm:
+    """A trusted view as a fusion term, its render's background the image's own (median outside its mask)."""
+    return TrustedTerm(
+        camera=t.camera,
+        view=torch.as_tensor(t.image, device=device),
+        pixel_weight=torch.as_tensor(t.mask, device=device),
+        normaliser=float(max(1.0, float((t.mask >= 0.5).sum()))),
+        background=torch.tensor(background_colour(t.image, t.mask), dtype=torch.float32, device=device),
+        weight=t.weight,
+    )
 
 
 def _check_splat(splat: object) -> Splat:
@@ -325,6 +358,7 @@ def refine(
     device: str | torch.device = "cpu",
     max_side: int | None = None,
     ablation: Ablation = FULL_MVCRM,
+    trusted: Sequence[TrustedView] = (),
 ) -> RefineResult:
     """Fuse one enhanced ``view`` [H, W, 3] seen from ``camera`` into ``splat`` (one MVCRM round).
 
@@ -339,6 +373,8 @@ def refine(
     (the input object itself when rejected), the new confidence and the report. Raises
     :class:`InvalidInput` naming the bad field. ``ablation``: components switched off, for the
     research harness's ablation study (:class:`Ablation`); the default is the full module.
+    ``trusted``: views fused together with ``view`` as ground truth (the gateway sends the input photo
+    with its matte), each adding its own photometric term to the fusion loss (:mod:`.fusion`).
     """
     if not isinstance(ablation, Ablation):
         raise InvalidInput(f"ablation must be an Ablation, got {type(ablation).__name__}", field="ablation")
@@ -352,6 +388,7 @@ def refine(
         camera, target, depth_in = working_resolution(camera, target, depth_in, max_side)
     conf = _check_confidence(confidence, splat.num_gaussians)
     ref = _check_reference(reference)
+    trusted_views = _check_trusted(trusted, max_side)
     g0 = to_tensors(splat, device)
     rgb0, depth0, alpha0, bg = _first_render(g0, camera, target, depth_in, background)
     trust_depth = depth_in if ablation.depth_consistency else None
@@ -364,7 +401,8 @@ def refine(
         logger.info("MVCRM round rejected: %s", note)
         report = RefineReport(trust.accepted_fraction, before, before, score, note, True, 0, float(conf.mean()))
         return RefineResult(splat, conf, report)
-    g, share, seen = _fuse_round(g0, camera, target, trust, conf, opts, bg, depth0, alpha0, ablation)
+    terms = tuple(_trusted_term(t, g0.device) for t in trusted_views)
+    g, share, seen = _fuse_round(g0, camera, target, trust, conf, opts, bg, depth0, alpha0, ablation, terms)
     rgb1, _, _ = _render_np(g, camera, bg)
     after = weighted_mae(rgb1, target, trust.weight)
     gained = (share * seen).cpu().numpy() if ablation.confidence_accumulation else 0.0
@@ -405,6 +443,7 @@ def _fuse_round(
     depth0: np.ndarray,
     alpha0: np.ndarray,
     ablation: Ablation = FULL_MVCRM,
+    trusted: tuple[TrustedTerm, ...] = (),
 ) -> tuple[GaussianTensors, Tensor, Tensor]:
     """Footprints, anchor, normal terms and the fusion itself: (result, trusted share [N], seen [N])."""
     dev = g0.device
@@ -424,6 +463,7 @@ def _fuse_round(
         anchor=anchor_weight * torch.as_tensor(conf, device=dev) * cov,
         background=bg,
         normals=normals,
+        trusted=trusted,
     )
     return fuse(g0, problem, opts.steps, opts.learning_rate), share, seen
 

@@ -190,6 +190,56 @@ class RefineReport:
 
 
 @dataclass(frozen=True, eq=False)
+class TrustedView:
+    """A view fused *together with* the enhanced view as ground truth: in the product, the input photo.
+
+    Mirrors ``glimpse3d.v1.TrustedView``. ``image`` [H, W, 3] (uint8, or float in [0, 1]; a fourth
+    channel is dropped), seen from ``camera`` (same size); ``mask`` [H, W] in [0, 1] says where it shows
+    the object and is its per-pixel weight; ``weight`` (>= 0) scales its loss term against the enhanced
+    view's (each term is normalised by its own object pixels). See :func:`.mvcrm.refine`.
+    """
+
+    image: np.ndarray
+    camera: Any  # glimpse3d.core.cameras.Camera
+    mask: np.ndarray
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        from glimpse3d.core.cameras import Camera
+
+        if not isinstance(self.camera, Camera):
+            raise InvalidInput(f"trusted view camera must be a Camera, got {type(self.camera).__name__}",
+                               field="trusted_views.camera")
+        hw = (self.camera.height, self.camera.width)
+        img = self.image
+        if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] not in (3, 4) or img.shape[:2] != hw:
+            got = list(img.shape) if isinstance(img, np.ndarray) else type(img).__name__
+            raise InvalidInput(f"trusted view image must be [H, W, 3] = {[*hw, 3]} to match its camera, got {got}",
+                               field="trusted_views.image")
+        if img.dtype == np.uint8:
+            rgb = img[..., :3].astype(np.float32) / 255.0
+        elif np.issubdtype(img.dtype, np.floating) and np.isfinite(img).all():
+            rgb = np.clip(img[..., :3].astype(np.float32), 0.0, 1.0)
+        else:
+            raise InvalidInput("trusted view image must be uint8, or finite floats in [0, 1]",
+                               field="trusted_views.image")
+        m = self.mask
+        if not isinstance(m, np.ndarray) or m.shape != hw or not np.issubdtype(m.dtype, np.number):
+            got = list(m.shape) if isinstance(m, np.ndarray) else type(m).__name__
+            raise InvalidInput(f"trusted view mask must be [H, W] = {list(hw)}, got {got}", field="trusted_views.mask")
+        m = m.astype(np.float32)
+        if not np.isfinite(m).all() or m.min() < -1e-3 or m.max() > 1 + 1e-3:
+            raise InvalidInput("trusted view mask values must be finite and in [0, 1]", field="trusted_views.mask")
+        w = self.weight
+        if isinstance(w, bool) or not isinstance(w, int | float | np.integer | np.floating) or not (
+                math.isfinite(float(w)) and float(w) >= 0):
+            raise InvalidInput(f"trusted view weight must be finite and >= 0, got {w!r}", field="trusted_views.weight")
+        object.__setattr__(self, "image", rgb)
+        object.__setattr__(self, "mask", np.clip(m, 0.0, 1.0))
+        object.__setattr__(self, "weight", float(w))
+
+
+@dataclass(frozen=True, eq=False)
 class RefineResult:
     splat: Splat  # refined splat (the input object itself when rejected)
     confidence: np.ndarray  # [N] float32 accumulated per-Gaussian confidence

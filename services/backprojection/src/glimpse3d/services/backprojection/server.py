@@ -11,7 +11,7 @@ from glimpse3d.core.errors import InvalidInput
 from glimpse3d.core.rpc import Registration
 from glimpse3d.core.service import ServiceRuntime, backend_from_settings
 from glimpse3d.services.backprojection.backends import REGISTRY, BackprojectionBackend
-from glimpse3d.services.backprojection.options import RefineOptions
+from glimpse3d.services.backprojection.options import RefineOptions, TrustedView
 from glimpse3d.v1 import backprojection_pb2, backprojection_pb2_grpc
 
 SERVICE_NAME = backprojection_pb2.DESCRIPTOR.services_by_name["Backprojection"].full_name
@@ -42,8 +42,10 @@ class BackprojectionServicer(backprojection_pb2_grpc.BackprojectionServicer):
         if request.confidence.uri:
             confidence = await self.rt.io.array(request.confidence, "confidence", shape=(splat.num_gaussians,))
         reference = await self.rt.io.image(request.reference, "reference") if request.reference.uri else None
+        trusted = [await self._trusted_view(t, f"trusted_views[{i}]") for i, t in enumerate(request.trusted_views)]
         result = await self.rt.limiter.run(
-            self.backend.refine, splat, view[..., :3], camera, view_depth, confidence, options, reference=reference
+            self.backend.refine, splat, view[..., :3], camera, view_depth, confidence, options,
+            reference=None if reference is None else reference[..., :3], trusted=trusted,
         )
         r = result.report
         report = backprojection_pb2.RefineReport(
@@ -58,6 +60,19 @@ class BackprojectionServicer(backprojection_pb2_grpc.BackprojectionServicer):
             confidence=await self.rt.io.put_array(result.confidence),
             report=report,
         )
+
+    async def _trusted_view(self, msg: backprojection_pb2.TrustedView, field: str) -> TrustedView:
+        camera = convert.camera_from_proto(msg.camera, f"{field}.camera")
+        image = await self.rt.io.image(msg.image, f"{field}.image")
+        if image.shape[:2] != (camera.height, camera.width):
+            raise InvalidInput(f"{field}.image is {image.shape[1]}x{image.shape[0]} but its camera is "
+                               f"{camera.width}x{camera.height}", field=f"{field}.image")
+        mask = await self.rt.io.array(msg.mask, f"{field}.mask", shape=(camera.height, camera.width))
+        weight = msg.weight if msg.weight else 1.0
+        try:
+            return TrustedView(image[..., :3], camera, mask, weight)
+        except InvalidInput as err:
+            raise InvalidInput(err.message.replace("trusted view", field), field=field) from None
 
 
 def build(runtime: ServiceRuntime) -> tuple[Registration, Callable[[], None]]:
