@@ -592,3 +592,54 @@ def test_malformed_name_is_invalid(client, method, name):
     message = expect_error(client, method, name_requests(name)[method], Code.INVALID_ARGUMENT, "jobs/{job_id}",
                            repr(name), field="name")
     assert message.startswith("name")
+
+
+# ---- the matte: preview, the user's corrections, a drawn mask ----------------------------------------
+
+
+def _png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_preview_matte_and_the_users_corrections(client):
+    plain = client.PreviewMatte(pb.PreviewMatteRequest(image_data=SAMPLE_BYTES, resolution=RES))
+    mask = np.asarray(Image.open(io.BytesIO(plain.mask_png)))
+    assert mask.shape == (RES, RES) and mask.dtype == np.uint8
+    assert plain.coverage == pytest.approx(float((mask >= 128).mean()), abs=0.02) and 0.05 < plain.coverage < 0.9
+    assert plain.fragments >= 1 and 0.0 <= plain.border_fraction <= 1.0
+    # A remove click in the middle of the object takes that part out; the preview follows the points.
+    removed = client.PreviewMatte(pb.PreviewMatteRequest(image_data=SAMPLE_BYTES, resolution=RES, matte_points=[
+        common_pb2.MattePoint(x=0.5, y=0.5, keep=False)]))
+    after = np.asarray(Image.open(io.BytesIO(removed.mask_png)))
+    assert mask[RES // 2, RES // 2] >= 128 and after[RES // 2, RES // 2] < 128
+    assert removed.coverage < plain.coverage
+    expect_error(client, "PreviewMatte", pb.PreviewMatteRequest(image_data=SAMPLE_BYTES, matte_points=[
+        common_pb2.MattePoint(x=1.5, y=0.5, keep=True)]), Code.INVALID_ARGUMENT, "must be a fraction in [0, 1]",
+        field="matte_points")
+    expect_error(client, "PreviewMatte", pb.PreviewMatteRequest(), Code.INVALID_ARGUMENT, "image_data is required",
+                 field="image_data")
+
+
+def test_a_job_takes_the_users_points_or_drawn_mask(client):
+    points = [common_pb2.MattePoint(x=0.5, y=0.5, keep=True), common_pb2.MattePoint(x=0.05, y=0.05, keep=False)]
+    job = client.create(matte_points=points)
+    assert list(job.options.matte_points) == points
+    done = client.wait(job.name)
+    assert done.state == State.SUCCEEDED and list(done.options.matte_points) == points
+    # A drawn mask (a centred rectangle, a quarter of the photo) becomes the matte the job works with.
+    w, h = Image.open(SAMPLE).size
+    drawn = np.zeros((h // 2, w // 2), np.uint8)  # any size: resized to the photo
+    drawn[h // 8:3 * h // 8, w // 8:3 * w // 8] = 255
+    job = client.CreateJob(pb.CreateJobRequest(image_data=SAMPLE_BYTES, mask_data=_png(drawn),
+                                               options=pb.JobOptions(resolution=RES)))
+    done = client.wait(job.name)
+    assert done.state == State.SUCCEEDED, done.error.message
+    assert done.versions[0].metrics["matte_coverage"] == pytest.approx(0.25, abs=0.03)
+    for bad, needle in ((np.zeros((8, 8), np.uint8), "marks no object"),
+                        (np.full((8, 8), 255, np.uint8), "whole photo as object")):
+        expect_error(client, "CreateJob", pb.CreateJobRequest(image_data=SAMPLE_BYTES, mask_data=_png(bad)),
+                     Code.INVALID_ARGUMENT, needle, field="mask_data")
+    expect_error(client, "CreateJob", pb.CreateJobRequest(image_data=SAMPLE_BYTES, mask_data=b"not a png"),
+                 Code.INVALID_ARGUMENT, "mask_data", field="mask_data")

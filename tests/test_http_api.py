@@ -490,8 +490,8 @@ PART_HEAD = b'--xyz\r\nContent-Disposition: form-data; name="photo"; filename="b
 
 def test_too_large_upload_is_refused_before_its_body_is_read(stack, http):
     port = int(stack.http_url.rsplit(":", 1)[1])
-    # announced too large: the answer comes after 1 KiB of a 33 MiB body
-    head = multipart_head(port, MAX_IMAGE_BYTES + (1 << 20))
+    # announced too large (more than a photo, a drawn mask and the form): the answer comes after 1 KiB
+    head = multipart_head(port, body_limit() + (1 << 20))
     status, body = raw_request(port, head, iter([PART_HEAD + b"\0" * 1024]))
     assert status == 413 and body["error"]["field"] == "photo" and body["error"]["reason"] == "PAYLOAD_TOO_LARGE"
 
@@ -779,3 +779,41 @@ def test_committed_openapi_spec_is_up_to_date(tmp_path):
     stale.write_text("{}")
     assert spec_cli(["--check", str(SPEC)]) == 0 and spec_cli(["--check", str(stale)]) == 1
     assert spec_cli(["--write-openapi", str(fresh)]) == 0 and fresh.read_text() == SPEC.read_text()
+
+
+def test_matte_preview_and_a_job_with_corrections_over_http(http):
+    """POST /matte answers the matte (a PNG data URL and its check); the user's points change it; a job
+    takes the points (matte_points, JSON) or a drawn mask (file field ``mask``); bad ones name the field."""
+    import base64
+    import json
+
+    plain = http.post(f"{API}/matte", files=photo_files(), data={"resolution": str(RES)})
+    assert plain.status_code == 200, plain.text
+    body = plain.json()
+    assert body["mask"].startswith("data:image/png;base64,") and (body["width"], body["height"]) == (RES, RES)
+    mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["mask"].split(",", 1)[1]))))
+    assert mask.shape == (RES, RES) and 0.05 < body["coverage"] < 0.9 and body["warning"] == ""
+    removed = http.post(f"{API}/matte", files=photo_files(),
+                        data={"resolution": str(RES), "matte_points": json.dumps([[0.5, 0.5, False]])}).json()
+    assert removed["coverage"] < body["coverage"]
+    expect_error(http.post(f"{API}/matte", files=photo_files(), data={"matte_points": "[[2, 0.5, true]]"}),
+                 400, "INVALID_ARGUMENT", "matte_points", "must be a fraction in [0, 1]")
+    expect_error(http.post(f"{API}/matte", files=photo_files(), data={"matte_points": "[[0.5, 0.5]]"}),
+                 400, "INVALID_ARGUMENT", "matte_points", "[[x, y, keep], ...]")
+
+    job = create(http, matte_points=json.dumps([[0.5, 0.5, True]]))
+    assert job.status_code == 201, job.text
+    w, h = Image.open(io.BytesIO(SAMPLE_BYTES)).size
+    drawn = np.zeros((h, w), np.uint8)
+    drawn[h // 4:3 * h // 4, w // 4:3 * w // 4] = 255
+    buf = io.BytesIO()
+    Image.fromarray(drawn).save(buf, format="PNG")
+    with_mask = http.post(f"{API}/jobs", files={**photo_files(), "mask": ("mask.png", buf.getvalue(), "image/png")},
+                          data={"resolution": str(RES)})
+    assert with_mask.status_code == 201, with_mask.text
+    done = watch(http, with_mask.json()["id"])[-1]
+    assert done["state"] == "SUCCEEDED" and done["versions"][0]["metrics"]["matte_coverage"] == pytest.approx(
+        0.25, abs=0.03)
+    expect_error(http.post(f"{API}/jobs", files={**photo_files(), "mask": ("m.txt", b"hello", "text/plain")}),
+                 415, "INVALID_ARGUMENT", "mask", "not a PNG or JPEG")
+    assert watch(http, job.json()["id"])[-1]["state"] == "SUCCEEDED"

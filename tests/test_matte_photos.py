@@ -180,3 +180,39 @@ def test_check_rejects_bad_masks():
         with pytest.raises(InvalidInput) as info:
             check_matte(bad)  # type: ignore[arg-type]
         assert info.value.field == "mask"
+
+
+# ---------------------------------------------------------------------------- the user's corrections
+
+
+def test_one_remove_click_takes_the_wood_off_an_off_centre_cup():
+    """The cup left of centre with wood filling the right half: the automatic matte keeps the wood (a
+    known failure of the weight-free matte); one "remove" click on the wood takes it off, the cup stays."""
+    h, w = skimage_data.coffee().shape[:2]
+    img = resize_longest(np.ascontiguousarray(skimage_data.coffee()[0:round(0.62 * h), round(0.2 * w):w]), WORK_SIDE)
+    cup = {"inner_wall": (0.25, 0.15, 0.5, 0.3), "crema": (0.15, 0.4, 0.38, 0.6)}
+    wood = {"right": (0.78, 0.1, 0.98, 0.5), "top": (0.6, 0.0, 0.9, 0.08)}
+    automatic = estimate_mask(img)
+    assert min(_cover(automatic, b) for b in wood.values()) > 0.8  # the failure the click is for
+    corrected = estimate_mask(img, points=[(0.85, 0.3, False)])
+    _check_boxes(corrected, cup, wood)
+
+
+def test_keep_clicks_add_what_the_matte_missed_and_points_are_checked():
+    """A pale grey disc on a slightly paler background, with a dark disc: the automatic matte takes the
+    dark disc; a keep click on the pale disc adds it, a remove click on the dark one drops it."""
+    img = np.full((120, 160, 3), 200, np.uint8)
+    yy, xx = np.mgrid[:120, :160]
+    img[(yy - 60) ** 2 + (xx - 50) ** 2 < 25 ** 2] = 40  # dark disc, left
+    img[(yy - 60) ** 2 + (xx - 115) ** 2 < 22 ** 2] = 185  # pale disc, right
+    dark, pale = (0.27, 0.42, 0.37, 0.58), (0.66, 0.42, 0.77, 0.58)
+    automatic = estimate_mask(img)
+    assert _cover(automatic, dark) > 0.8 and _cover(automatic, pale) < 0.2
+    both = estimate_mask(img, points=[(115 / 159, 60 / 119, True)])
+    assert _cover(both, dark) > 0.8 and _cover(both, pale) > 0.8
+    swapped = estimate_mask(img, points=[(115 / 159, 60 / 119, True), (50 / 159, 60 / 119, False)])
+    assert _cover(swapped, dark) < 0.2 and _cover(swapped, pale) > 0.8
+    for bad, needle in (([(1.5, 0.5, True)], "must lie in"), ([(0.5,)], "triples"),
+                        ([(0.5, 0.5, True)] * 65, "at most 64")):
+        with pytest.raises(InvalidInput, match=needle):
+            estimate_mask(img, points=bad)

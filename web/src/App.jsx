@@ -98,6 +98,9 @@ export default function App({ api = defaultApi }) {
     };
   }, [openJob]);
 
+  const previewMatte = useCallback((file, points) => api.previewMatte(file, points), [api]);
+  const canPreviewMatte = typeof api.previewMatte === "function";
+
   async function createJob(file, options) {
     const created = await api.createJob(file, options);
     setJobsVersion((n) => n + 1);
@@ -146,7 +149,7 @@ export default function App({ api = defaultApi }) {
             </div>
           </section>
         ) : (
-          <UploadPanel createJob={createJob} />
+          <UploadPanel createJob={createJob} previewMatte={canPreviewMatte ? previewMatte : null} />
         )}
         {openError ? (
           <p className="message message-error" role="alert">

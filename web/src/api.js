@@ -85,14 +85,24 @@ export function createApi({ base = API_BASE, fetch: fetchImpl, EventSource: Even
   }
 
   return {
-    /** POST /jobs (multipart): the photo plus optional display_name, novel_views and seed. */
-    createJob(file, { displayName = "", novelViews = 0, seed = "" } = {}) {
+    /** POST /jobs (multipart): the photo plus optional display_name, novel_views, seed and the
+     * user's matte corrections (mattePoints: [[x, y, keep], ...], x and y fractions of the photo). */
+    createJob(file, { displayName = "", novelViews = 0, seed = "", mattePoints = [] } = {}) {
       const form = new FormData();
       form.append("photo", file, file.name || "photo");
       if (displayName) form.append("display_name", displayName);
       if (novelViews) form.append("novel_views", String(novelViews));
       if (seed !== "" && seed !== null && seed !== undefined) form.append("seed", String(seed));
+      if (mattePoints.length) form.append("matte_points", JSON.stringify(mattePoints));
       return request("/jobs", { method: "POST", body: form });
+    },
+    /** POST /matte (multipart): the matte a job would use for the photo with these corrections:
+     * {mask (a data: URL, white = object), width, height, coverage, border_fraction, fragments, warning}. */
+    previewMatte(file, mattePoints = []) {
+      const form = new FormData();
+      form.append("photo", file, file.name || "photo");
+      if (mattePoints.length) form.append("matte_points", JSON.stringify(mattePoints));
+      return request("/matte", { method: "POST", body: form });
     },
     listJobs() {
       return request("/jobs");

@@ -70,6 +70,21 @@ describe("createApi", () => {
     expect(init.body.get("seed")).toBe("7");
   });
 
+  it("sends the matte corrections with the job and asks for a matte preview", async () => {
+    const fetch = vi.fn(async () => jsonResponse(201, job()));
+    const api = createApi({ fetch });
+    await api.createJob(pngFile(), { mattePoints: [[0.5, 0.25, true], [0.9, 0.1, false]] });
+    expect(fetch.mock.calls[0][1].body.get("matte_points")).toBe("[[0.5,0.25,true],[0.9,0.1,false]]");
+    fetch.mockImplementationOnce(async () => jsonResponse(200, { mask: "data:image/png;base64,AA", coverage: 0.3 }));
+    const preview = await api.previewMatte(pngFile(), [[0.5, 0.5, false]]);
+    expect(preview.coverage).toBe(0.3);
+    const [url, init] = fetch.mock.calls[1];
+    expect(url).toBe("/api/v1/matte");
+    expect(init.method).toBe("POST");
+    expect(init.body.get("matte_points")).toBe("[[0.5,0.5,false]]");
+    expect(init.body.get("photo").name).toBe("sample.png");
+  });
+
   it("leaves unset options out of the upload", async () => {
     const fetch = vi.fn(async () => jsonResponse(201, job()));
     await createApi({ fetch }).createJob(pngFile(), {});

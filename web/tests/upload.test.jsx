@@ -148,3 +148,50 @@ describe("UploadPanel", () => {
     expect(screen.getByRole("button", { name: "Generate 3D" }).disabled).toBe(false);
   });
 });
+
+describe("matte editor", () => {
+  const matte = (overrides = {}) => ({
+    mask: "data:image/png;base64,AAAA", width: 4, height: 3, coverage: 0.42, border_fraction: 0.1,
+    fragments: 1, warning: "", ...overrides,
+  });
+
+  function setup(previewMatte) {
+    const createJob = vi.fn(async () => ({ id: "j1" }));
+    globalThis.URL.createObjectURL = vi.fn(() => "blob:photo");
+    globalThis.URL.revokeObjectURL = vi.fn();
+    render(<UploadPanel createJob={createJob} previewMatte={previewMatte} />);
+    return { createJob, input: screen.getByTestId("file-input") };
+  }
+
+  function clickAt(element, x, y) {
+    element.getBoundingClientRect = () => ({ left: 10, top: 20, width: 200, height: 100, right: 210, bottom: 120 });
+    fireEvent.click(element, { clientX: x, clientY: y });
+  }
+
+  it("shows the matte, adds keep and remove points where the user clicks, and sends them with the job", async () => {
+    const previewMatte = vi.fn(async () => matte());
+    const { createJob, input } = setup(previewMatte);
+    fireEvent.change(input, { target: { files: [pngFile("cup.png")] } });
+    await waitFor(() => expect(previewMatte).toHaveBeenCalledWith(expect.any(File), []));
+    await waitFor(() => expect(screen.getByTestId("matte-status").textContent).toBe("Object: 42% of the photo"));
+    clickAt(screen.getByTestId("matte-stage"), 60, 45); // (50 / 200, 25 / 100)
+    await waitFor(() => expect(previewMatte).toHaveBeenLastCalledWith(expect.any(File), [[0.25, 0.25, true]]));
+    fireEvent.click(screen.getByLabelText(/Remove/));
+    clickAt(screen.getByTestId("matte-stage"), 190, 110);
+    const both = [[0.25, 0.25, true], [0.9, 0.9, false]];
+    await waitFor(() => expect(previewMatte).toHaveBeenLastCalledWith(expect.any(File), both));
+    expect(screen.getAllByTestId("matte-point")).toHaveLength(2);
+    fireEvent.click(screen.getByRole("button", { name: "Generate 3D" }));
+    await waitFor(() => expect(createJob).toHaveBeenCalledTimes(1));
+    expect(createJob.mock.calls[0][1].mattePoints).toEqual(both);
+    fireEvent.click(screen.getByRole("button", { name: "Undo point" }));
+    await waitFor(() => expect(previewMatte).toHaveBeenLastCalledWith(expect.any(File), [[0.25, 0.25, true]]));
+  });
+
+  it("shows the gateway's warning about an implausible matte", async () => {
+    const previewMatte = vi.fn(async () => matte({ warning: "it touches most of the photo's border." }));
+    const { input } = setup(previewMatte);
+    fireEvent.change(input, { target: { files: [pngFile("room.png")] } });
+    await waitFor(() => expect(screen.getByTestId("matte-warning").textContent).toContain("touches most of the photo"));
+  });
+});

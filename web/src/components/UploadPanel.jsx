@@ -5,12 +5,15 @@
 import { useEffect, useId, useRef, useState } from "react";
 
 import { formatBytes, MAX_NOVEL_VIEWS, validateOptions, validatePhoto } from "../upload.js";
+import MatteEditor from "./MatteEditor.jsx";
 
 /**
- * @param {{createJob: (file: File, options: object) => Promise<object>, disabled?: boolean}} props
- *   createJob sends the photo; a rejection's message is shown
+ * @param {{createJob: (file: File, options: object) => Promise<object>, disabled?: boolean,
+ *          previewMatte?: (file: File, points: number[][]) => Promise<object>}} props
+ *   createJob sends the photo; a rejection's message is shown. With previewMatte, the matte is shown
+ *   before generating and the user's corrections (points) go with the job.
  */
-export default function UploadPanel({ createJob, disabled = false }) {
+export default function UploadPanel({ createJob, disabled = false, previewMatte = null }) {
   const [file, setFile] = useState(null);
   const [preview, setPreview] = useState("");
   const [error, setError] = useState("");
@@ -20,6 +23,7 @@ export default function UploadPanel({ createJob, disabled = false }) {
   const [nameTyped, setNameTyped] = useState(false);
   const [novelViews, setNovelViews] = useState("0");
   const [seed, setSeed] = useState("");
+  const [points, setPoints] = useState([]);
   const inputRef = useRef(null);
   const ids = useId();
 
@@ -46,6 +50,7 @@ export default function UploadPanel({ createJob, disabled = false }) {
       return;
     }
     setFile(candidate);
+    setPoints([]);
     if (!nameTyped) setDisplayName(candidate.name.replace(/\.[^.]+$/, ""));
   }
 
@@ -56,6 +61,7 @@ export default function UploadPanel({ createJob, disabled = false }) {
       return;
     }
     const options = { displayName: displayName.trim(), novelViews: Number(novelViews), seed: seed.trim() };
+    if (points.length) options.mattePoints = points;
     const bad = validateOptions(options);
     if (bad) {
       setError(bad.message);
@@ -115,6 +121,9 @@ export default function UploadPanel({ createJob, disabled = false }) {
           <span id={`${ids}-hint`}>Drop a photo here, or click to choose one (PNG, JPEG or WebP, up to 32 MiB)</span>
         )}
       </div>
+      {file && preview && previewMatte ? (
+        <MatteEditor photoUrl={preview} file={file} points={points} onPoints={setPoints} previewMatte={previewMatte} />
+      ) : null}
       <input
         ref={inputRef}
         type="file"

@@ -50,13 +50,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar, get_args
 
+import numpy as np
+from PIL import Image
 from prometheus_client import CollectorRegistry, Gauge
 
 from glimpse3d.core.artifacts import ArtifactRef, ArtifactStore
 from glimpse3d.core.cameras import Camera
 from glimpse3d.core.errors import Cancelled, FailedPrecondition, InvalidInput, NotFound
 from glimpse3d.core.formats import read_ply
-from glimpse3d.core.images import MAX_IMAGE_BYTES, decode_image
+from glimpse3d.core.images import MAX_IMAGE_BYTES, decode_image, encode_png
 from glimpse3d.gateway.config import GatewayConfig
 from glimpse3d.gateway.events import EventHub, JobEvent
 from glimpse3d.gateway.exporters import MEDIA_TYPES, ExportFormat, export_splat
@@ -67,6 +69,7 @@ from glimpse3d.gateway.models import (
     Job,
     JobError,
     JobOptions,
+    MattePoint,
     Progress,
     RoundSpec,
     Version,
@@ -105,6 +108,41 @@ class Pipeline(Protocol):
         """One enhancement round on ``job.latest_version``: render the round's view (the pipeline
         picks it when ``round_spec.camera`` is None and returns it), enhance, depth, refine."""
         ...
+
+
+@dataclass(frozen=True, eq=False)
+class MattePreview:
+    mask: np.ndarray  # float32 [H, W] in [0, 1]
+    coverage: float
+    border_fraction: float
+    fragments: int
+    warning: str
+
+
+MAX_MASK_BYTES = 8 * 1024 * 1024
+
+
+def with_matte(image: bytes, mask: bytes) -> bytes:
+    """``image`` as a PNG whose alpha channel is ``mask`` (its alpha when it has one that is not all
+    opaque, else its luminance; resized to the image). InvalidInput naming ``mask_data`` when the mask
+    is unreadable, too large, or marks no object or nothing but object."""
+    photo = decode_image(image, field="image_data")
+    drawn = decode_image(mask, field="mask_data", max_bytes=MAX_MASK_BYTES)
+    if drawn.shape[2] == 4 and int(drawn[..., 3].min()) < 255:
+        alpha = drawn[..., 3]
+    else:
+        alpha = np.round(drawn[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))
+        alpha = np.clip(alpha, 0, 255).astype(np.uint8)
+    h, w = photo.shape[:2]
+    if alpha.shape != (h, w):
+        alpha = np.asarray(Image.fromarray(alpha).resize((w, h), Image.BILINEAR))
+    inside = float((alpha >= 128).mean())
+    if inside == 0.0:
+        raise InvalidInput("mask_data marks no object (white or opaque pixels are object)", field="mask_data")
+    if int(alpha.min()) == 255:
+        raise InvalidInput("mask_data marks the whole photo as object; leave the background black or transparent",
+                           field="mask_data")
+    return encode_png(np.dstack([photo[..., :3], alpha]), field="mask_data")
 
 
 @dataclass(frozen=True)
@@ -226,14 +264,22 @@ class GatewayApp:
         *,
         request_id: str = "",
         display_name: str = "",
+        mask: bytes | None = None,
     ) -> Job:
-        """Validate and persist a job, queue it and return it QUEUED (see the module docstring)."""
+        """Validate and persist a job, queue it and return it QUEUED (see the module docstring).
+
+        ``mask``: a matte the user drew (PNG/JPEG, white or opaque = object, any size); it becomes the
+        photo's alpha channel, which replaces the estimated matte (:func:`with_matte`)."""
         check_tenant(tenant)
         check_text(request_id, MAX_REQUEST_ID_CHARS, "request_id")
         check_text(display_name, MAX_DISPLAY_NAME_CHARS, "display_name")
         options = options or JobOptions()
         if request_id and (existing := await self._db(self._store.find_by_request_id, tenant, request_id)):
             return existing
+        if mask:
+            if isinstance(image, ArtifactRef):
+                image = await self._db(self._artifacts.get, image, max_bytes=MAX_IMAGE_BYTES)
+            image = await self._db(with_matte, bytes(image), bytes(mask))
         with self._queue.reserve() as slot:
             input_image = await self._store_image(image)
             job, created = await self._db(
@@ -244,6 +290,19 @@ class GatewayApp:
                 self._enqueue(job.id, slot)
                 logger.info("job created", extra={"job": job.name, "tenant": tenant})
         return job
+
+    async def preview_matte(self, tenant: str, image: bytes, points: tuple[MattePoint, ...] = (),
+                            resolution: int = 0) -> MattePreview:
+        """The matte a job would use for ``image`` with the user's ``points``, at the job's working size."""
+        check_tenant(tenant)
+        options = JobOptions(resolution=resolution, matte_points=points)  # validates both
+        preview = getattr(self._pipeline, "preview_matte", None)
+        if preview is None:
+            raise FailedPrecondition("this gateway's pipeline cannot preview mattes", field="image_data")
+        await self._db(decode_image, image, field="image_data")
+        mask, check = await preview(image, options.matte_points, options.effective_resolution)
+        return MattePreview(mask=mask, coverage=check.coverage, border_fraction=check.border_fraction,
+                            fragments=check.fragments, warning=check.warning)
 
     async def get_job(self, tenant: str, name: str) -> Job:
         check_tenant(tenant)

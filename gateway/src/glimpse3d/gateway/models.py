@@ -105,6 +105,33 @@ def parse_export_name(name: str, field_name: str = "name") -> tuple[str, int | N
 # ---- options, progress, errors --------------------------------------------------------------------
 
 
+MAX_MATTE_POINTS = 64
+
+
+@dataclass(frozen=True)
+class MattePoint:
+    """A user's correction of the matte: (x, y) as fractions of the photo's width and height from the
+    top-left corner; ``keep`` True marks object, False background."""
+
+    x: float
+    y: float
+    keep: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("x", "y"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not (math.isfinite(v) and 0.0 <= v <= 1.0):
+                raise InvalidInput(f"matte point {name} must be a fraction in [0, 1], got {v!r}",
+                                   field=f"options.matte_points.{name}")
+            object.__setattr__(self, name, float(v))
+        if not isinstance(self.keep, bool):
+            raise InvalidInput(f"matte point keep must be true or false, got {self.keep!r}",
+                               field="options.matte_points.keep")
+
+    def to_json(self) -> list[Any]:
+        return [self.x, self.y, self.keep]
+
+
 @dataclass(frozen=True)
 class JobOptions:
     """Validated ``JobOptions``; the ranges are those documented in glimpse3d.proto."""
@@ -114,8 +141,16 @@ class JobOptions:
     prompt: str = ""
     seed: int = 0
     resolution: int = 0  # 0 = DEFAULT_RESOLUTION
+    matte_points: tuple[MattePoint, ...] = ()
 
     def __post_init__(self) -> None:
+        points = tuple(self.matte_points)
+        if len(points) > MAX_MATTE_POINTS:
+            raise InvalidInput(f"at most {MAX_MATTE_POINTS} matte points, got {len(points)}",
+                               field="options.matte_points")
+        if not all(isinstance(p, MattePoint) for p in points):
+            raise InvalidInput("matte_points must be MattePoint values", field="options.matte_points")
+        object.__setattr__(self, "matte_points", points)
         _check_int(self.num_views, 0, MAX_NUM_VIEWS, "options.num_views")
         _check_int(self.enhance_rounds, 0, MAX_ENHANCE_ROUNDS, "options.enhance_rounds")
         check_text(self.prompt, MAX_PROMPT_CHARS, "options.prompt")
@@ -128,12 +163,17 @@ class JobOptions:
         return self.resolution or DEFAULT_RESOLUTION
 
     def to_json(self) -> dict[str, Any]:
-        return {"num_views": self.num_views, "enhance_rounds": self.enhance_rounds,
-                "prompt": self.prompt, "seed": self.seed, "resolution": self.resolution}
+        out: dict[str, Any] = {"num_views": self.num_views, "enhance_rounds": self.enhance_rounds,
+                               "prompt": self.prompt, "seed": self.seed, "resolution": self.resolution}
+        if self.matte_points:
+            out["matte_points"] = [p.to_json() for p in self.matte_points]
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> JobOptions:
-        return cls(**data)
+        values = dict(data)
+        values["matte_points"] = tuple(MattePoint(*p) for p in values.get("matte_points", ()))
+        return cls(**values)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -37,8 +37,8 @@ from glimpse3d.core.images import decode_image, decode_npy, encode_png, resize_l
 from glimpse3d.core.rpc import create_channel, error_from_rpc
 from glimpse3d.gateway.app import ProgressReporter
 from glimpse3d.gateway.config import GatewayConfig
-from glimpse3d.gateway.models import Job, RoundSpec, VersionResult
-from glimpse3d.gateway.protos import report_from_proto
+from glimpse3d.gateway.models import Job, MattePoint, RoundSpec, VersionResult
+from glimpse3d.gateway.protos import points_to_proto, report_from_proto
 from glimpse3d.gateway.states import Stage
 from glimpse3d.v1 import (
     backprojection_pb2,
@@ -153,8 +153,8 @@ class ServicePipeline:
         self.artifacts = artifacts
         # (input sha256, side) -> working image; every round of a job needs the same one.
         self._working: OrderedDict[tuple[str, int], common_pb2.ArtifactRef] = OrderedDict()
-        # (input sha256, side) -> the photo's depth estimate (its camera and matte), for the photo figures.
-        self._photo_depth: OrderedDict[tuple[str, int], depth_pb2.EstimateDepthResponse] = OrderedDict()
+        # (input sha256, side, matte points) -> the photo's depth estimate (camera, matte), for the photo figures.
+        self._photo_depth: OrderedDict[tuple[Any, ...], depth_pb2.EstimateDepthResponse] = OrderedDict()
 
     async def _working_image(self, job: Job) -> tuple[common_pb2.ArtifactRef, int]:
         """The input photo resized to the job's working resolution, made once per photo and size."""
@@ -175,11 +175,12 @@ class ServicePipeline:
                               ) -> depth_pb2.EstimateDepthResponse:
         """The depth service's estimate for the job's working image (camera, matte), kept per photo for
         the rounds' photo figures; ``fresh`` asks the service again (a job's first version always does)."""
-        key = (job.input_image.sha256, side)
+        points = tuple((p.x, p.y, p.keep) for p in job.options.matte_points)
+        key = (job.input_image.sha256, side, points)
         if key in self._photo_depth and not fresh:
             self._photo_depth.move_to_end(key)
         else:
-            self._photo_depth[key] = await self._depth(image)
+            self._photo_depth[key] = await self._depth(image, matte_points=job.options.matte_points)
             self._photo_depth.move_to_end(key)
             while len(self._photo_depth) > WORKING_IMAGE_CACHE:
                 self._photo_depth.popitem(last=False)
@@ -209,7 +210,24 @@ class ServicePipeline:
         renders = await asyncio.to_thread(lambda: [load(v) for v in rendered.views])
         figures = await asyncio.to_thread(photo_figures, photo, cameras, renders)
         figures.update(await asyncio.to_thread(input_view_figures, photo, mask, renders[0][0]))
+        if depth.HasField("matte_check"):
+            check = depth.matte_check
+            figures.update(matte_border_fraction=check.border_fraction, matte_fragments=float(check.fragments),
+                           matte_implausible=float(bool(check.warning)))
         return {k: v for k, v in figures.items() if np.isfinite(v)}
+
+    async def preview_matte(self, image: bytes, points: Sequence[MattePoint], side: int,
+                            ) -> tuple[np.ndarray, depth_pb2.MatteCheck]:
+        """The matte a job would use for ``image`` at working size ``side`` with the user's ``points``."""
+        def working() -> bytes:
+            return encode_png(resize_longest(decode_image(image, field="image_data"), side))
+
+        small = await asyncio.to_thread(working)
+        ref = await asyncio.to_thread(self.artifacts.put, small, "image/png")
+        response = await _call(self.clients.depth.Matte, depth_pb2.MatteRequest(
+            image=convert.artifact_to_proto(ref), matte_points=points_to_proto(points)), self.config.depth_deadline_s)
+        mask = await asyncio.to_thread(lambda: decode_npy(self._get(response.mask, "mask"), field="mask"))
+        return mask, response.check
 
     async def _input_view(self, splat: common_pb2.ArtifactRef, image: common_pb2.ArtifactRef,
                           depth: depth_pb2.EstimateDepthResponse) -> dict[str, float]:
@@ -232,8 +250,8 @@ class ServicePipeline:
         return [backprojection_pb2.TrustedView(image=image, camera=depth.camera, mask=depth.mask, weight=weight)]
 
     async def _depth(self, image: common_pb2.ArtifactRef, camera: common_pb2.Camera | None = None,
-                     ) -> depth_pb2.EstimateDepthResponse:
-        request = depth_pb2.EstimateDepthRequest(image=image, camera=camera)
+                     matte_points: Sequence[MattePoint] = ()) -> depth_pb2.EstimateDepthResponse:
+        request = depth_pb2.EstimateDepthRequest(image=image, camera=camera, matte_points=points_to_proto(matte_points))
         return await _call(self.clients.depth.Estimate, request, self.config.depth_deadline_s)
 
     async def _refine(self, splat: common_pb2.ArtifactRef, confidence: common_pb2.ArtifactRef | None,
@@ -254,6 +272,8 @@ class ServicePipeline:
         image, side = await self._working_image(job)
         await report(Stage.MATTING_DEPTH, 0.0, "matting and depth")
         depth = await self._photo_depth_of(job, image, side, fresh=True)
+        if depth.matte_check.warning:
+            await report(Stage.MATTING_DEPTH, 0.1, f"the matte looks wrong: {depth.matte_check.warning}")
         views = await self._reconstruction_views(job, image, depth, report)
         await report(Stage.RECONSTRUCT, 0.2, "coarse reconstruction")
         recon = await _call(self.clients.reconstruction.Reconstruct, reconstruction_pb2.ReconstructRequest(

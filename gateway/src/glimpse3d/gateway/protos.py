@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
 from google.protobuf import any_pb2, timestamp_pb2
@@ -12,7 +13,7 @@ from glimpse3d.core.errors import InvalidInput
 from glimpse3d.core.rpc.errors import DOMAIN
 from glimpse3d.gateway.app import ExportResult
 from glimpse3d.gateway.events import JobEvent
-from glimpse3d.gateway.models import Job, JobError, JobOptions, RoundReport, Version
+from glimpse3d.gateway.models import Job, JobError, JobOptions, MattePoint, RoundReport, Version
 from glimpse3d.v1 import backprojection_pb2, common_pb2, glimpse3d_pb2
 
 _FORMATS = {
@@ -28,15 +29,24 @@ def timestamp(dt: datetime) -> timestamp_pb2.Timestamp:
     return ts
 
 
+def points_from_proto(points: Iterable[common_pb2.MattePoint]) -> tuple[MattePoint, ...]:
+    return tuple(MattePoint(p.x, p.y, p.keep) for p in points)
+
+
+def points_to_proto(points: Iterable[MattePoint]) -> list[common_pb2.MattePoint]:
+    return [common_pb2.MattePoint(x=p.x, y=p.y, keep=p.keep) for p in points]
+
+
 def options_from_proto(msg: glimpse3d_pb2.JobOptions) -> JobOptions:
     """Validated options (InvalidInput names e.g. ``options.num_views``)."""
     return JobOptions(num_views=msg.num_views, enhance_rounds=msg.enhance_rounds, prompt=msg.prompt,
-                      seed=msg.seed, resolution=msg.resolution)
+                      seed=msg.seed, resolution=msg.resolution, matte_points=points_from_proto(msg.matte_points))
 
 
 def options_to_proto(options: JobOptions) -> glimpse3d_pb2.JobOptions:
     return glimpse3d_pb2.JobOptions(num_views=options.num_views, enhance_rounds=options.enhance_rounds,
-                                    prompt=options.prompt, seed=options.seed, resolution=options.resolution)
+                                    prompt=options.prompt, seed=options.seed, resolution=options.resolution,
+                                    matte_points=points_to_proto(options.matte_points))
 
 
 def format_from_proto(value: int) -> str:

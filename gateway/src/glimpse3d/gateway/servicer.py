@@ -7,13 +7,16 @@ errors propagate unchanged; the shared server interceptor turns them into rich s
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
+import numpy as np
 
 from glimpse3d.core.artifacts import ArtifactRef
 from glimpse3d.core.convert import artifact_from_proto, view_from_proto
 from glimpse3d.core.errors import InvalidInput
+from glimpse3d.core.images import encode_png
 from glimpse3d.gateway.app import GatewayApp
 from glimpse3d.gateway.models import DEFAULT_TENANT, TENANT_HEADER, check_tenant
 from glimpse3d.gateway.protos import (
@@ -22,6 +25,7 @@ from glimpse3d.gateway.protos import (
     format_from_proto,
     job_to_proto,
     options_from_proto,
+    points_from_proto,
 )
 from glimpse3d.v1 import glimpse3d_pb2, glimpse3d_pb2_grpc
 
@@ -53,9 +57,24 @@ class Glimpse3DServicer(glimpse3d_pb2_grpc.Glimpse3DServicer):
             raise InvalidInput("set image_data (PNG or JPEG bytes) or image (an artifact)", field="image_data")
         job = await self._app.create_job(
             tenant, image, options_from_proto(request.options),
-            request_id=request.request_id, display_name=request.display_name,
+            request_id=request.request_id, display_name=request.display_name, mask=request.mask_data or None,
         )
         return job_to_proto(job)
+
+    async def PreviewMatte(
+        self, request: glimpse3d_pb2.PreviewMatteRequest, context: grpc.aio.ServicerContext
+    ) -> glimpse3d_pb2.PreviewMatteResponse:
+        if not request.image_data:
+            raise InvalidInput("image_data is required (PNG or JPEG bytes)", field="image_data")
+        try:
+            points = points_from_proto(request.matte_points)
+        except InvalidInput as err:  # named as in CreateJob's options; here the points are the request's own
+            raise InvalidInput(err.message, field="matte_points") from None
+        preview = await self._app.preview_matte(tenant_of(context), request.image_data, points, request.resolution)
+        png = await asyncio.to_thread(encode_png, np.round(preview.mask * 255.0).astype(np.uint8))
+        return glimpse3d_pb2.PreviewMatteResponse(
+            mask_png=png, coverage=preview.coverage, border_fraction=preview.border_fraction,
+            fragments=preview.fragments, warning=preview.warning)
 
     async def GetJob(
         self, request: glimpse3d_pb2.GetJobRequest, context: grpc.aio.ServicerContext

@@ -65,7 +65,7 @@ def create_app(context: HttpContext | None = None, *, web_dir: Path | None = Non
     app.add_api_route("/api/{rest:path}", no_such_endpoint, include_in_schema=False,
                       methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"])
     app.add_api_route("/{path:path}", WebFiles(web_dir).serve, methods=["GET", "HEAD"], include_in_schema=False)
-    app.add_middleware(BodyLimit, upload_path=f"{API_PREFIX}/jobs")
+    app.add_middleware(BodyLimit, upload_path=(f"{API_PREFIX}/jobs", f"{API_PREFIX}/matte"))
     app.openapi = lambda: _openapi_schema(app)  # type: ignore[method-assign]
     return app
 

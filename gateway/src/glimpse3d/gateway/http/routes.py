@@ -10,12 +10,14 @@ renaming the gRPC request fields they name to this API's (``name`` -> ``job_id``
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
@@ -24,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from glimpse3d.core.artifacts import ArtifactRef
 from glimpse3d.core.errors import FailedPrecondition, Glimpse3DError, InvalidInput, NotFound, Unavailable
-from glimpse3d.core.images import MAX_IMAGE_BYTES
+from glimpse3d.core.images import MAX_IMAGE_BYTES, encode_png
 from glimpse3d.gateway.events import JobEvent
 from glimpse3d.gateway.exporters import MEDIA_TYPES
 from glimpse3d.gateway.http.context import HttpContext
@@ -43,10 +45,11 @@ from glimpse3d.gateway.http.schemas import (
     Health,
     JobList,
     JobOut,
+    MattePreviewOut,
     VersionList,
 )
 from glimpse3d.gateway.http.sse import event_stream, format_event
-from glimpse3d.gateway.http.uploads import PHOTO_FIELD, read_photo_form
+from glimpse3d.gateway.http.uploads import PHOTO_FIELD, parse_matte_points, read_photo_form
 from glimpse3d.gateway.models import (
     DEFAULT_TENANT,
     JOB_ID_PATTERN,
@@ -59,6 +62,7 @@ from glimpse3d.gateway.models import (
     MAX_SEED,
     MIN_RESOLUTION,
     JobOptions,
+    MattePoint,
     check_tenant,
     job_name,
     version_name,
@@ -69,7 +73,10 @@ logger = logging.getLogger(__name__)
 _JOB_ID_RE = re.compile(JOB_ID_PATTERN)
 _CREATE_FIELDS = {"image_data": PHOTO_FIELD, "image": PHOTO_FIELD, "options.num_views": "novel_views",
                   "options.seed": "seed", "options.enhance_rounds": "enhance_rounds",
-                  "options.prompt": "prompt", "options.resolution": "resolution"}
+                  "options.prompt": "prompt", "options.resolution": "resolution",
+                  "options.matte_points": "matte_points", "options.matte_points.x": "matte_points",
+                  "options.matte_points.y": "matte_points", "options.matte_points.keep": "matte_points",
+                  "mask_data": "mask"}
 _JOB_FIELDS = {"name": "job_id"}
 _ENHANCE_FIELDS = {"name": "job_id", "view": "camera"}
 _IMMUTABLE = "private, max-age=31536000, immutable"
@@ -179,6 +186,12 @@ _UPLOAD_BODY: dict[str, Any] = {
                                f"working resolution, 0 (default) or {MIN_RESOLUTION}..{MAX_RESOLUTION}"},
                 "request_id": {"type": "string", "maxLength": MAX_REQUEST_ID_CHARS,
                                "description": "idempotency key: a repeat returns the job it created"},
+                "matte_points": {"type": "string", "description":
+                                 "the user's matte corrections, JSON [[x, y, keep], ...]: x, y fractions of the "
+                                 "photo's width and height from the top-left, keep true for object"},
+                "mask": {"type": "string", "format": "binary", "description":
+                         "optional matte drawn by the user (PNG, white or opaque = object); replaces the "
+                         "estimated one"},
             },
         }}},
     }
@@ -215,15 +228,33 @@ def api_router() -> APIRouter:
         if form.transcoded_from:
             logger.info("photo converted from %s to PNG", form.transcoded_from, extra={"tenant": tenant})
         with renamed_fields(_CREATE_FIELDS):
+            points = tuple(MattePoint(*p) for p in parse_matte_points(form.text.get("matte_points", "")))
             options = JobOptions(num_views=form.ints.get("novel_views", 0),
                                  enhance_rounds=form.ints.get("enhance_rounds", 0),
                                  prompt=form.text.get("prompt", ""), seed=form.ints.get("seed", 0),
-                                 resolution=form.ints.get("resolution", 0))
+                                 resolution=form.ints.get("resolution", 0), matte_points=points)
             job = await ctx.gateway.create_job(tenant, form.photo, options,
                                                request_id=form.text.get("request_id", ""),
-                                               display_name=form.text.get("display_name", ""))
+                                               display_name=form.text.get("display_name", ""), mask=form.mask)
         response.headers["Location"] = job_url(job.id)
         return await ctx.job_json(job)
+
+    @router.post("/matte", tags=["jobs"], response_model=MattePreviewOut, openapi_extra=_UPLOAD_BODY,
+                 responses=_errors(400, 413, 415))
+    async def preview_matte(request: Request, ctx: Context, tenant: Tenant) -> MattePreviewOut:
+        """The matte a job would use for the photo, with the user's ``matte_points`` (and ``resolution``),
+        to show and correct it before creating the job. Only ``photo``, ``matte_points`` and ``resolution``
+        are read."""
+        form = await read_photo_form(request)
+        with renamed_fields(_CREATE_FIELDS):
+            points = tuple(MattePoint(*p) for p in parse_matte_points(form.text.get("matte_points", "")))
+            preview = await ctx.gateway.preview_matte(tenant, form.photo, points, form.ints.get("resolution", 0))
+        mask = np.round(np.clip(preview.mask, 0.0, 1.0) * 255.0).astype(np.uint8)
+        png = await asyncio.to_thread(encode_png, mask)
+        return MattePreviewOut(mask="data:image/png;base64," + base64.b64encode(png).decode("ascii"),
+                               width=int(mask.shape[1]), height=int(mask.shape[0]), coverage=preview.coverage,
+                               border_fraction=preview.border_fraction, fragments=preview.fragments,
+                               warning=preview.warning)
 
     @router.get("/jobs", response_model=JobList, tags=["jobs"], responses=_errors(400))
     async def list_jobs(

@@ -148,6 +148,18 @@ class Health(BaseModel):
     status: Literal["ok"]
 
 
+class MattePreviewOut(BaseModel):
+    """The matte a job would use for the photo (with the user's corrections)."""
+
+    mask: str = Field(description="data: URL of a greyscale PNG, white = object, at the working resolution")
+    width: int
+    height: int
+    coverage: float = Field(description="share of the photo that is object")
+    border_fraction: float = Field(description="share of the photo's border that is object")
+    fragments: int = Field(description="object components holding at least 1 % of the object")
+    warning: str = Field(description="a sentence when the matte looks implausible, else empty")
+
+
 # ---- requests -------------------------------------------------------------------------------------
 
 

@@ -33,12 +33,14 @@ from glimpse3d.core.images import MAX_IMAGE_BYTES, MAX_IMAGE_SIDE, encode_png
 from glimpse3d.gateway.http.errors import PayloadTooLarge, UnsupportedMediaType, error_response
 
 PHOTO_FIELD = "photo"
+MASK_FIELD = "mask"  # optional: a matte the user drew (white or opaque = object)
+MAX_MASK_BYTES = 8 * 1024 * 1024
 FORM_OVERHEAD_BYTES = 64 * 1024  # the other fields and the multipart boundaries and headers
 MAX_FIELD_BYTES = 16 * 1024
 MAX_JSON_BODY_BYTES = 1024 * 1024
-TEXT_FIELDS = ("display_name", "prompt", "request_id")
+TEXT_FIELDS = ("display_name", "prompt", "request_id", "matte_points")
 INT_FIELDS = ("novel_views", "seed", "enhance_rounds", "resolution")
-_MAX_FORM_FIELDS = 1 + len(TEXT_FIELDS) + len(INT_FIELDS)
+_MAX_FORM_FIELDS = 2 + len(TEXT_FIELDS) + len(INT_FIELDS)
 
 _FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")  # the latter cannot carry a file
 _PNG = b"\x89PNG\r\n\x1a\n"
@@ -48,13 +50,14 @@ _JPEG = b"\xff\xd8\xff"
 @dataclass
 class PhotoForm:
     photo: bytes  # PNG or JPEG
+    mask: bytes | None = None  # PNG or JPEG, when sent
     text: dict[str, str] = field(default_factory=dict)
     ints: dict[str, int] = field(default_factory=dict)
     transcoded_from: str | None = None  # "WebP" when the upload was converted to PNG
 
 
 def body_limit() -> int:
-    return MAX_IMAGE_BYTES + FORM_OVERHEAD_BYTES
+    return MAX_IMAGE_BYTES + MAX_MASK_BYTES + FORM_OVERHEAD_BYTES
 
 
 def _too_large(size: int | None = None) -> PayloadTooLarge:
@@ -91,16 +94,16 @@ class BodyLimit:
     """ASGI middleware: bodies of requests other than ``upload_path`` are at most ``limit`` bytes
     (413 when the announced length is larger; a chunked body fails once past the limit)."""
 
-    def __init__(self, app: ASGIApp, upload_path: str, limit: int = MAX_JSON_BODY_BYTES) -> None:
+    def __init__(self, app: ASGIApp, upload_path: str | tuple[str, ...], limit: int = MAX_JSON_BODY_BYTES) -> None:
         self.app = app
-        self.upload_path = upload_path
+        self.upload_paths = (upload_path,) if isinstance(upload_path, str) else tuple(upload_path)
         self.limit = limit
 
     def _error(self) -> PayloadTooLarge:
         return PayloadTooLarge(f"the request body is larger than {self.limit} bytes", field="body")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] == self.upload_path:
+        if scope["type"] != "http" or scope["path"] in self.upload_paths:
             await self.app(scope, receive, send)
             return
         length = _content_length(scope.get("headers", []))
@@ -122,14 +125,14 @@ async def read_photo_form(request: Request) -> PhotoForm:
     if length is not None and length.isascii() and length.isdigit() and int(length) > body_limit():
         raise _too_large(int(length))
     bounded = Request(request.scope, receive=_counting(request.receive, body_limit()))
-    form = await bounded.form(max_files=1, max_fields=_MAX_FORM_FIELDS, max_part_size=MAX_FIELD_BYTES)
+    form = await bounded.form(max_files=2, max_fields=_MAX_FORM_FIELDS, max_part_size=MAX_FIELD_BYTES)
     try:
         result = PhotoForm(photo=b"")
         for key, value in form.multi_items():
-            if key == PHOTO_FIELD:
+            if key in (PHOTO_FIELD, MASK_FIELD):
                 continue
             if key not in TEXT_FIELDS and key not in INT_FIELDS:
-                raise InvalidInput(f"unknown form field {key!r}; the fields are {PHOTO_FIELD}, "
+                raise InvalidInput(f"unknown form field {key!r}; the fields are {PHOTO_FIELD}, {MASK_FIELD}, "
                                    f"{', '.join(TEXT_FIELDS + INT_FIELDS)}", field=key)
             if not isinstance(value, str):
                 raise InvalidInput(f"{key} must be a plain form field, not a file", field=key)
@@ -147,10 +150,38 @@ async def read_photo_form(request: Request) -> PhotoForm:
         data = await upload.read(MAX_IMAGE_BYTES + 1)
         if len(data) > MAX_IMAGE_BYTES:
             raise _too_large()
+        mask = form.get(MASK_FIELD)
+        if mask is not None:
+            if not isinstance(mask, UploadFile):
+                raise InvalidInput(f"{MASK_FIELD} must be a file field (a PNG), not text", field=MASK_FIELD)
+            result.mask = await mask.read(MAX_MASK_BYTES + 1)
+            if len(result.mask) > MAX_MASK_BYTES:
+                raise PayloadTooLarge(f"{MASK_FIELD} is too large; the limit is {MAX_MASK_BYTES} bytes",
+                                      field=MASK_FIELD)
+            if not (result.mask.startswith(_PNG) or result.mask.startswith(_JPEG)):
+                raise UnsupportedMediaType(f"{MASK_FIELD} is not a PNG or JPEG image", field=MASK_FIELD)
     finally:
         await form.close()
     result.photo, result.transcoded_from = await _accepted_image(data)
     return result
+
+
+def parse_matte_points(text: str) -> tuple[tuple[float, float, bool], ...]:
+    """The ``matte_points`` form field: JSON ``[[x, y, keep], ...]`` (x, y fractions, keep true/false)."""
+    import json
+
+    if not text.strip():
+        return ()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise InvalidInput("matte_points must be JSON: [[x, y, keep], ...]", field="matte_points") from None
+    if not isinstance(data, list) or not all(
+            isinstance(p, list) and len(p) == 3 and isinstance(p[2], bool)
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in p[:2]) for p in data):
+        raise InvalidInput("matte_points must be JSON: [[x, y, keep], ...] with numbers x, y and true/false keep",
+                           field="matte_points")
+    return tuple((float(p[0]), float(p[1]), p[2]) for p in data)
 
 
 def _parse_int(key: str, value: str) -> int:

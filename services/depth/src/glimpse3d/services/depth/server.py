@@ -1,16 +1,26 @@
-"""Depth gRPC servicer: a thin adapter over a :class:`DepthBackend`."""
+"""Depth gRPC servicer: a thin adapter over a :class:`DepthBackend`.
+
+The user's matte corrections (``matte_points``) are applied here, the same way for every backend:
+the weight-free matte (:func:`~glimpse3d.services.depth.silhouette.estimate_mask`) is recomputed with
+them and handed to the backend as the photo's alpha channel, which every backend takes as the matte.
+A photo that already has a (not all opaque) alpha channel keeps it: the user drew that matte. Every
+response carries the matte's plausibility check (:func:`glimpse3d.core.matte.check_matte`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import grpc
+import numpy as np
 
 from glimpse3d.core import convert
 from glimpse3d.core.cameras import Camera, orbit_camera
+from glimpse3d.core.matte import MatteCheck, check_matte
 from glimpse3d.core.rpc import Registration
 from glimpse3d.core.service import ServiceRuntime, backend_from_settings
 from glimpse3d.services.depth.backends import REGISTRY, DepthBackend
+from glimpse3d.services.depth.silhouette import estimate_mask
 from glimpse3d.v1 import depth_pb2, depth_pb2_grpc
 
 SERVICE_NAME = depth_pb2.DESCRIPTOR.services_by_name["Depth"].full_name
@@ -41,13 +51,39 @@ class DepthServicer(depth_pb2_grpc.DepthServicer):
                 camera = camera.with_size(w, h)
         else:
             camera = default_camera(w, h)
+        points = _points(request.matte_points)
+        if points and not _has_matte(image):
+            matte = await self.rt.limiter.run(estimate_mask, image, points=points)
+            image = np.dstack([image[..., :3], np.round(np.clip(matte, 0.0, 1.0) * 255.0).astype(np.uint8)])
         result = await self.rt.limiter.run(self.backend.estimate, image, camera)
         return depth_pb2.EstimateDepthResponse(
             depth=await self.rt.io.put_array(result.depth, temporary=True),
             mask=await self.rt.io.put_array(result.mask, temporary=True),
             camera=convert.camera_to_proto(camera),
             backend=self.backend.name,
+            matte_check=_check_to_proto(check_matte(result.mask)),
         )
+
+    async def Matte(  # noqa: N802 - gRPC method name
+        self, request: depth_pb2.MatteRequest, context: grpc.aio.ServicerContext
+    ) -> depth_pb2.MatteResponse:
+        image = await self.rt.io.image(request.image, "image")
+        mask = await self.rt.limiter.run(estimate_mask, image, points=_points(request.matte_points))
+        return depth_pb2.MatteResponse(mask=await self.rt.io.put_array(mask, temporary=True),
+                                       check=_check_to_proto(check_matte(mask)))
+
+
+def _points(points) -> list[tuple[float, float, bool]]:
+    return [(p.x, p.y, p.keep) for p in points]
+
+
+def _has_matte(image: np.ndarray) -> bool:
+    return image.ndim == 3 and image.shape[2] == 4 and int(image[..., 3].min()) < 255
+
+
+def _check_to_proto(check: MatteCheck) -> depth_pb2.MatteCheck:
+    return depth_pb2.MatteCheck(coverage=check.coverage, border_fraction=check.border_fraction,
+                                fragments=check.fragments, warning=check.warning or "")
 
 
 def build(runtime: ServiceRuntime) -> tuple[Registration, Callable[[], None]]:

@@ -94,6 +94,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -350,6 +351,78 @@ def _segment(rgb: np.ndarray, iterations: int) -> np.ndarray:
     return _ellipse_prior(h, w)
 
 
+POINT_RADIUS_FRACTION = 0.025  # a correction point seeds a disk of this fraction of the shorter side
+POINT_REGION_TOLERANCE = 10.0  # Lab units: a point also claims the connected region of its colour
+MAX_POINTS = 64
+
+
+def _check_points(points: object) -> list[tuple[float, float, bool]]:
+    """[(x, y, keep)] with x, y fractions of the width and height in [0, 1]."""
+    try:
+        out = [(float(x), float(y), bool(keep)) for x, y, keep in points]  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise InvalidInput("matte points must be (x, y, keep) triples", field="matte_points") from None
+    if len(out) > MAX_POINTS:
+        raise InvalidInput(f"at most {MAX_POINTS} matte points, got {len(out)}", field="matte_points")
+    for x, y, _ in out:
+        if not (math.isfinite(x) and math.isfinite(y) and 0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
+            raise InvalidInput(f"matte point ({x}, {y}) must lie in [0, 1] x [0, 1]", field="matte_points")
+    return out
+
+
+def _colour_region(lab: np.ndarray, centre: tuple[int, int]) -> np.ndarray:
+    """bool [h, w]: the pixels connected to ``centre`` whose (smoothed) Lab colour is within
+    POINT_REGION_TOLERANCE of the colour there in every channel (a "magic wand")."""
+    h, w = lab.shape[:2]
+    flood = np.zeros((h + 2, w + 2), np.uint8)
+    tol = (POINT_REGION_TOLERANCE,) * 3
+    flags = 8 | cv2.FLOODFILL_FIXED_RANGE | cv2.FLOODFILL_MASK_ONLY | (1 << 8)  # 8-connected, mask value 1
+    cv2.floodFill(lab.copy(), flood, centre, (0, 0, 0), tol, tol, flags)
+    return flood[1:-1, 1:-1] > 0
+
+
+def _corrected(rgb: np.ndarray, hard: np.ndarray, points: list[tuple[float, float, bool]],
+               iterations: int) -> np.ndarray:
+    """The matte ``hard`` {0, 1} [h, w] corrected by the user's points.
+
+    Each point claims a disk around it and the connected region of its colour (:func:`_colour_region`),
+    as definite object (keep) or background (remove); a later point wins over an earlier one where
+    they overlap. GrabCut runs again from the matte (probable object/background) with those seeds,
+    then the main components and every component holding a keep point are kept, holes filled, and
+    every point's seeds forced to its side."""
+    h, w = hard.shape
+    r = max(2, round(POINT_RADIUS_FRACTION * min(h, w)))
+    gc = np.where(hard > 0, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
+    lab = cv2.GaussianBlur(cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB), (0, 0), 1.5)
+    seeds = np.zeros((h, w), np.uint8)  # 1 keep, 2 remove
+    centres = []
+    for x, y, keep in points:
+        c = (min(w - 1, round(x * (w - 1))), min(h - 1, round(y * (h - 1))))
+        disk = np.zeros((h, w), np.uint8)
+        cv2.circle(disk, c, r, 1, -1)
+        seeds[(disk > 0) | _colour_region(lab, c)] = 1 if keep else 2
+        centres.append((c, keep))
+    gc[seeds == 1], gc[seeds == 2] = cv2.GC_FGD, cv2.GC_BGD
+    fg = hard.copy()
+    if (gc == cv2.GC_FGD).any() or (gc == cv2.GC_PR_FGD).any():
+        bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+        cv2.setRNGSeed(0)
+        try:
+            cv2.grabCut(np.ascontiguousarray(rgb[:, :, ::-1]), gc, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
+            fg = ((gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)).astype(np.uint8)
+        except cv2.error as err:  # e.g. no background pixel to learn from: keep the matte, apply the seeds
+            log.warning("grabcut with correction points failed", extra={"error": str(err).strip()[:200]})
+    fg[seeds == 1], fg[seeds == 2] = 1, 0
+    keeps = [c for c, keep in centres if keep]
+    if fg.any():
+        _, labels = cv2.connectedComponents(fg, connectivity=8)
+        wanted = {int(labels[cy, cx]) for cx, cy in keeps} - {0}
+        fg = (np.isin(labels, sorted(wanted)) | (_main_components(fg) > 0)).astype(np.uint8)
+    fg = _fill_holes(fg)
+    fg[seeds == 2] = 0
+    return fg
+
+
 def _soft_matte(hard: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """{0, 1} [h, w] at work resolution -> feathered float32 [H, W] in [0, 1]."""
     h, w = shape
@@ -364,9 +437,15 @@ def estimate_mask(
     *,
     iterations: int = DEFAULT_GRABCUT_ITERATIONS,
     work_side: int = DEFAULT_WORK_SIDE,
+    points: Sequence[tuple[float, float, bool]] = (),
 ) -> np.ndarray:
-    """Foreground matte of ``image`` (uint8/float [H, W, 3|4]) -> [H, W] float32 in [0, 1]."""
+    """Foreground matte of ``image`` (uint8/float [H, W, 3|4]) -> [H, W] float32 in [0, 1].
+
+    ``points``: the user's corrections, ``(x, y, keep)`` with x, y fractions of the width and height
+    (see :func:`_corrected`). An alpha channel that is not all opaque is the matte as it is (the
+    points are then ignored: the user drew the matte)."""
     img = _check_image(image)
+    corrections = _check_points(points)
     h, w = img.shape[:2]
     if img.shape[2] == 4 and img[:, :, 3].min() < 255:
         return img[:, :, 3].astype(np.float32) / np.float32(255.0)
@@ -376,6 +455,8 @@ def estimate_mask(
         rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
     )
     hard = _segment(np.ascontiguousarray(small), iterations)  # [h', w'] {0, 1}
+    if corrections:
+        hard = _corrected(np.ascontiguousarray(small), hard, corrections, iterations)
     matte = _soft_matte(hard, (h, w))
     log.debug("matte estimated", extra={"coverage": round(float(matte.mean()), 4)})
     return matte
