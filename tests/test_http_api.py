@@ -803,6 +803,7 @@ def test_matte_preview_and_a_job_with_corrections_over_http(http):
 
     job = create(http, matte_points=json.dumps([[0.5, 0.5, True]]))
     assert job.status_code == 201, job.text
+    assert job.json()["options"]["matte_points"] == [[0.5, 0.5, True]]
     w, h = Image.open(io.BytesIO(SAMPLE_BYTES)).size
     drawn = np.zeros((h, w), np.uint8)
     drawn[h // 4:3 * h // 4, w // 4:3 * w // 4] = 255

@@ -114,6 +114,8 @@ class JobOptionsOut(BaseModel):
     prompt: str
     seed: int
     resolution: int
+    matte_points: list[tuple[float, float, bool]] = Field(
+        default_factory=list, description="the user's matte corrections: [x, y, keep], x and y fractions of the photo")
 
 
 class JobOut(BaseModel):
