@@ -241,3 +241,24 @@ def test_services_export_queue_gauges_for_autoscaling(stack):
         text = response.read().decode()
     assert _metric(text, "glimpse3d_gateway_queue_depth") == 0
     assert (_metric(text, "glimpse3d_gateway_workers") or 0) >= 1
+
+
+def test_rounds_on_a_real_photo_never_cost_the_photo_more_than_half_a_db(stack, tmp_path):
+    """scikit-image's chelsea (a close-up cat touching three edges of the frame) through generate with
+    two automatic rounds: every version is scored against the photo inside its matte, and no round
+    that stands lowered that figure by more than 0.5 dB (a costlier one is rejected, and then says so)."""
+    skimage_data = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    photo = tmp_path / "chelsea.png"
+    Image.fromarray(skimage_data.chelsea()).save(photo)
+    res = cli(stack, "--quiet", "generate", str(photo), "--enhance", "2", "--resolution", "64", "--formats", "ply",
+              "--out", str(tmp_path / "out"))
+    rejected = res.returncode == 1 and "would lower the input-view PSNR against the photo" in res.stderr
+    assert res.returncode == 0 or rejected, res.stderr
+    rows = [line.split() for line in res.stdout.splitlines() if line.split()[:1] in (["1"], ["2"], ["3"])]
+    assert rows and rows[0][:2] == ["1", "photo"], res.stdout
+    for row in rows[1:]:
+        change = float(row[6])  # version, "az", A, "el", E, PSNR, change
+        assert change >= -0.5, res.stdout
+    assert len(rows) == 3 or rejected, res.stdout
