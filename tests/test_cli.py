@@ -78,3 +78,11 @@ def test_generate_exits_1_with_the_error_when_a_round_failed_and_still_exports(t
     assert "1 of 2 rounds done" in str(err.value) and reason in str(err.value)
     assert (tmp_path / "out" / "model.ply").exists() and (tmp_path / "out" / "model.splat").exists()
     assert "PSNR dB" in capsys.readouterr().out  # the table of the versions that exist
+
+
+def test_generate_warns_about_an_implausible_matte(tmp_path, capsys):
+    job = _job()
+    job.versions[0].metrics.update({"matte_implausible": 1.0, "matte_border_fraction": 0.62})
+    asyncio.run(cli.cmd_generate(ScriptedStub(job, tmp_path), _ns(tmp_path, 1)))
+    err = capsys.readouterr().err
+    assert "the matte looks wrong (31% of the photo, 62% of its border)" in err

@@ -160,6 +160,11 @@ async def cmd_generate(stub: glimpse3d_pb2_grpc.Glimpse3DStub, ns: argparse.Name
         path = await export(stub, job.name, fmt, ns.out / f"model.{fmt}")
         print(path)
     print(summary_table(job))
+    first = job.versions[0].metrics if job.versions else {}
+    if first.get("matte_implausible") == 1.0:
+        print(f"warning: the matte looks wrong ({first.get('matte_coverage', float('nan')):.0%} of the photo, "
+              f"{first.get('matte_border_fraction', float('nan')):.0%} of its border): check it in the workspace, "
+              "or correct it (matte points, or a drawn mask)", file=sys.stderr)
     if job.error.message:  # a requested round failed or was rejected: the exports hold the last good version
         done = len(job.versions) - 1
         raise CliError(f"{job.name}: {done} of {ns.enhance} rounds done; a round failed: {job.error.message}")
