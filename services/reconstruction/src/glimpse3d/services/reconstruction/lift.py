@@ -73,6 +73,7 @@ class LiftConfig:
     outside_weight: float = 0.3
     back_side: bool = True
     back_darken: float = 0.9
+    back_blur: float = 0.5  # back colours: the front's blurred with sigma = this x the silhouette's inscribed radius
     min_thickness: float = 2.0  # back layer at least this many footprints behind the front
 
     def __post_init__(self) -> None:
@@ -90,7 +91,7 @@ _CONFIG_RANGES: dict[str, tuple[float, float]] = {
     "fit_steps": (0, MAX_FIT_STEPS), "max_gaussians": (1, MAX_GAUSSIANS), "work_max_side": (16, 8192),
     "footprint": (0.1, 4.0), "opacity": (0.01, 0.999), "lr_color": (0.0, 10.0), "lr_opacity": (0.0, 10.0),
     "lr_scale": (0.0, 10.0), "lr_means": (0.0, 1.0), "max_offset": (0.0, 10.0), "alpha_weight": (0.0, 100.0),
-    "outside_weight": (0.0, 100.0), "back_darken": (0.01, 1.0), "min_thickness": (0.0, 100.0),
+    "outside_weight": (0.0, 100.0), "back_darken": (0.01, 1.0), "back_blur": (0.0, 10.0), "min_thickness": (0.0, 100.0),
 }
 
 
@@ -287,7 +288,8 @@ def lift_object(full: Inputs, steps: int, budget: int, seed: int, cfg: LiftConfi
     if with_back:
         core = opaque_core(fit.alpha, work.valid)
         back, start, thickness = back_layer(fit.layer, work.depth, work.valid, work.camera, core, sigma_px,
-                                            min_thickness=cfg.min_thickness, darken=cfg.back_darken)
+                                            min_thickness=cfg.min_thickness, darken=cfg.back_darken,
+                                            blur=cfg.back_blur)
         wall = wall_layer(back, start, thickness, work.valid, work.camera, spacing, sigma_px,
                           budget - 2 * len(back), cfg.back_darken)
         for extra in (back, wall):
