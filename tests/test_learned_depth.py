@@ -44,10 +44,13 @@ from glimpse3d.services.depth.models import (
     DA_V2_BASE,
     DA_V2_LARGE,
     DA_V2_SMALL,
+    DEPTH_MODELS,
     DPT_HYBRID,
     DPT_LARGE,
+    MATTING_MODELS,
     MODEL_NAMES,
     MODELS,
+    SAM2_TINY,
 )
 from glimpse3d.services.depth.tiny import write_tiny_models
 from glimpse3d.v1 import depth_pb2
@@ -64,7 +67,7 @@ ALL_MODELS = [DPT_HYBRID, DPT_LARGE, DA_V2_SMALL, DA_V2_BASE, DA_V2_LARGE]
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    assert write_tiny_models(root, seed=0) == ALL_MODELS
+    assert write_tiny_models(root, seed=0) == [*ALL_MODELS, SAM2_TINY]  # and the matting model
     return root
 
 
@@ -234,13 +237,14 @@ def test_sources_list_every_model_and_need_no_torch() -> None:
     assert by_name[DPT_HYBRID].repo_id == "Intel/dpt-hybrid-midas" and by_name[DPT_LARGE].repo_id == "Intel/dpt-large"
     assert by_name[DA_V2_SMALL].repo_id == "depth-anything/Depth-Anything-V2-Small-hf"
     assert all("CC-BY-NC" in by_name[n].licence for n in (DA_V2_BASE, DA_V2_LARGE))
-    assert all(m.used_by == ("depth/dpt",) and m.gpu_memory for m in MODELS)
+    assert all(m.used_by == ("depth/dpt",) and m.gpu_memory for m in DEPTH_MODELS)
+    assert MODELS == (*DEPTH_MODELS, *MATTING_MODELS)  # make models fetches both
     code = "import sys, glimpse3d.services.depth.models; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_tiny_models_have_the_published_layout_and_load_their_own_weights(tmp_path, model_dir, backends) -> None:
-    for source in MODELS:
+    for source in DEPTH_MODELS:  # the matting model: tests/test_matting.py
         root = model_dir / source.name
         assert sorted(p.name for p in root.iterdir()) == sorted(source.files), source.name
         # transformers renames some keys on load (DINOv2 attention) and back on save, so saving the

@@ -2,8 +2,11 @@
 
 Per call (:meth:`DptDepthBackend.estimate`):
 
-1. Matte: exactly the weight-free backend's (:func:`glimpse3d.services.depth.silhouette.estimate_mask`):
-   an alpha channel that is not all opaque is the matte, otherwise GrabCut background matting.
+1. Matte (:meth:`DptDepthBackend.matte`): an alpha channel that is not all opaque is the matte;
+   otherwise the weight-free backend's GrabCut matte
+   (:func:`glimpse3d.services.depth.silhouette.estimate_mask`), or, when the ``matting`` option names
+   a model (``matting/sam2.1-hiera-tiny``), SAM 2 prompted by that matte
+   (:mod:`glimpse3d.services.depth.matting`, loaded by :meth:`DptDepthBackend.load` too).
 2. Model input: RGB; where alpha is below 1 the colour is composited over a uniform grey
    (``background``) so whatever the transparent pixels hold does not reach the network.
 3. Disparity: the model's ``DPTImageProcessor`` (from its ``preprocessor_config.json``) resizes and
@@ -35,6 +38,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -65,6 +69,7 @@ from glimpse3d.services.depth.silhouette import (
     _check_camera,
     _check_image,
     estimate_mask,
+    learned_matting,
 )
 
 log = logging.getLogger(__name__)
@@ -140,6 +145,7 @@ class DptDepthBackend:
         background: float = DEFAULT_BACKGROUND,
         grabcut_iterations: int = DEFAULT_GRABCUT_ITERATIONS,
         work_side: int = DEFAULT_WORK_SIDE,
+        matting: str = "",
     ) -> None:
         self.model = resolve_model_name(model)
         self._model_dir = Path(model_dir)
@@ -152,6 +158,7 @@ class DptDepthBackend:
         self._background = _check_fraction(background, "background")
         self._iterations = _check_int(grabcut_iterations, "grabcut_iterations", 1, 20)
         self._work_side = _check_int(work_side, "work_side", 32, 2048)
+        self._matting = learned_matting(matting, model_dir, device, self._iterations, self._work_side)
         self._lock = threading.Lock()
         self._network: Any = None
         self._processor: Any = None
@@ -160,7 +167,7 @@ class DptDepthBackend:
 
     @property
     def ready(self) -> bool:
-        return self._network is not None
+        return self._network is not None and (self._matting is None or self._matting.ready)
 
     # ----------------------------------------------------------------------------------------- #
     # Loading
@@ -173,7 +180,10 @@ class DptDepthBackend:
         return root
 
     def load(self) -> None:
-        """Load the processor and network from the model directory onto the device. Idempotent."""
+        """Load the processor and network (and the matting model, when one is configured) from the
+        model directory onto the device. Idempotent."""
+        if self._matting is not None:
+            self._matting.load()
         with self._lock:
             if self._network is not None:
                 return
@@ -217,12 +227,20 @@ class DptDepthBackend:
                 "run it in float32 (option dtype)", field="dtype")
         return disparity
 
+    def matte(self, image: np.ndarray, points: Sequence[tuple[float, float, bool]] = ()) -> np.ndarray:
+        """Foreground matte [H, W] float32 in [0, 1]: the matting model's when one is configured, else
+        the weight-free :func:`~glimpse3d.services.depth.silhouette.estimate_mask`; ``points`` are the
+        user's corrections."""
+        if self._matting is not None:
+            return self._matting.matte(image, points)
+        return estimate_mask(image, iterations=self._iterations, work_side=self._work_side, points=points)
+
     def estimate(self, image: np.ndarray, camera: Camera) -> DepthResult:
-        if self._network is None:
+        if not self.ready:
             raise NotReady("the dpt depth backend is not loaded yet", field="backend")
         img = _check_image(image)
         cam = _check_camera(camera, (img.shape[0], img.shape[1]))
-        mask = estimate_mask(img, iterations=self._iterations, work_side=self._work_side)  # [H, W]
+        mask = self.matte(img)  # [H, W]
         check_cancelled()
         disparity = self.predict_disparity(img)  # [H, W]
         check_cancelled()

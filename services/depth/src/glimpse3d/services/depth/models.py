@@ -1,4 +1,6 @@
-"""Production weights of the depth service's learned ``dpt`` backend, as ``make models`` fetches them.
+"""Production weights of the depth service's learned backends, as ``make models`` fetches them.
+
+Depth (``DEPTH_MODELS``, the ``dpt`` backend's ``model`` option)
 
 Every model is a transformers folder in its published layout: ``config.json``,
 ``preprocessor_config.json`` (a ``DPTImageProcessor``) and ``model.safetensors`` (float32). The
@@ -15,6 +17,25 @@ which picks ``DPTForDepthEstimation`` or ``DepthAnythingForDepthEstimation`` fro
 GPU memory: none of the publishers states an inference-memory figure. The figures below are the
 float16 weights from the published parameter counts (MiDaS README table for v3.0, Depth Anything V2
 README for V2); activations for one 384 px / 518 px image add well under 1 GB.
+
+Matting (``MATTING_MODELS``, the ``matting`` option of the ``silhouette`` and ``dpt`` backends)
+
+``matting/sam2.1-hiera-tiny``: SAM 2.1 Hiera-Tiny (Meta; Apache-2.0; 38.9M parameters) in its
+transformers port (``Sam2Model``, ``Sam2ImageProcessor``), run by
+:mod:`glimpse3d.services.depth.matting`. Chosen over the alternatives because:
+
+- it is promptable: SAM 2 takes point and box prompts, so the user's keep / remove clicks
+  (``matte_points``) become its positive / negative point prompts, and the weight-free matte's box
+  and inner point steer it to the object. BiRefNet, U2-Net and IS-Net segment the salient object
+  from the image alone: a wrong matte cannot be corrected by clicking;
+- it loads like the depth models: a first-class transformers class, local files only. BiRefNet
+  (MIT) loads only with ``trust_remote_code``, that is by running Python code from its model
+  repository; U2-Net / IS-Net (Apache-2.0) come through rembg as ONNX files: another runtime, and
+  no prompts;
+- Apache-2.0 weights, and the smallest SAM 2.1 checkpoint (0.16 GB in float32).
+
+The repository's ``processor_config.json`` names a video processor; the matting code builds the
+image processor from ``preprocessor_config.json`` instead, so only the three files below are fetched.
 
 This module does not import torch or transformers.
 """
@@ -34,7 +55,11 @@ WEIGHTS_FILE = "model.safetensors"
 FILES: tuple[str, ...] = (*CONFIG_FILES, WEIGHTS_FILE)
 USED_BY = ("depth/dpt",)
 
-MODELS: tuple[ModelSource, ...] = (
+SAM2_TINY = "matting/sam2.1-hiera-tiny"
+MATTING_FILES: tuple[str, ...] = ("config.json", "preprocessor_config.json", "model.safetensors")
+MATTING_USED_BY = ("depth/silhouette", "depth/dpt")
+
+DEPTH_MODELS: tuple[ModelSource, ...] = (
     ModelSource(
         name=DPT_HYBRID,
         repo_id="Intel/dpt-hybrid-midas",
@@ -94,4 +119,19 @@ MODELS: tuple[ModelSource, ...] = (
     ),
 )
 
-MODEL_NAMES: tuple[str, ...] = tuple(m.name for m in MODELS)
+MATTING_MODELS: tuple[ModelSource, ...] = (
+    ModelSource(
+        name=SAM2_TINY,
+        repo_id="facebook/sam2.1-hiera-tiny",
+        revision="main",
+        files=MATTING_FILES,
+        licence="Apache-2.0",
+        gpu_memory="~0.16 GB float32 weights (38.9M parameters, SAM 2 README); no published inference figure",
+        used_by=MATTING_USED_BY,
+        notes="SAM 2.1 Hiera-Tiny; Sam2Model + Sam2ImageProcessor (1024 x 1024 input); point and box prompts",
+    ),
+)
+
+MODELS: tuple[ModelSource, ...] = (*DEPTH_MODELS, *MATTING_MODELS)  # what ``make models`` collects
+MODEL_NAMES: tuple[str, ...] = tuple(m.name for m in DEPTH_MODELS)  # the ``dpt`` backend's depth models
+MATTING_NAMES: tuple[str, ...] = tuple(m.name for m in MATTING_MODELS)

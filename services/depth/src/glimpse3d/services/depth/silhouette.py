@@ -95,6 +95,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -102,6 +103,7 @@ import numpy as np
 from glimpse3d.core.cameras import MAX_IMAGE_SIDE, Camera
 from glimpse3d.core.errors import InvalidInput, NotReady
 from glimpse3d.core.images import to_uint8
+from glimpse3d.core.models import DEFAULT_MODEL_DIR
 from glimpse3d.services.depth.backends import DepthResult
 
 log = logging.getLogger(__name__)
@@ -556,7 +558,11 @@ def estimate_depth(
 
 
 class SilhouetteDepthBackend:
-    """Weight-free depth backend: GrabCut/alpha matting + silhouette inflation. CPU only."""
+    """Weight-free depth backend: GrabCut/alpha matting + silhouette inflation. CPU only.
+
+    ``matting``: a matting model name (:data:`glimpse3d.services.depth.models.MATTING_NAMES`, loaded
+    from ``model_dir`` onto ``device`` by :meth:`load`; :mod:`glimpse3d.services.depth.matting`) that
+    replaces the GrabCut matte; empty (the default) keeps the backend weight-free and torch-free."""
 
     name = "silhouette"
 
@@ -567,6 +573,9 @@ class SilhouetteDepthBackend:
         work_side: int = DEFAULT_WORK_SIDE,
         shading_weight: float = DEFAULT_SHADING_WEIGHT,
         object_distance: float | None = None,
+        matting: str = "",
+        model_dir: Path | str = DEFAULT_MODEL_DIR,
+        device: str = "auto",
     ) -> None:
         if int(grabcut_iterations) != grabcut_iterations or not 1 <= grabcut_iterations <= 20:
             raise InvalidInput(f"grabcut_iterations must be in 1..20, got {grabcut_iterations}",
@@ -579,6 +588,7 @@ class SilhouetteDepthBackend:
         self._work_side = int(work_side)
         self._shading_weight = _check_weight(shading_weight, "shading_weight")
         self._z0 = object_distance
+        self._matting = learned_matting(matting, model_dir, device, self._iterations, self._work_side)
         self._ready = False
 
     @property
@@ -586,17 +596,38 @@ class SilhouetteDepthBackend:
         return self._ready
 
     def load(self) -> None:
-        """Nothing to download; checks that OpenCV's GrabCut runs and marks the backend ready."""
+        """Checks that OpenCV's GrabCut runs, loads the matting model when one is configured, and marks
+        the backend ready."""
         if not self._ready:
             probe = np.zeros((32, 32, 3), np.uint8)
             probe[8:24, 8:24] = 200
             _segment(probe, 1)
+            if self._matting is not None:
+                self._matting.load()
             self._ready = True
-            log.info("silhouette depth backend ready", extra={"opencv": cv2.__version__})
+            log.info("silhouette depth backend ready", extra={
+                "opencv": cv2.__version__, "matting": self._matting.model if self._matting else "grabcut"})
+
+    def matte(self, image: np.ndarray, points: Sequence[tuple[float, float, bool]] = ()) -> np.ndarray:
+        """Foreground matte [H, W] float32 in [0, 1]: the matting model's when one is configured,
+        else :func:`estimate_mask`'s; ``points`` are the user's corrections."""
+        if self._matting is not None:
+            return self._matting.matte(image, points)
+        return estimate_mask(image, iterations=self._iterations, work_side=self._work_side, points=points)
 
     def estimate(self, image: np.ndarray, camera: Camera) -> DepthResult:
         if not self._ready:
             raise NotReady("the silhouette depth backend is not loaded yet", field="backend")
-        mask = estimate_mask(image, iterations=self._iterations, work_side=self._work_side)
+        mask = self.matte(image)
         depth = estimate_depth(image, mask, camera, z0=self._z0, shading_weight=self._shading_weight)
         return DepthResult(depth=depth, mask=mask)
+
+
+def learned_matting(matting: object, model_dir: Path | str, device: str, iterations: int, work_side: int):
+    """The :class:`~glimpse3d.services.depth.matting.Sam2Matting` that ``matting`` names (not loaded),
+    or None for an empty name (the weight-free matte). The module is imported only when named."""
+    if matting == "" or matting is None:
+        return None
+    from glimpse3d.services.depth.matting import Sam2Matting
+
+    return Sam2Matting(model_dir, matting, device, grabcut_iterations=iterations, work_side=work_side)  # type: ignore[arg-type]

@@ -1,5 +1,5 @@
-"""Tiny random models for the ``dpt`` depth backend, in the real on-disk layout (for tests and
-``make bench``; production weights come from ``make models``, see :mod:`glimpse3d.services.depth.models`).
+"""Tiny random models for the depth service's learned backends, in the real on-disk layout (for tests
+and ``make bench``; production weights come from ``make models``, see :mod:`glimpse3d.services.depth.models`).
 
 Each model name gets a transformers folder with ``config.json``, ``model.safetensors`` and
 ``preprocessor_config.json``, exactly as the published repositories have them, holding a seeded,
@@ -22,6 +22,12 @@ of transformers' N(0, 0.02), and the last convolution of each depth head a bias 
 disparity is positive and varies by a few per cent over an image; with the small initialisation it
 would be constant to float32 precision or mostly clamped to 0 by the head's final ReLU, leaving the
 tests nothing to look at.
+
+- ``matting/sam2.1-hiera-tiny`` (:mod:`glimpse3d.services.depth.matting`): ``Sam2Model`` with a
+  four-stage Hiera backbone of widths 8-64 on a 128 x 128 input (about 120k parameters), its
+  ``config.json`` / ``model.safetensors`` and the ``Sam2ImageProcessor``'s ``preprocessor_config.json``
+  (128 x 128), as in the published repository (whose other files the service does not read).
+  The same fan-in scaled initialisation keeps its mask logits from being constant.
 """
 
 from __future__ import annotations
@@ -30,10 +36,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from glimpse3d.services.depth.models import DA_V2_BASE, DA_V2_LARGE, DA_V2_SMALL, DPT_HYBRID, DPT_LARGE
+from glimpse3d.services.depth.models import DA_V2_BASE, DA_V2_LARGE, DA_V2_SMALL, DPT_HYBRID, DPT_LARGE, SAM2_TINY
 
 DPT_SIZE = 64  # px: the tiny MiDaS models' fixed input side (the real ones: 384)
 DA_SIZE = 56  # px: the tiny Depth Anything target side (the real ones: 518), a multiple of 14
+SAM2_SIZE = 128  # px: the tiny SAM 2 input side (the real one: 1024)
 _MIDAS_MEAN_STD = [0.5, 0.5, 0.5]
 _IMAGENET_MEAN = [0.485, 0.456, 0.406]
 _IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -121,8 +128,44 @@ def _write(root: Path, config: Any, preprocessor: dict[str, Any], seed: int) -> 
     (root / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
 
 
+def _sam2_config():  # -> Sam2Config
+    from transformers import Sam2Config
+
+    side = SAM2_SIZE
+    backbone = {  # Hiera: four stages (strides 4, 8, 16, 32), global attention in the third
+        "model_type": "sam2_hiera_det_model", "hidden_size": 8, "image_size": [side, side],
+        "embed_dim_per_stage": [8, 16, 32, 64], "blocks_per_stage": [1, 1, 2, 1],
+        "num_attention_heads_per_stage": [1, 1, 1, 1], "window_size_per_stage": [4, 4, 4, 2],
+        "global_attention_blocks": [3], "window_positional_embedding_background_size": [2, 2],
+        "num_attention_heads": 1,
+    }
+    vision = {"backbone_channel_list": [64, 32, 16, 8], "fpn_hidden_size": 32, "backbone_config": backbone,
+              "backbone_feature_sizes": [[side // 4, side // 4], [side // 8, side // 8], [side // 16, side // 16]]}
+    return Sam2Config(
+        vision_config=vision,
+        prompt_encoder_config={"hidden_size": 32, "image_size": side, "patch_size": 16, "mask_input_channels": 4},
+        mask_decoder_config={"hidden_size": 32, "mlp_dim": 64, "num_attention_heads": 2, "iou_head_hidden_dim": 32},
+        architectures=["Sam2Model"],
+    )
+
+
+def _write_sam2(root: Path, seed: int) -> None:
+    import torch
+    from transformers import Sam2ImageProcessor, Sam2Model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Sam2Model(_sam2_config()).eval()
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)):
+                module.reset_parameters()
+    root.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(root)
+    Sam2ImageProcessor(size={"height": SAM2_SIZE, "width": SAM2_SIZE}).save_pretrained(root)
+
+
 def write_tiny_models(model_dir: Path, seed: int = 0) -> list[str]:
-    """Write the tiny ``dpt`` backend models under ``model_dir``; returns the model names written."""
+    """Write the tiny depth and matting models under ``model_dir``; returns the model names written."""
     specs = (
         (DPT_HYBRID, _dpt_hybrid_config, _midas_preprocessor),
         (DPT_LARGE, _dpt_large_config, _midas_preprocessor),
@@ -132,4 +175,5 @@ def write_tiny_models(model_dir: Path, seed: int = 0) -> list[str]:
     )
     for i, (name, config, preprocessor) in enumerate(specs):
         _write(Path(model_dir) / name, config(), preprocessor(), seed * 1000 + i)
-    return [name for name, _, _ in specs]
+    _write_sam2(Path(model_dir) / SAM2_TINY, seed * 1000 + len(specs))
+    return [*(name for name, _, _ in specs), SAM2_TINY]
