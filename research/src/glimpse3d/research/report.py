@@ -175,6 +175,12 @@ def _before_after(ba: dict[str, Any], results: dict[str, Any], out: Path) -> lis
         lines += [f"Feed `{feed}` (mean over {len(data['per_object'])} objects [95% CI]):", ""]
         lines += _table(["version", *keys], [[str(k + 1), *(_stat(c.get(k), 2) for k in keys)]
                                              for k, c in enumerate(data["curve"])])
+        rounds = [r for rows in data["per_object"].values() for r in rows[1:]]
+        if rounds and "rejected" in rounds[0]:
+            rejected = sum(r.get("rejected", 0.0) > 0 for r in rounds)
+            raised = sum(r.get("photo_weight_raised", 0.0) > 0 for r in rounds)
+            lines += [f"The product's round rule: {raised} of {len(rounds)} rounds were fused again with the photo "
+                      f"weighted more, {rejected} were rejected (they would have cost the photo more than 0.5 dB).", ""]
     curves = _plot_curves(results, out)
     if curves:
         lines += [f"![curves]({curves})", ""]

@@ -126,7 +126,8 @@ class Fuser:
 
     def __post_init__(self) -> None:
         if self.naive:
-            self.trusted_photo = self.guard = False
+            object.__setattr__(self, "trusted_photo", False)
+            object.__setattr__(self, "guard", False)
 
     def __call__(self, splat: Splat, view: np.ndarray, cam: Camera, view_depth: np.ndarray,
                  confidence: np.ndarray | None, photo: np.ndarray, seed: int,
