@@ -39,6 +39,7 @@ from glimpse3d.gateway.stack import start_stack
 
 MODELS = {  # Triton model -> (service, in-process backend)
     "depth_dpt": ("depth", "dpt"),
+    "depth_matting": ("depth", "silhouette"),
     "reconstruction_triposr": ("reconstruction", "triposr"),
     "reconstruction_lgm": ("reconstruction", "lgm"),
     "multiview_zero123": ("multiview", "zero123"),
@@ -96,6 +97,21 @@ def test_depth_through_triton_equals_in_process(triton, tiny_models, photo):
     np.testing.assert_allclose(remote.depth, local.depth, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(remote.mask, local.mask, atol=1e-6)
     assert remote.depth.shape == (64, 64) and remote.depth.dtype == np.float32
+
+
+def test_learned_matte_through_triton_equals_in_process(triton, tiny_models, photo):
+    """depth_matting runs SAM 2 (tiny) with the user's points; the triton depth backend with matting_model
+    hands that matte to depth_dpt, so its mask is the learned one."""
+    img, cam = photo
+    points = [(0.5, 0.5, True), (0.05, 0.05, False)]
+    remote = via_triton("depth", triton, "depth_dpt", matting_model="depth_matting")
+    local = in_process("depth", "silhouette", tiny_models, matting="matting/sam2.1-hiera-tiny")
+    for pts in ((), points):
+        np.testing.assert_allclose(remote.matte(img, pts), local.matte(img, pts), atol=1e-5)
+    result = remote.estimate(img, cam)
+    expected = np.round(np.clip(local.matte(img), 0, 1) * 255) / 255
+    np.testing.assert_allclose(result.mask, expected, atol=1e-6)
+    assert result.depth.shape == (64, 64) and (result.depth[result.mask >= 0.5] > 0).all()
 
 
 def test_reconstruction_through_triton_equals_in_process(triton, tiny_models, photo):
@@ -221,7 +237,7 @@ def test_pipeline_with_every_service_on_triton_and_artifacts_in_s3(triton, tiny_
            "GLIMPSE3D_MODEL_DIR": str(tmp_path / "no-models-here"), "GLIMPSE3D_DEVICE": "cpu",
            "GLIMPSE3D_RECONSTRUCTION_VIEWS": "3" if reconstruction == "lgm" else "0"}
     service_env = {
-        "depth": backend("depth_dpt"),
+        "depth": backend("depth_dpt", matting_model="depth_matting"),
         "reconstruction": backend(f"reconstruction_{reconstruction}"),
         "multiview": backend("multiview_zero123"),
         "diffusion": backend("diffusion_sdxl"),
