@@ -620,6 +620,20 @@ def test_preview_matte_and_the_users_corrections(client):
         field="matte_points")
     expect_error(client, "PreviewMatte", pb.PreviewMatteRequest(), Code.INVALID_ARGUMENT, "image_data is required",
                  field="image_data")
+    expect_error(client, "PreviewMatte", pb.PreviewMatteRequest(image_data=SAMPLE_BYTES, matte_points=[
+        common_pb2.MattePoint(x=0.5, y=0.5, keep=True)] * 65), Code.INVALID_ARGUMENT, "at most 64",
+        field="matte_points")
+    expect_error(client, "PreviewMatte", pb.PreviewMatteRequest(image_data=SAMPLE_BYTES, resolution=5),
+                 Code.INVALID_ARGUMENT, "resolution", field="resolution")
+
+
+def test_corrections_that_leave_no_object_fail_the_job_naming_them(client):
+    """A plain grey photo and one remove click: the click's colour region is the whole photo, so the
+    corrected matte has no object; the job fails with INVALID_ARGUMENT naming matte_points."""
+    grey = _png(np.full((48, 64, 3), 128, np.uint8))
+    job = client.create(image=grey, matte_points=[common_pb2.MattePoint(x=0.5, y=0.5, keep=False)])
+    done = client.wait(job.name)
+    assert done.state == State.FAILED and "leave no object" in done.error.message, done.error
 
 
 def test_a_job_takes_the_users_points_or_drawn_mask(client):

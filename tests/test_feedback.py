@@ -130,3 +130,8 @@ def test_round_rejection_rule() -> None:
     reason = round_rejection(30.0, 29.2)
     assert reason is not None and "30.00 to 29.20 dB (-0.80 dB; at most -0.5 dB" in reason and "unchanged" in reason
     assert round_rejection(float("nan"), 10.0) is None and round_rejection(30.0, float("nan")) is None
+    # Small losses cannot add up: all rounds together may cost at most 0.5 dB below version 1.
+    assert round_rejection(30.0, 29.6, first_db=30.0) is None
+    assert round_rejection(29.6, 29.3, first_db=30.0) is not None
+    assert "below version 1's 30.00 dB" in round_rejection(29.6, 29.3, first_db=30.0)
+    assert round_rejection(29.6, 29.3, first_db=float("nan")) is None

@@ -23,7 +23,7 @@ from google.rpc import error_details_pb2
 from glimpse3d.core.artifacts import ArtifactRef, FileArtifactStore
 from glimpse3d.core.cameras import orbit_camera
 from glimpse3d.core.convert import artifact_to_proto
-from glimpse3d.core.errors import Unavailable
+from glimpse3d.core.errors import RoundRejected, Unavailable
 from glimpse3d.core.formats import read_ply, read_splat, splat_to_ply_bytes
 from glimpse3d.core.images import encode_png
 from glimpse3d.core.rpc import create_server, rich_status_of
@@ -453,6 +453,34 @@ def test_failed_and_cancelled_rounds_keep_versions(tmp_path: Path) -> None:
             await env.stub.Enhance(PB.EnhanceRequest(name=job.name, auto=True), metadata=md())
             final = await wait_for(env, job.name, lambda j: j.done and len(j.versions) == 2)
             assert not final.HasField("error")  # a new round clears the last round's error
+
+    run(body)
+
+
+def test_a_rejected_round_adds_no_version_and_the_rounds_behind_it_still_run(tmp_path: Path) -> None:
+    """RoundRejected (the round would have cost the photo) pops that round only: no version, the error
+    says why until the next Enhance, and the automatic rounds queued behind it run."""
+
+    class RejectFirst(TestPipeline):
+        __test__ = False
+
+        async def run_round(self, job: Job, round_spec: RoundSpec, report: ProgressReporter) -> VersionResult:
+            if not any(kind == "round" for kind, _ in self.calls):
+                self.calls.append(("round", job.id))
+                raise RoundRejected("the round would lower the input-view PSNR against the photo from 30 to 29 dB")
+            return await super().run_round(job, round_spec, report)
+
+    async def body() -> None:
+        async with gateway(tmp_path, RejectFirst(FileArtifactStore(tmp_path / "artifacts"))) as env:
+            job = await create(env, options=PB.JobOptions(enhance_rounds=3))
+            done = await wait_for(env, job.name, is_done)
+            assert done.state == PB.Job.SUCCEEDED and len(done.versions) == 3  # v1 + rounds 2 and 3
+            assert [k for k, _ in env.pipeline.calls].count("round") == 3
+            assert "would lower the input-view PSNR" in done.error.message
+            assert done.error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+            await env.stub.Enhance(PB.EnhanceRequest(name=job.name, auto=True), metadata=md())
+            final = await wait_for(env, job.name, lambda j: j.done and len(j.versions) == 4)
+            assert not final.HasField("error")
 
     run(body)
 

@@ -818,3 +818,6 @@ def test_matte_preview_and_a_job_with_corrections_over_http(http):
     expect_error(http.post(f"{API}/jobs", files={**photo_files(), "mask": ("m.txt", b"hello", "text/plain")}),
                  415, "INVALID_ARGUMENT", "mask", "not a PNG or JPEG")
     assert watch(http, job.json()["id"])[-1]["state"] == "SUCCEEDED"
+    empty = http.post(f"{API}/jobs", files={**photo_files(), "mask": ("", b"", "application/octet-stream")},
+                      data={"resolution": str(RES)})
+    assert empty.status_code == 201, empty.text  # an empty file field (a form left blank) is no mask

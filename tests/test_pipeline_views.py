@@ -327,3 +327,39 @@ def test_auto_never_picks_the_photos_viewpoint_and_keeps_its_frame(tmp_path):
             assert (picked.width, picked.height) == (96, 54) and picked.fy == pytest.approx(photo.fy)
             used.append(picked)
     assert AUTO_MIN_SEPARATION_DEG == 30.0
+    # Where this job's rounds were rejected "auto" does not look again (unless nothing else is left).
+    photo = orbit_camera(0.0, 5.0, RADIUS, width=96, height=54)
+    first = pick_least_confident_view(obj.means, None, photo, [])
+    second = pick_least_confident_view(obj.means, None, photo, [], avoid=[first])
+    assert separation_deg(first, second) > 1.0
+
+
+def test_a_rejected_auto_round_is_not_tried_at_the_same_view_again(tmp_path):
+    from glimpse3d.core.errors import RoundRejected
+    from glimpse3d.core.feedback import round_rejection
+
+    photo = orbit_camera(0.0, 0.0, RADIUS, width=SIZE, height=SIZE)
+    services = RoundServices(fake_store(tmp_path), photo, ["dark", "dark", "dark", "dark"])
+    pipeline = ServicePipeline(GatewayConfig(), services, services.store)
+    noise = np.random.default_rng(0).integers(-3, 4, (SIZE, SIZE, 3))
+    image = np.clip(synthetic.render_image(services.obj, photo).astype(int) + noise, 0, 255).astype(np.uint8)
+    splat = services.store.put(splat_to_ply_bytes(services.obj), "application/x-glimpse3d-splat+ply")
+    version = SimpleNamespace(splat=splat, confidence=None, camera=None, metrics={})
+    job = SimpleNamespace(id="j", options=JobOptions(resolution=SIZE, seed=5), versions=[version],
+                          input_image=services.store.put(encode_png(image), "image/png"))
+
+    async def report(stage: str, fraction: float, message: str = "") -> None:
+        pass
+
+    from glimpse3d.gateway.models import RoundSpec
+
+    views = []
+    for _ in range(2):
+        with pytest.raises(RoundRejected):
+            asyncio.run(pipeline.run_round(job, RoundSpec(), report))
+        rendered = [c[1] for c in services.calls if c[0] == "render" and len(c[1].views) == 1]
+        views.append(convert.camera_from_proto(rendered[-2].views[0].camera))  # the round's view, then the photo's
+    from glimpse3d.gateway.pipeline import separation_deg
+
+    assert separation_deg(views[0], views[1]) > 1.0
+    assert round_rejection(30.0, 29.0) is not None

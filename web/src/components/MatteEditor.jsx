@@ -7,6 +7,8 @@ import { useEffect, useState } from "react";
 
 import { percent } from "../format.js";
 
+const MAX_POINTS = 64; // the gateway's limit (JobOptions.matte_points)
+
 /**
  * @param {{photoUrl: string, file: File, points: number[][], onPoints: (p: number[][]) => void,
  *          previewMatte: (file: File, points: number[][]) => Promise<object>}} props
@@ -31,6 +33,10 @@ export default function MatteEditor({ photoUrl, file, points, onPoints, previewM
   }, [file, points, previewMatte]);
 
   function add(event) {
+    if (points.length >= MAX_POINTS) {
+      setError(`At most ${MAX_POINTS} points; undo or clear some first.`);
+      return;
+    }
     const rect = event.currentTarget.getBoundingClientRect();
     if (!rect.width || !rect.height) return;
     const x = Math.min(1, Math.max(0, (event.clientX - rect.left) / rect.width));

@@ -17,6 +17,8 @@ Semantics decided here:
   ``max_pending_rounds`` per job, then Overloaded) and runs on the same worker. A job with no
   version yet, or a FAILED or CANCELLED one, answers FailedPrecondition. A repeated
   ``request_id`` returns the job without starting another round.
+- A round the pipeline rejects (:class:`RoundRejected`: it would have made the model worse against
+  the photo) adds no version; ``error`` says why and the rounds queued behind it still run.
 - A failing or cancelled *round* returns the job to SUCCEEDED with ``error`` set (its versions
   stay usable) and drops the rounds queued behind it; only the initial run can make a job FAILED
   or CANCELLED. Cancelling cancels the asyncio task running the job, which cancels the
@@ -56,15 +58,16 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from glimpse3d.core.artifacts import ArtifactRef, ArtifactStore
 from glimpse3d.core.cameras import Camera
-from glimpse3d.core.errors import Cancelled, FailedPrecondition, InvalidInput, NotFound
+from glimpse3d.core.errors import Cancelled, FailedPrecondition, InvalidInput, NotFound, RoundRejected
 from glimpse3d.core.formats import read_ply
-from glimpse3d.core.images import MAX_IMAGE_BYTES, decode_image, encode_png
+from glimpse3d.core.images import MAX_IMAGE_BYTES, decode_image, encode_png, resize_longest
 from glimpse3d.gateway.config import GatewayConfig
 from glimpse3d.gateway.events import EventHub, JobEvent
 from glimpse3d.gateway.exporters import MEDIA_TYPES, ExportFormat, export_splat
 from glimpse3d.gateway.models import (
     MAX_DISPLAY_NAME_CHARS,
     MAX_REQUEST_ID_CHARS,
+    MAX_RESOLUTION,
     MAX_SEED,
     Job,
     JobError,
@@ -124,9 +127,12 @@ MAX_MASK_BYTES = 8 * 1024 * 1024
 
 def with_matte(image: bytes, mask: bytes) -> bytes:
     """``image`` as a PNG whose alpha channel is ``mask`` (its alpha when it has one that is not all
-    opaque, else its luminance; resized to the image). InvalidInput naming ``mask_data`` when the mask
+    opaque, else its luminance; resized to the image, which is first brought to at most the largest
+    working resolution, MAX_RESOLUTION a side). InvalidInput naming ``mask_data`` when the mask
     is unreadable, too large, or marks no object or nothing but object."""
     photo = decode_image(image, field="image_data")
+    if max(photo.shape[:2]) > MAX_RESOLUTION:  # the pipeline never works above it; keeps the PNG small
+        photo = resize_longest(photo, MAX_RESOLUTION)
     drawn = decode_image(mask, field="mask_data", max_bytes=MAX_MASK_BYTES)
     if drawn.shape[2] == 4 and int(drawn[..., 3].min()) < 255:
         alpha = drawn[..., 3]
@@ -523,7 +529,14 @@ class GatewayApp:
                 self._events.publish(job, "state")
                 return
             plan.start_piece(len(job.pending_rounds))
-            result = await self._pipeline.run_round(job, spec, report)
+            try:
+                result = await self._pipeline.run_round(job, spec, report)
+            except RoundRejected as err:  # no version; the rounds behind it still run
+                job = await self._db(self._store.skip_round, job_id, JobError.from_exception(err))
+                plan.done += 1
+                self._events.publish(job, "state")
+                logger.info("round rejected: %s", err.message, extra={"job": job.name})
+                continue
             job = await self._db(self._store.add_version, job_id, result, completes_round=True)
             plan.done += 1
             self._events.publish(job, "version")

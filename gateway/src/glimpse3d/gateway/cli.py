@@ -1,6 +1,6 @@
 """``glimpse3d``: the command-line client of the public API.
 
-    glimpse3d generate PHOTO [--enhance N] [--views K] --out DIR
+    glimpse3d generate PHOTO [--enhance N] [--views K] [--keep X,Y] [--remove X,Y] [--mask FILE] --out DIR
     glimpse3d enhance JOB [--azimuth A --elevation E] [--prompt P] [--strength S]
     glimpse3d export JOB --format ply|splat|glb [--out FILE]
     glimpse3d jobs
@@ -148,10 +148,14 @@ def _check_done(job: glimpse3d_pb2.Job) -> None:
 
 async def cmd_generate(stub: glimpse3d_pb2_grpc.Glimpse3DStub, ns: argparse.Namespace) -> None:
     data = read_photo(ns.photo)
+    mask = read_photo(ns.mask) if ns.mask else b""
+    points = [common_pb2.MattePoint(x=x, y=y, keep=True) for x, y in ns.keep]
+    points += [common_pb2.MattePoint(x=x, y=y, keep=False) for x, y in ns.remove]
     options = glimpse3d_pb2.JobOptions(num_views=ns.views, enhance_rounds=ns.enhance, prompt=ns.prompt,
-                                       seed=ns.seed, resolution=ns.resolution)
+                                       seed=ns.seed, resolution=ns.resolution, matte_points=points)
     job = await stub.CreateJob(glimpse3d_pb2.CreateJobRequest(
-        image_data=data, options=options, request_id=str(uuid.uuid4()), display_name=ns.photo.name))
+        image_data=data, options=options, request_id=str(uuid.uuid4()), display_name=ns.photo.name,
+        mask_data=mask))
     print(job.name)
     job = await watch(stub, job.name, quiet=ns.quiet)
     _check_done(job)
@@ -164,7 +168,7 @@ async def cmd_generate(stub: glimpse3d_pb2_grpc.Glimpse3DStub, ns: argparse.Name
     if first.get("matte_implausible") == 1.0:
         print(f"warning: the matte looks wrong ({first.get('matte_coverage', float('nan')):.0%} of the photo, "
               f"{first.get('matte_border_fraction', float('nan')):.0%} of its border): check it in the workspace, "
-              "or correct it (matte points, or a drawn mask)", file=sys.stderr)
+              "or correct it (--keep X,Y / --remove X,Y, or --mask FILE)", file=sys.stderr)
     if job.error.message:  # a requested round failed or was rejected: the exports hold the last good version
         done = len(job.versions) - 1
         raise CliError(f"{job.name}: {done} of {ns.enhance} rounds done; a round failed: {job.error.message}")
@@ -216,6 +220,16 @@ async def cmd_jobs(stub: glimpse3d_pb2_grpc.Glimpse3DStub, ns: argparse.Namespac
             return
 
 
+def _fraction_point(text: str) -> tuple[float, float]:
+    try:
+        x, y = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected X,Y (two fractions), got {text!r}") from None
+    if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
+        raise argparse.ArgumentTypeError(f"X and Y must be fractions in [0, 1], got {text!r}")
+    return x, y
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="glimpse3d", description="Glimpse3D: one photo to a 3D Gaussian splat.")
     p.add_argument("--addr", default=os.environ.get("GLIMPSE3D_GATEWAY_ADDR", DEFAULT_ADDR), help="gateway host:port")
@@ -231,6 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", type=Path, required=True)
     g.add_argument("--formats", nargs="+", choices=sorted(FORMATS), default=["ply", "splat", "glb"])
+    g.add_argument("--keep", type=_fraction_point, action="append", default=[], metavar="X,Y",
+                   help="matte correction: the object is at X,Y (fractions of the photo's width and height)")
+    g.add_argument("--remove", type=_fraction_point, action="append", default=[], metavar="X,Y",
+                   help="matte correction: background is at X,Y")
+    g.add_argument("--mask", type=Path, help="a matte drawn for the photo (PNG, white = object); replaces the estimate")
     e = sub.add_parser("enhance", help="one enhancement round (auto view unless --azimuth is given)")
     e.add_argument("job")
     e.add_argument("--azimuth", type=float)

@@ -110,30 +110,30 @@ def separation_deg(a: Camera, b: Camera) -> float:
 
 
 def pick_least_confident_view(means: np.ndarray, confidence: np.ndarray | None,
-                              photo: Camera, used: list[Camera]) -> Camera:
+                              photo: Camera, used: list[Camera], avoid: Sequence[Camera] = ()) -> Camera:
     """The orbit view whose visible Gaussians have the lowest mean confidence ("auto" Enhance).
 
     A Gaussian counts as visible from a view when it lies on the camera's side of the object
     centre (a cheap stand-in for occlusion that is exact for convex objects). Views already used
     by earlier rounds lose ties, so repeated "auto" clicks walk around the object. Views within
     ``AUTO_MIN_SEPARATION_DEG`` of the ``photo``'s camera are never picked: the photo shows that
-    side, so a round there can only trade the photo's detail for the enhancement's. Every view has
-    the photo's size and field of view (:func:`orbit_like`).
+    side, so a round there can only trade the photo's detail for the enhancement's. Views in
+    ``avoid`` (where this job's rounds were rejected) are skipped too, unless nothing else is left.
+    Every view has the photo's size and field of view (:func:`orbit_like`).
     """
     centre = means.mean(axis=0) if len(means) else np.zeros(3)
     conf = np.zeros(len(means)) if confidence is None or len(confidence) != len(means) else confidence
     best: tuple[float, int, Camera] | None = None
-    for el in AUTO_ELEVATIONS_DEG:
-        for az in AUTO_AZIMUTHS_DEG:
-            cam = orbit_like(photo, az, el)
-            if separation_deg(cam, photo) < AUTO_MIN_SEPARATION_DEG:
-                continue
-            facing = (means - centre) @ (cam.position - centre) > 0
-            score = float(conf[facing].mean()) if facing.any() else float("inf")
-            reuse = sum(np.allclose(cam.world_to_camera, u.world_to_camera, atol=1e-6) for u in used)
-            key = (score, reuse)
-            if best is None or key < best[:2]:
-                best = (score, reuse, cam)
+    candidates = [orbit_like(photo, az, el) for el in AUTO_ELEVATIONS_DEG for az in AUTO_AZIMUTHS_DEG]
+    candidates = [c for c in candidates if separation_deg(c, photo) >= AUTO_MIN_SEPARATION_DEG]
+    fresh = [c for c in candidates if all(separation_deg(c, a) > 1.0 for a in avoid)]
+    for cam in fresh or candidates:
+        facing = (means - centre) @ (cam.position - centre) > 0
+        score = float(conf[facing].mean()) if facing.any() else float("inf")
+        reuse = sum(np.allclose(cam.world_to_camera, u.world_to_camera, atol=1e-6) for u in used)
+        key = (score, reuse)
+        if best is None or key < best[:2]:
+            best = (score, reuse, cam)
     assert best is not None
     return best[2]
 
@@ -153,6 +153,8 @@ class ServicePipeline:
         self.artifacts = artifacts
         # (input sha256, side) -> working image; every round of a job needs the same one.
         self._working: OrderedDict[tuple[str, int], common_pb2.ArtifactRef] = OrderedDict()
+        # job id -> cameras of its rounds that were rejected ("auto" looks elsewhere; kept in memory only).
+        self._rejected: OrderedDict[str, list[Camera]] = OrderedDict()
         # (input sha256, side, matte points) -> the photo's depth estimate (camera, matte), for the photo figures.
         self._photo_depth: OrderedDict[tuple[Any, ...], depth_pb2.EstimateDepthResponse] = OrderedDict()
 
@@ -223,7 +225,7 @@ class ServicePipeline:
             return encode_png(resize_longest(decode_image(image, field="image_data"), side))
 
         small = await asyncio.to_thread(working)
-        ref = await asyncio.to_thread(self.artifacts.put, small, "image/png")
+        ref = await asyncio.to_thread(lambda: self.artifacts.put(small, "image/png", temporary=True))
         response = await _call(self.clients.depth.Matte, depth_pb2.MatteRequest(
             image=convert.artifact_to_proto(ref), matte_points=points_to_proto(points)), self.config.depth_deadline_s)
         mask = await asyncio.to_thread(lambda: decode_npy(self._get(response.mask, "mask"), field="mask"))
@@ -359,7 +361,7 @@ class ServicePipeline:
         if latest.confidence is not None:
             conf = decode_npy(await asyncio.to_thread(self.artifacts.get, latest.confidence), field="confidence")
         used = [v.camera for v in job.versions if v.camera is not None]
-        return pick_least_confident_view(splat.means, conf, photo, used)
+        return pick_least_confident_view(splat.means, conf, photo, used, self._rejected.get(job.id, []))
 
     async def run_round(self, job: Job, round_spec: RoundSpec, report: ProgressReporter) -> VersionResult:
         start = time.perf_counter()
@@ -384,21 +386,29 @@ class ServicePipeline:
             result = await self._refine(splat, confidence, enhanced.view, cam_msg, image, round_spec.seed,
                                         rendered_depth=rendered.depth,
                                         trusted=self._trusted_photo(image, photo_depth, weight))
-            await report(Stage.REFINE, 0.8, "checking the result against the photo")
             return result, await self._photo_metrics(result.splat, image, photo_depth)
 
-        (refined, photo_metrics), before = await asyncio.gather(fuse(0.0), self._input_view(splat, image, photo_depth))
+        async with asyncio.TaskGroup() as tasks:  # one failing cancels the other
+            fused = tasks.create_task(fuse(0.0))
+            measured = tasks.create_task(self._input_view(splat, image, photo_depth))
+        (refined, photo_metrics), before = fused.result(), measured.result()
+        await report(Stage.REFINE, 0.8, "checking the result against the photo")
         before_db = before.get("input_view_psnr_db", float("nan"))
+        first_db = float(job.versions[0].metrics.get("input_view_psnr_db", float("nan")))
         retried = 0.0
-        if round_rejection(before_db, photo_metrics.get("input_view_psnr_db", float("nan"))) is not None:
+        if round_rejection(before_db, photo_metrics.get("input_view_psnr_db", float("nan")), first_db) is not None:
             # Rounds are fused together with the photo; one that still costs it too much is fused again
             # with the photo weighted more, keeping what the enhanced view adds where the photo allows.
             await report(Stage.REFINE, 0.85, "the round cost the photo too much; fusing again, photo weighted more")
             (refined, photo_metrics), retried = await fuse(PHOTO_RETRY_WEIGHT), 1.0
         after_db = photo_metrics.get("input_view_psnr_db", float("nan"))
-        reason = round_rejection(before_db, after_db)
+        reason = round_rejection(before_db, after_db, first_db)
         if reason is not None:
             log.info("round rejected", extra={"job": job.id, "before_db": before_db, "after_db": after_db})
+            self._rejected.setdefault(job.id, []).append(camera)
+            self._rejected.move_to_end(job.id)
+            while len(self._rejected) > WORKING_IMAGE_CACHE:
+                self._rejected.popitem(last=False)
             raise RoundRejected(reason)
         await report(Stage.REFINE, 1.0, "round done")
         rep = report_from_proto(refined.report)

@@ -66,11 +66,14 @@ class Glimpse3DServicer(glimpse3d_pb2_grpc.Glimpse3DServicer):
     ) -> glimpse3d_pb2.PreviewMatteResponse:
         if not request.image_data:
             raise InvalidInput("image_data is required (PNG or JPEG bytes)", field="image_data")
-        try:
-            points = points_from_proto(request.matte_points)
-        except InvalidInput as err:  # named as in CreateJob's options; here the points are the request's own
-            raise InvalidInput(err.message, field="matte_points") from None
-        preview = await self._app.preview_matte(tenant_of(context), request.image_data, points, request.resolution)
+        try:  # the options' names (options.matte_points, options.resolution) are this request's own fields here
+            preview = await self._app.preview_matte(tenant_of(context), request.image_data,
+                                                    points_from_proto(request.matte_points), request.resolution)
+        except InvalidInput as err:
+            if err.field and err.field.startswith("options."):
+                name = err.field.removeprefix("options.").split(".")[0]
+                raise InvalidInput(err.message.replace("options.", ""), field=name) from None
+            raise
         png = await asyncio.to_thread(encode_png, np.round(preview.mask * 255.0).astype(np.uint8))
         return glimpse3d_pb2.PreviewMatteResponse(
             mask_png=png, coverage=preview.coverage, border_fraction=preview.border_fraction,

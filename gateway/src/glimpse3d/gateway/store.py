@@ -589,6 +589,23 @@ class JobStore:
 
         return self._tx(add)
 
+    def skip_round(self, job_id: str, error: JobError) -> Job:
+        """The running round of a RUNNING job this replica holds ended without a version (the gateway
+        rejected it: it would have made the model worse): pop it, keep the rounds queued behind it, and
+        record why in ``error`` (kept until the next Enhance). FailedPrecondition as in :meth:`add_version`."""
+
+        def skip(db: Connection) -> Job:
+            job, owner, _ = self._locked(db, job_id)
+            if job.state is not JobState.RUNNING:
+                raise FailedPrecondition(f"job {job.name} is {job.state.value}, not RUNNING; round outcome dropped")
+            if owner != self.owner:
+                raise FailedPrecondition(f"job {job.name} is held by another gateway replica; round outcome dropped")
+            pending = list(job.pending_rounds[1:])
+            return self._write(db, job, pending_rounds=_dump([spec.to_json() for spec in pending]),
+                               error=_dump(error.to_json()), message=error.message)
+
+        return self._tx(skip)
+
     def next_round_or_succeed(self, job_id: str) -> tuple[Job, RoundSpec | None]:
         """The round to run next, or, when none is left, RUNNING -> SUCCEEDED (one transaction, so
         a round appended concurrently, through any replica, is never stranded). A job that is no
@@ -600,8 +617,8 @@ class JobStore:
                 return job, None
             if job.pending_rounds:
                 return job, job.pending_rounds[0]
-            return self._write(db, job, state=JobState.SUCCEEDED.value, fraction=1.0, message="done",
-                               error=None), None
+            # ``error`` stays: a round of this run may have been rejected (skip_round); Enhance clears it.
+            return self._write(db, job, state=JobState.SUCCEEDED.value, fraction=1.0, message="done"), None
 
         return self._tx(step)
 

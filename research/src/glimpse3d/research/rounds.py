@@ -225,6 +225,7 @@ def run_sequence(gt: GroundTruth, stages: Stages, start: Splat, cameras: Sequenc
     first = first_score if first_score is not None else scorer(start)
     scores, grids, splat = [dict(first[0])], [first[1]], start
     photo = None if scorer.matte is None else TrustedView(gt.input.rgb_uint8, gt.input.camera, scorer.matte)
+    first_db = scorer.input_view_psnr(start) if fuser.guard else float("nan")
     for k, (cam, feed) in enumerate(zip(cameras, feeds, strict=True)):
         rendered = stages.reconstruction.render(splat, [cam])[0]
         view = feed(k, cam, to_uint8(rendered.rgb), rendered)
@@ -240,10 +241,11 @@ def run_sequence(gt: GroundTruth, stages: Stages, start: Splat, cameras: Sequenc
         verdict = {"rejected": 0.0, "photo_weight_raised": 0.0}
         if fuser.guard:
             before = scorer.input_view_psnr(splat)
-            if round_rejection(before, scorer.input_view_psnr(new_splat)) is not None:
-                new_splat, new_conf, accepted = fuse(PHOTO_RETRY_WEIGHT)
-                verdict["photo_weight_raised"] = 1.0
-                if round_rejection(before, scorer.input_view_psnr(new_splat)) is not None:
+            if round_rejection(before, scorer.input_view_psnr(new_splat), first_db) is not None:
+                if fuser.trusted_photo:  # fused again with the photo weighted more (without it: rejected at once)
+                    new_splat, new_conf, accepted = fuse(PHOTO_RETRY_WEIGHT)
+                    verdict["photo_weight_raised"] = 1.0
+                if round_rejection(before, scorer.input_view_psnr(new_splat), first_db) is not None:
                     new_splat, new_conf, verdict["rejected"] = splat, confidence, 1.0
         splat, confidence = new_splat, new_conf
         score, grid = scorer(splat)

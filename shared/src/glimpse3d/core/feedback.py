@@ -147,14 +147,23 @@ def input_view_figures(photo: np.ndarray, mask: np.ndarray, rendered: np.ndarray
     }
 
 
-def round_rejection(before_db: float, after_db: float, limit_db: float = MAX_ROUND_LOSS_DB) -> str | None:
+def round_rejection(before_db: float, after_db: float, first_db: float = float("nan"),
+                    limit_db: float = MAX_ROUND_LOSS_DB) -> str | None:
     """Why a round that took the input-view PSNR from ``before_db`` to ``after_db`` is rejected, or
-    None when it may stand (it cost at most ``limit_db``; a figure that is not finite never rejects)."""
-    if not (np.isfinite(before_db) and np.isfinite(after_db)) or before_db - after_db <= limit_db:
+    None when it may stand: it may cost at most ``limit_db``, and all rounds together at most
+    ``limit_db`` below ``first_db`` (version 1's figure), so small losses cannot add up. A figure that
+    is not finite never rejects."""
+    if not (np.isfinite(before_db) and np.isfinite(after_db)):
         return None
-    return (f"the round would lower the input-view PSNR against the photo from {before_db:.2f} to "
-            f"{after_db:.2f} dB ({after_db - before_db:+.2f} dB; at most -{limit_db:g} dB is allowed), "
-            "so it was rejected and the model is unchanged")
+    if before_db - after_db > limit_db:
+        return (f"the round would lower the input-view PSNR against the photo from {before_db:.2f} to "
+                f"{after_db:.2f} dB ({after_db - before_db:+.2f} dB; at most -{limit_db:g} dB is allowed), "
+                "so it was rejected and the model is unchanged")
+    if np.isfinite(first_db) and first_db - after_db > limit_db:
+        return (f"the round would take the input-view PSNR against the photo to {after_db:.2f} dB, "
+                f"{first_db - after_db:.2f} dB below version 1's {first_db:.2f} dB (all rounds together may "
+                f"cost at most {limit_db:g} dB), so it was rejected and the model is unchanged")
+    return None
 
 
 def _unit(image: np.ndarray) -> np.ndarray:

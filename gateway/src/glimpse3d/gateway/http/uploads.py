@@ -151,14 +151,18 @@ async def read_photo_form(request: Request) -> PhotoForm:
         if len(data) > MAX_IMAGE_BYTES:
             raise _too_large()
         mask = form.get(MASK_FIELD)
+        if mask == "":  # a file input left blank arrives as an empty text part: no mask
+            mask = None
         if mask is not None:
             if not isinstance(mask, UploadFile):
                 raise InvalidInput(f"{MASK_FIELD} must be a file field (a PNG), not text", field=MASK_FIELD)
-            result.mask = await mask.read(MAX_MASK_BYTES + 1)
-            if len(result.mask) > MAX_MASK_BYTES:
+            result.mask = await mask.read(MAX_MASK_BYTES + 1) or None  # an empty file field: no mask
+            if result.mask is None:
+                pass
+            elif len(result.mask) > MAX_MASK_BYTES:
                 raise PayloadTooLarge(f"{MASK_FIELD} is too large; the limit is {MAX_MASK_BYTES} bytes",
                                       field=MASK_FIELD)
-            if not (result.mask.startswith(_PNG) or result.mask.startswith(_JPEG)):
+            elif not (result.mask.startswith(_PNG) or result.mask.startswith(_JPEG)):
                 raise UnsupportedMediaType(f"{MASK_FIELD} is not a PNG or JPEG image", field=MASK_FIELD)
     finally:
         await form.close()

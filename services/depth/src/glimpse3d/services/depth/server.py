@@ -19,6 +19,7 @@ import numpy as np
 
 from glimpse3d.core import convert
 from glimpse3d.core.cameras import Camera, orbit_camera
+from glimpse3d.core.errors import InvalidInput
 from glimpse3d.core.matte import MatteCheck, check_matte
 from glimpse3d.core.rpc import Registration
 from glimpse3d.core.service import ServiceRuntime, backend_from_settings
@@ -64,7 +65,14 @@ class DepthServicer(depth_pb2_grpc.DepthServicer):
         points = _points(request.matte_points)
         if points and not _has_matte(image):
             matte = await self.rt.limiter.run(self.matte, image, points=points)
-            image = np.dstack([image[..., :3], np.round(np.clip(matte, 0.0, 1.0) * 255.0).astype(np.uint8)])
+            alpha = np.round(np.clip(matte, 0.0, 1.0) * 255.0).astype(np.uint8)
+            if int(alpha.max()) < 128:
+                raise InvalidInput("the matte corrections leave no object: every pixel is background; "
+                                   "mark the object with a keep point", field="matte_points")
+            if int(alpha.min()) == 255:  # an all-opaque alpha would mean "no matte" to the backend
+                raise InvalidInput("the matte corrections leave no background: the whole photo is object; "
+                                   "mark some background with a remove point", field="matte_points")
+            image = np.dstack([image[..., :3], alpha])
         result = await self.rt.limiter.run(self.backend.estimate, image, camera)
         return depth_pb2.EstimateDepthResponse(
             depth=await self.rt.io.put_array(result.depth, temporary=True),
