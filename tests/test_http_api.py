@@ -244,7 +244,8 @@ def test_create_streams_events_until_succeeded(http, first):
     assert JOB_KEYS <= created.keys()
     assert created["state"] in ("QUEUED", "RUNNING") and not created["done"] and created["versions"] == []
     assert (created["display_name"], created["tenant"], created["name"]) == ("sample", TENANT, f"jobs/{first.id}")
-    assert created["options"] == {"novel_views": 0, "enhance_rounds": 0, "prompt": "", "seed": 7, "resolution": RES}
+    assert created["options"] == {"novel_views": 0, "enhance_rounds": 0, "prompt": "", "seed": 7, "resolution": RES,
+                                  "matte_points": []}
     datetime.fromisoformat(created["create_time"])
 
     events = first.events

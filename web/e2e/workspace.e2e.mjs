@@ -290,8 +290,8 @@ async function run(page, result) {
   result.metrics_v2 = await metricsShown(page);
   result.state_v2 = (await page.getByTestId("job-state").textContent()).trim();
   check(/^\d+(\.\d)?%$/.test(result.metrics_v2.accepted_fraction ?? ""), `accepted pixels: ${result.metrics_v2.accepted_fraction}`);
-  check(/^\d+\.\d{4}$/.test(result.metrics_v2.photometric_error_before ?? ""), "error before is shown");
-  check(/^\d+\.\d{4}$/.test(result.metrics_v2.photometric_error_after ?? ""), "error after is shown");
+  check(/^\d+\.\d{4}$/.test(result.metrics_v2.enhanced_view_error_before ?? ""), "fit to the enhanced view before is shown");
+  check(/^\d+\.\d{4}$/.test(result.metrics_v2.enhanced_view_error_after ?? ""), "fit to the enhanced view after is shown");
   result.versions_listed = await page.$$eval('[data-testid="versions"] button', (b) => b.map((x) => x.textContent));
   check(result.versions_listed.length === 2, `versions listed: ${result.versions_listed.length}`);
   log(`version 2 on screen; metrics ${JSON.stringify(result.metrics_v2)}`);
