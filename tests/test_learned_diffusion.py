@@ -335,9 +335,11 @@ def test_each_step_checks_for_cancellation(backend, scene, monkeypatch):
 
 def test_reference_photo_guides_the_colour(backend, model_dir, scene):
     view, depth, alpha = scene
-    photo = np.zeros((80, 80, 3), np.uint8)
-    photo[:] = (230, 230, 230)
-    photo[15:65, 15:65] = (200, 40, 30)  # a red object on a light backdrop
+    photo = np.zeros((80, 80, 4), np.uint8)
+    photo[:] = (230, 230, 230, 0)
+    photo[15:65, 15:65] = (200, 40, 30, 255)  # a red object, its alpha saying where it is
+    # (Without alpha, a random render whose colours are nowhere near the photo's is left as it is:
+    # only view-to-photo colour pairs within the capture distance are trusted; see classical.py.)
     box = alpha > 0
     guided = backend.enhance(view, depth=depth, alpha=alpha, reference=photo, **KW)
     plain = SDXLDiffusionBackend(model_dir, "cpu", resolution=RES, colour_transfer=False)

@@ -267,6 +267,17 @@ def color_transfer(lab: np.ndarray, mask: np.ndarray, ref_lab: np.ndarray, ref_m
     return _apply_colour(lab, best).astype(np.float32)
 
 
+def transfer_to_photo(lab: np.ndarray, mask: np.ndarray, ref_lab: np.ndarray, ref_fg: np.ndarray,
+                      reference: np.ndarray) -> np.ndarray:
+    """:func:`color_transfer` towards the photo ``reference`` (uint8 [h, w, 3|4]): the colours of the
+    object are among the photo's; with the photo's alpha, those of its object (``ref_fg``); without it,
+    all of them (a guessed foreground can drop the object's colours that are close to the backdrop's),
+    and then, the backdrop being in the palette, only pairs within CAPTURE_DISTANCE are trusted."""
+    if reference.shape[2] == 4 and bool(reference[:, :, 3].min() < 255):
+        return color_transfer(lab, mask, ref_lab, ref_fg)
+    return color_transfer(lab, mask, ref_lab, np.ones_like(ref_fg), capture=CAPTURE_DISTANCE)
+
+
 def reference_foreground(ref: np.ndarray) -> np.ndarray:
     """bool [h, w] foreground of the reference photo uint8 [h, w, 3|4] (see module docstring)."""
     h, w = ref.shape[:2]
@@ -381,13 +392,7 @@ def enhance_view(req: EnhanceRequest, *, grain: float = DEFAULT_GRAIN, radius: i
     if req.reference is not None:
         ref_lab, ref_fg = _prepare_reference(req.reference, (h, w))
         if colour:
-            # The colours of the object are among the photo's; without the photo's alpha, all of them
-            # (a guessed foreground can drop the object's colours that are close to the backdrop's).
-            has_alpha = req.reference.shape[2] == 4 and bool(req.reference[:, :, 3].min() < 255)
-            if has_alpha:
-                lab = color_transfer(lab, inside, ref_lab, ref_fg)
-            else:  # the backdrop is in the palette: only near colours are trusted as pairs
-                lab = color_transfer(lab, inside, ref_lab, np.ones_like(ref_fg), capture=CAPTURE_DISTANCE)
+            lab = transfer_to_photo(lab, inside, ref_lab, ref_fg, req.reference)
     gate = edge_gate(req.depth, alpha, r)  # [H, W]
     cap = 1.0 + req.guidance / 10.0
     ref_l = None if ref_lab is None else ref_lab[:, :, 0]

@@ -22,9 +22,10 @@ One enhancement
        ``default_prompt``; ``negative_prompt`` applies to every call (empty: SDXL's zero negative
        embedding). :func:`glimpse3d.core.cancel.check_cancelled` runs after every denoising step.
     4. The result is cropped and resized back to the exact input size; with a reference photo and
-       ``colour_transfer`` on, the object's Lab mean and spread are matched to the photo's foreground
-       (the classical backend's :func:`~glimpse3d.services.diffusion.classical.color_transfer`, whose
-       ratio clamps keep a photo from a different angle from overpowering the result).
+       ``colour_transfer`` on, the object's colours get the classical backend's global Lab fit to the
+       nearest photo colours (:func:`~glimpse3d.services.diffusion.classical.transfer_to_photo`: the
+       photo's object when it has alpha, else every photo colour within a capture distance; bounded
+       gains keep a photo from a different angle from overpowering the result).
     5. It is composited over the view with the view's coverage (alpha, else ``depth > 0``, else
        everywhere): background pixels come back exactly as given.
 
@@ -61,7 +62,12 @@ from glimpse3d.core.models import (
     resolve_dtype,
 )
 from glimpse3d.services.diffusion.backends import MAX_PROMPT_CHARS, EnhanceRequest, validate_request
-from glimpse3d.services.diffusion.classical import color_transfer, lab_to_rgb, reference_foreground, rgb_to_lab
+from glimpse3d.services.diffusion.classical import (
+    lab_to_rgb,
+    reference_foreground,
+    rgb_to_lab,
+    transfer_to_photo,
+)
 from glimpse3d.services.diffusion.conditioning import Canvas, composite, coverage, from_working, prepare_canvas
 from glimpse3d.services.diffusion.models import (
     CONTROLNET_DEPTH,
@@ -120,15 +126,16 @@ def _on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -
 
 
 def match_reference_colour(enhanced: np.ndarray, cover: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """float RGB [H, W, 3] in [0, 1] -> the same with the object's (``cover >= 0.5``) Lab mean and std
-    matched to the foreground of the uint8 ``reference`` photo [h, w, 3|4]."""
+    """float RGB [H, W, 3] in [0, 1] -> the same with the object's (``cover >= 0.5``) colours fitted to
+    the uint8 ``reference`` photo [h, w, 3|4], by the classical backend's rule
+    (:func:`~glimpse3d.services.diffusion.classical.transfer_to_photo`)."""
     h, w = enhanced.shape[:2]
     scale = max(h, w) / max(reference.shape[:2])
     if scale < 1.0:  # statistics need no more pixels than the view has
         size = (max(1, round(reference.shape[1] * scale)), max(1, round(reference.shape[0] * scale)))
         reference = cv2.resize(reference, size, interpolation=cv2.INTER_AREA)
     ref_lab = rgb_to_lab(reference[:, :, :3].astype(np.float32) / 255.0)
-    lab = color_transfer(rgb_to_lab(enhanced), cover >= 0.5, ref_lab, reference_foreground(reference))
+    lab = transfer_to_photo(rgb_to_lab(enhanced), cover >= 0.5, ref_lab, reference_foreground(reference), reference)
     return lab_to_rgb(lab)
 
 
