@@ -257,21 +257,28 @@ class RoundServices(FakeServices):
                                                    photometric_error_after=0.05, steps=60))
 
 
-def _run_round(services: RoundServices, camera: Camera | None):
-    from glimpse3d.gateway.models import RoundSpec
-
+def _round_job(services: RoundServices) -> tuple[ServicePipeline, SimpleNamespace]:
+    """A pipeline over ``services`` and a job whose version 1 is the object and whose photo is the object
+    seen from ``services.photo`` with a little noise (the splat fits it to about 40 dB)."""
     pipeline = ServicePipeline(GatewayConfig(), services, services.store)
-    noise = np.random.default_rng(0).integers(-3, 4, (SIZE, SIZE, 3))  # a photo the splat fits to ~40 dB
+    noise = np.random.default_rng(0).integers(-3, 4, (SIZE, SIZE, 3))
     photo = np.clip(synthetic.render_image(services.obj, services.photo).astype(int) + noise, 0, 255).astype(np.uint8)
     splat = services.store.put(splat_to_ply_bytes(services.obj), "application/x-glimpse3d-splat+ply")
     version = SimpleNamespace(splat=splat, confidence=None, camera=None, metrics={})
     job = SimpleNamespace(id="j", options=JobOptions(resolution=SIZE, seed=5), versions=[version],
                           input_image=services.store.put(encode_png(photo), "image/png"))
+    return pipeline, job
 
-    async def report(stage: str, fraction: float, message: str = "") -> None:
-        pass
 
-    return asyncio.run(pipeline.run_round(job, RoundSpec(camera=camera), report))
+async def _no_report(stage: str, fraction: float, message: str = "") -> None:
+    pass
+
+
+def _run_round(services: RoundServices, camera: Camera | None):
+    from glimpse3d.gateway.models import RoundSpec
+
+    pipeline, job = _round_job(services)
+    return asyncio.run(pipeline.run_round(job, RoundSpec(camera=camera), _no_report))
 
 
 def test_every_round_is_fused_with_the_photo_and_a_harmless_one_stands(tmp_path):
@@ -340,23 +347,13 @@ def test_a_rejected_auto_round_is_not_tried_at_the_same_view_again(tmp_path):
 
     photo = orbit_camera(0.0, 0.0, RADIUS, width=SIZE, height=SIZE)
     services = RoundServices(fake_store(tmp_path), photo, ["dark", "dark", "dark", "dark"])
-    pipeline = ServicePipeline(GatewayConfig(), services, services.store)
-    noise = np.random.default_rng(0).integers(-3, 4, (SIZE, SIZE, 3))
-    image = np.clip(synthetic.render_image(services.obj, photo).astype(int) + noise, 0, 255).astype(np.uint8)
-    splat = services.store.put(splat_to_ply_bytes(services.obj), "application/x-glimpse3d-splat+ply")
-    version = SimpleNamespace(splat=splat, confidence=None, camera=None, metrics={})
-    job = SimpleNamespace(id="j", options=JobOptions(resolution=SIZE, seed=5), versions=[version],
-                          input_image=services.store.put(encode_png(image), "image/png"))
-
-    async def report(stage: str, fraction: float, message: str = "") -> None:
-        pass
-
+    pipeline, job = _round_job(services)
     from glimpse3d.gateway.models import RoundSpec
 
     views = []
     for _ in range(2):
         with pytest.raises(RoundRejected):
-            asyncio.run(pipeline.run_round(job, RoundSpec(), report))
+            asyncio.run(pipeline.run_round(job, RoundSpec(), _no_report))
         rendered = [c[1] for c in services.calls if c[0] == "render" and len(c[1].views) == 1]
         views.append(convert.camera_from_proto(rendered[-2].views[0].camera))  # the round's view, then the photo's
     from glimpse3d.gateway.pipeline import separation_deg

@@ -562,6 +562,15 @@ class JobStore:
 
         return self._tx(update)
 
+    def _running_here(self, db: Connection, job_id: str, dropped: str) -> Job:
+        """The job, locked, when it is RUNNING and held by this replica; else FailedPrecondition."""
+        job, owner, _ = self._locked(db, job_id)
+        if job.state is not JobState.RUNNING:
+            raise FailedPrecondition(f"job {job.name} is {job.state.value}, not RUNNING; {dropped}")
+        if owner != self.owner:
+            raise FailedPrecondition(f"job {job.name} is held by another gateway replica; {dropped}")
+        return job
+
     def add_version(
         self, job_id: str, result: VersionResult, *, completes_round: bool, then_rounds: Sequence[RoundSpec] = ()
     ) -> Job:
@@ -571,11 +580,7 @@ class JobStore:
         another replica took it over."""
 
         def add(db: Connection) -> Job:
-            job, owner, _ = self._locked(db, job_id)
-            if job.state is not JobState.RUNNING:
-                raise FailedPrecondition(f"job {job.name} is {job.state.value}, not RUNNING; version dropped")
-            if owner != self.owner:
-                raise FailedPrecondition(f"job {job.name} is held by another gateway replica; version dropped")
+            job = self._running_here(db, job_id, "version dropped")
             db.execute(
                 "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (job_id, len(job.versions) + 1, _dump(artifact_to_json(result.splat)),
@@ -595,11 +600,7 @@ class JobStore:
         record why in ``error`` (kept until the next Enhance). FailedPrecondition as in :meth:`add_version`."""
 
         def skip(db: Connection) -> Job:
-            job, owner, _ = self._locked(db, job_id)
-            if job.state is not JobState.RUNNING:
-                raise FailedPrecondition(f"job {job.name} is {job.state.value}, not RUNNING; round outcome dropped")
-            if owner != self.owner:
-                raise FailedPrecondition(f"job {job.name} is held by another gateway replica; round outcome dropped")
+            job = self._running_here(db, job_id, "round outcome dropped")
             pending = list(job.pending_rounds[1:])
             return self._write(db, job, pending_rounds=_dump([spec.to_json() for spec in pending]),
                                error=_dump(error.to_json()), message=error.message)
