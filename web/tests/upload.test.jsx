@@ -188,6 +188,18 @@ describe("matte editor", () => {
     await waitFor(() => expect(previewMatte).toHaveBeenLastCalledWith(expect.any(File), [[0.25, 0.25, true]]));
   });
 
+  it("asks for one preview when the user clicks several times quickly", async () => {
+    const previewMatte = vi.fn(async () => matte());
+    const { input } = setup(previewMatte);
+    fireEvent.change(input, { target: { files: [pngFile("cup.png")] } });
+    await waitFor(() => expect(previewMatte).toHaveBeenCalledTimes(1));
+    for (const x of [30, 60, 90]) clickAt(screen.getByTestId("matte-stage"), x, 45);
+    await waitFor(() => expect(previewMatte).toHaveBeenCalledTimes(2));
+    await new Promise((resolve) => setTimeout(resolve, 400));
+    expect(previewMatte).toHaveBeenCalledTimes(2);
+    expect(previewMatte.mock.calls[1][1]).toHaveLength(3);
+  });
+
   it("shows the gateway's warning about an implausible matte", async () => {
     const previewMatte = vi.fn(async () => matte({ warning: "it touches most of the photo's border." }));
     const { input } = setup(previewMatte);

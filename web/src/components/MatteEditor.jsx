@@ -8,6 +8,7 @@ import { useEffect, useState } from "react";
 import { percent } from "../format.js";
 
 const MAX_POINTS = 64; // the gateway's limit (JobOptions.matte_points)
+const PREVIEW_DELAY_MS = 250;
 
 /**
  * @param {{photoUrl: string, file: File, points: number[][], onPoints: (p: number[][]) => void,
@@ -23,12 +24,20 @@ export default function MatteEditor({ photoUrl, file, points, onPoints, previewM
     let live = true;
     setBusy(true);
     setError("");
-    previewMatte(file, points)
-      .then((m) => live && setMatte(m))
-      .catch((err) => live && setError(err && err.message ? err.message : String(err)))
-      .finally(() => live && setBusy(false));
+    // Quick clicks are gathered: only the last set of points is asked for (and an answer that comes
+    // after the points changed again is dropped).
+    const timer = setTimeout(
+      () => {
+        previewMatte(file, points)
+          .then((m) => live && setMatte(m))
+          .catch((err) => live && setError(err && err.message ? err.message : String(err)))
+          .finally(() => live && setBusy(false));
+      },
+      points.length ? PREVIEW_DELAY_MS : 0,
+    );
     return () => {
       live = false;
+      clearTimeout(timer);
     };
   }, [file, points, previewMatte]);
 
