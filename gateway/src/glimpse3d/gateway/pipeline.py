@@ -191,15 +191,15 @@ class ServicePipeline:
     def _get(self, ref: common_pb2.ArtifactRef, field: str) -> bytes:
         return self.artifacts.get(convert.artifact_from_proto(ref, field))
 
-    async def _photo_metrics(self, splat: common_pb2.ArtifactRef, image: common_pb2.ArtifactRef,
-                             depth: depth_pb2.EstimateDepthResponse) -> dict[str, float]:
-        """The version's figures against the photo (:mod:`glimpse3d.core.feedback`), finite ones only."""
-        photo_camera = convert.camera_from_proto(depth.camera, "camera")
+    async def _renders_at(self, splat: common_pb2.ArtifactRef, image: common_pb2.ArtifactRef,
+                          depth: depth_pb2.EstimateDepthResponse, cameras: Sequence[Camera],
+                          ) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+        """(photo, its matte, renders (rgb in [0, 1], depth, alpha) of ``splat`` at ``cameras`` over the
+        photo's background colour): what every figure against the photo is computed from."""
         photo, mask = await asyncio.gather(
             asyncio.to_thread(lambda: decode_image(self._get(image, "image"), field="image")),
             asyncio.to_thread(lambda: decode_npy(self._get(depth.mask, "mask"), field="mask")),
         )
-        cameras = feedback_cameras(photo_camera)
         rendered = await _call(self.clients.reconstruction.Render, reconstruction_pb2.RenderRequest(
             splat=splat, views=[common_pb2.ViewSpec(camera=convert.camera_to_proto(c)) for c in cameras],
             background=list(background_colour(photo, mask))), self.config.render_deadline_s)
@@ -209,7 +209,13 @@ class ServicePipeline:
             return (rgb, decode_npy(self._get(view.depth, "depth"), field="depth"),
                     decode_npy(self._get(view.alpha, "alpha"), field="alpha"))
 
-        renders = await asyncio.to_thread(lambda: [load(v) for v in rendered.views])
+        return photo, mask, await asyncio.to_thread(lambda: [load(v) for v in rendered.views])
+
+    async def _photo_metrics(self, splat: common_pb2.ArtifactRef, image: common_pb2.ArtifactRef,
+                             depth: depth_pb2.EstimateDepthResponse) -> dict[str, float]:
+        """The version's figures against the photo (:mod:`glimpse3d.core.feedback`), finite ones only."""
+        cameras = feedback_cameras(convert.camera_from_proto(depth.camera, "camera"))
+        photo, mask, renders = await self._renders_at(splat, image, depth, cameras)
         figures = await asyncio.to_thread(photo_figures, photo, cameras, renders)
         figures.update(await asyncio.to_thread(input_view_figures, photo, mask, renders[0][0]))
         if depth.HasField("matte_check"):
@@ -234,15 +240,9 @@ class ServicePipeline:
     async def _input_view(self, splat: common_pb2.ArtifactRef, image: common_pb2.ArtifactRef,
                           depth: depth_pb2.EstimateDepthResponse) -> dict[str, float]:
         """:func:`input_view_figures` of ``splat`` (rendered at the photo's camera only)."""
-        photo, mask = await asyncio.gather(
-            asyncio.to_thread(lambda: decode_image(self._get(image, "image"), field="image")),
-            asyncio.to_thread(lambda: decode_npy(self._get(depth.mask, "mask"), field="mask")),
-        )
-        rendered = await _call(self.clients.reconstruction.Render, reconstruction_pb2.RenderRequest(
-            splat=splat, views=[common_pb2.ViewSpec(camera=depth.camera)],
-            background=list(background_colour(photo, mask))), self.config.render_deadline_s)
-        rgb = await asyncio.to_thread(lambda: decode_image(self._get(rendered.views[0].rgb, "rgb"), field="rgb"))
-        return await asyncio.to_thread(input_view_figures, photo, mask, rgb)
+        camera = convert.camera_from_proto(depth.camera, "camera")
+        photo, mask, renders = await self._renders_at(splat, image, depth, [camera])
+        return await asyncio.to_thread(input_view_figures, photo, mask, renders[0][0])
 
     @staticmethod
     def _trusted_photo(image: common_pb2.ArtifactRef, depth: depth_pb2.EstimateDepthResponse, weight: float = 0.0,
