@@ -360,3 +360,20 @@ def test_a_rejected_auto_round_is_not_tried_at_the_same_view_again(tmp_path):
 
     assert separation_deg(views[0], views[1]) > 1.0
     assert round_rejection(30.0, 29.0) is not None
+
+
+def test_novel_views_take_the_photos_frame(tmp_path):
+    """A wide photo's novel views have its size and field of view (a square camera would crop it)."""
+    store = fake_store(tmp_path)
+    photo = orbit_camera(0.0, 0.0, RADIUS, width=96, height=54)
+    services = FakeServices(store, photo)
+    pipeline = ServicePipeline(GatewayConfig(), services, store)
+    image = synthetic.render_image(services.obj, photo)
+    job = SimpleNamespace(options=JobOptions(resolution=96, seed=5, num_views=2),
+                          input_image=store.put(encode_png(image), "image/png"))
+    asyncio.run(pipeline.run_initial(job, _no_report))
+    (_, generate), = [c for c in services.calls if c[0] == "multiview"]
+    cams = [convert.camera_from_proto(v.camera) for v in generate.views]
+    assert [(c.width, c.height) for c in cams] == [(96, 54)] * 2
+    assert all(c.fy == pytest.approx(photo.fy) for c in cams)
+    assert [round(_angles(c)[0]) for c in cams] == [120, 240]
