@@ -37,7 +37,7 @@ from plyfile import PlyData
 from pygltflib import GLTF2
 
 from glimpse3d.core.formats import read_ply, read_splat
-from glimpse3d.gateway.stack import SERVICES
+from glimpse3d.gateway.stack import REQUIRED_SERVICES as SERVICES
 from glimpse3d.v1 import common_pb2, glimpse3d_pb2_grpc
 from glimpse3d.v1 import glimpse3d_pb2 as pb
 

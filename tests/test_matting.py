@@ -199,7 +199,7 @@ def test_the_model_source_is_collected_by_make_models() -> None:
     assert source.files == ("config.json", "preprocessor_config.json", "model.safetensors")
     assert source.licence == "Apache-2.0" and source.used_by == ("depth/silhouette", "depth/dpt")
     assert "38.9M" in source.gpu_memory
-    assert [m for m in collect_models(("depth",), plugins=False) if m.name == SAM2_TINY] == [source]
+    assert [m for m in collect_models(("depth",)) if m.name == SAM2_TINY] == [source]
 
 
 # --------------------------------------------------------------------------------------------- #

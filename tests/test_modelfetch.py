@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-import importlib
 import inspect
 import json
 import os
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from glimpse3d.core import modelfetch as mf
+from glimpse3d.core.backends import BackendRegistry, service_names
 from glimpse3d.core.errors import InvalidInput
 from glimpse3d.core.models import MANIFEST_NAME, ModelMissing, ModelSource
 
@@ -236,9 +236,9 @@ def test_models_of_every_installed_service_are_collected_without_torch() -> None
     assert {"clip/clip-vit-base-patch32", "clip/clip-vit-large-patch14"} <= set(names) and len(names) == len(set(names))
     for source in mf.collect_models():
         assert source.repo_id.count("/") == 1 and source.revision and source.licence and source.used_by, source.name
-    assert [m.name for m in mf.collect_models(("no-such-service", "backprojection"), plugins=False)] == [
+    assert [m.name for m in mf.collect_models(("no-such-service", "backprojection"))] == [
         "clip/clip-vit-base-patch32", "clip/clip-vit-large-patch14"]
-    # The research harness registers its metric weights through the glimpse3d.models entry point group.
+    # The research harness registers its metric weights through the glimpse3d.weights entry point group.
     assert "lpips/vgg16-tv-in1k" in names and names[-1] == "lpips/vgg16-tv-in1k"
 
 
@@ -263,14 +263,13 @@ def test_docs_table_is_generated_from_models(repo_root, tmp_path) -> None:
 
 def _learned_backends(model_dir: Path):
     """(service, name, backend) for every registered backend whose constructor takes ``model_dir``."""
-    for service in mf.SERVICES:
-        try:
-            registry = importlib.import_module(f"glimpse3d.services.{service}.backends").REGISTRY
-        except ModuleNotFoundError:
-            continue
+    for service in service_names():
+        registry = BackendRegistry(service)
         for name in registry.names():
             backend = registry.create(name, context={"model_dir": model_dir, "device": "cpu"})
-            if "model_dir" in inspect.signature(type(backend)).parameters:
+            options = getattr(type(backend), "Options", None)
+            fields = options.model_fields if options is not None else inspect.signature(type(backend)).parameters
+            if "model_dir" in fields:
                 yield service, name, backend
     from glimpse3d.services.backprojection.backends import make_backend
 

@@ -12,6 +12,7 @@ import pytest
 
 from glimpse3d.core import convert
 from glimpse3d.core.artifacts import FileArtifactStore
+from glimpse3d.core.backend import Backend, LearnedBackend, LearnedOptions
 from glimpse3d.core.backends import BackendRegistry
 from glimpse3d.core.cancel import check_cancelled
 from glimpse3d.core.config import load_config
@@ -125,30 +126,50 @@ def test_settings_are_validated(field, value):
 
 def test_backend_options_and_context_reach_the_constructor(monkeypatch, tmp_path):
     """GLIMPSE3D_BACKEND_OPTIONS becomes keyword options; model_dir/device go only to a backend whose
-    constructor takes them, and an explicit option of the same name wins."""
+    options have them, and an explicit option of the same name wins."""
     monkeypatch.setenv("GLIMPSE3D_BACKEND", "learned")
     monkeypatch.setenv("GLIMPSE3D_BACKEND_OPTIONS", '{"steps": 3}')
     monkeypatch.setenv("GLIMPSE3D_MODEL_DIR", str(tmp_path))
     monkeypatch.setenv("GLIMPSE3D_DEVICE", "cpu")
     settings = load_config(ServiceSettings)
     assert settings.options() == {"steps": 3} and settings.context() == {"model_dir": tmp_path, "device": "cpu"}
-    registry = BackendRegistry("test", {"learned": f"{__name__}:_Learned", "plain": f"{__name__}:_Plain"})
+    registry = fake_registry(monkeypatch, learned=_Learned, plain=_Plain)
     learned = backend_from_settings(registry, settings, "plain")
-    assert (learned.model_dir, learned.device, learned.steps) == (tmp_path, "cpu", 3)
+    assert (learned.model_dir, learned.options.device, learned.options.steps) == (tmp_path, "cpu", 3)
     explicit = registry.create("learned", context=settings.context(), device="cuda:1")
-    assert explicit.device == "cuda:1"
+    assert explicit.options.device == "cuda:1"
     plain = registry.create("plain", context=settings.context())
     assert isinstance(plain, _Plain)
     with pytest.raises(InvalidInput) as exc:  # an option the backend does not have is named
         backend_from_settings(registry, dataclasses.replace(settings, backend="plain"), "plain")
-    assert exc.value.field == "backend_options" and "steps" in exc.value.message
+    assert exc.value.field == "steps" and "unknown" in exc.value.message
+    with pytest.raises(InvalidInput) as exc:
+        registry.create("nope")
+    assert exc.value.field == "backend" and "learned, plain" in exc.value.message
 
 
-class _Learned:
-    def __init__(self, model_dir, device="auto", steps=1):
-        self.model_dir, self.device, self.steps = model_dir, device, steps
+def fake_registry(monkeypatch, **classes) -> BackendRegistry:
+    """A registry of service "test" whose entry points are ``classes``."""
+    registry = BackendRegistry("test")
+    monkeypatch.setattr(registry, "entries", lambda: {n: _Entry(c) for n, c in classes.items()})
+    return registry
 
 
-class _Plain:
-    def __init__(self):
-        pass
+class _Entry:
+    def __init__(self, cls) -> None:
+        self.cls = cls
+
+    def load(self):
+        return self.cls
+
+
+class _LearnedOptions(LearnedOptions):
+    steps: int = 1
+
+
+class _Learned(LearnedBackend):
+    service, name, Options = "test", "learned", _LearnedOptions
+
+
+class _Plain(Backend):
+    service, name = "test", "plain"

@@ -23,15 +23,29 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from glimpse3d.core.backends import SERVICES_GROUP, plugins
+
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
-SERVICES = ("depth", "reconstruction", "multiview", "diffusion", "backprojection")
+# The services the gateway calls; each is found through its ``glimpse3d.services`` entry point.
+REQUIRED_SERVICES = ("depth", "reconstruction", "multiview", "diffusion", "backprojection")
 DEFAULT_HTTP_PORT = 8080
 
 
 class StackError(RuntimeError):
     """A process of the stack failed to start."""
+
+
+def service_packages() -> dict[str, str]:
+    """name -> the package ``python -m`` runs, for the services the gateway needs, from their
+    ``glimpse3d.services`` entry points; a missing one is a :class:`StackError` naming it."""
+    entries = plugins(SERVICES_GROUP)
+    missing = [name for name in REQUIRED_SERVICES if name not in entries]
+    if missing:
+        raise StackError(f"service(s) {', '.join(missing)} not installed (no {SERVICES_GROUP} entry point); "
+                         "run `make setup`")
+    return {name: entries[name].module.rpartition(".")[0] for name in REQUIRED_SERVICES}
 
 
 @dataclass
@@ -65,7 +79,7 @@ class Stack:
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """SIGTERM every process (gateway first, so it stops calling the services), then wait."""
-        order = ["gateway", *SERVICES]
+        order = ["gateway", *REQUIRED_SERVICES]
         for name in order:
             proc = self.processes.get(name)
             if proc is not None and proc.poll() is None:
@@ -136,16 +150,16 @@ def start_stack(state_dir: Path, *, env: dict[str, str] | None = None, timeout_s
     stack = Stack(state_dir)
     try:
         pending = {}
-        for name in SERVICES:
+        for name, package in service_packages().items():
             extra = (service_env or {}).get(name, {})
-            proc, ready = _spawn(name, f"glimpse3d.services.{name}", {**base, **extra}, state_dir)
+            proc, ready = _spawn(name, package, {**base, **extra}, state_dir)
             stack.processes[name], pending[name] = proc, ready
         for name, ready in pending.items():
             announced = _wait_ready(name, stack.processes[name], ready, state_dir, timeout_s)
             stack.ports[name] = int(announced["port"])
             if announced.get("metrics_port") is not None:
                 stack.metrics_ports[name] = int(announced["metrics_port"])
-        gw_env = {**base, **{f"GLIMPSE3D_{s.upper()}_ADDR": stack.addr(s) for s in SERVICES}}
+        gw_env = {**base, **{f"GLIMPSE3D_{s.upper()}_ADDR": stack.addr(s) for s in REQUIRED_SERVICES}}
         gw_env.setdefault("GLIMPSE3D_DB_PATH", str(state_dir / "jobs.sqlite3"))
         gw_env["GLIMPSE3D_ARTIFACTS_URL"] = base["GLIMPSE3D_ARTIFACTS_URL"]
         gw_env["GLIMPSE3D_HTTP_PORT"] = str(http_port)
@@ -190,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop)
     log.info("Glimpse3D is up. Web workspace and HTTP API at %s; gRPC gateway at %s; services: %s; logs in %s. "
              "Ctrl-C stops it.", stack.http_url or "(HTTP off)", stack.gateway_addr,
-             ", ".join(f"{s}={stack.addr(s)}" for s in SERVICES), ns.state)
+             ", ".join(f"{s}={stack.addr(s)}" for s in REQUIRED_SERVICES), ns.state)
     (Path(ns.state) / "gateway.addr").write_text(stack.gateway_addr)
     http_file = Path(ns.state) / "gateway.http"
     if stack.http_url is not None:

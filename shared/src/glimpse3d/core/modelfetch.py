@@ -51,8 +51,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from glimpse3d.core.backends import WEIGHTS_GROUP, plugins, service_names
 from glimpse3d.core.errors import FailedPrecondition, Glimpse3DError, InvalidInput
-from glimpse3d.core.models import MANIFEST_NAME, SERVICES, ModelSource, default_model_dir, service_module
+from glimpse3d.core.models import MANIFEST_NAME, ModelSource, default_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -122,23 +123,19 @@ class HubFetcher:
 # ---------------------------------------------------------------------------- sources
 
 
-MODELS_ENTRY_POINTS = "glimpse3d.models"  # other installed packages' MODELS modules (e.g. the research harness)
-
-
-def collect_models(services: Sequence[str] = SERVICES, plugins: bool = True) -> tuple[ModelSource, ...]:
-    """``MODELS`` of every installed service, in service order, then (``plugins``) of every module
-    registered in the ``glimpse3d.models`` entry point group, by entry point name; a name listed
-    twice with the same source is kept once with both ``used_by`` lists, with different sources it
-    is an error."""
+def collect_models(owners: Sequence[str] | None = None) -> tuple[ModelSource, ...]:
+    """The weights every installed package declares in the ``glimpse3d.weights`` entry point group
+    (each entry a tuple of :class:`ModelSource`): the services in pipeline order, then the others by
+    name; ``owners`` keeps only those entries. A name listed twice with the same source is kept once
+    with both ``used_by`` lists, with different sources it is an error."""
+    entries = plugins(WEIGHTS_GROUP)
+    services = [s for s in service_names() if s in entries]
+    order = [*services, *sorted(set(entries) - set(services))]
     found: dict[str, ModelSource] = {}
-    modules: list[tuple[str, Any]] = [(s, service_module(s, "models")) for s in services]
-    if plugins:
-        from importlib.metadata import entry_points
-
-        modules += [(ep.name, ep.load()) for ep in sorted(entry_points(group=MODELS_ENTRY_POINTS),
-                                                           key=lambda ep: ep.name)]
-    for owner, module in modules:  # module None: not installed, or no learned backends
-        for source in getattr(module, "MODELS", ()):
+    for owner in order:
+        if owners is not None and owner not in owners:
+            continue
+        for source in entries[owner].load():
             found[source.name] = _merge(found.get(source.name), source, owner)
     return tuple(found.values())
 

@@ -16,21 +16,16 @@ This module does not import torch; :func:`resolve_device` and :func:`resolve_dty
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 from glimpse3d.core.errors import FailedPrecondition, InvalidInput
 
 MODEL_DIR_ENV = "GLIMPSE3D_MODEL_DIR"
 DEFAULT_MODEL_DIR = Path("models")
 MANIFEST_NAME = "manifest.json"
-# The services that may have learned backends, each with torch-free ``models`` (its MODELS) and
-# ``tiny`` (its tiny-model writer) modules.
-SERVICES = ("depth", "reconstruction", "multiview", "diffusion", "backprojection")
 
 _OFFLINE_SWITCHES = {
     "HF_HUB_OFFLINE": "1",
@@ -78,18 +73,6 @@ class ModelSource:
             raise ValueError(f"model name must be '<group>/<name>', got {self.name!r}")
         if not self.files:
             raise ValueError(f"model {self.name}: files must not be empty")
-
-
-def service_module(service: str, module: str) -> ModuleType | None:
-    """``glimpse3d.services.<service>.<module>``, or None when that service is not installed here or
-    has no such module; any other import failure propagates."""
-    package = f"glimpse3d.services.{service}"
-    try:
-        return importlib.import_module(f"{package}.{module}")
-    except ModuleNotFoundError as err:
-        if err.name in ("glimpse3d.services", package, f"{package}.{module}"):
-            return None
-        raise
 
 
 def default_model_dir() -> Path:

@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from glimpse3d.core import convert
 from glimpse3d.core.artifacts import ArtifactRef, ArtifactStore, store_from_env
+from glimpse3d.core.backend import METRICS, Backend
 from glimpse3d.core.backends import BackendRegistry
 from glimpse3d.core.cancel import cancel_scope
 from glimpse3d.core.config import ConfigError, ServerConfig, load_config
@@ -112,7 +114,8 @@ def backend_from_settings(registry: BackendRegistry[T], settings: ServiceSetting
 class ComputeLimiter:
     """Runs blocking work in threads, at most ``max_concurrency`` at once, with a bounded wait list."""
 
-    def __init__(self, max_concurrency: int = 1, max_waiting: int = 16) -> None:
+    def __init__(self, max_concurrency: int = 1, max_waiting: int = 16, service: str = "", backend: str = "") -> None:
+        self.service, self.backend = service, backend  # labels of the queue-wait histogram
         self._slots = asyncio.Semaphore(max_concurrency)
         self._max_waiting = max_waiting
         self._waiting = 0
@@ -130,7 +133,9 @@ class ComputeLimiter:
         return self._running
 
     def register_metrics(self, registry: CollectorRegistry) -> None:
-        """Export the queue as gauges read at scrape time; autoscalers use the queue depth."""
+        """Export the queue as gauges read at scrape time (autoscalers use the queue depth), and the
+        backends' load, call and queue-wait histograms."""
+        METRICS.register(registry)
         Gauge(
             "glimpse3d_service_queue_depth", "Calls waiting for a compute slot.", registry=registry
         ).set_function(lambda: self._waiting)
@@ -147,10 +152,12 @@ class ComputeLimiter:
                 f"service is busy: {self.max_concurrency} calls running and {self._waiting} waiting; retry later"
             )
         self._waiting += 1
+        queued = time.perf_counter()
         try:
             await self._slots.acquire()
         finally:
             self._waiting -= 1
+        METRICS.queue_seconds.labels(self.service, self.backend).observe(time.perf_counter() - queued)
         self._running += 1
         try:
             with cancel_scope() as event:
@@ -232,6 +239,16 @@ class ServiceRuntime:
 Builder = Callable[[ServiceRuntime], tuple[Registration, Callable[[], None]]]
 
 
+def _label_backend(runtime: ServiceRuntime, load: Callable[[], None]) -> None:
+    """Label the queue-wait histogram with the backend whose ``load`` the builder returned."""
+    backend = getattr(load, "__self__", None)
+    if isinstance(backend, Backend):
+        runtime.limiter.service = runtime.limiter.service or backend.service
+        runtime.limiter.backend = backend.name
+    else:
+        runtime.limiter.backend = runtime.settings.backend or "default"
+
+
 def configure_torch(settings: ServiceSettings) -> None:
     """Apply thread settings; only imports torch when the service uses it."""
     if settings.torch_threads:
@@ -265,9 +282,10 @@ async def serve(
     runtime = ServiceRuntime(
         settings=settings,
         io=ArtifactIO(store, settings.artifact_max_bytes),
-        limiter=ComputeLimiter(settings.max_concurrency, settings.max_waiting),
+        limiter=ComputeLimiter(settings.max_concurrency, settings.max_waiting, service=name),
     )
     registration, load = build(runtime)
+    _label_backend(runtime, load)
     server, port = create_server_from_config(registration, service_names, server_config)
     runtime.limiter.register_metrics(server.registry)
     log.info("%s listening", name, extra={"port": port, "metrics_port": server.metrics_port})
@@ -294,6 +312,7 @@ async def running_in_process(
         limiter=ComputeLimiter(settings.max_concurrency, settings.max_waiting),
     )
     registration, load = build(runtime)
+    _label_backend(runtime, load)
     await asyncio.to_thread(load)
     server, port = create_server(registration, service_names, metrics_port=None)
     await server.start()

@@ -1,7 +1,7 @@
 """Tiny random models for every learned backend, written in the real on-disk layout.
 
-Each service with learned backends has a ``glimpse3d.services.<service>.tiny`` module whose
-``write_tiny_models(model_dir, seed)`` builds seeded tiny configs and saves them exactly where and
+Each package with learned backends declares a ``write_tiny_models(model_dir, seed)`` function in the
+``glimpse3d.tiny_models`` entry point group; it builds seeded tiny configs and saves them exactly where and
 how the production weights from ``make models`` would be. The tests, ``make bench`` and a local
 stack without weights (``python -m glimpse3d.core.tinymodels --out DIR``, then
 ``GLIMPSE3D_MODEL_DIR=DIR``) use them; the outputs are meaningless but every loading and inference
@@ -14,16 +14,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from glimpse3d.core.models import SERVICES, service_module
+from glimpse3d.core.backends import TINY_MODELS_GROUP, plugins
 
 
-def write_all(model_dir: Path, seed: int = 0, services: tuple[str, ...] = SERVICES) -> list[str]:
-    """Write every installed service's tiny models under ``model_dir``; returns the model names."""
+def write_all(model_dir: Path, seed: int = 0, owners: tuple[str, ...] | None = None) -> list[str]:
+    """Write every installed package's tiny models (or those of ``owners``) under ``model_dir``;
+    returns the model names."""
     names: list[str] = []
-    for service in services:
-        module = service_module(service, "tiny")  # None: not installed, or no learned backends
-        if module is not None:
-            names.extend(module.write_tiny_models(Path(model_dir), seed=seed))
+    for owner, entry in sorted(plugins(TINY_MODELS_GROUP).items()):
+        if owners is None or owner in owners:
+            names.extend(entry.load()(Path(model_dir), seed=seed))
     return names
 
 

@@ -1,7 +1,6 @@
-"""``python -m glimpse3d.services.backprojection``: serve MVCRM (config from GLIMPSE3D_*)."""
+"""``python -m glimpse3d.services.backprojection``: serve the backprojection service (config from GLIMPSE3D_*)."""
 
-from glimpse3d.core.service import main
-from glimpse3d.services.backprojection.server import SERVICE_NAME, build
+from glimpse3d.services.backprojection.server import main
 
 if __name__ == "__main__":
-    main("backprojection", [SERVICE_NAME], build)
+    main()

@@ -169,10 +169,7 @@ def _unit(value: object, field: str = "clip_threshold") -> float:
 
 
 # "triton": MVCRM here with the CLIP check served by Triton (:mod:`.triton`).
-REGISTRY: BackendRegistry[BackprojectionBackend] = BackendRegistry(
-    "backprojection", {"mvcrm": "glimpse3d.services.backprojection.backends:MVCRMBackend",
-                       "triton": "glimpse3d.services.backprojection.triton:TritonMVCRMBackend"}
-)
+REGISTRY: BackendRegistry[BackprojectionBackend] = BackendRegistry("backprojection")
 
 
 def make_backend(

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import grpc
 
-from glimpse3d.core import convert
+from glimpse3d.core import convert, service
 from glimpse3d.core.errors import InvalidInput
 from glimpse3d.core.rpc import Registration
 from glimpse3d.core.service import ServiceRuntime, backend_from_settings
@@ -79,3 +79,8 @@ def build(runtime: ServiceRuntime) -> tuple[Registration, Callable[[], None]]:
     backend = backend_from_settings(REGISTRY, runtime.settings, DEFAULT_BACKEND)
     servicer = BackprojectionServicer(backend, runtime)
     return [(backprojection_pb2_grpc.add_BackprojectionServicer_to_server, servicer)], backend.load
+
+
+def main() -> None:
+    """``glimpse3d-backprojection`` / ``python -m glimpse3d.services.backprojection``: serve until SIGTERM (config from GLIMPSE3D_*)."""
+    service.main("backprojection", [SERVICE_NAME], build)

@@ -1,7 +1,6 @@
-"""``python -m glimpse3d.services.depth``: serve the Depth service (config from GLIMPSE3D_*)."""
+"""``python -m glimpse3d.services.depth``: serve the depth service (config from GLIMPSE3D_*)."""
 
-from glimpse3d.core.service import main
-from glimpse3d.services.depth.server import SERVICE_NAME, build
+from glimpse3d.services.depth.server import main
 
 if __name__ == "__main__":
-    main("depth", [SERVICE_NAME], build)
+    main()

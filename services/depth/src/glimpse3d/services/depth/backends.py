@@ -49,14 +49,7 @@ class DepthBackend(Protocol):
 
 
 # One line per backend.
-REGISTRY: BackendRegistry[DepthBackend] = BackendRegistry(
-    "depth",
-    {
-        "silhouette": "glimpse3d.services.depth.silhouette:SilhouetteDepthBackend",
-        "dpt": "glimpse3d.services.depth.dpt:DptDepthBackend",
-        "triton": "glimpse3d.services.depth.triton:TritonDepthBackend",
-    },
-)
+REGISTRY: BackendRegistry[DepthBackend] = BackendRegistry("depth")
 backend_names = REGISTRY.names
 
 

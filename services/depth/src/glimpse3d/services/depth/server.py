@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import grpc
 import numpy as np
 
-from glimpse3d.core import convert
+from glimpse3d.core import convert, service
 from glimpse3d.core.cameras import Camera, orbit_camera
 from glimpse3d.core.errors import InvalidInput
 from glimpse3d.core.matte import MatteCheck, check_matte
@@ -108,3 +108,8 @@ def build(runtime: ServiceRuntime) -> tuple[Registration, Callable[[], None]]:
     backend = backend_from_settings(REGISTRY, runtime.settings, DEFAULT_BACKEND)
     servicer = DepthServicer(backend, runtime)
     return [(depth_pb2_grpc.add_DepthServicer_to_server, servicer)], backend.load
+
+
+def main() -> None:
+    """``glimpse3d-depth`` / ``python -m glimpse3d.services.depth``: serve until SIGTERM (config from GLIMPSE3D_*)."""
+    service.main("depth", [SERVICE_NAME], build)

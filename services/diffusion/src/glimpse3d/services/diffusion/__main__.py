@@ -1,7 +1,6 @@
-"""``python -m glimpse3d.services.diffusion``: serve the Diffusion service (config from GLIMPSE3D_*)."""
+"""``python -m glimpse3d.services.diffusion``: serve the diffusion service (config from GLIMPSE3D_*)."""
 
-from glimpse3d.core.service import main
-from glimpse3d.services.diffusion.server import SERVICE_NAME, build
+from glimpse3d.services.diffusion.server import main
 
 if __name__ == "__main__":
-    main("diffusion", [SERVICE_NAME], build)
+    main()

@@ -192,14 +192,7 @@ def validate_request(
 
 # "classical" is weight-free; "sdxl" loads SDXL + a depth ControlNet (docs/backends/diffusion.md);
 # "triton" calls the sdxl model served by Triton.
-REGISTRY: BackendRegistry[DiffusionBackend] = BackendRegistry(
-    "diffusion",
-    {
-        "classical": "glimpse3d.services.diffusion.classical:ClassicalDiffusionBackend",
-        "sdxl": "glimpse3d.services.diffusion.sdxl:SDXLDiffusionBackend",
-        "triton": "glimpse3d.services.diffusion.triton:TritonDiffusionBackend",
-    },
-)
+REGISTRY: BackendRegistry[DiffusionBackend] = BackendRegistry("diffusion")
 backend_names = REGISTRY.names
 
 

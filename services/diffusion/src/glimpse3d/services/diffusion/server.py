@@ -7,6 +7,7 @@ from collections.abc import Callable
 import grpc
 import numpy as np
 
+from glimpse3d.core import service
 from glimpse3d.core.rpc import Registration
 from glimpse3d.core.service import ServiceRuntime, backend_from_settings
 from glimpse3d.services.diffusion.backends import REGISTRY, DiffusionBackend, apply_proto_defaults
@@ -45,3 +46,8 @@ def build(runtime: ServiceRuntime) -> tuple[Registration, Callable[[], None]]:
     backend = backend_from_settings(REGISTRY, runtime.settings, DEFAULT_BACKEND)
     servicer = DiffusionServicer(backend, runtime)
     return [(diffusion_pb2_grpc.add_DiffusionServicer_to_server, servicer)], backend.load
+
+
+def main() -> None:
+    """``glimpse3d-diffusion`` / ``python -m glimpse3d.services.diffusion``: serve until SIGTERM (config from GLIMPSE3D_*)."""
+    service.main("diffusion", [SERVICE_NAME], build)

@@ -1,7 +1,6 @@
-"""``python -m glimpse3d.services.multiview``: serve the Multiview service (config from GLIMPSE3D_*)."""
+"""``python -m glimpse3d.services.multiview``: serve the multiview service (config from GLIMPSE3D_*)."""
 
-from glimpse3d.core.service import main
-from glimpse3d.services.multiview.server import SERVICE_NAME, build
+from glimpse3d.services.multiview.server import main
 
 if __name__ == "__main__":
-    main("multiview", [SERVICE_NAME], build)
+    main()

@@ -79,14 +79,7 @@ class MultiviewBackend(Protocol):
 
 
 # Backends register here by name; "triton" calls the zero123 model served by Triton.
-REGISTRY: BackendRegistry[MultiviewBackend] = BackendRegistry(
-    "multiview",
-    {
-        "render": "glimpse3d.services.multiview.render_views:RenderBackend",
-        "zero123": "glimpse3d.services.multiview.zero123:Zero123Backend",
-        "triton": "glimpse3d.services.multiview.triton:TritonMultiviewBackend",
-    },
-)
+REGISTRY: BackendRegistry[MultiviewBackend] = BackendRegistry("multiview")
 
 
 def make_backend(name: str, **options: Any) -> MultiviewBackend:

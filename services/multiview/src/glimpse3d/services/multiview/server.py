@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import grpc
 
-from glimpse3d.core import convert
+from glimpse3d.core import convert, service
 from glimpse3d.core.errors import InvalidInput
 from glimpse3d.core.rpc import Registration
 from glimpse3d.core.service import ServiceRuntime, backend_from_settings
@@ -54,3 +54,8 @@ def build(runtime: ServiceRuntime) -> tuple[Registration, Callable[[], None]]:
     backend = backend_from_settings(REGISTRY, runtime.settings, DEFAULT_BACKEND)
     servicer = MultiviewServicer(backend, runtime)
     return [(multiview_pb2_grpc.add_MultiviewServicer_to_server, servicer)], backend.load
+
+
+def main() -> None:
+    """``glimpse3d-multiview`` / ``python -m glimpse3d.services.multiview``: serve until SIGTERM (config from GLIMPSE3D_*)."""
+    service.main("multiview", [SERVICE_NAME], build)

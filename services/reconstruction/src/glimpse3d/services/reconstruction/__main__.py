@@ -1,7 +1,6 @@
-"""``python -m glimpse3d.services.reconstruction``: serve Reconstruction (config from GLIMPSE3D_*)."""
+"""``python -m glimpse3d.services.reconstruction``: serve the reconstruction service (config from GLIMPSE3D_*)."""
 
-from glimpse3d.core.service import main
-from glimpse3d.services.reconstruction.server import SERVICE_NAME, build
+from glimpse3d.services.reconstruction.server import main
 
 if __name__ == "__main__":
-    main("reconstruction", [SERVICE_NAME], build)
+    main()

@@ -90,12 +90,7 @@ class ReconstructionBackend(Protocol):
 
 
 # Learned backends: "triposr", "lgm" in-process, "triton" (either model served by Triton).
-REGISTRY: BackendRegistry[ReconstructionBackend] = BackendRegistry("reconstruction", {
-    "lift": "glimpse3d.services.reconstruction.lift:LiftBackend",
-    "triposr": "glimpse3d.services.reconstruction.triposr.backend:TripoSRBackend",
-    "lgm": "glimpse3d.services.reconstruction.lgm.backend:LGMBackend",
-    "triton": "glimpse3d.services.reconstruction.triton:TritonReconstructionBackend",
-})
+REGISTRY: BackendRegistry[ReconstructionBackend] = BackendRegistry("reconstruction")
 
 
 def make_backend(name: str, **options: Any) -> ReconstructionBackend:

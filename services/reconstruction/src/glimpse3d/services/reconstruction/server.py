@@ -8,7 +8,7 @@ from collections.abc import Callable
 import grpc
 import numpy as np
 
-from glimpse3d.core import convert
+from glimpse3d.core import convert, service
 from glimpse3d.core.cameras import Camera
 from glimpse3d.core.errors import InvalidInput
 from glimpse3d.core.rpc import Registration
@@ -112,3 +112,8 @@ def build(runtime: ServiceRuntime) -> tuple[Registration, Callable[[], None]]:
     backend = backend_from_settings(REGISTRY, runtime.settings, DEFAULT_BACKEND)
     servicer = ReconstructionServicer(backend, runtime)
     return [(reconstruction_pb2_grpc.add_ReconstructionServicer_to_server, servicer)], backend.load
+
+
+def main() -> None:
+    """``glimpse3d-reconstruction`` / ``python -m glimpse3d.services.reconstruction``: serve until SIGTERM (config from GLIMPSE3D_*)."""
+    service.main("reconstruction", [SERVICE_NAME], build)
