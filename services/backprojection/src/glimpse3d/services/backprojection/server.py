@@ -82,5 +82,5 @@ def build(runtime: ServiceRuntime) -> tuple[Registration, Callable[[], None]]:
 
 
 def main() -> None:
-    """``glimpse3d-backprojection`` / ``python -m glimpse3d.services.backprojection``: serve until SIGTERM (config from GLIMPSE3D_*)."""
+    """``glimpse3d-backprojection``: serve until SIGTERM (config from GLIMPSE3D_*)."""
     service.main("backprojection", [SERVICE_NAME], build)

@@ -111,5 +111,5 @@ def build(runtime: ServiceRuntime) -> tuple[Registration, Callable[[], None]]:
 
 
 def main() -> None:
-    """``glimpse3d-depth`` / ``python -m glimpse3d.services.depth``: serve until SIGTERM (config from GLIMPSE3D_*)."""
+    """``glimpse3d-depth``: serve until SIGTERM (config from GLIMPSE3D_*)."""
     service.main("depth", [SERVICE_NAME], build)

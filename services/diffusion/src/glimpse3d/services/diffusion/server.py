@@ -49,5 +49,5 @@ def build(runtime: ServiceRuntime) -> tuple[Registration, Callable[[], None]]:
 
 
 def main() -> None:
-    """``glimpse3d-diffusion`` / ``python -m glimpse3d.services.diffusion``: serve until SIGTERM (config from GLIMPSE3D_*)."""
+    """``glimpse3d-diffusion``: serve until SIGTERM (config from GLIMPSE3D_*)."""
     service.main("diffusion", [SERVICE_NAME], build)

@@ -57,5 +57,5 @@ def build(runtime: ServiceRuntime) -> tuple[Registration, Callable[[], None]]:
 
 
 def main() -> None:
-    """``glimpse3d-multiview`` / ``python -m glimpse3d.services.multiview``: serve until SIGTERM (config from GLIMPSE3D_*)."""
+    """``glimpse3d-multiview``: serve until SIGTERM (config from GLIMPSE3D_*)."""
     service.main("multiview", [SERVICE_NAME], build)

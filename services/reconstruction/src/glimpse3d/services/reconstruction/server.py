@@ -115,5 +115,5 @@ def build(runtime: ServiceRuntime) -> tuple[Registration, Callable[[], None]]:
 
 
 def main() -> None:
-    """``glimpse3d-reconstruction`` / ``python -m glimpse3d.services.reconstruction``: serve until SIGTERM (config from GLIMPSE3D_*)."""
+    """``glimpse3d-reconstruction``: serve until SIGTERM (config from GLIMPSE3D_*)."""
     service.main("reconstruction", [SERVICE_NAME], build)
