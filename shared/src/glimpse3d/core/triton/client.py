@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from glimpse3d.core.backend import BackendOptions
 from glimpse3d.core.errors import DeadlineExceeded, Glimpse3DError, InvalidInput, Unavailable
 from glimpse3d.core.triton.tensors import decode_error
 
@@ -206,8 +207,43 @@ class TritonModel:
         return Unavailable(f"{where} failed ({status or 'no status'}): {message}", metadata=meta)
 
 
+class TritonBackendOptions(BackendOptions):
+    """Options of every ``triton`` backend: the model (empty: the backend's default) and
+    :class:`TritonOptions`' fields."""
+
+    model: str = ""
+    url: str = DEFAULT_URL
+    timeout_s: float = 600.0
+    retry_s: float = 60.0
+    ready_timeout_s: float = 900.0
+
+    def triton_options(self) -> TritonOptions:
+        return TritonOptions(self.url, self.timeout_s, self.retry_s, self.ready_timeout_s)
+
+
+class TritonMixin:
+    """Mixin that makes a service API class a ``triton`` backend (``class TritonDepthBackend(TritonMixin,
+    DepthBackend)``): the model, its options, and ``load`` waiting for the model to be ready."""
+
+    name = "triton"
+    default_model = ""
+    Options: Any = TritonBackendOptions
+    options: TritonBackendOptions
+
+    def _setup(self) -> None:
+        self.triton = self.triton_model(self.options.model or self.default_model)
+
+    def triton_model(self, model: str) -> TritonModel:
+        """Another model on the same server with the same timeouts."""
+        return TritonModel(model, self.options.triton_options())
+
+    def _load(self) -> None:
+        """Wait for the Triton model (the service says SERVING only after this returns)."""
+        self.triton.wait_ready()
+
+
 class TritonBacked:
-    """Base of the services' ``triton`` backends: the model, its options and the load/ready protocol."""
+    """Old base of the ``triton`` backends; goes once every service uses :class:`TritonMixin`."""
 
     name = "triton"
     default_model = ""
@@ -222,6 +258,5 @@ class TritonBacked:
         return self._ready
 
     def load(self) -> None:
-        """Wait for the Triton model (the service says SERVING only after this returns)."""
         self.triton.wait_ready()
         self._ready = True
