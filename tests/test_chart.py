@@ -10,8 +10,6 @@ them the tests skip, except under CI=true, where they fail.
 
 from __future__ import annotations
 
-import ast
-import dataclasses
 import json
 import os
 import re
@@ -220,8 +218,8 @@ def known_variables() -> set[str]:
     from glimpse3d.core.service import ServiceSettings
     from glimpse3d.gateway.config import GatewayConfig
 
-    names = {f"GLIMPSE3D_{f.name.upper()}" for cls in (ServerConfig, ServiceSettings, GatewayConfig)
-             for f in dataclasses.fields(cls)}
+    names = {f"GLIMPSE3D_{name.upper()}" for cls in (ServerConfig, ServiceSettings, GatewayConfig)
+             for name in cls.model_fields}
     artifacts = REPO_ROOT / "shared" / "src" / "glimpse3d" / "core" / "artifacts"
     for path in artifacts.glob("*.py"):
         names |= set(re.findall(r"GLIMPSE3D_[A-Z0-9_]+", path.read_text()))
@@ -288,15 +286,10 @@ def test_triton_groups_serve_exactly_the_model_repository(values):
 
 
 def registry_names(service: str) -> set[str]:
-    """Backend names of a service, read from its BackendRegistry(...) literal without importing it
-    (importing backprojection's backends loads torch)."""
-    source = (REPO_ROOT / "services" / service / "src" / "glimpse3d" / "services" / service / "backends.py").read_text()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "BackendRegistry":
-            entries = node.args[1]
-            assert isinstance(entries, ast.Dict)
-            return {key.value for key in entries.keys if isinstance(key, ast.Constant)}
-    raise AssertionError(f"no BackendRegistry(...) in {service}/backends.py")
+    """Backend names of a service: its ``glimpse3d.backends.<service>`` entry points (nothing imported)."""
+    from glimpse3d.core.backends import BackendRegistry
+
+    return set(BackendRegistry(service).names())
 
 
 @pytest.mark.parametrize("service", SERVICES)

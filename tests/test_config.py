@@ -1,4 +1,4 @@
-"""glimpse3d.core.config (environment -> frozen dataclasses) and glimpse3d.core.logs."""
+"""glimpse3d.core.config (environment -> frozen pydantic settings) and glimpse3d.core.logs."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
+from pydantic import ValidationError
 
-from glimpse3d.core.config import ConfigError, ServerConfig, load_config
+from glimpse3d.core.config import ConfigError, ServerConfig, Settings, load_config
 from glimpse3d.core.errors import InvalidInput
 from glimpse3d.core.logs import configure_logging
 
 
-@dataclasses.dataclass(frozen=True)
-class Sample:
+class Sample(Settings):
     name: str
     workers: int
     scale: float = 1.0
@@ -29,7 +29,7 @@ class Sample:
     tags: tuple[str, ...] = ()
     sizes: tuple[int, ...] = (64,)
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         if self.workers < 1:
             raise InvalidInput(f"workers must be >= 1, got {self.workers}", field="workers")
 
@@ -95,15 +95,25 @@ def test_post_init_errors_propagate() -> None:
 
 def test_config_is_frozen_and_unsupported_types_are_refused() -> None:
     config = load()
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(ValidationError, match="frozen"):
         config.workers = 3  # type: ignore[misc]
 
     @dataclasses.dataclass(frozen=True)
     class Odd:
         mapping: dict[str, str]
 
-    with pytest.raises(TypeError, match="does not support"):
-        load_config(Odd, {"GLIMPSE3D_MAPPING": "a=b"})
+    with pytest.raises(TypeError, match="not a glimpse3d.core.config.Settings class"):
+        load_config(Odd, {"GLIMPSE3D_MAPPING": "a=b"})  # type: ignore[type-var]
+
+
+def test_only_load_config_reads_the_environment(monkeypatch) -> None:
+    monkeypatch.setenv("GLIMPSE3D_PORT", "123")
+    assert ServerConfig().port == 0 and load_config(ServerConfig).port == 123
+    assert load_config(ServerConfig, {}).port == 0
+    assert ServerConfig(port=5).replace(host="::1").address == "[::1]:5"
+    with pytest.raises(ConfigError) as caught:
+        ServerConfig().replace(port=-3)
+    assert caught.value.field == "port"
 
 
 def test_server_config_from_environment() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import threading
 import time
 
@@ -141,7 +140,7 @@ def test_backend_options_and_context_reach_the_constructor(monkeypatch, tmp_path
     plain = registry.create("plain", context=settings.context())
     assert isinstance(plain, _Plain)
     with pytest.raises(InvalidInput) as exc:  # an option the backend does not have is named
-        backend_from_settings(registry, dataclasses.replace(settings, backend="plain"), "plain")
+        backend_from_settings(registry, settings.replace(backend="plain"), "plain")
     assert exc.value.field == "steps" and "unknown" in exc.value.message
     with pytest.raises(InvalidInput) as exc:
         registry.create("nope")

@@ -7,13 +7,12 @@ The gRPC listener itself (host, port, metrics, grace) is configured by the share
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from glimpse3d.core.artifacts import MAX_PRESIGN_EXPIRY
-from glimpse3d.core.config import ConfigError
+from glimpse3d.core.config import ConfigError, Settings
 
 _ADDRESS_FIELDS = ("depth_addr", "reconstruction_addr", "multiview_addr", "diffusion_addr", "backprojection_addr")
 _DEADLINE_FIELDS = ("depth_deadline_s", "reconstruct_deadline_s", "render_deadline_s", "multiview_deadline_s",
@@ -39,8 +38,7 @@ def check_db_url(url: str, field: str = "db_url") -> None:
                           f"got {shown}", field=field)
 
 
-@dataclass(frozen=True)
-class GatewayConfig:
+class GatewayConfig(Settings):
     """db_path: the SQLite job database (created with its directory if missing), used when db_url is empty.
     db_url: ``postgresql://user@host:port/dbname`` (libpq URL; ``?sslmode=...`` etc. allowed) to keep jobs in
         PostgreSQL, which several gateway replicas can share; empty keeps SQLite at db_path. The password
@@ -100,7 +98,7 @@ class GatewayConfig:
     http_heartbeat_s: float = 15.0
     watch_poll_s: float = 2.0
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         if not str(self.db_path).strip():
             raise ConfigError("db_path must not be empty", field="db_path")
         if self.db_url:

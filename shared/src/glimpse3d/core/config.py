@@ -1,32 +1,33 @@
-"""Configuration from environment variables into frozen dataclasses.
+"""Settings from ``GLIMPSE3D_*`` environment variables, with pydantic-settings.
 
-``load_config(Cls)`` fills each dataclass field from ``<PREFIX><FIELD_NAME_UPPER>``; for example
-the field ``metrics_port`` comes from ``GLIMPSE3D_METRICS_PORT``. Supported field types: ``str``,
-``int``, ``float`` (finite only), ``bool`` (``true/false/1/0/yes/no/on/off``, any case), ``Path``,
-``Literal[...]`` (value must be one of the listed strings), ``X | None`` (an empty variable means
-``None``) and ``tuple[X, ...]`` (comma separated, blanks dropped). A field without a default whose
-variable is missing, or a value that does not parse, raises :class:`ConfigError` naming the
-variable; errors raised by the dataclass's own ``__post_init__`` propagate unchanged.
+A :class:`Settings` subclass declares typed fields; :func:`load_config` fills field ``metrics_port``
+from ``GLIMPSE3D_METRICS_PORT``. Booleans take ``true/false/1/0/yes/no/on/off``; ``Literal`` values
+match without regard to case; ``tuple[X, ...]`` is comma separated; an empty variable means the
+field's default. A missing required variable or a value that does not parse is a
+:class:`ConfigError` naming the variable; a class's own ``check()`` errors propagate unchanged.
+Constructing a class directly (``ServerConfig(port=1)``) reads no environment.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextvars
 import math
 import os
-import types
 import typing
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
+
+from pydantic import ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from glimpse3d.core.errors import InvalidInput
 
-T = TypeVar("T")
+T = TypeVar("T", bound="Settings")
 
 DEFAULT_PREFIX = "GLIMPSE3D_"
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
+
+# The variables load_config reads from; None outside load_config, so direct construction reads none.
+_SOURCE: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("glimpse3d_env", default=None)
 
 
 class ConfigError(InvalidInput):
@@ -35,102 +36,88 @@ class ConfigError(InvalidInput):
     reason = "INVALID_CONFIG"
 
 
-def _parse_bool(raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ValueError("expected one of true/false/1/0/yes/no/on/off")
+class _Environment(EnvSettingsSource):
+    """pydantic-settings' environment source, reading the mapping given to :func:`load_config`."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        source = _SOURCE.get()
+        if source is None:
+            return {}
+        return {k.lower(): v for k, v in source.items() if v != ""}
 
 
-def _parse_float(raw: str) -> float:
-    value = float(raw)
-    if not math.isfinite(value):
-        raise ValueError("expected a finite number")
-    return value
+class Settings(BaseSettings):
+    """Base of every settings class: frozen, ``GLIMPSE3D_`` prefix, unknown variables ignored."""
+
+    model_config = SettingsConfigDict(env_prefix=DEFAULT_PREFIX, frozen=True, extra="ignore",
+                                      case_sensitive=False, allow_inf_nan=False, validate_default=True,
+                                      enable_decoding=False)
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        prefix = getattr(env_settings, "env_prefix", DEFAULT_PREFIX)
+        return init_settings, _Environment(settings_cls, env_prefix=prefix, case_sensitive=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _text(cls, value: Any, info: Any) -> Any:
+        """Literal values without regard to case ("info" selects "INFO"), tuples from comma lists."""
+        if not isinstance(value, str):
+            return value
+        annotation = cls.model_fields[info.field_name].annotation
+        if typing.get_origin(annotation) is Literal:
+            for choice in typing.get_args(annotation):
+                if value.strip().casefold() == str(choice).casefold():
+                    return choice
+        if typing.get_origin(annotation) is tuple:
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value.strip() if annotation in (int, float, bool) else value
+
+    @model_validator(mode="after")
+    def _checked(self) -> Settings:
+        self.check()
+        return self
+
+    def check(self) -> None:
+        """Cross-field and range checks; raise :class:`ConfigError` naming the field."""
+
+    def replace(self: T, **changes: Any) -> T:
+        """A copy with ``changes`` applied and checked again."""
+        return type(self)(**{**{name: getattr(self, name) for name in type(self).model_fields}, **changes})
 
 
-def _parse_literal(choices: tuple[Any, ...]) -> Callable[[str], Any]:
-    def parse(raw: str) -> Any:
-        value = raw.strip()
-        for choice in choices:
-            if value == str(choice):
-                return choice
-        for choice in choices:  # then without regard to case: "info" selects "INFO"
-            if value.casefold() == str(choice).casefold():
-                return choice
-        raise ValueError(f"expected one of {', '.join(map(str, choices))}")
-
-    return parse
+def _message(error: Mapping[str, Any]) -> str:
+    if error["type"] == "literal_error":
+        return "expected one of " + error["ctx"]["expected"].replace("'", "").replace(" or ", ", ")
+    if error["type"].startswith("bool"):
+        return "expected one of true/false/1/0/yes/no/on/off"
+    if error["type"] == "finite_number":
+        return "expected a finite number"
+    return error["msg"]
 
 
-def _parse_tuple(item: Callable[[str], Any]) -> Callable[[str], tuple[Any, ...]]:
-    def parse(raw: str) -> tuple[Any, ...]:
-        return tuple(item(part.strip()) for part in raw.split(",") if part.strip())
-
-    return parse
-
-
-def _parse_optional(inner: Callable[[str], Any]) -> Callable[[str], Any]:
-    def parse(raw: str) -> Any:
-        return None if raw.strip() == "" else inner(raw)
-
-    return parse
-
-
-_SCALARS: dict[Any, Callable[[str], Any]] = {
-    str: str,
-    int: lambda raw: int(raw.strip()),
-    float: _parse_float,
-    bool: _parse_bool,
-    Path: lambda raw: Path(raw.strip()),
-}
-
-
-def _parser_for(hint: Any) -> Callable[[str], Any]:
-    """A function turning the variable's text into a value of type ``hint``."""
-    if hint in _SCALARS:
-        return _SCALARS[hint]
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is Literal:
-        return _parse_literal(args)
-    if origin in (types.UnionType, typing.Union):
-        members = [arg for arg in args if arg is not type(None)]
-        if len(members) == 1 and len(args) == 2:
-            return _parse_optional(_parser_for(members[0]))
-    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-        return _parse_tuple(_parser_for(args[0]))
-    raise TypeError(f"load_config does not support fields of type {hint!r}")
-
-
-def load_config(
-    cls: type[T], env: Mapping[str, str] | None = None, prefix: str = DEFAULT_PREFIX
-) -> T:
-    """Build ``cls`` (a dataclass) from ``env`` (default ``os.environ``); see the module docstring."""
-    if not dataclasses.is_dataclass(cls):
-        raise TypeError(f"{cls!r} is not a dataclass")
-    source = os.environ if env is None else env
-    hints = typing.get_type_hints(cls)
-    values: dict[str, Any] = {}
-    for field in dataclasses.fields(cls):
-        if not field.init:
-            continue
-        variable = f"{prefix}{field.name.upper()}"
-        raw = source.get(variable)
-        if raw is None:
-            if _is_required(field):
-                raise ConfigError(f"{variable} is required but not set", field=variable)
-            continue
-        try:
-            values[field.name] = _parser_for(hints[field.name])(raw)
-        except ValueError as exc:
-            raise ConfigError(f"{variable}={raw!r} is invalid: {exc}", field=variable) from exc
-    return cls(**values)
-
-
-def _is_required(field: dataclasses.Field[Any]) -> bool:
-    return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+def load_config(cls: type[T], env: Mapping[str, str] | None = None, prefix: str = DEFAULT_PREFIX) -> T:
+    """Build ``cls`` from ``env`` (default ``os.environ``) through pydantic-settings; see the module
+    docstring."""
+    if not (isinstance(cls, type) and issubclass(cls, Settings)):
+        raise TypeError(f"{cls!r} is not a glimpse3d.core.config.Settings class")
+    source = dict(os.environ if env is None else env)
+    token = _SOURCE.set(source)
+    try:
+        return cls(_env_prefix=prefix)  # type: ignore[call-arg]
+    except ValidationError as err:
+        first = err.errors()[0]
+        name = str(first["loc"][0]) if first["loc"] else ""
+        variable = f"{prefix}{name.upper()}"
+        if first["type"] == "missing":
+            raise ConfigError(f"{variable} is required but not set", field=variable) from None
+        raw = next((v for k, v in source.items() if k.upper() == variable), first.get("input"))
+        raise ConfigError(f"{variable}={raw!r} is invalid: {_message(first)}", field=variable) from None
+    finally:
+        _SOURCE.reset(token)
 
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -138,8 +125,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 MAX_GRPC_MESSAGE_BYTES = 2**31 - 1
 
 
-@dataclasses.dataclass(frozen=True)
-class ServerConfig:
+class ServerConfig(Settings):
     """Settings every gRPC server shares (``load_config(ServerConfig)`` reads ``GLIMPSE3D_*``).
 
     host / port: where gRPC listens; port 0 picks a free port (tests), deployments pin it and set
@@ -160,7 +146,7 @@ class ServerConfig:
     log_level: LogLevel = "INFO"
     log_json: bool = True
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         if not self.host.strip():
             raise ConfigError("host must not be empty", field="host")
         if not self.metrics_host.strip():

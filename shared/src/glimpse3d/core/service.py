@@ -29,7 +29,7 @@ from glimpse3d.core.artifacts import ArtifactRef, ArtifactStore, store_from_env
 from glimpse3d.core.backend import METRICS, Backend
 from glimpse3d.core.backends import BackendRegistry
 from glimpse3d.core.cancel import cancel_scope
-from glimpse3d.core.config import ConfigError, ServerConfig, load_config
+from glimpse3d.core.config import ConfigError, ServerConfig, Settings, load_config
 from glimpse3d.core.errors import InvalidInput, Overloaded
 from glimpse3d.core.formats import read_ply, splat_to_ply_bytes
 from glimpse3d.core.images import decode_image, decode_npy, encode_npy, encode_png
@@ -46,8 +46,7 @@ MEDIA_PNG = "image/png"
 MEDIA_NPY = "application/x-npy"
 MEDIA_PLY = "application/x-glimpse3d-splat+ply"
 
-@dataclass(frozen=True)
-class ServiceSettings:
+class ServiceSettings(Settings):
     """Settings every backend service shares (``GLIMPSE3D_*`` variables).
 
     backend: which backend to serve; empty means the service's weight-free default.
@@ -74,7 +73,7 @@ class ServiceSettings:
     device: str = "auto"
     backend_options: str = ""
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         self.options()  # a malformed JSON object fails at startup, not at the first request
         try:
             DeviceOptions(device=self.device)
