@@ -12,7 +12,8 @@ from torch import Tensor
 
 from glimpse3d.core.cameras import MAX_IMAGE_SIDE, Camera
 from glimpse3d.core.errors import InvalidInput
-from glimpse3d.core.render import _gsplat, _torch_raster
+from glimpse3d.core.render._gsplat import render as gsplat_render
+from glimpse3d.core.render._torch_raster import render as torch_render
 from glimpse3d.core.render.gaussians import GaussianTensors, to_tensors
 from glimpse3d.core.splat import Splat
 
@@ -55,10 +56,10 @@ def rasterize(
     size = (camera.width, camera.height)
     logger.debug("rasterize %d Gaussians at %dx%d with %s", g.num_gaussians, *size, "gsplat" if use_gsplat else "torch")
     if use_gsplat:
-        rgb, depth, alpha = _gsplat.render(g, viewmat, K, size, bg, degree)
+        rgb, depth, alpha = gsplat_render(g, viewmat, K, size, bg, degree)
     else:
         campos = torch.as_tensor(camera.position, dtype=g.dtype, device=g.device)  # [3]
-        rgb, depth, alpha = _torch_raster.render(g, viewmat, K, campos, size, bg, degree)
+        rgb, depth, alpha = torch_render(g, viewmat, K, campos, size, bg, degree)
     return RenderOutput(rgb, depth, alpha)
 
 
