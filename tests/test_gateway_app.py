@@ -25,12 +25,12 @@ from glimpse3d.core.cameras import orbit_camera
 from glimpse3d.core.convert import artifact_to_proto
 from glimpse3d.core.errors import RoundRejected, Unavailable
 from glimpse3d.core.formats import read_ply, read_splat, splat_to_ply_bytes
+from glimpse3d.core.formats.glb import gaussians_to_splat, read_glb_gaussians
 from glimpse3d.core.images import encode_png
 from glimpse3d.core.rpc import create_server, rich_status_of
 from glimpse3d.core.splat import Splat
 from glimpse3d.gateway.app import GatewayApp, ProgressReporter
 from glimpse3d.gateway.config import GatewayConfig
-from glimpse3d.gateway.exporters import gaussians_to_splat, read_glb_gaussians
 from glimpse3d.gateway.models import Job, RoundReport, RoundSpec, VersionResult
 from glimpse3d.gateway.protos import report_from_proto, report_to_proto
 from glimpse3d.gateway.servicer import SERVICE_NAME, Glimpse3DServicer

@@ -63,7 +63,7 @@ from glimpse3d.gateway.http.schemas import CameraView
 from glimpse3d.gateway.http.sse import HEARTBEAT, StreamRegistry, event_stream
 from glimpse3d.gateway.http.uploads import body_limit
 from glimpse3d.gateway.pipeline import ServiceClients, ServicePipeline
-from glimpse3d.gateway.stack import SERVICES
+from glimpse3d.gateway.stack import REQUIRED_SERVICES as SERVICES
 from glimpse3d.gateway.store import JobStore
 
 REPO = Path(__file__).resolve().parent.parent

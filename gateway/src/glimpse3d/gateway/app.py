@@ -50,7 +50,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar, get_args
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -59,11 +59,10 @@ from prometheus_client import CollectorRegistry, Gauge
 from glimpse3d.core.artifacts import ArtifactRef, ArtifactStore
 from glimpse3d.core.cameras import Camera
 from glimpse3d.core.errors import Cancelled, FailedPrecondition, InvalidInput, NotFound, RoundRejected
-from glimpse3d.core.formats import read_ply
+from glimpse3d.core.formats import DEFAULT_FORMAT, SplatFormat, get_format, read_ply
 from glimpse3d.core.images import MAX_IMAGE_BYTES, decode_image, encode_png, resize_longest
 from glimpse3d.gateway.config import GatewayConfig
 from glimpse3d.gateway.events import EventHub, JobEvent
-from glimpse3d.gateway.exporters import MEDIA_TYPES, ExportFormat, export_splat
 from glimpse3d.gateway.models import (
     MAX_DISPLAY_NAME_CHARS,
     MAX_REQUEST_ID_CHARS,
@@ -159,7 +158,6 @@ class ExportResult:
     version: str  # resource name of the exported version
 
 
-_FORMATS: tuple[str, ...] = get_args(ExportFormat)
 _CANCELLED_BY_CALLER = "cancelled by the caller"
 
 
@@ -385,16 +383,15 @@ class GatewayApp:
     async def export(self, tenant: str, name: str, fmt: str) -> ExportResult:
         """Export a version ("jobs/{id}" = the latest) as ``fmt`` and pre-sign a download URL."""
         check_tenant(tenant)
-        if fmt not in _FORMATS:
-            raise InvalidInput(f"format must be one of {', '.join(_FORMATS)}; got {fmt!r}", field="format")
+        spec = get_format(fmt)
         job_id, number = parse_export_name(name)
         job = await self._db(self._store.get_job, tenant, job_id)
         version = self._pick_version(job, number)
-        if fmt == "ply":  # versions are stored as 3DGS .ply already
+        if spec.name == DEFAULT_FORMAT:  # versions are stored as 3DGS .ply already
             stored = await self._db(self._artifacts.stat, version.splat)
-            ref = ArtifactRef(stored.uri, stored.sha256, stored.size, MEDIA_TYPES["ply"])
+            ref = ArtifactRef(stored.uri, stored.sha256, stored.size, spec.media_type)
         else:
-            ref = await self._db(self._export_bytes, version.splat, fmt)
+            ref = await self._db(self._export_bytes, version.splat, spec)
         expiry = self._config.presign_expiry
         url = await self._db(self._artifacts.presign, ref, expiry)
         return ExportResult(ref, url, datetime.now(UTC) + expiry, version.name)
@@ -415,10 +412,9 @@ class GatewayApp:
         await self._db(decode_image, image, field="image_data")
         return await self._db(self._artifacts.put, bytes(image), _image_media_type(bytes(image)))
 
-    def _export_bytes(self, splat_ref: ArtifactRef, fmt: ExportFormat) -> ArtifactRef:
+    def _export_bytes(self, splat_ref: ArtifactRef, spec: SplatFormat) -> ArtifactRef:
         splat = read_ply(self._artifacts.get(splat_ref))
-        data, media_type, _ = export_splat(splat, fmt)
-        return self._artifacts.put(data, media_type)
+        return self._artifacts.put(spec.writer(splat), spec.media_type)
 
     @staticmethod
     def _pick_version(job: Job, number: int | None) -> Version:

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import grpc
 
+from glimpse3d.core.formats import format_names, formats
 from glimpse3d.core.images import MAX_IMAGE_BYTES
 from glimpse3d.v1 import common_pb2, glimpse3d_pb2, glimpse3d_pb2_grpc
 
 DEFAULT_ADDR = "127.0.0.1:50060"
-FORMATS = {"ply": glimpse3d_pb2.ExportRequest.PLY, "splat": glimpse3d_pb2.ExportRequest.SPLAT,
-           "glb": glimpse3d_pb2.ExportRequest.GLB}
+FORMATS = {f.name: f.proto_value for f in formats() if f.proto_enum is not None}  # name -> ExportRequest.Format
 STATE = glimpse3d_pb2.Job.State
 
 
@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", default="")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", type=Path, required=True)
-    g.add_argument("--formats", nargs="+", choices=sorted(FORMATS), default=["ply", "splat", "glb"])
+    g.add_argument("--formats", nargs="+", choices=sorted(FORMATS), default=[n for n in format_names() if n in FORMATS])
     g.add_argument("--keep", type=_fraction_point, action="append", default=[], metavar="X,Y",
                    help="matte correction: the object is at X,Y (fractions of the photo's width and height)")
     g.add_argument("--remove", type=_fraction_point, action="append", default=[], metavar="X,Y",

@@ -9,18 +9,12 @@ from google.protobuf import any_pb2, timestamp_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from glimpse3d.core.convert import artifact_to_proto, camera_to_proto
-from glimpse3d.core.errors import InvalidInput
+from glimpse3d.core.formats import format_for_proto
 from glimpse3d.core.rpc.errors import DOMAIN
 from glimpse3d.gateway.app import ExportResult
 from glimpse3d.gateway.events import JobEvent
 from glimpse3d.gateway.models import Job, JobError, JobOptions, MattePoint, RoundReport, Version
 from glimpse3d.v1 import backprojection_pb2, common_pb2, glimpse3d_pb2
-
-_FORMATS = {
-    glimpse3d_pb2.ExportRequest.PLY: "ply",
-    glimpse3d_pb2.ExportRequest.SPLAT: "splat",
-    glimpse3d_pb2.ExportRequest.GLB: "glb",
-}
 
 
 def timestamp(dt: datetime) -> timestamp_pb2.Timestamp:
@@ -50,11 +44,8 @@ def options_to_proto(options: JobOptions) -> glimpse3d_pb2.JobOptions:
 
 
 def format_from_proto(value: int) -> str:
-    """``ExportRequest.Format`` -> "ply" | "splat" | "glb"; InvalidInput when unset or unknown."""
-    try:
-        return _FORMATS[value]
-    except KeyError:
-        raise InvalidInput("format must be PLY, SPLAT or GLB", field="format") from None
+    """``ExportRequest.Format`` -> the registry's name ("ply", ...); InvalidInput when unset or unknown."""
+    return format_for_proto(value).name
 
 
 def _pack(message: error_details_pb2.ErrorInfo | error_details_pb2.BadRequest) -> any_pb2.Any:

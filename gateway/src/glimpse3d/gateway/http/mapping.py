@@ -25,7 +25,7 @@ from google.rpc import code_pb2
 
 from glimpse3d.core.cameras import Camera, intrinsics_from_fov, look_at
 from glimpse3d.core.errors import InvalidInput
-from glimpse3d.gateway.exporters import FILE_EXTENSIONS
+from glimpse3d.core.formats import format_names, get_format
 from glimpse3d.gateway.http.schemas import (
     CameraOut,
     CameraView,
@@ -120,7 +120,7 @@ def download_url(job_id: str, number: int | str, fmt: str, tenant: str = DEFAULT
 
 
 def download_filename(job_id: str, number: int, fmt: str) -> str:
-    return f"{job_id}-v{number}{FILE_EXTENSIONS[fmt]}"
+    return f"{job_id}-v{number}{get_format(fmt).extension}"
 
 
 def _report_metrics(version: Version) -> dict[str, float]:
@@ -161,7 +161,7 @@ def version_to_json(version: Version, tenant: str, num_gaussians: int | None = N
             mean_confidence=report.mean_confidence),
         create_time=version.create_time,
         downloads=Downloads(**{fmt: download_url(version.job_id, version.number, fmt, tenant)
-                               for fmt in ("ply", "splat", "glb")}),
+                               for fmt in format_names()}),
     )
 
 

@@ -26,9 +26,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from glimpse3d.core.artifacts import ArtifactRef
 from glimpse3d.core.errors import FailedPrecondition, Glimpse3DError, InvalidInput, NotFound, Unavailable
+from glimpse3d.core.formats import DEFAULT_FORMAT, formats, get_format
 from glimpse3d.core.images import MAX_IMAGE_BYTES, encode_png
 from glimpse3d.gateway.events import JobEvent
-from glimpse3d.gateway.exporters import MEDIA_TYPES
 from glimpse3d.gateway.http.context import HttpContext
 from glimpse3d.gateway.http.errors import error_response
 from glimpse3d.gateway.http.mapping import (
@@ -200,7 +200,8 @@ _BINARY = {"schema": {"type": "string", "format": "binary"}}
 _EVENTS = {200: {"description": "`event: job` blocks whose data is a Job, heartbeat comments, then `event: end`",
                  "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
 _DOWNLOAD = {200: {"description": "the version's splat in the requested format",
-                   "content": {media: _BINARY for media in MEDIA_TYPES.values()}}}
+                   "content": {f.media_type: _BINARY for f in formats()}}}
+_FORMAT_HELP = "; ".join(f"{f.name}: {f.description}" for f in formats())
 _PHOTO = {200: {"description": "the uploaded photo (WebP uploads are stored as PNG)",
                 "content": {"image/png": _BINARY, "image/jpeg": _BINARY}}}
 
@@ -324,8 +325,7 @@ def api_router() -> APIRouter:
                 responses={**_DOWNLOAD, **_errors(400, 404, 409)})
     async def download(
         job_id: str, number: str, ctx: Context, tenant: Tenant,
-        fmt: Annotated[ExportFormatName, Query(alias="format", description="ply (3DGS), splat (web) or glb (glTF)")
-                       ] = "ply",
+        fmt: Annotated[ExportFormatName, Query(alias="format", description=_FORMAT_HELP)] = DEFAULT_FORMAT,
     ) -> Response:
         """A version (a number, or ``latest``) as a file to save."""
         wanted = _version_number(number)
@@ -344,7 +344,7 @@ def api_router() -> APIRouter:
             "Cache-Control": _IMMUTABLE if wanted is not None else "no-cache",
             "X-Glimpse3D-Version": str(resolved),
         }
-        return Response(data, media_type=MEDIA_TYPES[fmt], headers=headers)
+        return Response(data, media_type=get_format(fmt).media_type, headers=headers)
 
     @router.get("/jobs/{job_id}/photo", response_class=Response, tags=["jobs"],
                 responses={**_PHOTO, **_errors(400, 404)})

@@ -11,17 +11,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from glimpse3d.core.cameras import MAX_IMAGE_SIDE
 from glimpse3d.core.convert import DEFAULT_FOV_Y_DEG, DEFAULT_VIEW_SIZE
+from glimpse3d.core.formats import formats
 from glimpse3d.gateway.models import MAX_PROMPT_CHARS, MAX_REQUEST_ID_CHARS, MAX_SEED
 
 MAX_COORDINATE = 1e6  # world units; objects are normalised to a radius of about 1
 Coordinate = Annotated[float, Field(ge=-MAX_COORDINATE, le=MAX_COORDINATE)]
 Vec3 = Annotated[list[Coordinate], Field(min_length=3, max_length=3, description="x, y, z in the world frame")]
 JobStateName = Literal["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"]
-ExportFormatName = Literal["ply", "splat", "glb"]
+# The format registry as it is when this module is imported: formats registered later are not in the API.
+ExportFormatName = Literal[tuple(f.name for f in formats())]  # type: ignore[valid-type]
 
 
 class _Request(BaseModel):
@@ -89,10 +91,11 @@ class RoundReportOut(BaseModel):
     mean_confidence: float
 
 
-class Downloads(BaseModel):
-    ply: str
-    splat: str
-    glb: str
+Downloads = create_model(
+    "Downloads",
+    __doc__="The version's download URL in every export format.",
+    **{f.name: (str, Field(description=f"{f.media_type}: {f.description}")) for f in formats()},
+)
 
 
 class VersionOut(BaseModel):

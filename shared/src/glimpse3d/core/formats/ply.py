@@ -38,6 +38,7 @@ from plyfile import PlyData, PlyElement, PlyParseError
 
 from glimpse3d.core.errors import InvalidInput
 from glimpse3d.core.formats._io import Dest, Source, has_fileno, open_dest, open_source, read_bounded, remaining_size
+from glimpse3d.core.formats.registry import SplatFormat, register_format
 from glimpse3d.core.splat import MAX_GAUSSIANS, Splat, sh_coeffs_for_degree
 
 _LOG = logging.getLogger(__name__)
@@ -322,3 +323,8 @@ def read_ply(src: Source, *, max_gaussians: int = MAX_GAUSSIANS) -> Splat:
         header = _parse_header(head, max_gaussians)
         body = read_bounded(f, max(header.size + header.body_size - len(head), 0))
         return _read_buffer(memoryview(head + body), max_gaussians)
+
+
+PLY = register_format(SplatFormat(
+    name="ply", media_type="application/x-glimpse3d-splat+ply", extension=".ply", writer=splat_to_ply_bytes,
+    reader=read_ply, proto_enum="PLY", description="3DGS binary little-endian .ply, lossless"))

@@ -30,6 +30,7 @@ import numpy as np
 
 from glimpse3d.core.errors import InvalidInput
 from glimpse3d.core.formats._io import Dest, Source, open_dest, open_source, read_bounded, remaining_size
+from glimpse3d.core.formats.registry import SplatFormat, register_format
 from glimpse3d.core.splat import MAX_GAUSSIANS, SH_C0, Splat
 
 RECORD_SIZE = 32
@@ -129,3 +130,9 @@ def read_splat(src: Source, *, max_gaussians: int = MAX_GAUSSIANS) -> Splat:
             _check_size(size, max_gaussians)  # fail fast, before reading anything
         data = read_bounded(f, (max_gaussians + 1) * RECORD_SIZE if size is None else size)
     return _decode(memoryview(data), max_gaussians)
+
+
+SPLAT = register_format(SplatFormat(
+    name="splat", media_type="application/x-glimpse3d-splat", extension=".splat", writer=splat_to_splat_bytes,
+    reader=read_splat, proto_enum="SPLAT", sh_degree=0,
+    description="web .splat, 32 bytes a Gaussian, lossy (SH band 0 only)"))

@@ -1,4 +1,4 @@
-"""Splat exporters: 3DGS ``.ply``, the web ``.splat`` and glTF 2.0 binary with KHR_gaussian_splatting.
+"""glTF 2.0 binary (``.glb``) splats with the KHR_gaussian_splatting extension.
 
 GLB layout (following the ratified KHR_gaussian_splatting text): one mesh with one primitive of mode
 POINTS (0) whose ``extensions.KHR_gaussian_splatting`` is ``{"kernel": "ellipse", "colorSpace":
@@ -26,50 +26,34 @@ Coordinates need no conversion. glTF is right-handed, +Y up, with the asset's fr
 Glimpse3D world space is right-handed, +y up, and the input photo looks at the object from the +z
 axis (orbit azimuth 0), so the object's front faces +z as well. Units stay as they are: objects
 are normalised to a radius of about 1, i.e. about a metre in glTF terms.
+
+pygltflib is imported on first use, so importing :mod:`glimpse3d.core.formats` (every service does,
+for ``.ply``) does not pay for it.
 """
 
 from __future__ import annotations
 
 import re
 import struct
-from typing import Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pygltflib
 
 from glimpse3d.core.errors import FailedPrecondition, InvalidInput
-from glimpse3d.core.formats import splat_to_ply_bytes, splat_to_splat_bytes
+from glimpse3d.core.formats.registry import SplatFormat, register_format
 from glimpse3d.core.splat import Splat
 
-ExportFormat = Literal["ply", "splat", "glb"]
+if TYPE_CHECKING:
+    import pygltflib
 
 EXTENSION = "KHR_gaussian_splatting"
 PREFIX = f"{EXTENSION}:"
 COLOR_SPACE = "srgb_rec709_display"
-
-MEDIA_TYPES: dict[str, str] = {
-    "ply": "application/x-glimpse3d-splat+ply",
-    "splat": "application/x-glimpse3d-splat",
-    "glb": "model/gltf-binary",
-}
-FILE_EXTENSIONS: dict[str, str] = {"ply": ".ply", "splat": ".splat", "glb": ".glb"}
+MEDIA_TYPE = "model/gltf-binary"
 
 _TYPE_WIDTHS = {"SCALAR": 1, "VEC3": 3, "VEC4": 4}
 _GLB_MAGIC = b"glTF"
 _SH_NAME_RE = re.compile(rf"{re.escape(PREFIX)}SH_DEGREE_([0-3])_COEF_([0-6])")
-
-
-def export_splat(splat: Splat, fmt: ExportFormat) -> tuple[bytes, str, str]:
-    """Encode ``splat`` as ``fmt``; returns ``(bytes, media type, file extension)``."""
-    if fmt == "ply":
-        data = splat_to_ply_bytes(splat)
-    elif fmt == "splat":
-        data = splat_to_splat_bytes(splat)
-    elif fmt == "glb":
-        data = splat_to_glb_bytes(splat)
-    else:
-        raise InvalidInput(f"format must be one of ply, splat, glb; got {fmt!r}", field="format")
-    return data, MEDIA_TYPES[fmt], FILE_EXTENSIONS[fmt]
 
 
 def srgb_to_linear(c: np.ndarray) -> np.ndarray:
@@ -103,6 +87,8 @@ def _gaussian_attributes(splat: Splat) -> dict[str, np.ndarray]:
 
 
 def _accessor_type(width: int) -> str:
+    import pygltflib
+
     return {1: pygltflib.SCALAR, 3: pygltflib.VEC3, 4: pygltflib.VEC4}[width]
 
 
@@ -110,6 +96,8 @@ def splat_to_glb_bytes(splat: Splat) -> bytes:
     """The splat as a binary glTF 2.0 file (see the module docstring for the layout)."""
     if splat.num_gaussians == 0:
         raise FailedPrecondition("the splat has no Gaussians; glTF accessors need at least one element")
+    import pygltflib
+
     gltf = pygltflib.GLTF2(asset=pygltflib.Asset(version="2.0", generator="glimpse3d"))
     blob = bytearray()
     semantics: dict[str, int] = {}
@@ -141,6 +129,8 @@ def splat_to_glb_bytes(splat: Splat) -> bytes:
 
 
 def _read_accessor(gltf: pygltflib.GLTF2, blob: bytes, index: int) -> np.ndarray:
+    import pygltflib
+
     accessor = gltf.accessors[index]
     if accessor.componentType != pygltflib.FLOAT or accessor.type not in _TYPE_WIDTHS:
         raise InvalidInput(f"accessor {index} is not a FLOAT SCALAR/VEC3/VEC4 accessor", field="glb")
@@ -162,6 +152,8 @@ def read_glb_gaussians(data: bytes) -> dict[str, np.ndarray]:
     """
     if len(data) < 12 or data[:4] != _GLB_MAGIC or struct.unpack_from("<I", data, 4)[0] != 2:
         raise InvalidInput("data is not a glTF 2.0 binary (GLB) file", field="glb")
+    import pygltflib
+
     gltf = pygltflib.GLTF2.load_from_bytes(data)
     blob = gltf.binary_blob() or b""
     for mesh in gltf.meshes:
@@ -190,3 +182,13 @@ def gaussians_to_splat(attributes: dict[str, np.ndarray]) -> Splat:
         opacity_logits=(np.log(opacity) - np.log1p(-opacity)).astype(np.float32),
         sh=np.stack([attributes[name] for name in expected], axis=1),
     )
+
+
+def read_glb(data: bytes) -> Splat:
+    """A :class:`Splat` back from a GLB that :func:`splat_to_glb_bytes` wrote (see :func:`gaussians_to_splat`)."""
+    return gaussians_to_splat(read_glb_gaussians(data))
+
+
+GLB = register_format(SplatFormat(
+    name="glb", media_type=MEDIA_TYPE, extension=".glb", writer=splat_to_glb_bytes, reader=read_glb,
+    proto_enum="GLB", description="glTF 2.0 binary with KHR_gaussian_splatting"))
