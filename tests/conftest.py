@@ -51,3 +51,16 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     model_dir = tmp_path_factory.mktemp("tiny-models")
     write_all(model_dir, seed=0)
     return model_dir
+
+
+@pytest.fixture(scope="class")
+def loaded(request, tiny_model_dir: Path):
+    """For a backend contract class (tests/contracts): its backend, built small and loaded once per class."""
+    backend = request.cls().make(tiny_model_dir)
+    backend.load()
+    return backend
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "service: starts an in-process gRPC service, a database or a model server")
+    config.addinivalue_line("markers", "e2e: runs real processes (the stack, Triton, a browser, helm)")

@@ -9,14 +9,15 @@ Layers:
   ``get_dummy_components`` plus that backend's known-answer tests.
 
 ``tests/unit/test_backend_contracts.py`` fails when an installed backend entry point has no
-contract class.
+contract class. The ``loaded`` fixture (tests/conftest.py) is the class's backend, made by
+``make(tiny_model_dir)`` and loaded once per class.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -94,12 +95,6 @@ class BackendContract:
         components = {**self.get_dummy_components(model_dir), **options}
         return BackendRegistry(self.service).create(
             self.backend, context={"model_dir": model_dir, "device": "cpu"}, **components)
-
-    @pytest.fixture(scope="class")
-    def loaded(self, tiny_model_dir: Path) -> Iterator[Any]:
-        backend = self.make(tiny_model_dir)
-        backend.load()
-        yield backend
 
     # -- the contract ----------------------------------------------------------------------------- #
     def test_is_registered_on_the_service_api(self) -> None:
