@@ -22,7 +22,7 @@ import numpy as np
 
 from glimpse3d.core.cameras import orbit_camera
 from glimpse3d.core.errors import FailedPrecondition
-from glimpse3d.core.models import service_module
+from glimpse3d.core.backends import BackendRegistry
 from glimpse3d.core.synthetic import render_image, textured_object
 from glimpse3d.core.tinymodels import write_all
 from glimpse3d.core.triton.server import LocalTriton, find_install, prepare_repository
@@ -44,7 +44,7 @@ def _median_s(fn: Callable[[], Any]) -> float:
 
 
 def _pair(service: str, local: str, model: str, model_dir: Path, url: str) -> tuple[Any, Any]:
-    registry = service_module(service, "backends").REGISTRY
+    registry = BackendRegistry(service)
     direct = registry.create(local, context={"model_dir": model_dir, "device": "cpu"}, **OPTIONS.get(model, {}))
     remote = registry.create("triton", url=url, model=model)
     direct.load()

@@ -347,11 +347,12 @@ def test_services_and_triton_install_what_they_serve():
     for call in install_calls(triton, triton.global_args):
         assert set(components(call)) == {"shared[torch,models]", *SERVICES}
     handlers = {}
-    for model in sorted((REPO_ROOT / "deploy" / "triton").glob("*/1/model.py")):
-        found = re.search(r'make_model\("glimpse3d\.services\.(\w+)\.', model.read_text())
-        assert found is not None, f"{model} names no glimpse3d.services handler"
-        handlers[model.parent.parent.name] = found.group(1)
-    assert set(handlers.values()) <= set(SERVICES), handlers
+    for config in sorted((REPO_ROOT / "deploy" / "triton").glob("*/config.pbtxt")):
+        found = re.search(r'key:\s*"handler"\s*value:\s*\{\s*string_value:\s*"glimpse3d\.services\.(\w+)\.',
+                          config.read_text())
+        assert found is not None, f"{config} names no glimpse3d.services handler"
+        handlers[config.parent.name] = found.group(1)
+    assert handlers and set(handlers.values()) <= set(SERVICES), handlers
 
 
 # ---- the chart's expectations
@@ -410,8 +411,11 @@ def test_images_match_the_chart_settings():
     final = parse(DOCKER_DIR / "triton.Dockerfile").final
     assert final_env(final)["GLIMPSE3D_MODEL_DIR"] == models["mountPath"]
     assert exposed(final) == {triton["ports"]["http"], triton["ports"]["grpc"], triton["ports"]["metrics"]}
-    copies = [c.args.split() for c in final.all("COPY")]
-    assert ["deploy/triton", triton["modelRepository"]["path"]] in copies
+    # The repository is prepared from deploy/triton (its one model.py into every <model>/1/), not copied.
+    assert not any("deploy/triton" in c.args for c in final.all("COPY"))
+    prepare = ("-m glimpse3d.core.triton.server --repository /src/deploy/triton "
+               f"--prepare {triton['modelRepository']['path']}")
+    assert any(prepare in r.args for r in final.all("RUN")), prepare
     assert "tritonserver" in final.all("CMD")[-1].args
     # The model-fetch Job runs `python -m glimpse3d.core.modelfetch` in the Triton image.
     assert models["fetchJob"]["image"]["repository"] == triton["image"]["repository"]

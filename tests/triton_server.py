@@ -1,5 +1,6 @@
-"""A real tritonserver for tests: the model repository (deploy/triton) on 127.0.0.1, CPU instances,
-tiny random weights (glimpse3d.core.tinymodels) and options that keep them small on 2 cores.
+"""A real tritonserver for tests: the model repository (deploy/triton, prepared: its one model.py in
+every <model>/1/) on 127.0.0.1, CPU instances, tiny random weights (glimpse3d.core.tinymodels) and
+options that keep them small on 2 cores.
 
 The server comes from the nvidia-pytriton wheel (`make triton`). Without it the tests skip, except
 under CI (CI=true), where a missing server is a failure.

@@ -47,8 +47,9 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 FROM ${TRITON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="glimpse3d-triton" \
       org.opencontainers.image.description="Triton Inference Server with the Glimpse3D model repository"
-# The context (read-only) gives install.sh and constraints.txt; the builder's wheels are the only
-# source: --from-wheels installs with no index.
+# The context (read-only) gives install.sh, constraints.txt and deploy/triton; the builder's wheels
+# are the only source: --from-wheels installs with no index. The model repository is prepared from
+# deploy/triton (its one model.py copied into every <model>/1/, glimpse3d.core.triton.server).
 RUN --mount=type=bind,target=/src \
     --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     /src/deploy/install.sh --python python3 --from-wheels /wheels \
@@ -59,8 +60,8 @@ RUN --mount=type=bind,target=/src \
     && groupadd --system --gid 10001 glimpse3d \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin glimpse3d \
-    && install -d -o 10001 -g 10001 /cache /models
-COPY deploy/triton /opt/glimpse3d/triton
+    && install -d -o 10001 -g 10001 /cache /models \
+    && python3 -m glimpse3d.core.triton.server --repository /src/deploy/triton --prepare /opt/glimpse3d/triton
 # Model weights from /models (the chart's read-only mount), no hub access at run time, caches under
 # /cache (an emptyDir in the chart).
 ENV GLIMPSE3D_MODEL_DIR=/models \

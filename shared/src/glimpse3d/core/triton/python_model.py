@@ -1,14 +1,19 @@
-"""The base of every ``deploy/triton/<model>/1/model.py`` (Triton's Python backend).
+"""The model of every ``deploy/triton/<model>`` (Triton's Python backend).
 
-A ``model.py`` is a few lines: put the directories in :data:`SITE_PACKAGES_ENV` first on
+The repository holds one bootstrap, ``deploy/triton/model.py``, which
+:func:`~.server.prepare_repository` (local runs, tests, the Triton image's build) copies into each
+model's version directory: it puts the directories in :data:`SITE_PACKAGES_ENV` first on
 ``sys.path`` (Triton's Python stub ignores ``PYTHONPATH``; in the Triton image the packages are
-installed where the stub looks and the variable is unset), then
-``TritonPythonModel = make_model("<module>:<Handler>")``. The handler is the service's own code
-(``glimpse3d.services.<service>.triton``), built around the same backend class the service runs
-in-process, so Triton and the embedded CPU mode share one implementation.
+installed where the stub looks and the variable is unset) and re-exports :class:`TritonPythonModel`.
+Which model it serves comes from the config: the ``handler`` parameter names the service's handler
+(``"glimpse3d.services.<service>.triton:<Handler>"``), built around the same backend class the
+service runs in-process, so Triton and the embedded CPU mode share one implementation.
 
 The model's ``config.pbtxt`` drives it:
 
+- ``parameters { key: "handler" value { string_value: "<module>:<Class>" } }`` (required): the
+  :class:`Handler` subclass to serve; without it the model fails to load, naming the model and the
+  parameter;
 - ``parameters { key: "backend_options" value { string_value: "<JSON>" } }``: keyword options of the
   backend (a model name in the model directory, resolution caps, …);
 - the model directory is ``GLIMPSE3D_MODEL_DIR`` (``/models`` in the Triton image);
@@ -41,6 +46,7 @@ from glimpse3d.core.triton.tensors import encode_error
 log = logging.getLogger(__name__)
 
 SITE_PACKAGES_ENV = "GLIMPSE3D_TRITON_SITE_PACKAGES"
+HANDLER_PARAMETER = "handler"  # config.pbtxt parameter: the Handler, "module:Class"
 
 Tensors = dict[str, np.ndarray]
 
@@ -104,61 +110,85 @@ def _parameters(config: Mapping[str, Any]) -> dict[str, str]:
     return {k: v.get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
 
 
-def make_model(handler: str) -> type:
-    """The ``TritonPythonModel`` class for ``handler`` (``"module:Class"``, a :class:`Handler`)."""
+def handler_class(model: str, parameters: Mapping[str, str]) -> type[Handler]:
+    """The :class:`Handler` subclass the ``handler`` parameter of ``model``'s config names;
+    :class:`InvalidInput` naming the model and the parameter when it is missing or names none."""
+    path = parameters.get(HANDLER_PARAMETER, "").strip()
+    if not path:
+        raise InvalidInput(
+            f"model {model}: config.pbtxt has no {HANDLER_PARAMETER!r} parameter; add "
+            f'parameters {{ key: "{HANDLER_PARAMETER}" value: {{ string_value: "<module>:<Handler class>" }} }}',
+            field=HANDLER_PARAMETER)
+    module, sep, attr = path.partition(":")
+    if not (module and sep and attr):
+        raise InvalidInput(f"model {model}: parameter {HANDLER_PARAMETER!r} must be \"<module>:<Handler class>\", "
+                           f"got {path!r}", field=HANDLER_PARAMETER)
+    try:
+        found = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as err:
+        raise InvalidInput(f"model {model}: parameter {HANDLER_PARAMETER!r} names {path!r}, which cannot be "
+                           f"imported: {type(err).__name__}: {err}", field=HANDLER_PARAMETER) from err
+    if not (isinstance(found, type) and issubclass(found, Handler)):
+        raise InvalidInput(f"model {model}: parameter {HANDLER_PARAMETER!r} names {path!r}, which is not a "
+                           f"{__name__}.Handler subclass", field=HANDLER_PARAMETER)
+    return found
 
-    class TritonPythonModel:
-        def initialize(self, args: dict[str, str]) -> None:
-            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-            config = json.loads(args["model_config"])
-            self.name = config.get("name", args.get("model_name", "?"))
-            self.batched = int(config.get("max_batch_size", 0)) > 0
-            self.input_names = [t["name"] for t in config.get("input", [])]
-            self.output_names = [t["name"] for t in config.get("output", [])]
-            raw = _parameters(config).get("backend_options", "") or "{}"
-            try:
-                options = json.loads(raw)
-            except ValueError as err:
-                raise InvalidInput(f"model {self.name}: backend_options is not valid JSON: {err}") from None
-            if not isinstance(options, dict):
-                raise InvalidInput(f"model {self.name}: backend_options must be a JSON object, got {raw!r}")
-            self.handler = _import(handler)(default_model_dir(), _device(args), options)
-            self.handler.load()
-            log.info("Triton model %s ready (%s on %s)", self.name, handler, self.handler.device)
 
-        def execute(self, requests: list[Any]) -> list[Any]:
-            import triton_python_backend_utils as pb_utils
+class TritonPythonModel:
+    """The Python backend's model: the handler and options come from the model's config."""
 
-            batch: list[Tensors] = []
-            for request in requests:
-                inputs: Tensors = {}
-                for name in self.input_names:
-                    tensor = pb_utils.get_input_tensor_by_name(request, name)
-                    if tensor is not None:
-                        arr = _from_tensor(tensor)
-                        inputs[name] = arr[0] if self.batched else arr
-                batch.append(inputs)
-            try:
-                results = self.handler.run_batch(batch)
-            except Exception as err:  # a bug, not the caller's input: fail this batch, keep serving
-                log.exception("model %s failed", self.name)
-                results = [Glimpse3DError(f"model {self.name} failed: {type(err).__name__}: {err}")] * len(batch)
-            return [self._response(pb_utils, result) for result in results]
+    def initialize(self, args: dict[str, str]) -> None:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        config = json.loads(args["model_config"])
+        self.name = config.get("name", args.get("model_name", "?"))
+        self.batched = int(config.get("max_batch_size", 0)) > 0
+        self.input_names = [t["name"] for t in config.get("input", [])]
+        self.output_names = [t["name"] for t in config.get("output", [])]
+        parameters = _parameters(config)
+        handler = handler_class(self.name, parameters)
+        raw = parameters.get("backend_options", "") or "{}"
+        try:
+            options = json.loads(raw)
+        except ValueError as err:
+            raise InvalidInput(f"model {self.name}: backend_options is not valid JSON: {err}") from None
+        if not isinstance(options, dict):
+            raise InvalidInput(f"model {self.name}: backend_options must be a JSON object, got {raw!r}")
+        self.handler = handler(default_model_dir(), _device(args), options)
+        self.handler.load()
+        log.info("Triton model %s ready (%s.%s on %s)", self.name, handler.__module__, handler.__qualname__,
+                 self.handler.device)
 
-        def _response(self, pb_utils: Any, result: Tensors | Glimpse3DError) -> Any:
-            if isinstance(result, Glimpse3DError):
-                return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(encode_error(result)))
-            missing = [name for name in self.output_names if name not in result]
-            if missing:
-                err = Glimpse3DError(f"model {self.name} produced no {', '.join(missing)}")
-                return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(encode_error(err)))
-            return pb_utils.InferenceResponse(
-                output_tensors=[_to_tensor(pb_utils, name, result[name], self.batched) for name in self.output_names])
+    def execute(self, requests: list[Any]) -> list[Any]:
+        import triton_python_backend_utils as pb_utils
 
-        def finalize(self) -> None:
-            log.info("Triton model %s unloaded", getattr(self, "name", "?"))
+        batch: list[Tensors] = []
+        for request in requests:
+            inputs: Tensors = {}
+            for name in self.input_names:
+                tensor = pb_utils.get_input_tensor_by_name(request, name)
+                if tensor is not None:
+                    arr = _from_tensor(tensor)
+                    inputs[name] = arr[0] if self.batched else arr
+            batch.append(inputs)
+        try:
+            results = self.handler.run_batch(batch)
+        except Exception as err:  # a bug, not the caller's input: fail this batch, keep serving
+            log.exception("model %s failed", self.name)
+            results = [Glimpse3DError(f"model {self.name} failed: {type(err).__name__}: {err}")] * len(batch)
+        return [self._response(pb_utils, result) for result in results]
 
-    return TritonPythonModel
+    def _response(self, pb_utils: Any, result: Tensors | Glimpse3DError) -> Any:
+        if isinstance(result, Glimpse3DError):
+            return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(encode_error(result)))
+        missing = [name for name in self.output_names if name not in result]
+        if missing:
+            err = Glimpse3DError(f"model {self.name} produced no {', '.join(missing)}")
+            return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(encode_error(err)))
+        return pb_utils.InferenceResponse(
+            output_tensors=[_to_tensor(pb_utils, name, result[name], self.batched) for name in self.output_names])
+
+    def finalize(self) -> None:
+        log.info("Triton model %s unloaded", getattr(self, "name", "?"))
 
 
 def _from_tensor(tensor: Any) -> np.ndarray:

@@ -7,7 +7,9 @@ Python backend and runs on the CPU:
 
 1. :func:`find_install` locates the binary and assembles one backend directory from the wheel's
    Python backend and the stub built for this interpreter's Python version;
-2. :func:`prepare_repository` copies ``deploy/triton`` (all models or some), optionally turning GPU
+2. :func:`prepare_repository` copies ``deploy/triton`` (all models or some), puts the one bootstrap
+   ``deploy/triton/model.py`` into each model's version directory (git keeps no copy per model; the
+   Triton image's build prepares its repository the same way, ``--prepare``), optionally turning GPU
    instance groups into CPU ones and replacing a model's ``backend_options``;
 3. :class:`LocalTriton` starts the server on loopback ports with ``GLIMPSE3D_MODEL_DIR`` and
    :data:`~.python_model.SITE_PACKAGES_ENV` set, waits (bounded) until every model is ready, and
@@ -40,6 +42,8 @@ from glimpse3d.core.models import MODEL_DIR_ENV
 from glimpse3d.core.triton.python_model import SITE_PACKAGES_ENV
 
 REPOSITORY = Path("deploy/triton")
+BOOTSTRAP = "model.py"  # the repository's one Python-backend bootstrap, copied into every <model>/<version>/
+DEFAULT_VERSION = "1"
 _OPTIONS_RE = re.compile(r'(key:\s*"backend_options"\s*value:\s*\{\s*string_value:\s*)("(?:[^"\\]|\\.)*")', re.S)
 
 
@@ -93,8 +97,13 @@ def prepare_repository(
     cpu: bool = False,
     options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
-    """Copy the model repository ``src`` (the ``models`` named, or all) to ``dst``. ``cpu`` turns every
-    ``KIND_GPU`` instance group into ``KIND_CPU``; ``options`` replaces models' backend options."""
+    """Copy the model repository ``src`` (the ``models`` named, or all) to ``dst``, with ``src``'s
+    :data:`BOOTSTRAP` as the ``model.py`` of each model's version directories (``1`` when it has none).
+    ``cpu`` turns every ``KIND_GPU`` instance group into ``KIND_CPU``; ``options`` replaces models'
+    backend options."""
+    bootstrap = src / BOOTSTRAP
+    if not bootstrap.is_file():
+        raise FailedPrecondition(f"{src} has no {BOOTSTRAP}: the Python-backend bootstrap every model runs")
     names = sorted(p.name for p in src.iterdir() if (p / "config.pbtxt").is_file())
     chosen = list(models) if models is not None else names
     unknown = sorted(set(chosen) - set(names)) + sorted(set(options or {}) - set(chosen))
@@ -103,6 +112,10 @@ def prepare_repository(
     dst.mkdir(parents=True, exist_ok=True)
     for name in chosen:
         shutil.copytree(src / name, dst / name, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+        versions = [p for p in (dst / name).iterdir() if p.is_dir() and p.name.isdigit()]
+        for version in versions or [dst / name / DEFAULT_VERSION]:
+            version.mkdir(exist_ok=True)
+            shutil.copy2(bootstrap, version / BOOTSTRAP)
         config_path = dst / name / "config.pbtxt"
         text = config_path.read_text()
         if cpu:
@@ -223,12 +236,18 @@ class LocalTriton:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Serve the Triton model repository locally until Ctrl-C.")
     parser.add_argument("--repository", type=Path, default=REPOSITORY)
+    parser.add_argument("--prepare", type=Path, metavar="DIR",
+                        help="only write the prepared repository to DIR (the Triton image's build) and exit")
     parser.add_argument("--work-dir", type=Path, default=Path("var/triton"))
     parser.add_argument("--model-dir", type=Path, default=Path(os.environ.get(MODEL_DIR_ENV, "models")))
     parser.add_argument("--models", nargs="*", default=None, help="serve only these models")
     parser.add_argument("--cpu", action="store_true", help="run GPU instance groups on the CPU")
     parser.add_argument("--grpc-port", type=int, default=8001)
     args = parser.parse_args(argv)
+    if args.prepare is not None:
+        prepare_repository(args.prepare, src=args.repository, models=args.models, cpu=args.cpu)
+        print(f"model repository prepared in {args.prepare}", flush=True)
+        return 0
     repo = prepare_repository(args.work_dir / "repository", src=args.repository, models=args.models, cpu=args.cpu)
     server = LocalTriton(repo, args.work_dir, args.model_dir.resolve(), grpc_port=args.grpc_port)
     with server:
