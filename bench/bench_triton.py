@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from glimpse3d.core.backends import BackendRegistry
 from glimpse3d.core.cameras import orbit_camera
 from glimpse3d.core.errors import FailedPrecondition
-from glimpse3d.core.backends import BackendRegistry
 from glimpse3d.core.synthetic import render_image, textured_object
 from glimpse3d.core.tinymodels import write_all
 from glimpse3d.core.triton.server import LocalTriton, find_install, prepare_repository
