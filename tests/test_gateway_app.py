@@ -31,8 +31,8 @@ from glimpse3d.core.rpc import create_server, rich_status_of
 from glimpse3d.core.splat import Splat
 from glimpse3d.gateway.app import GatewayApp, ProgressReporter
 from glimpse3d.gateway.config import GatewayConfig
-from glimpse3d.gateway.models import Job, RoundReport, RoundSpec, VersionResult
-from glimpse3d.gateway.protos import report_from_proto, report_to_proto
+from glimpse3d.gateway.convert import report_from_proto, report_to_proto
+from glimpse3d.gateway.jobs import Job, RoundReport, RoundSpec, VersionResult
 from glimpse3d.gateway.servicer import SERVICE_NAME, Glimpse3DServicer
 from glimpse3d.gateway.store import JobStore
 from glimpse3d.v1 import common_pb2, glimpse3d_pb2, glimpse3d_pb2_grpc

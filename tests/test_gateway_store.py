@@ -22,7 +22,7 @@ from glimpse3d.core.cameras import orbit_camera
 from glimpse3d.core.config import ConfigError, load_config
 from glimpse3d.core.errors import FailedPrecondition, InvalidInput, NotFound, Overloaded
 from glimpse3d.gateway.config import GatewayConfig
-from glimpse3d.gateway.models import (
+from glimpse3d.gateway.jobs import (
     JobError,
     JobOptions,
     Progress,
@@ -66,7 +66,7 @@ class Backend:
     def open(self, **kwargs) -> JobStore:
         if self.kind == "sqlite":
             return JobStore(self.path, **kwargs)
-        from glimpse3d.gateway.store_pg import PostgresDatabase
+        from glimpse3d.gateway.store.postgres import PostgresDatabase
 
         return JobStore(PostgresDatabase(self.url, pool_size=4), **kwargs)
 

@@ -31,7 +31,7 @@ from glimpse3d.core.errors import FailedPrecondition, Unavailable
 from glimpse3d.core.rpc.errors import status_code_for
 from glimpse3d.gateway.app import GatewayApp
 from glimpse3d.gateway.config import GatewayConfig
-from glimpse3d.gateway.models import Job, JobError, JobOptions, Progress, RoundSpec
+from glimpse3d.gateway.jobs import Job, JobError, JobOptions, Progress, RoundSpec
 from glimpse3d.gateway.states import JobState
 from glimpse3d.gateway.store import (
     DEFAULT_LEASE_S,
@@ -42,7 +42,7 @@ from glimpse3d.gateway.store import (
     SqliteDatabase,
     open_job_store,
 )
-from glimpse3d.gateway.store_pg import PostgresDatabase
+from glimpse3d.gateway.store.postgres import PostgresDatabase
 
 LEASE_US = int(DEFAULT_LEASE_S * 1e6)
 TIMEOUT = 15.0

@@ -114,3 +114,17 @@ def test_orbit_view_defaults_and_validation():
     assert exc.value.field == "v.orbit.width"
     with pytest.raises(InvalidInput, match="either camera or orbit"):
         convert.view_from_proto(common_pb2.ViewSpec(), "v")
+
+
+def test_round_report_has_the_fields_of_refine_report():
+    """The gateway's RoundReport, from which its proto conversion and the HTTP schema are built, has
+    RefineReport's fields by name, and None only for its optional ones: a new field cannot be forgotten."""
+    from dataclasses import fields
+
+    from glimpse3d.gateway.http.schemas import RoundReportOut
+    from glimpse3d.gateway.jobs import RoundReport
+
+    proto = backprojection_pb2.RefineReport.DESCRIPTOR.fields
+    assert [f.name for f in fields(RoundReport)] == [f.name for f in proto]
+    assert list(RoundReportOut.model_fields) == [f.name for f in proto]
+    assert {f.name for f in fields(RoundReport) if f.default is None} == {f.name for f in proto if f.has_presence}

@@ -1,43 +1,12 @@
 """The gateway's application layer, shared by the gRPC servicer and the HTTP facade.
 
 :class:`GatewayApp` validates requests, persists jobs in the :class:`~glimpse3d.gateway.store.JobStore`,
-queues work on a bounded :class:`~glimpse3d.gateway.workqueue.WorkQueue` served by ``workers``
-tasks, and delegates the model work to an injected :class:`Pipeline`. Domain errors
-(:mod:`glimpse3d.core.errors`) are raised as they are; the RPC layer maps them to status codes.
-
-Semantics decided here:
-
-- CreateJob returns the QUEUED job at once. A repeated ``request_id`` (same tenant) returns the
-  job it created first, whatever the rest of the request says (AIP-155), even when the queue is
-  full. A new job is refused with Overloaded when ``queue_size`` jobs already wait.
-- A job runs ``Pipeline.run_initial`` (version 1), then ``options.enhance_rounds`` automatic
-  rounds (target "auto", the job's prompt, seeds ``seed``, ``seed + 1``, ...), then SUCCEEDED.
-- Enhance on a SUCCEEDED job takes a queue slot (Overloaded when full) and makes it RUNNING. On a
-  RUNNING job that already has a version the round is *queued* behind the running one (at most
-  ``max_pending_rounds`` per job, then Overloaded) and runs on the same worker. A job with no
-  version yet, or a FAILED or CANCELLED one, answers FailedPrecondition. A repeated
-  ``request_id`` returns the job without starting another round.
-- A round the pipeline rejects (:class:`RoundRejected`: it would have made the model worse against
-  the photo) adds no version; ``error`` says why and the rounds queued behind it still run.
-- A failing or cancelled *round* returns the job to SUCCEEDED with ``error`` set (its versions
-  stay usable) and drops the rounds queued behind it; only the initial run can make a job FAILED
-  or CANCELLED. Cancelling cancels the asyncio task running the job, which cancels the
-  downstream call in flight. Cancelling a done job is a no-op.
-- Progress fractions are of the whole run the worker is doing: the initial run and its automatic
-  rounds, or the rounds queued by Enhance; a pipeline reports the fraction of its own piece.
-- Several gateway replicas may share one database (PostgreSQL): each job is worked on by the one
-  replica holding its lease (see :mod:`glimpse3d.gateway.store`). A replica holds the jobs it queued
-  or runs and renews their leases every ``lease_s / 3``; on start, on every renewal and whenever a
-  worker frees up, it adopts jobs no live replica holds (a stopped or dead replica's: QUEUED, or
-  RUNNING, which resume from their last version), as many as it has idle workers. Work whose lease
-  it lost (cancelled through another replica, or taken over after a stall) is stopped without
-  writing anything. Closing the app cancels running work, keeps its stored state and releases the
-  leases, so another replica, or the next start, resumes it at once.
-- WatchJob sees this replica's changes as they happen and re-reads the job every ``watch_poll_s``
-  for changes made through other replicas.
-- Metrics (:meth:`GatewayApp.register_metrics`): ``glimpse3d_gateway_queue_depth``, the jobs and
-  enhancement rounds waiting for a worker of this replica (what the autoscaler reads), and
-  ``glimpse3d_gateway_jobs_active``, the jobs its workers are running.
+queues work on a bounded :class:`~glimpse3d.gateway.workqueue.WorkQueue` served by ``workers`` tasks and
+delegates the model work to a :class:`Pipeline`; domain errors propagate for the RPC layer to map. A job
+runs version 1, its automatic rounds, then Enhance rounds queued in the store; a failed or cancelled
+round returns it to SUCCEEDED with ``error`` set, a rejected round (:class:`RoundRejected`) adds no version.
+Each active job is held by one replica's lease, renewed every ``lease_s / 3``; orphaned jobs are adopted.
+docs/http-api.md and docs/deploy-state.md give the full semantics.
 """
 
 from __future__ import annotations
@@ -63,7 +32,7 @@ from glimpse3d.core.formats import DEFAULT_FORMAT, SplatFormat, get_format, read
 from glimpse3d.core.images import MAX_IMAGE_BYTES, decode_image, encode_png, resize_longest
 from glimpse3d.gateway.config import GatewayConfig
 from glimpse3d.gateway.events import EventHub, JobEvent
-from glimpse3d.gateway.models import (
+from glimpse3d.gateway.jobs import (
     MAX_DISPLAY_NAME_CHARS,
     MAX_REQUEST_ID_CHARS,
     MAX_RESOLUTION,

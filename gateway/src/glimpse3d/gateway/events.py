@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from glimpse3d.gateway.models import Job
+from glimpse3d.gateway.jobs import Job
 
 logger = logging.getLogger(__name__)
 

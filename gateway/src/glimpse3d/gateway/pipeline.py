@@ -37,8 +37,8 @@ from glimpse3d.core.images import decode_image, decode_npy, encode_png, resize_l
 from glimpse3d.core.rpc import create_channel, error_from_rpc
 from glimpse3d.gateway.app import ProgressReporter
 from glimpse3d.gateway.config import GatewayConfig
-from glimpse3d.gateway.models import Job, MattePoint, RoundSpec, VersionResult
-from glimpse3d.gateway.protos import points_to_proto, report_from_proto
+from glimpse3d.gateway.convert import points_to_proto, report_from_proto
+from glimpse3d.gateway.jobs import Job, MattePoint, RoundSpec, VersionResult
 from glimpse3d.gateway.states import Stage
 from glimpse3d.v1 import (
     backprojection_pb2,

@@ -18,8 +18,7 @@ from glimpse3d.core.convert import artifact_from_proto, view_from_proto
 from glimpse3d.core.errors import InvalidInput
 from glimpse3d.core.images import encode_png
 from glimpse3d.gateway.app import GatewayApp
-from glimpse3d.gateway.models import DEFAULT_TENANT, TENANT_HEADER, check_tenant
-from glimpse3d.gateway.protos import (
+from glimpse3d.gateway.convert import (
     event_to_proto,
     export_to_proto,
     format_from_proto,
@@ -27,6 +26,7 @@ from glimpse3d.gateway.protos import (
     options_from_proto,
     points_from_proto,
 )
+from glimpse3d.gateway.jobs import DEFAULT_TENANT, TENANT_HEADER, check_tenant
 from glimpse3d.v1 import glimpse3d_pb2, glimpse3d_pb2_grpc
 
 SERVICE_NAME = glimpse3d_pb2.DESCRIPTOR.services_by_name["Glimpse3D"].full_name

@@ -76,6 +76,12 @@ class Settings(BaseSettings):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value.strip() if annotation in (int, float, bool) else value
 
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as err:
+            raise _config_error(err, str(values.get("_env_prefix") or DEFAULT_PREFIX)) from None
+
     @model_validator(mode="after")
     def _checked(self) -> Settings:
         self.check()
@@ -99,23 +105,28 @@ def _message(error: Mapping[str, Any]) -> str:
     return error["msg"]
 
 
+def _config_error(err: ValidationError, prefix: str) -> ConfigError:
+    """The first error, naming the variable inside :func:`load_config`, else the field."""
+    first = err.errors()[0]
+    name = str(first["loc"][0]) if first["loc"] else ""
+    source = _SOURCE.get()
+    if source is None:
+        return ConfigError(f"{name} is invalid: {_message(first)}, got {first.get('input')!r}", field=name)
+    variable = f"{prefix}{name.upper()}"
+    if first["type"] == "missing":
+        return ConfigError(f"{variable} is required but not set", field=variable)
+    raw = next((v for k, v in source.items() if k.upper() == variable), first.get("input"))
+    return ConfigError(f"{variable}={raw!r} is invalid: {_message(first)}", field=variable)
+
+
 def load_config(cls: type[T], env: Mapping[str, str] | None = None, prefix: str = DEFAULT_PREFIX) -> T:
     """Build ``cls`` from ``env`` (default ``os.environ``) through pydantic-settings; see the module
     docstring."""
     if not (isinstance(cls, type) and issubclass(cls, Settings)):
         raise TypeError(f"{cls!r} is not a glimpse3d.core.config.Settings class")
-    source = dict(os.environ if env is None else env)
-    token = _SOURCE.set(source)
+    token = _SOURCE.set(dict(os.environ if env is None else env))
     try:
         return cls(_env_prefix=prefix)  # type: ignore[call-arg]
-    except ValidationError as err:
-        first = err.errors()[0]
-        name = str(first["loc"][0]) if first["loc"] else ""
-        variable = f"{prefix}{name.upper()}"
-        if first["type"] == "missing":
-            raise ConfigError(f"{variable} is required but not set", field=variable) from None
-        raw = next((v for k, v in source.items() if k.upper() == variable), first.get("input"))
-        raise ConfigError(f"{variable}={raw!r} is invalid: {_message(first)}", field=variable) from None
     finally:
         _SOURCE.reset(token)
 

@@ -12,7 +12,7 @@ from glimpse3d.gateway.app import GatewayApp
 from glimpse3d.gateway.http.mapping import job_to_json
 from glimpse3d.gateway.http.schemas import JobOut
 from glimpse3d.gateway.http.sse import StreamRegistry
-from glimpse3d.gateway.models import Job
+from glimpse3d.gateway.jobs import Job
 
 logger = logging.getLogger(__name__)
 

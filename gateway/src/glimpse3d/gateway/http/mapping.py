@@ -1,21 +1,14 @@
-"""Domain records to JSON shapes, and the web's look-at cameras to the project's :class:`Camera`.
+"""Job records to JSON shapes, and the web's look-at cameras to and from the project's :class:`Camera`.
 
-Cameras. The web workspace orbits the splat with a three.js-style camera given as ``position``,
-``target`` and ``up`` in the world frame (right-handed, +y up: the frame the splat is stored and
-exported in). The project's camera (:mod:`glimpse3d.core.cameras`) uses OpenCV axes: x right, y
-down, z forward. Both describe the same view, so the conversion is the classic look-at: z_cam is
-the unit vector from ``position`` to ``target``, x_cam = z_cam x up (normalised), y_cam = z_cam x
-x_cam (which is "down" in the image), and the intrinsics follow from the vertical field of view with
-the principal point at the image centre. three.js's own camera axes (y up, looking along -z) never
-appear: only the world-frame points do, and those are shared.
-
-Going back, a :class:`Camera` does not remember the target it was aimed at; the JSON gives the point
-on its viewing axis nearest the world origin (the object is centred there), which is exactly the
-target for every orbit view and for any camera aimed at a point on that axis.
+A web camera is ``position``, ``target`` and ``up`` in the world frame (right-handed, +y up); a
+:class:`Camera` uses OpenCV axes (x right, y down, z forward): z_cam points from position to target,
+x_cam = z_cam x up, y_cam = z_cam x x_cam. A Camera does not keep its target, so the JSON gives the
+point on its viewing axis nearest the world origin, where the object is centred.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from urllib.parse import quote
@@ -37,7 +30,7 @@ from glimpse3d.gateway.http.schemas import (
     RoundReportOut,
     VersionOut,
 )
-from glimpse3d.gateway.models import DEFAULT_TENANT, Job, JobError, Version
+from glimpse3d.gateway.jobs import DEFAULT_TENANT, Job, JobError, Version
 
 API_PREFIX = "/api/v1"
 _MIN_NORM = 1e-9
@@ -124,16 +117,12 @@ def download_filename(job_id: str, number: int, fmt: str) -> str:
 
 
 def _report_metrics(version: Version) -> dict[str, float]:
+    """The round report's numbers (not its flags or notes; an absent optional number is left out)."""
     report = version.report
     if report is None:
         return {}
-    numbers = {"accepted_fraction": report.accepted_fraction,
-               "photometric_error_before": report.photometric_error_before,
-               "photometric_error_after": report.photometric_error_after,
-               "mean_confidence": report.mean_confidence, "steps": float(report.steps)}
-    if report.clip_score is not None:
-        numbers["clip_score"] = report.clip_score
-    return numbers
+    values = ((f.name, getattr(report, f.name)) for f in dataclasses.fields(report))
+    return {name: float(v) for name, v in values if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -154,11 +143,7 @@ def version_to_json(version: Version, tenant: str, num_gaussians: int | None = N
         camera=None if version.camera is None else camera_to_view(version.camera),
         metrics={name: _finite_or_none(value) for name, value in sorted(metrics.items())},
         num_gaussians=num_gaussians,
-        report=None if report is None else RoundReportOut(
-            accepted_fraction=report.accepted_fraction, photometric_error_before=report.photometric_error_before,
-            photometric_error_after=report.photometric_error_after, clip_score=report.clip_score,
-            clip_note=report.clip_note, rejected=report.rejected, steps=report.steps,
-            mean_confidence=report.mean_confidence),
+        report=None if report is None else RoundReportOut(**dataclasses.asdict(report)),
         create_time=version.create_time,
         downloads=Downloads(**{fmt: download_url(version.job_id, version.number, fmt, tenant)
                                for fmt in format_names()}),

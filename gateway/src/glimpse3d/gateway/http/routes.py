@@ -50,7 +50,7 @@ from glimpse3d.gateway.http.schemas import (
 )
 from glimpse3d.gateway.http.sse import event_stream, format_event
 from glimpse3d.gateway.http.uploads import PHOTO_FIELD, parse_matte_points, read_photo_form
-from glimpse3d.gateway.models import (
+from glimpse3d.gateway.jobs import (
     DEFAULT_TENANT,
     JOB_ID_PATTERN,
     MAX_DISPLAY_NAME_CHARS,

@@ -1,22 +1,22 @@
 """The JSON shapes of the HTTP/JSON facade (pydantic models, hence the OpenAPI spec).
 
-Response models mirror the gateway's domain records (:mod:`glimpse3d.gateway.models`) in the form a
-browser wants: enum values as strings, times as RFC 3339, cameras as three.js-style look-at views,
-downloads as URLs. Request models refuse unknown fields, so a misspelt camera key is a 400 naming
-it instead of a silently ignored value.
+Responses mirror the records of :mod:`glimpse3d.gateway.jobs` in the form a browser wants: enums as
+strings, RFC 3339 times, look-at cameras, download URLs. Requests refuse unknown fields (a misspelt key
+is a 400 naming it).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from glimpse3d.core.cameras import MAX_IMAGE_SIDE
 from glimpse3d.core.convert import DEFAULT_FOV_Y_DEG, DEFAULT_VIEW_SIZE
 from glimpse3d.core.formats import formats
-from glimpse3d.gateway.models import MAX_PROMPT_CHARS, MAX_REQUEST_ID_CHARS, MAX_SEED
+from glimpse3d.gateway.jobs import MAX_PROMPT_CHARS, MAX_REQUEST_ID_CHARS, MAX_SEED, RoundReport
 
 MAX_COORDINATE = 1e6  # world units; objects are normalised to a radius of about 1
 Coordinate = Annotated[float, Field(ge=-MAX_COORDINATE, le=MAX_COORDINATE)]
@@ -80,15 +80,13 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
-class RoundReportOut(BaseModel):
-    accepted_fraction: float
-    photometric_error_before: float
-    photometric_error_after: float
-    clip_score: float | None
-    clip_note: str
-    rejected: bool
-    steps: int
-    mean_confidence: float
+# The fields of the one RoundReport definition, all required here (an absent optional one is null).
+_REPORT_FIELDS: dict[str, Any] = {f.name: (get_type_hints(RoundReport)[f.name], ...)
+                                  for f in dataclasses.fields(RoundReport)}
+
+
+class RoundReportOut(create_model("_RoundReportFields", **_REPORT_FIELDS)):
+    pass
 
 
 Downloads = create_model(

@@ -1,9 +1,8 @@
-"""The gateway's domain records (jobs, versions, rounds) and their JSON form in the job store.
+"""The gateway's job records (jobs, versions, rounds) and their JSON form in the job store.
 
-These are plain frozen dataclasses with no protobuf in them, so that the gRPC servicer and the
-HTTP facade share one application layer; :mod:`glimpse3d.gateway.protos` converts them to
-messages. Constructors validate and raise :class:`~glimpse3d.core.errors.InvalidInput` whose
-``field`` is the request field path (e.g. ``options.num_views``).
+Frozen dataclasses without protobuf, shared by the gRPC servicer and the HTTP facade
+(:mod:`glimpse3d.gateway.convert` turns them into messages). Constructors raise
+:class:`~glimpse3d.core.errors.InvalidInput` naming the request field (e.g. ``options.num_views``).
 """
 
 from __future__ import annotations
@@ -262,7 +261,8 @@ class RoundSpec:
 
 @dataclass(frozen=True)
 class RoundReport:
-    """The MVCRM report of a round (mirrors glimpse3d.v1.RefineReport)."""
+    """The MVCRM report of a round: the fields of glimpse3d.v1.RefineReport, by the same names (None for
+    an absent optional field). The proto conversion and the HTTP schema are built from these fields."""
 
     accepted_fraction: float = 0.0
     photometric_error_before: float = 0.0

@@ -1,66 +1,12 @@
-"""Persistent job store: SQLite (the embedded default) or PostgreSQL (several gateway replicas).
+"""The job store: jobs, versions, rounds and leases, written once for any :class:`~.db.Database`.
 
-:class:`JobStore` holds all the logic (the SQL, the state machine checks, row mapping, page tokens,
-leases) and runs it on a :class:`Database`, which is all that differs between the backends:
-:class:`SqliteDatabase` here, :class:`~glimpse3d.gateway.store_pg.PostgresDatabase` for PostgreSQL.
-The SQL is written once, with ``?`` placeholders and types both databases understand (``BIGINT``,
-``DOUBLE PRECISION``, ``TEXT``, ``ON CONFLICT``, ``RETURNING``); a database supplies its row-locking
-clauses, its transactions and its errors. :func:`open_job_store` picks the backend from the
-gateway's config (``db_url`` empty: SQLite at ``db_path``; ``postgresql://...``: PostgreSQL).
+Every method is one transaction. A method that changes a job first locks its row, checks the state
+machine (:mod:`glimpse3d.gateway.states`) and bumps the job's ``revision``, so read-modify-writes never
+interleave, even between processes. A job that needs work is held by one replica (``owner``) until its
+lease expires; the runner's writes are fenced by it (docs/deploy-state.md describes the leases).
 
-Every method is one transaction (re-run from the start when PostgreSQL reports a serialization
-failure or a deadlock). A method that changes a job first locks its row (``SELECT ... FOR UPDATE``
-on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` serializes all writers), checks the state machine
-(:mod:`glimpse3d.gateway.states`) and bumps the job's ``revision``, so read-modify-writes never
-interleave, even from different processes, and watchers can order snapshots.
-
-Leases: which replica works on a job
-------------------------------------
-Each store has an ``owner`` id (one per gateway process). A job that needs work (QUEUED, or RUNNING)
-is *held* by the replica in ``jobs.owner`` until ``jobs.lease_expiry`` (microseconds since the
-epoch). A replica takes the lease when it accepts the work (CreateJob, an Enhance that starts an
-idle job, :meth:`JobStore.claim_orphans`), keeps it while the job waits in its local queue or runs
-(:meth:`JobStore.renew_leases`, the app's heartbeat every ``lease_s / 3``), and gives it up when the
-job is done (any write that leaves QUEUED/RUNNING clears it) or the replica shuts down
-(:meth:`JobStore.release`). So:
-
-- one replica at a time works on a job: :meth:`JobStore.start_run` (a worker's claim) succeeds only
-  for the holder or when the lease is free (no owner) or expired;
-- every write the runner makes (progress, versions, the next round, its own failure) is fenced by
-  ``owner``: a replica that lost its lease (it stalled longer than ``lease_s`` and another one took
-  the job over) has its writes refused, and its heartbeat finds the job gone and stops the work;
-- a replica that dies stops renewing; once its leases expire, :meth:`JobStore.claim_orphans` on any
-  replica (at start and on every heartbeat) adopts its jobs, oldest first, ``FOR UPDATE SKIP
-  LOCKED`` so that two replicas never adopt the same job. Jobs a live replica holds are skipped;
-- rounds live in the job row (``pending_rounds``), not in a replica's memory: an Enhance on a
-  RUNNING job, through whichever replica, appends to the list and the holder's runner picks the
-  round up when its current one ends (:meth:`JobStore.next_round_or_succeed` reads the list and, when
-  it is empty, ends the job in the same locked transaction, so no round is stranded); an Enhance on
-  an idle job makes it RUNNING, held by the replica that took the call, which runs it;
-- cancelling through any replica writes the job's final state at once; the holder's heartbeat sees
-  that it no longer holds the job and cancels the work (and the downstream call) within
-  ``lease_s / 3``.
-
-Lease times come from the replicas' clocks, which must agree to well within ``lease_s`` (NTP).
-SQLite allows one gateway process per file, so opening one voids the leases of earlier processes:
-a restarted gateway resumes its jobs at once instead of waiting for them to expire.
-
-Tables (see :data:`MIGRATIONS`; ``schema_migrations`` records which have been applied):
-
-- ``jobs``: one row per job. ``request_id`` is NULL when the caller sent none, and
-  ``UNIQUE(tenant, request_id)`` makes CreateJob idempotent (AIP-155), also between replicas
-  (``INSERT ... ON CONFLICT DO NOTHING``). ``pending_rounds`` is the JSON list of enhancement rounds
-  still to run, the running one first; ``error`` is the JSON google.rpc.Status of the last failure.
-  Times are integer microseconds since the Unix epoch. ``owner`` / ``lease_expiry``: the lease.
-- ``versions``: the splat versions of each job, numbered from 1.
-- ``enhance_requests``: the ``request_id`` of every accepted Enhance call, so a retry does not
-  start a second round.
-- ``meta``: the secret that signs page tokens, created with the database.
-
-Page tokens are ``base64url(JSON [create_time, id, mac])``: the keyset of the last job returned
-plus an HMAC-SHA256 over it and the tenant, keyed by the database's secret (so every replica
-accepts every other's tokens). A token from another tenant, an edited token or garbage is rejected
-with InvalidInput("page_token is invalid").
+Page tokens are ``base64url(JSON [create_time, id, mac])``: the keyset of the last job returned and an
+HMAC-SHA256 over it and the tenant, keyed by the database's secret, so every replica accepts them.
 """
 
 from __future__ import annotations
@@ -74,19 +20,16 @@ import logging
 import os
 import secrets
 import socket
-import sqlite3
-import threading
-import time
 import uuid
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from glimpse3d.core.artifacts import ArtifactRef
-from glimpse3d.core.errors import FailedPrecondition, InvalidInput, NotFound, Overloaded, Unavailable
-from glimpse3d.gateway.models import (
+from glimpse3d.core.errors import FailedPrecondition, InvalidInput, NotFound, Overloaded
+from glimpse3d.gateway.jobs import (
     Job,
     JobError,
     JobOptions,
@@ -102,6 +45,9 @@ from glimpse3d.gateway.models import (
     job_name,
 )
 from glimpse3d.gateway.states import ACTIVE_STATES, JobState, Stage, check_transition
+from glimpse3d.gateway.store.db import Connection, Database, dump_json, marks, now_us
+from glimpse3d.gateway.store.schema import SCHEMA_VERSION, migrate
+from glimpse3d.gateway.store.sqlite import SqliteDatabase
 
 if TYPE_CHECKING:
     from glimpse3d.gateway.config import GatewayConfig
@@ -115,57 +61,8 @@ MAX_PAGE_SIZE = 1000
 MAX_PAGE_TOKEN_CHARS = 512
 DEFAULT_LEASE_S = 30.0
 RESUMED_MESSAGE = "interrupted by a gateway restart; resuming"
-
-# One list for both databases. SQLite reads BIGINT as INTEGER and DOUBLE PRECISION as REAL (its type
-# affinities), the types version 1 was first written with, so files created before are unchanged.
-MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
-    (1, (
-        """CREATE TABLE jobs (
-            id TEXT PRIMARY KEY,
-            tenant TEXT NOT NULL,
-            request_id TEXT,
-            display_name TEXT NOT NULL DEFAULT '',
-            state TEXT NOT NULL,
-            stage TEXT NOT NULL DEFAULT '',
-            fraction DOUBLE PRECISION NOT NULL DEFAULT 0,
-            message TEXT NOT NULL DEFAULT '',
-            options TEXT NOT NULL,
-            input_image TEXT NOT NULL,
-            error TEXT,
-            pending_rounds TEXT NOT NULL DEFAULT '[]',
-            revision BIGINT NOT NULL DEFAULT 1,
-            create_time BIGINT NOT NULL,
-            update_time BIGINT NOT NULL,
-            UNIQUE (tenant, request_id)
-        )""",
-        "CREATE INDEX jobs_by_tenant_time ON jobs (tenant, create_time DESC, id DESC)",
-        "CREATE INDEX jobs_by_state ON jobs (state)",
-        """CREATE TABLE versions (
-            job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
-            number INTEGER NOT NULL,
-            splat TEXT NOT NULL,
-            confidence TEXT,
-            camera TEXT,
-            report TEXT,
-            metrics TEXT NOT NULL DEFAULT '{}',
-            create_time BIGINT NOT NULL,
-            PRIMARY KEY (job_id, number)
-        )""",
-        """CREATE TABLE enhance_requests (
-            job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
-            request_id TEXT NOT NULL,
-            create_time BIGINT NOT NULL,
-            PRIMARY KEY (job_id, request_id)
-        )""",
-        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    )),
-    (2, (  # leases: which replica works on a job, and until when
-        "ALTER TABLE jobs ADD COLUMN owner TEXT",
-        "ALTER TABLE jobs ADD COLUMN lease_expiry BIGINT",
-    )),
-)
-SCHEMA_VERSION = MIGRATIONS[-1][0]
 _ACTIVE_SQL = "state IN ('QUEUED', 'RUNNING')"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class RoundOutcome(StrEnum):
@@ -175,98 +72,6 @@ class RoundOutcome(StrEnum):
     APPENDED = "appended"  # a round is running: this one runs after it, on the replica running the job
     DUPLICATE = "duplicate"  # the request_id was seen before: nothing changed
     NO_CAPACITY = "no_capacity"  # the job is idle but the caller had no queue slot: nothing changed
-
-
-class DatabaseUnavailable(Unavailable):
-    """The job database cannot be reached (or stayed busy through every retry); retry later."""
-
-
-# ---- the two backends' common surface ------------------------------------------------------------
-
-
-class Cursor(Protocol):
-    rowcount: int
-
-    def fetchone(self) -> Any: ...
-
-    def fetchall(self) -> list[Any]: ...
-
-
-class Connection(Protocol):
-    """One open transaction; rows are read by column name (``row["id"]``)."""
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor: ...
-
-
-class Database(Protocol):
-    """What a backend supplies to :class:`JobStore`."""
-
-    name: str  # for logs and errors: a path, or a URL without its password
-    exclusive: bool  # one process at a time: opening voids the leases left by earlier processes
-    lock_clause: str  # appended to a SELECT that reads rows it will update
-    claim_clause: str  # appended to a SELECT that claims rows other processes may be claiming
-
-    def transaction(self, fn: Callable[[Connection], T], *, migrate: bool = False) -> T:
-        """Run ``fn`` in one transaction and return its result (all or nothing); ``migrate`` also
-        serializes it against other processes migrating the same database."""
-        ...
-
-    def close(self) -> None: ...
-
-
-class SqliteDatabase:
-    """One SQLite file (``":memory:"`` for a throwaway one): one connection in WAL mode, used under
-    a lock, ``BEGIN IMMEDIATE`` per transaction (writers never interleave)."""
-
-    exclusive = True
-    lock_clause = ""
-    claim_clause = ""
-
-    def __init__(self, path: Path | str) -> None:
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.name = str(path)
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self._conn.row_factory = sqlite3.Row
-        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=5000"):
-            self._conn.execute(f"PRAGMA {pragma}")
-
-    def transaction(self, fn: Callable[[Connection], T], *, migrate: bool = False) -> T:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(self._conn)
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
-            return result
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-
-# ---- helpers --------------------------------------------------------------------------------------
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
-
-
-def _to_datetime(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)
-
-
-def _dump(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
-
-
-def _marks(values: Collection[Any]) -> str:
-    return ",".join("?" * len(values))
 
 
 def default_owner() -> str:
@@ -281,11 +86,11 @@ def normalize_page_size(page_size: int) -> int:
     return min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
-def open_job_store(config: GatewayConfig, *, clock: Callable[[], int] = _now_us) -> JobStore:
+def open_job_store(config: GatewayConfig, *, clock: Callable[[], int] = now_us) -> JobStore:
     """The store ``config`` asks for: PostgreSQL at ``db_url`` when set, else SQLite at ``db_path``."""
     database: Database
     if config.db_url:
-        from glimpse3d.gateway.store_pg import PostgresDatabase
+        from glimpse3d.gateway.store.postgres import PostgresDatabase
 
         database = PostgresDatabase(config.db_url, pool_size=config.db_pool_size)
     else:
@@ -306,7 +111,7 @@ class JobStore:
         *,
         owner: str | None = None,
         lease_s: float = DEFAULT_LEASE_S,
-        clock: Callable[[], int] = _now_us,
+        clock: Callable[[], int] = now_us,
     ) -> None:
         if not lease_s > 0:
             raise ValueError(f"lease_s must be > 0, got {lease_s}")
@@ -342,24 +147,7 @@ class JobStore:
         return self._db.transaction(fn)
 
     def _migrate(self) -> None:
-        def migrate(db: Connection) -> None:
-            db.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
-                       "(version INTEGER PRIMARY KEY, applied_time BIGINT NOT NULL)")
-            current = db.execute("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations").fetchone()["v"]
-            if current > SCHEMA_VERSION:
-                raise FailedPrecondition(
-                    f"job database schema version {current} is newer than this gateway supports "
-                    f"({SCHEMA_VERSION})"
-                )
-            for version, statements in MIGRATIONS:
-                if version <= current:
-                    continue
-                for statement in statements:
-                    db.execute(statement)
-                db.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, self._clock()))
-                logger.info("applied job store migration %d", version, extra={"database": self._db.name})
-
-        self._db.transaction(migrate, migrate=True)
+        self._db.transaction(lambda db: migrate(db, clock=self._clock, database=self._db.name), migrate=True)
 
     def _load_token_key(self) -> bytes:
         def load(db: Connection) -> bytes:
@@ -373,7 +161,7 @@ class JobStore:
         if not job_ids:
             return found
         rows = db.execute(
-            f"SELECT * FROM versions WHERE job_id IN ({_marks(job_ids)}) ORDER BY job_id, number", tuple(job_ids)
+            f"SELECT * FROM versions WHERE job_id IN ({marks(job_ids)}) ORDER BY job_id, number", tuple(job_ids)
         ).fetchall()
         for row in rows:
             found[row["job_id"]].append(_version_from_row(row))
@@ -455,8 +243,8 @@ class JobStore:
                 " owner, lease_expiry, create_time, update_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (tenant, request_id) DO NOTHING",
                 (job_id, tenant, request_id or None, display_name, JobState.QUEUED.value, "queued",
-                 _dump(options.to_json()), _dump(artifact_to_json(input_image)), self.owner, now + self._lease_us,
-                 now, now),
+                 dump_json(options.to_json()), dump_json(artifact_to_json(input_image)), self.owner,
+                 now + self._lease_us, now, now),
             ).rowcount
             if not inserted:
                 existing = self._by_request_id(db, tenant, request_id)
@@ -507,11 +295,11 @@ class JobStore:
         return jobs, token
 
     def _mac(self, tenant: str, create_time: int, job_id: str) -> str:
-        message = _dump([tenant, create_time, job_id]).encode()
+        message = dump_json([tenant, create_time, job_id]).encode()
         return hmac.new(self._token_key, message, hashlib.sha256).hexdigest()[:32]
 
     def _encode_token(self, tenant: str, create_time: int, job_id: str) -> str:
-        payload = _dump([create_time, job_id, self._mac(tenant, create_time, job_id)])
+        payload = dump_json([create_time, job_id, self._mac(tenant, create_time, job_id)])
         return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
 
     def _decode_token(self, tenant: str, token: str) -> tuple[int, str]:
@@ -583,14 +371,14 @@ class JobStore:
             job = self._running_here(db, job_id, "version dropped")
             db.execute(
                 "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (job_id, len(job.versions) + 1, _dump(artifact_to_json(result.splat)),
-                 None if result.confidence is None else _dump(artifact_to_json(result.confidence)),
-                 None if result.camera is None else _dump(camera_to_json(result.camera)),
-                 None if result.report is None else _dump(result.report.to_json()),
-                 _dump({k: float(v) for k, v in result.metrics.items()}), self._clock()),
+                (job_id, len(job.versions) + 1, dump_json(artifact_to_json(result.splat)),
+                 None if result.confidence is None else dump_json(artifact_to_json(result.confidence)),
+                 None if result.camera is None else dump_json(camera_to_json(result.camera)),
+                 None if result.report is None else dump_json(result.report.to_json()),
+                 dump_json({k: float(v) for k, v in result.metrics.items()}), self._clock()),
             )
             pending = list(job.pending_rounds[1:] if completes_round else job.pending_rounds) + list(then_rounds)
-            return self._write(db, job, pending_rounds=_dump([spec.to_json() for spec in pending]))
+            return self._write(db, job, pending_rounds=dump_json([spec.to_json() for spec in pending]))
 
         return self._tx(add)
 
@@ -602,8 +390,8 @@ class JobStore:
         def skip(db: Connection) -> Job:
             job = self._running_here(db, job_id, "round outcome dropped")
             pending = list(job.pending_rounds[1:])
-            return self._write(db, job, pending_rounds=_dump([spec.to_json() for spec in pending]),
-                               error=_dump(error.to_json()), message=error.message)
+            return self._write(db, job, pending_rounds=dump_json([spec.to_json() for spec in pending]),
+                               error=dump_json(error.to_json()), message=error.message)
 
         return self._tx(skip)
 
@@ -638,7 +426,7 @@ class JobStore:
                 state = JobState.SUCCEEDED
             else:
                 state = JobState.CANCELLED if cancelled else JobState.FAILED
-            return self._write(db, job, state=state.value, error=_dump(error.to_json()),
+            return self._write(db, job, state=state.value, error=dump_json(error.to_json()),
                                message=error.message, pending_rounds="[]")
 
         return self._tx(finish)
@@ -672,7 +460,7 @@ class JobStore:
                 return job, RoundOutcome.NO_CAPACITY
             if spec.request_id:
                 db.execute("INSERT INTO enhance_requests VALUES (?, ?, ?)", (job_id, spec.request_id, self._clock()))
-            pending = _dump([s.to_json() for s in (*job.pending_rounds, spec)])
+            pending = dump_json([s.to_json() for s in (*job.pending_rounds, spec)])
             if job.state is JobState.RUNNING:
                 return self._write(db, job, pending_rounds=pending), RoundOutcome.APPENDED
             job = self._write(db, job, state=JobState.RUNNING.value, pending_rounds=pending, error=None,
@@ -693,7 +481,7 @@ class JobStore:
 
         def renew(db: Connection) -> set[str]:
             rows = db.execute(
-                f"UPDATE jobs SET lease_expiry = ? WHERE owner = ? AND {_ACTIVE_SQL} AND id IN ({_marks(ids)})"
+                f"UPDATE jobs SET lease_expiry = ? WHERE owner = ? AND {_ACTIVE_SQL} AND id IN ({marks(ids)})"
                 " RETURNING id",
                 (self._clock() + self._lease_us, self.owner, *ids),
             ).fetchall()
@@ -707,7 +495,7 @@ class JobStore:
         ids = sorted(set(job_ids))
         if ids:
             self._tx(lambda db: db.execute(
-                f"UPDATE jobs SET owner = NULL, lease_expiry = NULL WHERE owner = ? AND id IN ({_marks(ids)})",
+                f"UPDATE jobs SET owner = NULL, lease_expiry = NULL WHERE owner = ? AND id IN ({marks(ids)})",
                 (self.owner, *ids)))
 
     def claim_orphans(self, limit: int) -> list[Job]:
@@ -737,6 +525,11 @@ class JobStore:
         if jobs:
             logger.info("adopted %d jobs no live replica held", len(jobs), extra={"owner": self.owner})
         return jobs
+
+
+
+def _to_datetime(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
 
 
 def _version_from_row(row: Any) -> Version:

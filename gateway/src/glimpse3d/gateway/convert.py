@@ -1,9 +1,13 @@
-"""Conversions between the gateway's domain records and glimpse3d.v1 messages."""
+"""Conversions between the gateway's records (:mod:`glimpse3d.gateway.jobs`) and glimpse3d.v1 messages.
+
+Artifacts and cameras convert with the shared :mod:`glimpse3d.core.convert`."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
 from google.protobuf import any_pb2, timestamp_pb2
 from google.rpc import error_details_pb2, status_pb2
@@ -13,7 +17,7 @@ from glimpse3d.core.formats import format_for_proto
 from glimpse3d.core.rpc.errors import DOMAIN
 from glimpse3d.gateway.app import ExportResult
 from glimpse3d.gateway.events import JobEvent
-from glimpse3d.gateway.models import Job, JobError, JobOptions, MattePoint, RoundReport, Version
+from glimpse3d.gateway.jobs import Job, JobError, JobOptions, MattePoint, RoundReport, Version
 from glimpse3d.v1 import backprojection_pb2, common_pb2, glimpse3d_pb2
 
 
@@ -64,23 +68,25 @@ def error_to_status(error: JobError) -> status_pb2.Status:
     return status_pb2.Status(code=error.code, message=error.message, details=details)
 
 
+REPORT_FIELDS = tuple(f.name for f in dataclasses.fields(RoundReport))
+"""The fields of :class:`RoundReport`, named as in ``RefineReport`` (tests/test_protos.py checks)."""
+
+
 def report_to_proto(report: RoundReport) -> backprojection_pb2.RefineReport:
-    msg = backprojection_pb2.RefineReport(
-        accepted_fraction=report.accepted_fraction, photometric_error_before=report.photometric_error_before,
-        photometric_error_after=report.photometric_error_after, clip_note=report.clip_note,
-        rejected=report.rejected, steps=report.steps, mean_confidence=report.mean_confidence)
-    if report.clip_score is not None:
-        msg.clip_score = report.clip_score
+    msg = backprojection_pb2.RefineReport()
+    for name in REPORT_FIELDS:
+        value = getattr(report, name)
+        if value is not None:  # None: an optional field left absent
+            setattr(msg, name, value)
     return msg
 
 
 def report_from_proto(msg: backprojection_pb2.RefineReport) -> RoundReport:
     """For pipelines: the backprojection service's report as the gateway stores it."""
-    return RoundReport(
-        accepted_fraction=msg.accepted_fraction, photometric_error_before=msg.photometric_error_before,
-        photometric_error_after=msg.photometric_error_after,
-        clip_score=msg.clip_score if msg.HasField("clip_score") else None, clip_note=msg.clip_note,
-        rejected=msg.rejected, steps=msg.steps, mean_confidence=msg.mean_confidence)
+    fields = msg.DESCRIPTOR.fields_by_name
+    values: dict[str, Any] = {name: getattr(msg, name) if not fields[name].has_presence or msg.HasField(name)
+                              else None for name in REPORT_FIELDS}
+    return RoundReport(**values)
 
 
 def version_to_proto(version: Version) -> glimpse3d_pb2.Version:

@@ -1,26 +1,10 @@
-"""PostgreSQL backend of the job store: :class:`PostgresDatabase`, the :class:`~glimpse3d.gateway.store.Database`
-that :class:`~glimpse3d.gateway.store.JobStore` runs on when ``GLIMPSE3D_DB_URL`` is set.
+"""PostgreSQL backend of the job store (``GLIMPSE3D_DB_URL``), for several gateway replicas.
 
-psycopg 3 with psycopg_pool (the driver's own pool, kept by the same maintainers): a pool of
-``pool_size`` autocommit connections, each checked on checkout (a server restart or a dropped idle
-connection costs a reconnect, not an error), one explicit transaction per store method at READ
-COMMITTED. What differs from SQLite is only what the databases do differently:
-
-- placeholders: the store writes ``?``, psycopg takes ``%s`` (the store's SQL has no literal ``%``);
-- row locks: ``SELECT ... FOR UPDATE`` before a read-modify-write of a job, ``FOR UPDATE SKIP LOCKED``
-  when adopting orphaned jobs, so concurrent replicas queue on one job's row instead of
-  overwriting each other, and never adopt the same job twice;
-- migrations: several replicas may start at once; each migrates inside a transaction holding a
-  transaction-level advisory lock, so exactly one applies a version and the others then see it;
-- errors: a server that cannot be reached (refused, timed out, authentication failed, no pool
-  connection within ``timeout_s``) is :class:`~glimpse3d.gateway.store.DatabaseUnavailable`
-  (gRPC UNAVAILABLE) naming ``postgresql://user@host:port/dbname``; serialization failures and
-  deadlocks roll the transaction back, and it is run again, up to ``retries`` times in all.
-
-Connection settings are libpq's: ``postgresql://user@host:port/dbname?sslmode=verify-full&...``;
-the password comes from ``PGPASSWORD`` or a passfile (``PGPASSFILE``, ``?passfile=``, or
-``~/.pgpass``), so it need not appear in the URL. A password in the URL works too, but is never
-logged or put in an error message: only :attr:`PostgresDatabase.name` is, which has none.
+psycopg 3 with its pool; one transaction per store method at READ COMMITTED. What differs from
+SQLite: ``%s`` placeholders, ``FOR UPDATE [SKIP LOCKED]`` row locks, migrations under an advisory
+lock, serialization failures and deadlocks retried, an unreachable server reported as
+:class:`~.db.DatabaseUnavailable`. A password in the URL is never logged: only
+:attr:`PostgresDatabase.name` is, which has none (docs/deploy-state.md has the settings).
 """
 
 from __future__ import annotations
@@ -41,7 +25,7 @@ from psycopg_pool import ConnectionPool
 
 from glimpse3d.core.config import ConfigError
 from glimpse3d.gateway.config import check_db_url
-from glimpse3d.gateway.store import Connection, Cursor, DatabaseUnavailable
+from glimpse3d.gateway.store.db import Connection, Cursor, DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +59,7 @@ def _pg_sql(sql: str) -> str:
 
 
 class _PgConnection:
-    """The store's :class:`~glimpse3d.gateway.store.Connection` over a psycopg connection."""
+    """The store's :class:`~.db.Connection` over a psycopg connection."""
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self._conn = conn
