@@ -8,14 +8,10 @@ import numpy as np
 import pytest
 
 from glimpse3d.core.cameras import Camera, orbit_camera
-from glimpse3d.core.errors import InvalidInput, NotReady
-from glimpse3d.services.depth.backends import DepthBackend, DepthResult, make_backend
-from glimpse3d.services.depth.silhouette import (
-    DEFAULT_SHADING_WEIGHT,
-    estimate_depth,
-    estimate_mask,
-    object_distance,
-)
+from glimpse3d.core.errors import InvalidInput
+from glimpse3d.services.depth.api import DepthResult, make_backend
+from glimpse3d.services.depth.backends.silhouette.backend import DEFAULT_SHADING_WEIGHT, estimate_depth
+from glimpse3d.services.depth.common import estimate_mask, object_distance
 
 SIZE = 192
 
@@ -108,12 +104,14 @@ def test_degenerate_images_never_crash(image):
     assert np.isfinite(mask).all() and mask.min() >= 0.0 and mask.max() <= 1.0
 
 
-def test_mask_rejects_bad_images():
-    for bad in (np.zeros((8, 8, 2), np.uint8), np.zeros((0, 8, 3), np.uint8), np.zeros((8, 8, 3), np.int32),
-                np.full((8, 8, 3), np.nan, np.float32), [[1, 2, 3]]):
-        with pytest.raises(InvalidInput) as info:
-            estimate_mask(bad)  # type: ignore[arg-type]
-        assert info.value.field == "image"
+@pytest.mark.parametrize("bad", [
+    np.zeros((8, 8, 2), np.uint8), np.zeros((0, 8, 3), np.uint8), np.zeros((8, 8, 3), np.int32),
+    np.full((8, 8, 3), np.nan, np.float32), [[1, 2, 3]],
+])
+def test_mask_rejects_bad_images(bad):
+    with pytest.raises(InvalidInput) as info:
+        estimate_mask(bad)  # type: ignore[arg-type]
+    assert info.value.field == "image"
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -187,23 +185,23 @@ def test_shading_term_is_bounded_and_brighter_is_closer():
     assert diff[right].mean() < 0 < diff[left].mean()  # bright half closer, dark half further
 
 
-def test_depth_validates_its_inputs():
-    cam = _camera()
-    img = np.zeros((SIZE, SIZE, 3), np.uint8)
-    ok = np.ones((SIZE, SIZE), np.float32)
-    cases = [
-        ((img, np.ones((10, 10), np.float32), cam), {}, "mask"),
-        ((img, ok * 2.0, cam), {}, "mask"),
-        ((img, ok, _camera(size=64)), {}, "camera"),
-        ((img, ok, "camera"), {}, "camera"),
-        ((img[..., :2], ok, cam), {}, "image"),
-        ((img, ok, cam), {"shading_weight": 0.9}, "shading_weight"),
-        ((img, ok, cam), {"z0": -1.0}, "z0"),
-    ]
-    for args, kwargs, field in cases:
-        with pytest.raises(InvalidInput) as info:
-            estimate_depth(*args, **kwargs)
-        assert info.value.field == field, (field, info.value.message)
+_IMG = np.zeros((SIZE, SIZE, 3), np.uint8)
+_OK = np.ones((SIZE, SIZE), np.float32)
+
+
+@pytest.mark.parametrize(("args", "kwargs", "field"), [
+    ((_IMG, np.ones((10, 10), np.float32), _camera()), {}, "mask"),
+    ((_IMG, _OK * 2.0, _camera()), {}, "mask"),
+    ((_IMG, _OK, _camera(size=64)), {}, "camera"),
+    ((_IMG, _OK, "camera"), {}, "camera"),
+    ((_IMG[..., :2], _OK, _camera()), {}, "image"),
+    ((_IMG, _OK, _camera()), {"shading_weight": 0.9}, "shading_weight"),
+    ((_IMG, _OK, _camera()), {"z0": -1.0}, "z0"),
+])
+def test_depth_validates_its_inputs(args, kwargs, field):
+    with pytest.raises(InvalidInput) as info:
+        estimate_depth(*args, **kwargs)
+    assert info.value.field == field, (field, info.value.message)
 
 
 def test_empty_mask_gives_zero_depth():
@@ -216,31 +214,27 @@ def test_empty_mask_gives_zero_depth():
 # --------------------------------------------------------------------------------------------- #
 
 
-def test_silhouette_backend_lifecycle_and_result():
+def test_silhouette_backend_mattes_the_disk_and_inflates_it():
     backend = make_backend("silhouette")
-    assert isinstance(backend, DepthBackend)
-    assert backend.name == "silhouette" and not backend.ready
-    img, truth = _disk_scene("plain")
-    with pytest.raises(NotReady):
-        backend.estimate(img, _camera())
     backend.load()
-    backend.load()  # idempotent
-    assert backend.ready
+    img, truth = _disk_scene("plain")
     result = backend.estimate(img, _camera())
     assert isinstance(result, DepthResult)
-    assert result.depth.dtype == np.float32 and result.mask.dtype == np.float32
-    assert result.depth.shape == result.mask.shape == (SIZE, SIZE)
     assert _iou(result.mask >= 0.5, truth) > 0.9
     assert (result.depth[result.mask < 0.5] == 0).all()
 
 
-def test_make_backend_rejects_unknown_names_and_options():
+def test_make_backend_rejects_unknown_names():
     with pytest.raises(InvalidInput) as info:
         make_backend("midas")
     assert info.value.field == "backend" and "silhouette" in info.value.message
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("shading_weight", math.inf), ("shading_weight", 0.9), ("grabcut_iterations", 0), ("work_side", 8.5),
+    ("object_distance", -1.0), ("object_distance", math.nan), ("matting", "u2net"), ("device", "tpu"),
+])
+def test_silhouette_options_are_checked(option, value):
     with pytest.raises(InvalidInput) as info:
-        make_backend("silhouette", colour="red")
-    assert info.value.field == "backend_options"
-    with pytest.raises(InvalidInput) as info:
-        make_backend("silhouette", shading_weight=math.inf)
-    assert info.value.field == "shading_weight"
+        make_backend("silhouette", **{option: value})
+    assert info.value.field == option, info.value.message

@@ -25,22 +25,24 @@ from service_harness import run_service
 
 from glimpse3d.core import convert
 from glimpse3d.core.artifacts import FileArtifactStore
+from glimpse3d.core.backend import parse_options
 from glimpse3d.core.cameras import Camera, orbit_camera
-from glimpse3d.core.errors import FailedPrecondition, InvalidInput, NotReady
+from glimpse3d.core.errors import FailedPrecondition, InvalidInput
 from glimpse3d.core.images import decode_npy, encode_png
 from glimpse3d.core.models import ModelMissing
 from glimpse3d.core.rpc.errors import error_from_rpc, status_code_for
 from glimpse3d.core.service import ServiceSettings
 from glimpse3d.core.synthetic import render_image, textured_object
-from glimpse3d.services.depth.backends import REGISTRY, DepthBackend, make_backend
-from glimpse3d.services.depth.dpt import DptDepthBackend, model_input, pad_to_aspect
-from glimpse3d.services.depth.metric import (
+from glimpse3d.services.depth.api import REGISTRY, DepthBackend, make_backend
+from glimpse3d.services.depth.backends.dpt.backend import DptDepthBackend, model_input, pad_to_aspect
+from glimpse3d.services.depth.backends.dpt.metric import (
     DepthScale,
     depth_range,
     disparity_to_depth,
     silhouette_radius,
 )
-from glimpse3d.services.depth.models import (
+from glimpse3d.services.depth.tiny import write_tiny_models
+from glimpse3d.services.depth.weights import (
     DA_V2_BASE,
     DA_V2_LARGE,
     DA_V2_SMALL,
@@ -52,7 +54,6 @@ from glimpse3d.services.depth.models import (
     MODELS,
     SAM2_TINY,
 )
-from glimpse3d.services.depth.tiny import write_tiny_models
 from glimpse3d.v1 import depth_pb2
 
 WIDTH, HEIGHT = 48, 40  # not square, and not the processors' sizes
@@ -207,23 +208,30 @@ def test_conversion_options_and_degenerate_input() -> None:
     assert not disparity_to_depth(disparity, np.zeros_like(mask), cam).any()
 
 
-def test_conversion_rejects_bad_input() -> None:
-    cam = orbit_camera(0.0, 0.0, 2.7, width=32, height=32)
-    mask = np.ones((32, 32), np.float32)
-    for kwargs, field in [({"depth_extent": 0.0}, "depth_extent"), ({"depth_extent": float("nan")}, "depth_extent"),
-                          ({"percentile": 50.0}, "percentile"), ({"percentile": -1.0}, "percentile"),
-                          ({"object_distance": 0.0}, "object_distance"), ({"depth_extent": "deep"}, "depth_extent")]:
-        with pytest.raises(InvalidInput) as info:
-            DepthScale(**kwargs)
-        assert info.value.field == field
-    bad = np.ones((32, 32), np.float32)
-    bad[3, 3] = np.nan
-    for args, field in [((bad, mask, cam), "disparity"), ((np.ones((32, 32)), np.ones((8, 8)), cam), "mask"),
-                        ((np.ones(32), mask, cam), "disparity"),
-                        ((np.ones((32, 32)), mask, orbit_camera(0, 0, 2.7, width=16, height=16)), "camera")]:
-        with pytest.raises(InvalidInput) as info:
-            disparity_to_depth(*args)
-        assert info.value.field == field
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"depth_extent": 0.0}, "depth_extent"), ({"depth_extent": float("nan")}, "depth_extent"),
+    ({"percentile": 50.0}, "percentile"), ({"percentile": -1.0}, "percentile"),
+    ({"object_distance": 0.0}, "object_distance"), ({"depth_extent": "deep"}, "depth_extent"),
+])
+def test_depth_scale_rejects_bad_values(kwargs, field) -> None:
+    with pytest.raises(InvalidInput) as info:
+        parse_options(DepthScale, kwargs, "depth scale")
+    assert info.value.field == field
+
+
+_NAN_DISPARITY = np.ones((32, 32), np.float32)
+_NAN_DISPARITY[3, 3] = np.nan
+
+
+@pytest.mark.parametrize(("disparity", "mask", "size", "field"), [
+    (_NAN_DISPARITY, np.ones((32, 32)), 32, "disparity"), (np.ones((32, 32)), np.ones((8, 8)), 32, "mask"),
+    (np.ones(32), np.ones((32, 32)), 32, "disparity"), (np.ones((32, 32)), np.ones((32, 32)), 16, "camera"),
+])
+def test_conversion_rejects_bad_input(disparity, mask, size, field) -> None:
+    cam = orbit_camera(0.0, 0.0, 2.7, width=size, height=size)
+    with pytest.raises(InvalidInput) as info:
+        disparity_to_depth(disparity, mask, cam)
+    assert info.value.field == field
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -239,7 +247,7 @@ def test_sources_list_every_model_and_need_no_torch() -> None:
     assert all("CC-BY-NC" in by_name[n].licence for n in (DA_V2_BASE, DA_V2_LARGE))
     assert all(m.used_by == ("depth/dpt",) and m.gpu_memory for m in DEPTH_MODELS)
     assert MODELS == (*DEPTH_MODELS, *MATTING_MODELS)  # make models fetches both
-    code = "import sys, glimpse3d.services.depth.models; assert 'torch' not in sys.modules"
+    code = "import sys, glimpse3d.services.depth.weights; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -325,7 +333,7 @@ def test_prediction_is_resized_back_for_any_size(backends) -> None:
                                       backends[name].predict_disparity(canvas)[17:27])
     assert pad_to_aspect(strip.transpose(1, 0, 2), 2.0, 0.5)[0].shape == (90, 45, 3)
     assert pad_to_aspect(image, 2.0, 0.5)[0] is image
-    odd = make_backend("dpt", model_dir=backend._model_dir, device="cpu", interpolation="bilinear")
+    odd = make_backend("dpt", model_dir=backend.model_dir, device="cpu", interpolation="bilinear")
     odd.load()
     small = rng.integers(0, 256, (30, 70, 3), dtype=np.uint8)
     assert not np.array_equal(odd.predict_disparity(small), backend.predict_disparity(small))
@@ -395,34 +403,36 @@ def test_corrupt_weights_are_a_failed_precondition(tmp_path, model_dir) -> None:
     assert "make models" in info.value.message and DPT_LARGE in info.value.message
 
 
-def test_bad_options_and_unloaded_use(model_dir, photo) -> None:
-    for options, field in [({"model": "depth/midas-v9"}, "model"), ({"model": 3}, "model"),
-                           ({"depth_extent": -1.0}, "depth_extent"), ({"percentile": 60}, "percentile"),
-                           ({"dtype": "int8"}, "dtype"), ({"device": "tpu"}, "device"),
-                           ({"interpolation": "nearest"}, "interpolation"), ({"background": 2.0}, "background"),
-                           ({"grabcut_iterations": 0}, "grabcut_iterations"), ({"work_side": 8.5}, "work_side"),
-                           ({"object_distance": -2.0}, "object_distance"), ({"steps": 4}, "backend_options")]:
-        with pytest.raises(InvalidInput) as info:
-            REGISTRY.create("dpt", context={"model_dir": model_dir, "device": "cpu"}, **options)
-        assert info.value.field == field, options
+@pytest.mark.parametrize(("options", "field"), [
+    ({"model": "depth/midas-v9"}, "model"), ({"model": 3}, "model"), ({"depth_extent": -1.0}, "depth_extent"),
+    ({"percentile": 60}, "percentile"), ({"dtype": "int8"}, "dtype"), ({"device": "tpu"}, "device"),
+    ({"interpolation": "nearest"}, "interpolation"), ({"background": 2.0}, "background"),
+    ({"grabcut_iterations": 0}, "grabcut_iterations"), ({"work_side": 8.5}, "work_side"),
+    ({"object_distance": -2.0}, "object_distance"), ({"matting": "u2net"}, "matting"),
+])
+def test_bad_options_are_named(model_dir, options, field) -> None:
+    with pytest.raises(InvalidInput) as info:
+        REGISTRY.create("dpt", context={"model_dir": model_dir, "device": "cpu"}, **options)
+    assert info.value.field == field, options
+
+
+def test_short_model_names_and_an_absent_device(model_dir) -> None:
     backend = make_backend("dpt", model_dir=model_dir, device="cpu", model="depth-anything-v2-small")
     assert backend.model == DA_V2_SMALL and not backend.ready
-    with pytest.raises(NotReady):
-        backend.estimate(*photo)
     if not torch.cuda.is_available():
         with pytest.raises(FailedPrecondition) as info:
             make_backend("dpt", model_dir=model_dir, device="cuda").load()
         assert info.value.field == "device"
 
 
-def test_estimate_rejects_bad_images(backends, photo) -> None:
-    _, camera = photo
-    backend = backends[DPT_HYBRID]
-    for image, field in [(np.zeros((HEIGHT, WIDTH, 2), np.uint8), "image"), ([[1, 2]], "image"),
-                         (np.zeros((HEIGHT + 1, WIDTH, 3), np.uint8), "camera")]:
-        with pytest.raises(InvalidInput) as info:
-            backend.estimate(image, camera)
-        assert info.value.field == field
+@pytest.mark.parametrize(("image", "field"), [
+    (np.zeros((HEIGHT, WIDTH, 2), np.uint8), "image"), ([[1, 2]], "image"),
+    (np.zeros((HEIGHT + 1, WIDTH, 3), np.uint8), "camera"),
+])
+def test_estimate_rejects_bad_images(backends, photo, image, field) -> None:
+    with pytest.raises(InvalidInput) as info:
+        backends[DPT_HYBRID].estimate(image, photo[1])
+    assert info.value.field == field
 
 
 # --------------------------------------------------------------------------------------------- #

@@ -8,7 +8,7 @@ import pytest
 from glimpse3d.core.errors import InvalidInput
 from glimpse3d.core.images import resize_longest
 from glimpse3d.core.matte import MatteCheck, check_matte, component_sizes
-from glimpse3d.services.depth.silhouette import estimate_mask
+from glimpse3d.services.depth.common import estimate_mask
 
 skimage_data = pytest.importorskip("skimage.data")  # the photos; scikit-image is a research-only dependency
 

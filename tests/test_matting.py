@@ -28,7 +28,8 @@ from glimpse3d.core.images import decode_npy, encode_png
 from glimpse3d.core.modelfetch import collect_models
 from glimpse3d.core.models import ModelMissing
 from glimpse3d.core.service import ServiceSettings
-from glimpse3d.services.depth.backends import REGISTRY
+from glimpse3d.services.depth.api import REGISTRY
+from glimpse3d.services.depth.common import estimate_mask
 from glimpse3d.services.depth.matting import (
     BOX_MARGIN,
     KEEP,
@@ -38,8 +39,7 @@ from glimpse3d.services.depth.matting import (
     build_prompts,
     select_mask,
 )
-from glimpse3d.services.depth.models import DA_V2_SMALL, MATTING_FILES, MATTING_MODELS, SAM2_TINY
-from glimpse3d.services.depth.silhouette import estimate_mask
+from glimpse3d.services.depth.weights import DA_V2_SMALL, MATTING_FILES, MATTING_MODELS, SAM2_TINY
 from glimpse3d.v1 import common_pb2, depth_pb2
 
 W, H = 120, 96  # not square, and not the tiny processor's 128 x 128
@@ -129,7 +129,7 @@ def test_tiny_model_loads_from_the_published_layout_and_mattes(tmp_path, tiny_mo
     saved, again = load_file(root / "model.safetensors"), load_file(tmp_path / "model.safetensors")
     assert set(saved) == set(again) and all(torch.equal(saved[k], again[k]) for k in saved)
     assert type(matting._network).__name__ == "Sam2Model"
-    fresh = Sam2Matting(tiny_model_dir, "sam2.1-hiera-tiny", device="cpu")
+    fresh = Sam2Matting(tiny_model_dir, "cpu", model="sam2.1-hiera-tiny")
     img, _ = disc_photo()
     with pytest.raises(NotReady):
         fresh.matte(img)
@@ -163,19 +163,24 @@ def test_alpha_channel_is_returned_as_the_matte(matting) -> None:
     np.testing.assert_array_equal(out, alpha.astype(np.float32) / np.float32(255.0))
 
 
-def test_inputs_are_validated(matting, tiny_model_dir) -> None:
-    img, _ = disc_photo()
-    for args, field in [((np.zeros((H, W, 2), np.uint8),), "image"), (([[1, 2]],), "image"),
-                        ((np.zeros((H, W, 3), np.int32),), "image"), ((img, [(0.5, 1.5, True)]), "matte_points"),
-                        ((img, [(0.5, 0.5)]), "matte_points")]:
-        with pytest.raises(InvalidInput) as info:
-            matting.matte(*args)
-        assert info.value.field == field
-    for kwargs, field in [({"model": "matting/sam-vit-huge"}, "matting"), ({"model": DA_V2_SMALL}, "matting"),
-                          ({"device": "tpu"}, "device"), ({"work_side": 8}, "work_side")]:
-        with pytest.raises(InvalidInput) as info:
-            Sam2Matting(tiny_model_dir, **kwargs)
-        assert info.value.field == field
+@pytest.mark.parametrize(("args", "field"), [
+    ((np.zeros((H, W, 2), np.uint8),), "image"), (([[1, 2]],), "image"), ((np.zeros((H, W, 3), np.int32),), "image"),
+    ((disc_photo()[0], [(0.5, 1.5, True)]), "matte_points"), ((disc_photo()[0], [(0.5, 0.5)]), "matte_points"),
+])
+def test_inputs_are_validated(matting, args, field) -> None:
+    with pytest.raises(InvalidInput) as info:
+        matting.matte(*args)
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"model": "matting/sam-vit-huge"}, "model"), ({"model": DA_V2_SMALL}, "model"), ({"device": "tpu"}, "device"),
+    ({"work_side": 8}, "work_side"),
+])
+def test_options_are_validated(tiny_model_dir, kwargs, field) -> None:
+    with pytest.raises(InvalidInput) as info:
+        Sam2Matting(tiny_model_dir, **kwargs)
+    assert info.value.field == field
 
 
 def test_a_missing_model_names_the_files(tmp_path, tiny_model_dir) -> None:
@@ -207,35 +212,35 @@ def test_the_model_source_is_collected_by_make_models() -> None:
 # --------------------------------------------------------------------------------------------- #
 
 
-def test_backends_with_matting_use_it(tiny_model_dir, matting) -> None:
+CONTEXT_POINTS = [(0.5, 0.5, True)]
+
+
+@pytest.mark.parametrize(("name", "options"), [("silhouette", {}), ("dpt", {"model": DA_V2_SMALL})])
+def test_backends_with_matting_use_it(tiny_model_dir, matting, name, options) -> None:
     img, _ = disc_photo()
     camera = orbit_camera(0.0, 0.0, 2.7, width=W, height=H)
     context = {"model_dir": tiny_model_dir, "device": "cpu"}  # as the service passes them
-    points = [(0.5, 0.5, True)]
-    for name, options in (("silhouette", {}), ("dpt", {"model": DA_V2_SMALL})):
-        backend = REGISTRY.create(name, context=context, matting=SAM2_TINY, **options)
-        assert not backend.ready
-        with pytest.raises(NotReady):
-            backend.estimate(img, camera)
-        backend.load()
-        assert backend.ready
-        np.testing.assert_array_equal(backend.matte(img), matting.matte(img))
-        np.testing.assert_array_equal(backend.matte(img, points=points), matting.matte(img, points))
-        result = backend.estimate(img, camera)
-        np.testing.assert_array_equal(result.mask, matting.matte(img))
-        inside = result.mask >= 0.5
-        assert (result.depth[~inside] == 0).all() and (result.depth[inside] > 0).all()
-    plain = REGISTRY.create("silhouette", context=context)  # no matting: the weight-free matte, no model needed
+    backend = REGISTRY.create(name, context=context, matting=SAM2_TINY, **options)
+    backend.load()
+    np.testing.assert_array_equal(backend.matte(img), matting.matte(img))
+    np.testing.assert_array_equal(backend.matte(img, points=CONTEXT_POINTS), matting.matte(img, CONTEXT_POINTS))
+    result = backend.estimate(img, camera)
+    np.testing.assert_array_equal(result.mask, matting.matte(img))
+    inside = result.mask >= 0.5
+    assert (result.depth[~inside] == 0).all() and (result.depth[inside] > 0).all()
+
+
+def test_silhouette_without_matting_uses_the_weight_free_matte(tiny_model_dir) -> None:
+    img, _ = disc_photo()
+    camera = orbit_camera(0.0, 0.0, 2.7, width=W, height=H)
+    plain = REGISTRY.create("silhouette", context={"model_dir": tiny_model_dir, "device": "cpu"})
     plain.load()
-    np.testing.assert_array_equal(plain.matte(img, points=points), estimate_mask(img, points=points))
+    np.testing.assert_array_equal(plain.matte(img, points=CONTEXT_POINTS), estimate_mask(img, points=CONTEXT_POINTS))
     np.testing.assert_array_equal(plain.estimate(img, camera).mask, estimate_mask(img))
-    with pytest.raises(InvalidInput) as info:
-        REGISTRY.create("silhouette", context=context, matting="u2net")
-    assert info.value.field == "matting"
 
 
 def test_silhouette_backend_without_matting_imports_no_torch() -> None:
-    code = ("import sys; from glimpse3d.services.depth.backends import make_backend; "
+    code = ("import sys; from glimpse3d.services.depth.api import make_backend; "
             "b = make_backend('silhouette', matting=''); b.load(); assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 

@@ -10,13 +10,13 @@ from glimpse3d.core import synthetic
 from glimpse3d.core.cameras import Camera, orbit_camera
 from glimpse3d.core.convert import DEFAULT_ORBIT_RADIUS
 from glimpse3d.core.images import resize_longest
+from glimpse3d.services.reconstruction.backends.lift import LiftBackend
 from glimpse3d.services.reconstruction.checks import (
     View,
     mirror_similarity,
     mirrored_back_score,
     streak_index,
 )
-from glimpse3d.services.reconstruction.lift import LiftBackend
 
 SIZE = 112
 OLD = {"back_blur": 0.0}  # the back layer copying the front's colours sample by sample
@@ -66,7 +66,7 @@ def synthetic_scene() -> dict:
 
 def _photo_scene(name: str) -> dict:
     data = pytest.importorskip("skimage.data")
-    from glimpse3d.services.depth.backends import make_backend
+    from glimpse3d.services.depth.api import make_backend
 
     image = resize_longest(getattr(data, name)(), 256)
     # The camera the depth service assumes for a photo without one: orbit azimuth 0 at the default radius.

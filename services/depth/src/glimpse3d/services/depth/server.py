@@ -1,18 +1,16 @@
-"""Depth gRPC servicer: a thin adapter over a :class:`DepthBackend`.
+"""Depth gRPC servicer: a thin adapter over a :class:`~glimpse3d.services.depth.api.DepthBackend`.
 
 The user's matte corrections (``matte_points``) are applied here, the same way for every backend:
-the backend's matte is recomputed with them and handed to the backend as the photo's alpha channel,
-which every backend takes as the matte. The backend's matte is its ``matte(image, points=...)`` method
-where it has one (``silhouette`` and ``dpt``: the learned matting model when their ``matting`` option
-names one, else the weight-free matte), otherwise (``triton``) the weight-free matte
-(:func:`~glimpse3d.services.depth.silhouette.estimate_mask`). The ``Matte`` RPC returns that same
-matte. A photo that already has a (not all opaque) alpha channel keeps it: the user drew that matte.
-Every response carries the matte's plausibility check (:func:`glimpse3d.core.matte.check_matte`).
+the backend's :meth:`~glimpse3d.services.depth.api.DepthBackend.matte` is recomputed with them and
+handed to the backend as the photo's alpha channel, which every backend takes as the matte. The
+``Matte`` RPC returns that same matte. A photo that already has a (not all opaque) alpha channel
+keeps it: the user drew that matte. Every response carries the matte's plausibility check
+(:func:`glimpse3d.core.matte.check_matte`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import grpc
 import numpy as np
@@ -23,8 +21,7 @@ from glimpse3d.core.errors import InvalidInput
 from glimpse3d.core.matte import MatteCheck, check_matte
 from glimpse3d.core.rpc import Registration
 from glimpse3d.core.service import ServiceRuntime, backend_from_settings
-from glimpse3d.services.depth.backends import REGISTRY, DepthBackend
-from glimpse3d.services.depth.silhouette import estimate_mask
+from glimpse3d.services.depth.api import REGISTRY, DepthBackend
 from glimpse3d.v1 import depth_pb2, depth_pb2_grpc
 
 SERVICE_NAME = depth_pb2.DESCRIPTOR.services_by_name["Depth"].full_name
@@ -44,13 +41,6 @@ class DepthServicer(depth_pb2_grpc.DepthServicer):
         self.backend = backend
         self.rt = runtime
 
-    def matte(self, image: np.ndarray, points: Sequence[tuple[float, float, bool]] = ()) -> np.ndarray:
-        """The backend's matte of ``image`` with the user's ``points`` (module docstring)."""
-        backend_matte = getattr(self.backend, "matte", None)
-        if callable(backend_matte):
-            return backend_matte(image, points=points)
-        return estimate_mask(image, points=points)
-
     async def Estimate(  # noqa: N802 - gRPC method name
         self, request: depth_pb2.EstimateDepthRequest, context: grpc.aio.ServicerContext
     ) -> depth_pb2.EstimateDepthResponse:
@@ -64,7 +54,7 @@ class DepthServicer(depth_pb2_grpc.DepthServicer):
             camera = default_camera(w, h)
         points = _points(request.matte_points)
         if points and not _has_matte(image):
-            matte = await self.rt.limiter.run(self.matte, image, points=points)
+            matte = await self.rt.limiter.run(self.backend.matte, image, points=points)
             alpha = np.round(np.clip(matte, 0.0, 1.0) * 255.0).astype(np.uint8)
             if int(alpha.max()) < 128:
                 raise InvalidInput("the matte corrections leave no object: every pixel is background; "
@@ -86,7 +76,7 @@ class DepthServicer(depth_pb2_grpc.DepthServicer):
         self, request: depth_pb2.MatteRequest, context: grpc.aio.ServicerContext
     ) -> depth_pb2.MatteResponse:
         image = await self.rt.io.image(request.image, "image")
-        mask = await self.rt.limiter.run(self.matte, image, points=_points(request.matte_points))
+        mask = await self.rt.limiter.run(self.backend.matte, image, points=_points(request.matte_points))
         return depth_pb2.MatteResponse(mask=await self.rt.io.put_array(mask, temporary=True),
                                        check=_check_to_proto(check_matte(mask)))
 

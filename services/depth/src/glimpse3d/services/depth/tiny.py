@@ -1,5 +1,5 @@
 """Tiny random models for the depth service's learned backends, in the real on-disk layout (for tests
-and ``make bench``; production weights come from ``make models``, see :mod:`glimpse3d.services.depth.models`).
+and ``make bench``; production weights come from ``make models``, see :mod:`glimpse3d.services.depth.weights`).
 
 Each model name gets a transformers folder with ``config.json``, ``model.safetensors`` and
 ``preprocessor_config.json``, exactly as the published repositories have them, holding a seeded,
@@ -16,12 +16,10 @@ randomly initialised network of the same class as the production checkpoint:
   the preprocessor keeps the aspect ratio with sides a multiple of 14 around 56 px, like the
   published 518 px one.
 
-Hidden sizes are 8-64 and there are two to four transformer layers: every model writes in well
-under a second. Convolutions and linear layers get PyTorch's fan-in scaled initialisation instead
-of transformers' N(0, 0.02), and the last convolution of each depth head a bias of 1, so the random
-disparity is positive and varies by a few per cent over an image; with the small initialisation it
-would be constant to float32 precision or mostly clamped to 0 by the head's final ReLU, leaving the
-tests nothing to look at.
+Hidden sizes are 8-64 with two to four transformer layers. Convolutions and linear layers get
+PyTorch's fan-in scaled initialisation (not transformers' N(0, 0.02)) and the last convolution of
+each depth head a bias of 1, so the random disparity is positive and varies over an image instead
+of being constant or clamped to 0 by the head's final ReLU.
 
 - ``matting/sam2.1-hiera-tiny`` (:mod:`glimpse3d.services.depth.matting`): ``Sam2Model`` with a
   four-stage Hiera backbone of widths 8-64 on a 128 x 128 input (about 120k parameters), its
@@ -36,7 +34,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from glimpse3d.services.depth.models import DA_V2_BASE, DA_V2_LARGE, DA_V2_SMALL, DPT_HYBRID, DPT_LARGE, SAM2_TINY
+from glimpse3d.services.depth.weights import DA_V2_BASE, DA_V2_LARGE, DA_V2_SMALL, DPT_HYBRID, DPT_LARGE, SAM2_TINY
 
 DPT_SIZE = 64  # px: the tiny MiDaS models' fixed input side (the real ones: 384)
 DA_SIZE = 56  # px: the tiny Depth Anything target side (the real ones: 518), a multiple of 14

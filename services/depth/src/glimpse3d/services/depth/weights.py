@@ -1,41 +1,15 @@
-"""Production weights of the depth service's learned backends, as ``make models`` fetches them.
+"""Production weights of the depth service's learned models, as ``make models`` fetches them.
 
-Depth (``DEPTH_MODELS``, the ``dpt`` backend's ``model`` option)
+Depth (``DEPTH_MODELS``, the ``dpt`` backend's ``model`` option): transformers folders in their
+published layout (``config.json``, ``preprocessor_config.json``, ``model.safetensors``), loaded with
+``AutoModelForDepthEstimation``. ``depth/dpt-hybrid-midas`` is the default; the Depth Anything V2
+``-base`` / ``-large`` weights are CC-BY-NC-4.0 (non-commercial), so opt-in and never the default.
 
-Every model is a transformers folder in its published layout: ``config.json``,
-``preprocessor_config.json`` (a ``DPTImageProcessor``) and ``model.safetensors`` (float32). The
-backend loads it with ``AutoModelForDepthEstimation`` / ``AutoImageProcessor`` (local files only),
-which picks ``DPTForDepthEstimation`` or ``DepthAnythingForDepthEstimation`` from the config.
-
-- ``depth/dpt-hybrid-midas``: MiDaS v3.0 DPT-Hybrid (ViT-B/16 on a ResNet-50 BiT stem, 384 x 384);
-  the default: the best quality per second of the MiDaS v3.0 pair.
-- ``depth/dpt-large``: MiDaS v3.0 DPT-Large (ViT-L/16, 384 x 384).
-- ``depth/depth-anything-v2-small``: Depth Anything V2 Small (DINOv2 ViT-S/14, 518 px short side).
-- ``depth/depth-anything-v2-base`` / ``-large``: the bigger Depth Anything V2 models. Their weights
-  are published under CC-BY-NC-4.0: non-commercial use only, so they are never the default.
-
-GPU memory: none of the publishers states an inference-memory figure. The figures below are the
-float16 weights from the published parameter counts (MiDaS README table for v3.0, Depth Anything V2
-README for V2); activations for one 384 px / 518 px image add well under 1 GB.
-
-Matting (``MATTING_MODELS``, the ``matting`` option of the ``silhouette`` and ``dpt`` backends)
-
-``matting/sam2.1-hiera-tiny``: SAM 2.1 Hiera-Tiny (Meta; Apache-2.0; 38.9M parameters) in its
-transformers port (``Sam2Model``, ``Sam2ImageProcessor``), run by
-:mod:`glimpse3d.services.depth.matting`. Chosen over the alternatives because:
-
-- it is promptable: SAM 2 takes point and box prompts, so the user's keep / remove clicks
-  (``matte_points``) become its positive / negative point prompts, and the weight-free matte's box
-  and inner point steer it to the object. BiRefNet, U2-Net and IS-Net segment the salient object
-  from the image alone: a wrong matte cannot be corrected by clicking;
-- it loads like the depth models: a first-class transformers class, local files only. BiRefNet
-  (MIT) loads only with ``trust_remote_code``, that is by running Python code from its model
-  repository; U2-Net / IS-Net (Apache-2.0) come through rembg as ONNX files: another runtime, and
-  no prompts;
-- Apache-2.0 weights, and the smallest SAM 2.1 checkpoint (0.16 GB in float32).
-
-The repository's ``processor_config.json`` names a video processor; the matting code builds the
-image processor from ``preprocessor_config.json`` instead, so only the three files below are fetched.
+Matting (``MATTING_MODELS``, the ``matting`` option of ``silhouette`` and ``dpt``): SAM 2.1
+Hiera-Tiny (Apache-2.0) in its transformers port, run by :mod:`glimpse3d.services.depth.matting`.
+Chosen because it takes point and box prompts (the user's keep / remove clicks correct it) and
+loads like the depth models; only its three files below are fetched (the published
+``processor_config.json`` names a video processor and is not used).
 
 This module does not import torch or transformers.
 """

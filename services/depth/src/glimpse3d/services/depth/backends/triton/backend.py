@@ -1,6 +1,6 @@
-"""Depth on Triton: the ``triton`` backend (client) and the ``depth_dpt`` model's handler (server).
+"""Depth on Triton: the ``triton`` backend (client) and the handlers of its models (server).
 
-Model ``depth_dpt`` (``deploy/triton/depth_dpt``) runs :class:`~.dpt.DptDepthBackend` inside Triton:
+Model ``depth_dpt`` (``deploy/triton/depth_dpt``) runs the ``dpt`` backend inside Triton:
 
 =========  ======  ===============  ==========================================================
 tensor     type    shape            meaning
@@ -11,11 +11,8 @@ DEPTH      FP32    [H, W]           camera-space z in world units; 0 outside the
 MASK       FP32    [H, W]           foreground matte in [0, 1]
 =========  ======  ===============  ==========================================================
 
-No dynamic batching: photos come in different sizes and each carries its own matting and metric
-fit, so requests run one at a time per instance; scale with instances instead.
-
-Model ``depth_matting`` (``deploy/triton/depth_matting``) runs the learned matting
-(:class:`~.matting.Sam2Matting`, through the ``silhouette`` backend's ``matte``) inside Triton:
+Model ``depth_matting`` (``deploy/triton/depth_matting``) runs the learned matting (the ``silhouette``
+backend's ``matte`` with its ``matting`` option) inside Triton:
 
 =========  ======  ===============  ==========================================================
 tensor     type    shape            meaning
@@ -25,8 +22,9 @@ POINTS     FP32    [N, 3]           the user's corrections (x, y fractions, keep
 MASK       FP32    [H, W]           foreground matte in [0, 1]
 =========  ======  ===============  ==========================================================
 
-The ``triton`` backend uses it when its option ``matting_model`` names it: the matte comes from that
-model and goes to ``depth_dpt`` as the photo's alpha (so both models see one matte).
+With the option ``matting_model`` the backend takes the matte from that model and hands it to
+``depth_dpt`` as the photo's alpha (both models see one matte); without it the matte is the one
+``depth_dpt`` makes, and :meth:`~glimpse3d.services.depth.api.DepthBackend.matte` the weight-free one.
 """
 
 from __future__ import annotations
@@ -34,14 +32,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from pydantic import field_validator
 
 from glimpse3d.core.cameras import Camera
 from glimpse3d.core.errors import InvalidInput
-from glimpse3d.core.triton.client import DEFAULT_URL, TritonBacked, TritonModel, TritonOptions
+from glimpse3d.core.triton.client import TritonBackendOptions, TritonMixin
 from glimpse3d.core.triton.python_model import Handler, Tensors, require
 from glimpse3d.core.triton.tensors import array_to_camera, camera_to_array
-from glimpse3d.services.depth.backends import DepthResult
-from glimpse3d.services.depth.silhouette import estimate_mask
+from glimpse3d.services.depth.api import DepthBackend, DepthResult
 
 MODEL = "depth_dpt"
 MATTING_MODEL = "depth_matting"
@@ -59,38 +57,47 @@ def array_to_points(array: np.ndarray) -> list[tuple[float, float, bool]]:
     return [(float(x), float(y), bool(k > 0.5)) for x, y, k in a]
 
 
-class TritonDepthBackend(TritonBacked):
-    """Depth from the ``depth_dpt`` model in Triton (options: :class:`~glimpse3d.core.triton.client.TritonOptions`
-    fields, ``model``, and ``matting_model``: the Triton model of the learned matte, empty for the matte
-    ``depth_dpt`` makes itself)."""
+class TritonDepthOptions(TritonBackendOptions):
+    """``matting_model``: the Triton model of the learned matte; empty: the matte ``depth_dpt`` makes."""
+
+    matting_model: str = ""
+
+    @field_validator("matting_model")
+    @classmethod
+    def _matting_model(cls, value: str) -> str:
+        if value and not all(c.isalnum() or c in "_-." for c in value):
+            raise ValueError("must be a Triton model name")
+        return value
+
+
+class TritonDepthBackend(TritonMixin, DepthBackend):
+    """Depth from the ``depth_dpt`` model in Triton (module docstring)."""
 
     default_model = MODEL
+    Options = TritonDepthOptions
+    options: TritonDepthOptions
 
-    def __init__(self, model: str = "", url: str = DEFAULT_URL, timeout_s: float = 600.0, retry_s: float = 60.0,
-                 ready_timeout_s: float = 900.0, matting_model: str = "") -> None:
-        super().__init__(model, url, timeout_s, retry_s, ready_timeout_s)
-        self.matting = (TritonModel(matting_model, TritonOptions(url, timeout_s, retry_s, ready_timeout_s))
-                        if matting_model else None)
+    def _setup(self) -> None:
+        super()._setup()
+        self.matting = self.triton_model(self.options.matting_model) if self.options.matting_model else None
 
-    def load(self) -> None:
+    def _load(self) -> None:
         if self.matting is not None:
             self.matting.wait_ready()
-        super().load()
+        super()._load()
 
-    def matte(self, image: np.ndarray, points: Sequence[tuple[float, float, bool]] = ()) -> np.ndarray:
-        """The learned matte from ``matting_model``; without one, the weight-free matte (computed here)."""
+    def _matte(self, image: np.ndarray, points: list[tuple[float, float, bool]]) -> np.ndarray:
         if self.matting is None:
-            return estimate_mask(image, points=points)
-        inputs = {"IMAGE": np.ascontiguousarray(image, np.uint8)}
+            return super()._matte(image, points)
+        inputs = {"IMAGE": image}
         if points:
             inputs["POINTS"] = points_to_array(points)
-        out = self.matting.infer(inputs, ["MASK"])
-        return out["MASK"].astype(np.float32)
+        return self.matting.infer(inputs, ["MASK"])["MASK"].astype(np.float32)
 
-    def estimate(self, image: np.ndarray, camera: Camera) -> DepthResult:
-        img = np.ascontiguousarray(image, np.uint8)
-        if self.matting is not None and not (img.ndim == 3 and img.shape[2] == 4 and int(img[..., 3].min()) < 255):
-            alpha = np.round(np.clip(self.matte(img), 0.0, 1.0) * 255.0).astype(np.uint8)
+    def _estimate(self, image: np.ndarray, camera: Camera) -> DepthResult:
+        img = image
+        if self.matting is not None and not (img.shape[2] == 4 and int(img[..., 3].min()) < 255):
+            alpha = np.round(np.clip(self._matte(img, []), 0.0, 1.0) * 255.0).astype(np.uint8)
             img = np.ascontiguousarray(np.dstack([img[..., :3], alpha]))
         out = self.triton.infer({"IMAGE": img, "CAMERA": camera_to_array(camera)}, ["DEPTH", "MASK"])
         return DepthResult(depth=out["DEPTH"].astype(np.float32), mask=out["MASK"].astype(np.float32))
@@ -99,7 +106,7 @@ class TritonDepthBackend(TritonBacked):
 class DepthHandler(Handler):
     """Server side of ``depth_dpt``: the in-process ``dpt`` backend."""
 
-    registry = "glimpse3d.services.depth.backends:REGISTRY"
+    registry = "glimpse3d.services.depth.api:REGISTRY"
     backend_name = "dpt"
 
     def run(self, inputs: Tensors) -> Tensors:
@@ -111,7 +118,7 @@ class MattingHandler(Handler):
     """Server side of ``depth_matting``: the ``silhouette`` backend's ``matte`` with the learned matting its
     ``backend_options`` name (``{"matting": "matting/sam2.1-hiera-tiny"}``)."""
 
-    registry = "glimpse3d.services.depth.backends:REGISTRY"
+    registry = "glimpse3d.services.depth.api:REGISTRY"
     backend_name = "silhouette"
 
     def load(self) -> None:

@@ -1,93 +1,16 @@
-"""The weight-free ``silhouette`` depth backend: classical matting + shape-from-silhouette inflation.
+"""What the depth backends share: input checks, the weight-free matte and silhouette inflation.
 
-Matting (:func:`estimate_mask`)
-    An alpha channel that is not all opaque *is* the matte (``alpha / 255``). Otherwise the object
-    is segmented with GrabCut (Rother et al. 2004) on a downscaled copy. The image border is *not*
-    taken as certain background (objects photographed close up touch it); GrabCut is seeded instead
-    from two colour models and a centre prior:
+Matte (:func:`estimate_mask`): an alpha channel that is not all opaque is the matte. Otherwise GrabCut
+on a downscaled copy, seeded from Lab colour models of the centre and the border band plus a centred
+prior (border pieces whose colour is unlike the centre's are definite background); the result is
+cleaned (main components, holes filled, open/close), upsampled and feathered. Fallbacks: an Otsu
+threshold of the colour distance to the border, then a centred ellipse. Never raises for a valid
+image. The user's correction points (``(x, y, keep)``, fractions of the width and height) seed
+GrabCut again (:func:`_corrected`). Limits: the object is assumed roughly centred; thin parts of the
+background's colour are lost.
 
-    - Colours are binned in Lab (8 x 16 x 16 cells, histograms smoothed by one cell). The object
-      model is sampled from the central ellipse (semi-axes ``CENTRE_AXES`` = 0.3 of the sides), the
-      background model from a band of ``BORDER_FRACTION`` of the shorter side along the border.
-      Starting from ``P(object | colour) = 0.5`` everywhere, ``COLOUR_ROUNDS`` alternations weight
-      each model's samples by the current ``P`` (object) or ``1 - P`` (background), so a stretch of
-      border whose colour is the centre's (the cat's fur at the top of a close-up) stops counting as
-      background, and background that leaks into the ellipse stops counting as object.
-    - The border band is judged in ``BORDER_SEGMENTS`` pieces per side: a piece whose mean ``P`` is
-      below ``SURE_BACKGROUND_SCORE`` is definite background; the rest of the image starts as probable
-      object where ``logit P`` plus a centred Gaussian prior (+1 nat at the centre, -1 on the ellipse)
-      is positive, probable background elsewhere. GrabCut then refines every probable label.
-
-    The result is cleaned (the largest 8-connected component, plus any other with 20 % of its area
-    that reaches the central ellipse; holes that do not reach the frame filled; a light morphological
-    open/close), upsampled and feathered into a soft matte. When GrabCut finds nothing plausible (or
-    fails), the fallback thresholds (Otsu) the Lab colour distance from the border's median colour;
-    when that fails too (a uniform image) a centred ellipse covering 80 % of the frame is returned
-    with a warning. Never raises for a valid image. :func:`glimpse3d.core.matte.check_matte` says
-    when a matte looks implausible.
-
-    Measured on photos at the working resolution (longest side 256), as the share of hand-labelled
-    boxes that the matte covers (tests/test_matte_photos.py; object boxes should be near 1,
-    background boxes near 0), with the previous method (definite-background border band) first:
-
-    ========================================  ===========  ===========
-    photo / box                               before       after
-    ========================================  ===========  ===========
-    coffee: cup, saucer (3 boxes), spoon      1.00 each    1.00 each
-    coffee: 5 wood boxes                      0.00 each    0.00 each
-    chelsea: face                             0.99         1.00
-    chelsea: forehead at the top edge         0.00         1.00
-    chelsea: chin at the bottom edge          0.01         1.00
-    chelsea: left cheek                       0.67         1.00
-    chelsea: right ear tip                    0.00         0.22
-    chelsea: 2 background boxes               0.00 each    0.00 each
-    coffee cut through the cup: far rim       0.97         0.97
-    coffee cut: crema                         0.65         1.00
-    coffee cut: cup at the bottom edge        0.03         1.00
-    coffee cut: 2 wood boxes                  0.00 each    0.00 each
-    ========================================  ===========  ===========
-
-    Full-size photos give the same figures within 0.01. Time per 256 px photo on one core of a
-    shared machine (so only the ratios are meaningful): coffee 235 -> 281 ms, chelsea 953 -> 346 ms,
-    coffee cut 198 -> 116 ms; the seeding costs about 4 ms, GrabCut the rest.
-
-    Limits: the object is assumed to be roughly centred. With the cup left of centre and wood filling
-    the right half (coffee cropped to x 0.2-1.0, y 0-0.62) the wood is sampled as object colour and
-    kept (two wood boxes 0.00 -> 1.00); the saucer, which meets two edges there, is missed before and
-    after. Thin parts of the object's own background colour (the cat's pale ear tip against a pale
-    wall) are lost.
-
-Depth (:func:`estimate_depth`)
-    The silhouette is inflated so that a disk becomes a hemisphere. With ``D`` the Euclidean
-    distance of a pixel to the silhouette contour and ``R = max D`` the inscribed radius, the
-    height above the silhouette plane is ``h = sqrt(2 R D - D^2)`` pixels: for a disk
-    ``D = R - rho`` so ``h = sqrt(R^2 - rho^2)``, exactly a hemisphere; an elongated shape becomes
-    a half cylinder of its half-width. Pixels become world units at the object-centre depth
-    ``z0`` (weak perspective): one pixel spans about ``z0 / f`` with ``f = sqrt(fx * fy)``. ``z0`` is
-    the camera-space depth of the world origin (where objects are normalised to sit), or 2.7, the
-    default orbit radius, when the camera sits at the origin.
-
-    Perspective correction (exact for a sphere centred on the optical axis): a sphere of radius
-    ``r`` at distance ``z0`` is seen under the half-angle ``asin(r / z0)``, so its silhouette
-    radius ``R`` px gives ``r = z0 * R / sqrt(f^2 + R^2)``; the scale is therefore
-    ``z0 / sqrt(f^2 + R^2)`` rather than ``z0 / f``. And the silhouette rim is where the rays graze
-    the surface, ``r^2 / z0`` in front of the centre plane, not on it; the offset
-    ``(R_world^2 / z0) * (1 - h / R)`` moves the rim there and leaves the top (``h = R``) in
-    place. Against a ray-traced sphere (r = 0.6, z0 = 2.7) this cuts the depth error about four
-    times compared with the plain weak-perspective model (max relative depth error ~1.5 %).
-
-    A small shading term adds relief: smoothed luma inside the object, robustly normalised
-    to ``s`` in [-1, 1] (+1 = brighter than the object's median), moves the surface towards the
-    camera by ``shading_weight * s * (h / R) * R_world`` ("brighter = slightly closer"; the
-    ``h / R`` taper keeps the rim on the silhouette). Its magnitude is bounded by
-    ``shading_weight * R_world`` (default weight 0.05: at most 5 % of the inscribed radius).
-
-    ``depth = z0 - h_world - rim_offset - shading`` (camera-space z, clamped to at least
-    ``0.05 * z0``) inside the mask (``mask >= 0.5``), 0 outside.
-
-    Limits: one global ``R`` means thin parts attached to a big body are inflated as the rim of the
-    body, not as tubes of their own; an object far off the optical axis gets the on-axis
-    correction only; concavities seen face-on are not recovered (no silhouette evidence).
+Inflation (:func:`inflate`): height ``sqrt(2 R D - D^2)`` px from the distance ``D`` to the contour
+(``R = max D``), so a disk becomes a hemisphere.
 """
 
 from __future__ import annotations
@@ -95,22 +18,17 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from pathlib import Path
 
 import cv2
 import numpy as np
 
 from glimpse3d.core.cameras import MAX_IMAGE_SIDE, Camera
-from glimpse3d.core.errors import InvalidInput, NotReady
+from glimpse3d.core.errors import InvalidInput
 from glimpse3d.core.images import to_uint8
-from glimpse3d.core.models import DEFAULT_MODEL_DIR
-from glimpse3d.services.depth.backends import DepthResult
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OBJECT_DISTANCE = 2.7  # world units; the default orbit radius (core.convert)
-DEFAULT_SHADING_WEIGHT = 0.05  # fraction of the inscribed radius
-MAX_SHADING_WEIGHT = 0.5
 DEFAULT_WORK_SIDE = 384  # GrabCut runs at this longest side (it is O(pixels x iterations))
 DEFAULT_GRABCUT_ITERATIONS = 5
 BORDER_FRACTION = 0.04  # width of the border band, fraction of the shorter side
@@ -122,16 +40,13 @@ SURE_BACKGROUND_SCORE = 0.15  # a border piece whose mean P(object | colour) is 
 KEEP_COMPONENT_FRACTION = 0.2  # a further component is kept at this fraction of the largest's area, if central
 MIN_FOREGROUND_FRACTION = 0.002
 MAX_FOREGROUND_FRACTION = 0.95
-MIN_DEPTH_FRACTION = 0.05
-SHADING_SIDE = 512  # the shading term is smoothed on a grid of at most this many pixels a side
-
 
 # --------------------------------------------------------------------------------------------- #
 # Input validation
 # --------------------------------------------------------------------------------------------- #
 
 
-def _check_image(image: object, field: str = "image") -> np.ndarray:
+def check_image(image: object, field: str = "image") -> np.ndarray:
     """uint8 or float ([0, 1]) [H, W], [H, W, 3] or [H, W, 4] -> uint8 [H, W, 3|4]."""
     if not isinstance(image, np.ndarray):
         raise InvalidInput(f"{field} must be a numpy array, got {type(image).__name__}", field=field)
@@ -150,7 +65,7 @@ def _check_image(image: object, field: str = "image") -> np.ndarray:
     return np.ascontiguousarray(to_uint8(img))
 
 
-def _check_mask(mask: object, shape: tuple[int, int]) -> np.ndarray:
+def check_mask(mask: object, shape: tuple[int, int]) -> np.ndarray:
     if not isinstance(mask, np.ndarray) or mask.shape != shape:
         got = list(mask.shape) if isinstance(mask, np.ndarray) else type(mask).__name__
         raise InvalidInput(f"mask must have shape {list(shape)} (the image's), got {got}", field="mask")
@@ -160,7 +75,7 @@ def _check_mask(mask: object, shape: tuple[int, int]) -> np.ndarray:
     return np.clip(m, 0.0, 1.0)
 
 
-def _check_camera(camera: object, shape: tuple[int, int]) -> Camera:
+def check_camera(camera: object, shape: tuple[int, int]) -> Camera:
     if not isinstance(camera, Camera):
         raise InvalidInput(f"camera must be a Camera, got {type(camera).__name__}", field="camera")
     if (camera.height, camera.width) != shape:
@@ -168,13 +83,6 @@ def _check_camera(camera: object, shape: tuple[int, int]) -> Camera:
             f"camera is {camera.width}x{camera.height} but the image is {shape[1]}x{shape[0]}", field="camera"
         )
     return camera
-
-
-def _check_weight(value: float, field: str) -> float:
-    v = float(value)
-    if not math.isfinite(v) or not 0.0 <= v <= MAX_SHADING_WEIGHT:
-        raise InvalidInput(f"{field} must be in [0, {MAX_SHADING_WEIGHT}], got {value}", field=field)
-    return v
 
 
 def object_distance(camera: Camera) -> float:
@@ -358,7 +266,7 @@ POINT_REGION_TOLERANCE = 10.0  # Lab units: a point also claims the connected re
 MAX_POINTS = 64
 
 
-def _check_points(points: object) -> list[tuple[float, float, bool]]:
+def check_points(points: object) -> list[tuple[float, float, bool]]:
     """[(x, y, keep)] with x, y fractions of the width and height in [0, 1]."""
     try:
         out = [(float(x), float(y), bool(keep)) for x, y, keep in points]  # type: ignore[union-attr]
@@ -446,8 +354,8 @@ def estimate_mask(
     ``points``: the user's corrections, ``(x, y, keep)`` with x, y fractions of the width and height
     (see :func:`_corrected`). An alpha channel that is not all opaque is the matte as it is (the
     points are then ignored: the user drew the matte)."""
-    img = _check_image(image)
-    corrections = _check_points(points)
+    img = check_image(image)
+    corrections = check_points(points)
     h, w = img.shape[:2]
     if img.shape[2] == 4 and img[:, :, 3].min() < 255:
         return img[:, :, 3].astype(np.float32) / np.float32(255.0)
@@ -481,153 +389,3 @@ def inflate(inside: np.ndarray) -> np.ndarray:
     r = float(d.max())
     return np.sqrt(np.clip(2.0 * r * d - d * d, 0.0, None)).astype(np.float32)
 
-
-def shading_term(rgb: np.ndarray, inside: np.ndarray, radius_px: float) -> np.ndarray:
-    """[H, W] float32 in [-1, 1]: smoothed luma relative to the object's median, 0 outside.
-
-    The smoothing (a Gaussian of sigma 5 % of the inscribed radius, normalised by the blurred mask
-    so the background does not bleed in) is wide, so it runs on a grid of at most SHADING_SIDE px
-    a side and the result is upsampled.
-    """
-    h, w = inside.shape
-    if not inside.any():
-        return np.zeros((h, w), np.float32)
-    luma = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
-    weight = inside.astype(np.float32)
-    scale = min(1.0, SHADING_SIDE / max(h, w))
-    if scale < 1.0:
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        luma = cv2.resize(luma * weight, size, interpolation=cv2.INTER_AREA)
-        weight = cv2.resize(weight, size, interpolation=cv2.INTER_AREA)
-    else:
-        luma = luma * weight
-    sigma = max(0.5, max(1.0, 0.05 * radius_px) * scale)
-    num, den = cv2.GaussianBlur(luma, (0, 0), sigma), cv2.GaussianBlur(weight, (0, 0), sigma)
-    smooth = num / np.maximum(den, 1e-6)  # [h', w']
-    vals = smooth[weight >= 0.5] if (weight >= 0.5).any() else smooth[weight > 0]
-    med = float(np.median(vals))
-    spread = float(np.percentile(np.abs(vals - med), 90))
-    if spread < 1e-4:
-        return np.zeros((h, w), np.float32)
-    s = np.clip((smooth - med) / (2.0 * spread), -1.0, 1.0).astype(np.float32)
-    if scale < 1.0:
-        s = cv2.resize(s, (w, h), interpolation=cv2.INTER_LINEAR)
-    return np.where(inside, s, 0.0).astype(np.float32)
-
-
-def estimate_depth(
-    image: np.ndarray,
-    mask: np.ndarray,
-    camera: Camera,
-    *,
-    z0: float | None = None,
-    shading_weight: float = DEFAULT_SHADING_WEIGHT,
-) -> np.ndarray:
-    """Camera-space z-depth [H, W] float32 of the object in ``mask`` (model: module docstring)."""
-    img = _check_image(image)
-    shape = (img.shape[0], img.shape[1])
-    m = _check_mask(mask, shape)
-    cam = _check_camera(camera, shape)
-    weight = _check_weight(shading_weight, "shading_weight")
-    if z0 is None:
-        z0 = object_distance(cam)
-    elif not math.isfinite(z0) or z0 <= 0:
-        raise InvalidInput(f"z0 must be a positive finite depth, got {z0}", field="z0")
-    inside = m >= 0.5  # [H, W] bool
-    depth = np.zeros(shape, np.float32)
-    if not inside.any():
-        log.warning("empty mask: depth is 0 everywhere")
-        return depth
-    height_px = inflate(inside)  # [H, W]
-    radius_px = max(float(height_px.max()), 1e-6)
-    f = math.sqrt(cam.fx * cam.fy)
-    px_to_world = z0 / math.hypot(f, radius_px)  # z0 / f, corrected for the tangent cone
-    radius_world = radius_px * px_to_world
-    taper = height_px / radius_px  # [H, W] 0 at the rim, 1 at the top
-    relief = height_px * px_to_world + (radius_world**2 / z0) * (1.0 - taper)  # world units
-    if weight > 0:
-        relief += weight * radius_world * taper * shading_term(img[:, :, :3], inside, radius_px)
-    z = np.maximum(z0 - relief, MIN_DEPTH_FRACTION * z0)
-    depth[inside] = z[inside]
-    return depth
-
-
-# --------------------------------------------------------------------------------------------- #
-# Backend
-# --------------------------------------------------------------------------------------------- #
-
-
-class SilhouetteDepthBackend:
-    """Weight-free depth backend: GrabCut/alpha matting + silhouette inflation. CPU only.
-
-    ``matting``: a matting model name (:data:`glimpse3d.services.depth.models.MATTING_NAMES`, loaded
-    from ``model_dir`` onto ``device`` by :meth:`load`; :mod:`glimpse3d.services.depth.matting`) that
-    replaces the GrabCut matte; empty (the default) keeps the backend weight-free and torch-free."""
-
-    name = "silhouette"
-
-    def __init__(
-        self,
-        *,
-        grabcut_iterations: int = DEFAULT_GRABCUT_ITERATIONS,
-        work_side: int = DEFAULT_WORK_SIDE,
-        shading_weight: float = DEFAULT_SHADING_WEIGHT,
-        object_distance: float | None = None,
-        matting: str = "",
-        model_dir: Path | str = DEFAULT_MODEL_DIR,
-        device: str = "auto",
-    ) -> None:
-        if int(grabcut_iterations) != grabcut_iterations or not 1 <= grabcut_iterations <= 20:
-            raise InvalidInput(f"grabcut_iterations must be in 1..20, got {grabcut_iterations}",
-                               field="grabcut_iterations")
-        if int(work_side) != work_side or not 32 <= work_side <= 2048:
-            raise InvalidInput(f"work_side must be in 32..2048, got {work_side}", field="work_side")
-        if object_distance is not None and (not math.isfinite(object_distance) or object_distance <= 0):
-            raise InvalidInput(f"object_distance must be positive, got {object_distance}", field="object_distance")
-        self._iterations = int(grabcut_iterations)
-        self._work_side = int(work_side)
-        self._shading_weight = _check_weight(shading_weight, "shading_weight")
-        self._z0 = object_distance
-        self._matting = learned_matting(matting, model_dir, device, self._iterations, self._work_side)
-        self._ready = False
-
-    @property
-    def ready(self) -> bool:
-        return self._ready
-
-    def load(self) -> None:
-        """Checks that OpenCV's GrabCut runs, loads the matting model when one is configured, and marks
-        the backend ready."""
-        if not self._ready:
-            probe = np.zeros((32, 32, 3), np.uint8)
-            probe[8:24, 8:24] = 200
-            _segment(probe, 1)
-            if self._matting is not None:
-                self._matting.load()
-            self._ready = True
-            log.info("silhouette depth backend ready", extra={
-                "opencv": cv2.__version__, "matting": self._matting.model if self._matting else "grabcut"})
-
-    def matte(self, image: np.ndarray, points: Sequence[tuple[float, float, bool]] = ()) -> np.ndarray:
-        """Foreground matte [H, W] float32 in [0, 1]: the matting model's when one is configured,
-        else :func:`estimate_mask`'s; ``points`` are the user's corrections."""
-        if self._matting is not None:
-            return self._matting.matte(image, points)
-        return estimate_mask(image, iterations=self._iterations, work_side=self._work_side, points=points)
-
-    def estimate(self, image: np.ndarray, camera: Camera) -> DepthResult:
-        if not self._ready:
-            raise NotReady("the silhouette depth backend is not loaded yet", field="backend")
-        mask = self.matte(image)
-        depth = estimate_depth(image, mask, camera, z0=self._z0, shading_weight=self._shading_weight)
-        return DepthResult(depth=depth, mask=mask)
-
-
-def learned_matting(matting: object, model_dir: Path | str, device: str, iterations: int, work_side: int):
-    """The :class:`~glimpse3d.services.depth.matting.Sam2Matting` that ``matting`` names (not loaded),
-    or None for an empty name (the weight-free matte). The module is imported only when named."""
-    if matting == "" or matting is None:
-        return None
-    from glimpse3d.services.depth.matting import Sam2Matting
-
-    return Sam2Matting(model_dir, matting, device, grabcut_iterations=iterations, work_side=work_side)  # type: ignore[arg-type]

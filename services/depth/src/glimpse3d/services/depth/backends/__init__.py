@@ -1,0 +1,1 @@
+"""The depth service's backends, one package each (registered in services/depth/pyproject.toml)."""
