@@ -19,20 +19,20 @@ from service_harness import run_service
 from glimpse3d.core import convert, synthetic
 from glimpse3d.core.artifacts import FileArtifactStore
 from glimpse3d.core.cameras import Camera, orbit_camera
-from glimpse3d.core.errors import FailedPrecondition, InvalidInput, NotReady
+from glimpse3d.core.errors import FailedPrecondition, InvalidInput
 from glimpse3d.core.images import decode_image, encode_npy, encode_png
 from glimpse3d.core.models import ModelMissing
 from glimpse3d.core.render import quat_to_rotmat
 from glimpse3d.core.rpc import error_from_rpc
 from glimpse3d.core.service import ServiceSettings
 from glimpse3d.core.splat import SH_C0
-from glimpse3d.services.reconstruction.backends import ExtraView, ReconstructionBackend, make_backend
-from glimpse3d.services.reconstruction.lgm import checkpoint, rays
-from glimpse3d.services.reconstruction.lgm.backend import LGMBackend
-from glimpse3d.services.reconstruction.lgm.gaussians import lgm_to_splat
-from glimpse3d.services.reconstruction.lgm.source import CHECKPOINT_FILE, CHECKPOINT_SIZE, MODEL_NAME, SOURCES
-from glimpse3d.services.reconstruction.lgm.tiny import TINY, write_tiny
-from glimpse3d.services.reconstruction.lgm.unet import BIG, LGMConfig, LGMNet
+from glimpse3d.services.reconstruction.api import ExtraView, ReconstructionBackend, make_backend
+from glimpse3d.services.reconstruction.backends.lgm import checkpoint, rays
+from glimpse3d.services.reconstruction.backends.lgm.backend import LGMBackend
+from glimpse3d.services.reconstruction.backends.lgm.gaussians import lgm_to_splat
+from glimpse3d.services.reconstruction.backends.lgm.source import CHECKPOINT_FILE, CHECKPOINT_SIZE, MODEL_NAME, SOURCES
+from glimpse3d.services.reconstruction.backends.lgm.tiny import TINY, write_tiny
+from glimpse3d.services.reconstruction.backends.lgm.unet import BIG, LGMConfig, LGMNet
 from glimpse3d.v1 import common_pb2, reconstruction_pb2
 
 SIZE = 64  # photo and view size
@@ -155,22 +155,14 @@ def test_tampered_checkpoint_names_the_keys(model_dir, tmp_path):
         checkpoint.load_checkpoint(bad_dir / MODEL_NAME / CHECKPOINT_FILE)
 
 
-def test_missing_model_and_bad_options(tmp_path):
-    with pytest.raises(ModelMissing, match="make models") as exc:
-        LGMBackend(model_dir=tmp_path, device="cpu").load()
-    assert exc.value.reason == "MODEL_MISSING" and MODEL_NAME in exc.value.message
-    for kwargs, field in (({"min_opacity": 1.5}, "min_opacity"), ({"min_opacity": float("nan")}, "min_opacity"),
-                          ({"view_tolerance_deg": 0}, "view_tolerance_deg"), ({"device": "tpu"}, "device"),
-                          ({"dtype": "int8"}, "dtype")):
-        with pytest.raises(InvalidInput) as bad:
-            LGMBackend(model_dir=tmp_path, **kwargs)
-        assert bad.value.field == field
-    with pytest.raises(InvalidInput) as unknown:
-        make_backend("lgm", steps=3)
-    assert unknown.value.field == "backend_options"
-    with pytest.raises(NotReady):
-        LGMBackend(model_dir=tmp_path).reconstruct(np.zeros((4, 4, 3), np.uint8), np.ones((4, 4)), None,
-                                                   orbit_camera(0, 0, 2.7, width=4, height=4))
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"min_opacity": 1.5}, "min_opacity"), ({"min_opacity": float("nan")}, "min_opacity"),
+    ({"view_tolerance_deg": 0}, "view_tolerance_deg"), ({"device": "tpu"}, "device"), ({"dtype": "int8"}, "dtype"),
+])
+def test_bad_options_name_the_field(tmp_path, kwargs, field):
+    with pytest.raises(InvalidInput) as bad:
+        LGMBackend(model_dir=tmp_path, **kwargs)
+    assert bad.value.field == field
 
 
 # ----------------------------------------------------------------------------- geometry with known answers

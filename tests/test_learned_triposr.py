@@ -1,6 +1,6 @@
 """The ``triposr`` reconstruction backend: the published architecture and checkpoint layout, the
 triplane -> Gaussians conversion and the frame placement on fields with known answers, TripoSR's
-input preparation, and the backend on a tiny random model (directly and through the gRPC service)."""
+input preparation, and the backend on a tiny random model (the contract: tests/test_contract_reconstruction.py)."""
 
 from __future__ import annotations
 
@@ -8,27 +8,20 @@ import json
 import math
 import shutil
 
-import grpc
 import numpy as np
 import pytest
 import torch
 import yaml
-from service_harness import run_service
 
-from glimpse3d.core import convert as proto_convert
-from glimpse3d.core.artifacts import FileArtifactStore
 from glimpse3d.core.cameras import Camera, orbit_camera
-from glimpse3d.core.errors import FailedPrecondition, InvalidInput, NotReady
-from glimpse3d.core.images import decode_image, encode_npy, encode_png
-from glimpse3d.core.models import ModelMissing
+from glimpse3d.core.errors import FailedPrecondition, InvalidInput
 from glimpse3d.core.render import rasterize
-from glimpse3d.core.service import ServiceSettings
 from glimpse3d.core.splat import Splat
 from glimpse3d.core.synthetic import render_depth_alpha, render_image, textured_object
-from glimpse3d.services.reconstruction.backends import make_backend
-from glimpse3d.services.reconstruction.triposr import checkpoint
-from glimpse3d.services.reconstruction.triposr.backend import TripoSRBackend
-from glimpse3d.services.reconstruction.triposr.convert import (
+from glimpse3d.services.reconstruction.api import make_backend
+from glimpse3d.services.reconstruction.backends.triposr import checkpoint
+from glimpse3d.services.reconstruction.backends.triposr.backend import TripoSRBackend
+from glimpse3d.services.reconstruction.backends.triposr.convert import (
     GridOptions,
     ObjectGaussians,
     placement_for_crop,
@@ -36,17 +29,16 @@ from glimpse3d.services.reconstruction.triposr.convert import (
     triplane_to_gaussians,
     triposr_camera,
 )
-from glimpse3d.services.reconstruction.triposr.model import (
+from glimpse3d.services.reconstruction.backends.triposr.model import (
     PUBLISHED_CONFIG,
     TripoSRModel,
     legacy_interpolate_pos_encoding,
     parse_config,
     published_config,
 )
-from glimpse3d.services.reconstruction.triposr.preprocess import Crop, conditioning_image, foreground_crop
-from glimpse3d.services.reconstruction.triposr.source import NAME, SOURCES
-from glimpse3d.services.reconstruction.triposr.tiny import tiny_config_yaml, write_tiny
-from glimpse3d.v1 import common_pb2, reconstruction_pb2
+from glimpse3d.services.reconstruction.backends.triposr.preprocess import Crop, conditioning_image, foreground_crop
+from glimpse3d.services.reconstruction.backends.triposr.source import NAME, SOURCES
+from glimpse3d.services.reconstruction.backends.triposr.tiny import tiny_config_yaml, write_tiny
 
 SIZE = 64
 GRID = 24  # sampling grid for the tiny-model backend tests (kept small for CPU time)
@@ -353,57 +345,20 @@ def test_backend_is_deterministic_per_seed(backend, scene):
     assert views[0].rgb.shape == (32, 40, 3) and views[0].alpha.max() > 0.1
 
 
-def test_registry_and_option_errors(tiny_dir):
+def test_registry_makes_an_unloaded_backend(tiny_dir):
     made = make_backend("triposr", model_dir=tiny_dir, device="cpu", grid_resolution=16)
     assert isinstance(made, TripoSRBackend) and not made.ready
-    with pytest.raises(NotReady):
-        made.render(Splat.from_colors(np.zeros((1, 3)), [0.5] * 3, 0.1, 0.5), [orbit_camera(0, 0, 2.7)])
-    for bad, field in (({"grid_resolution": 4}, "grid_resolution"), ({"density_threshold": -1.0}, "density_threshold"),
-                       ({"dtype": "float64"}, "dtype"), ({"jitter": 1}, "jitter"), ({"no_such": 1}, "no_such"),
-                       ({"device": "tpu"}, "device"), ({"foreground_ratio": 2.0}, "foreground_ratio")):
-        with pytest.raises(InvalidInput) as err:
-            TripoSRBackend(model_dir=tiny_dir, **bad)
-        assert err.value.field == field
 
 
-def test_missing_model_names_make_models(tmp_path, backend, scene):
-    with pytest.raises(ModelMissing) as err:
-        TripoSRBackend(model_dir=tmp_path, device="cpu").load()
-    assert "make models" in str(err.value) and NAME in str(err.value)
-    assert isinstance(err.value, FailedPrecondition)
-    image, depth, alpha, camera = scene
-    with pytest.raises(InvalidInput) as bad:
-        backend.reconstruct(image, depth, alpha[:10], camera)
-    assert bad.value.field == "mask"
-
-
-def test_reconstruct_through_the_grpc_service(tiny_dir, scene, tmp_path):
-    image, depth, alpha, camera = scene
-    store = FileArtifactStore(tmp_path / "artifacts")
-
-    def put(data: bytes, media: str) -> common_pb2.ArtifactRef:
-        return proto_convert.artifact_to_proto(store.put(data, media))
-
-    request = reconstruction_pb2.ReconstructRequest(
-        image=put(encode_png(image), "image/png"), depth=put(encode_npy(depth), "application/x-npy"),
-        mask=put(encode_npy(alpha), "application/x-npy"), camera=proto_convert.camera_to_proto(camera), seed=7)
-    settings = ServiceSettings(backend="triposr", model_dir=tiny_dir, device="cpu",
-                               backend_options=json.dumps({"grid_resolution": GRID, "max_gaussians": 2000}))
-
-    async def scenario(stub) -> None:
-        resp = await stub.Reconstruct(request)
-        assert resp.backend == "triposr" and 0 < resp.num_gaussians <= 2000
-        view = common_pb2.ViewSpec(orbit=common_pb2.OrbitView(azimuth_deg=45, width=48, height=40))
-        rendered = await stub.Render(reconstruction_pb2.RenderRequest(splat=resp.splat, views=[view]))
-        assert decode_image(store.get(proto_convert.artifact_from_proto(rendered.views[0].rgb))).shape == (40, 48, 3)
-        bad = reconstruction_pb2.ReconstructRequest()
-        bad.CopyFrom(request)
-        bad.max_gaussians = 10**9
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await stub.Reconstruct(bad)
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-
-    run_service("reconstruction", store, scenario, settings=settings)
+@pytest.mark.parametrize(("bad", "field"), [
+    ({"grid_resolution": 4}, "grid_resolution"), ({"density_threshold": -1.0}, "density_threshold"),
+    ({"dtype": "float64"}, "dtype"), ({"jitter": 1}, "jitter"), ({"device": "tpu"}, "device"),
+    ({"foreground_ratio": 2.0}, "foreground_ratio"),
+])
+def test_bad_options_name_the_field(tiny_dir, bad, field):
+    with pytest.raises(InvalidInput) as err:
+        TripoSRBackend(model_dir=tiny_dir, **bad)
+    assert err.value.field == field
 
 
 def test_camera_at_the_origin_uses_the_depth_for_the_object_distance(backend, scene):

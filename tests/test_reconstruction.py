@@ -11,16 +11,17 @@ import torch
 
 from glimpse3d.core import synthetic
 from glimpse3d.core.cameras import orbit_camera
-from glimpse3d.core.errors import InvalidInput, NotReady
+from glimpse3d.core.errors import InvalidInput
 from glimpse3d.core.render import rasterize
 from glimpse3d.core.splat import Splat
-from glimpse3d.services.reconstruction.backends import (
+from glimpse3d.services.reconstruction.api import (
     ReconstructionBackend,
     ReconstructionResult,
     RenderedImage,
     make_backend,
 )
-from glimpse3d.services.reconstruction.lift import LiftBackend, masked_psnr
+from glimpse3d.services.reconstruction.backends.lift import LiftBackend
+from glimpse3d.services.reconstruction.common import masked_psnr
 
 SIZE = 112
 WHITE = (1.0, 1.0, 1.0)
@@ -133,7 +134,7 @@ def test_rgba_image_and_missing_mask(backend: LiftBackend, scene: dict) -> None:
 
 
 def test_silhouette_depth_estimate(backend: LiftBackend, scene: dict, obj: Splat) -> None:
-    silhouette = pytest.importorskip("glimpse3d.services.depth.silhouette")
+    silhouette = pytest.importorskip("glimpse3d.services.depth.backends.silhouette")
     depth_backend = silhouette.SilhouetteDepthBackend()
     depth_backend.load()
     est = depth_backend.estimate(scene["image"], scene["camera"])
@@ -198,12 +199,3 @@ def test_bad_inputs_name_the_field(backend: LiftBackend, scene: dict, case: str)
         backend.reconstruct(**args)
     assert err.value.field == field
 
-
-def test_not_ready_and_unknown_option(scene: dict) -> None:
-    b = LiftBackend()
-    assert not b.ready
-    with pytest.raises(NotReady):
-        b.reconstruct(scene["image"], scene["depth"], scene["mask"], scene["camera"])
-    with pytest.raises(InvalidInput) as err:
-        LiftBackend(fit_stepz=3)
-    assert err.value.field == "fit_stepz"

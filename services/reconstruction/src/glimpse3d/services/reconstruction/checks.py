@@ -1,19 +1,10 @@
 """Checks of a single-photo splat's unseen sides, from renders alone (no ground truth needed).
 
-- :func:`mirrored_back_score`: is the back a left-right mirror of the front? The splat is rendered
-  from the photo's camera and from the camera carried half-way round the object (the same distance
-  and elevation); the front render, mirrored left-right, lines up with the back render for any
-  object whose back is a copy of its front pushed backwards. The score is the normalised
-  cross-correlation of the two renders' high-pass luma (:func:`highpass_luma`) inside their common
-  silhouette, away from its outline, after an affine alignment of the two and allowing a few pixels
-  of residual shift (:func:`mirror_similarity`): 1 for an exact mirror image, near 0 for a back that
-  carries no detail or unrelated detail. The outline is left out because it is the same from behind for any
-  closed object.
-- :func:`streak_index`: horizontal streaks in a side view. From the side (azimuth 90), the photo's
-  viewing direction runs across the image, and Gaussians stretched along it (rim walls, slanted
-  discs) draw lines along x whose colours change from one line to the next. The index is the
-  high-pass luma energy across those lines (along y) over the energy along them (along x), inside
-  the silhouette: about 1 for detail without a preferred direction, well above 1 for streaks.
+- :func:`mirrored_back_score`: the normalised cross-correlation of the high-pass luma of the front
+  render, mirrored, and the back render (inside their common silhouette, after alignment): 1 when
+  the back is a mirror image of the front, near 0 otherwise.
+- :func:`streak_index`: in a side view, high-pass luma energy across horizontal lines over that
+  along them: about 1 for detail without a direction, well above 1 for streaks.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from glimpse3d.core.cameras import Camera
 from glimpse3d.core.errors import InvalidInput
 from glimpse3d.core.rpc import Registration
 from glimpse3d.core.service import ServiceRuntime, backend_from_settings
-from glimpse3d.services.reconstruction.backends import (
+from glimpse3d.services.reconstruction.api import (
     MAX_EXTRA_VIEWS,
     MAX_FIT_STEPS,
     MAX_GAUSSIANS,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 def write_tiny_models(model_dir: Path, seed: int = 0) -> list[str]:
     """Write every learned reconstruction backend's tiny model under ``model_dir``; returns the names."""
-    from glimpse3d.services.reconstruction.lgm.tiny import write_tiny as write_lgm
-    from glimpse3d.services.reconstruction.triposr.tiny import write_tiny as write_triposr
+    from glimpse3d.services.reconstruction.backends.lgm.tiny import write_tiny as write_lgm
+    from glimpse3d.services.reconstruction.backends.triposr.tiny import write_tiny as write_triposr
 
     return [*write_triposr(Path(model_dir), seed=seed), *write_lgm(Path(model_dir), seed=seed)]

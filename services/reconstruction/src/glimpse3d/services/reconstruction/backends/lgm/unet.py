@@ -1,24 +1,11 @@
-"""The LGM network: an asymmetric U-Net over four posed views with cross-view attention.
+"""The LGM network (Tang et al. 2024): an asymmetric U-Net over four posed views with
+cross-view attention.
 
-LGM (Tang et al. 2024, "Large Multi-View Gaussian Model") feeds each of its four input views as a
-9-channel image (RGB normalised with the ImageNet mean/std, then the 6 Plücker ray channels of its
-camera, see :mod:`.rays`) through one U-Net; the views only meet in the attention layers, which
-attend over the tokens of all four views at once. The decoder stops one level short of the input
-resolution ("asymmetric"), so every output pixel of every view is one Gaussian with 14 values:
-position 3, opacity 1, scale 3, rotation 4 (quaternion w, x, y, z), colour 3 (:func:`activate`).
-
-Structure (the published ``big`` configuration, :data:`BIG`): a 3x3 ``conv_in``; six down blocks
-(64, 128, 256, 512, 1024, 1024 channels, attention in the last three) of two residual blocks each,
-all but the last ending in a stride-2 convolution; a mid block (residual, attention, residual); five
-up blocks (1024, 1024, 512, 256, 128 channels, attention in the first three) of three residual
-blocks each that take the matching encoder activations as skips, all but the last upsampling 2x
-(nearest + 3x3 conv); GroupNorm + SiLU + 3x3 ``conv_out`` to 14 channels; and a final 1x1 ``conv``.
-Residual blocks are pre-activation (GroupNorm, SiLU, conv, twice) with a 1x1 shortcut when the
-width changes; residual and attention outputs are scaled by sqrt(1/2). Attention has 16 heads, a
-bias-free qkv projection and a biased output projection. 256 px in -> 128 x 128 Gaussians per view.
-
-Module attribute names follow the published checkpoint (``unet.down_blocks.3.attns.0.attn.qkv.weight``,
-``conv.weight`` ...), so its state dict loads as is; :mod:`.checkpoint` checks it key by key.
+Each view enters as 9 channels (ImageNet-normalised RGB + 6 Plücker ray channels, :mod:`.rays`);
+the views meet only in the attention layers. The decoder stops one level short of the input, so
+each output pixel of each view is one Gaussian of 14 values (position 3, opacity 1, scale 3,
+rotation 4 as w, x, y, z, colour 3; :func:`activate`). :data:`BIG` is the published configuration.
+Attribute names follow the published checkpoint's keys, so its state dict loads as is.
 """
 
 from __future__ import annotations

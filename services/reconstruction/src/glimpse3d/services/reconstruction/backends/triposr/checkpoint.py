@@ -1,24 +1,11 @@
 """TripoSR checkpoint I/O: the published key naming, the manifest, verification and loading.
 
-``model.ckpt`` is a plain ``torch.save`` of the published model's state dict (TripoSR's own loader
-calls ``load_state_dict`` on it directly). Its image-encoder keys use the transformers 4.x ViT
-naming (``image_tokenizer.model.encoder.layer.N.attention.attention.query.weight``, ...);
-transformers 5 renamed those modules (``layers.N.attention.q_proj``, ``mlp.fc1``, ...).
-:func:`published_key` maps a key of the installed model to the published name, so the published
-naming is the one on disk everywhere (the real file, the tiny test checkpoints, the manifest) and
-the same code loads it under either transformers generation.
-
-``manifest.json`` (next to this module) lists every published key with its shape and dtype. It
-is derived from the published architecture and config.yaml (:func:`architecture_manifest`) because
-the 1.68 GB file cannot be fetched where the project is built; ``python -m
-glimpse3d.services.reconstruction.triposr.checkpoint manifest <model.ckpt>`` writes the same
-listing from a real file, and ``... verify <model.ckpt>`` checks a file against the manifest.
-
-Loading (:func:`load_model`) builds the model on the meta device, reads the checkpoint memory-mapped
-(``weights_only``), checks its keys and shapes against the manifest (production config) or against
-the shapes the config implies (any other config, e.g. the tiny test model) and raises
-:class:`CheckpointMismatch` naming the first missing, unexpected and mis-shaped keys, then assigns
-the tensors into the model without a second copy.
+``model.ckpt`` is a ``torch.save`` of the published state dict, with transformers 4.x ViT key names;
+:func:`published_key` maps the installed transformers' names to those, so one naming is used on
+disk everywhere. ``manifest.json`` is derived from the published architecture
+(:func:`architecture_manifest`); ``python -m glimpse3d.services.reconstruction.backends.triposr.checkpoint
+manifest|verify <model.ckpt>`` writes it from, or checks it against, a real file. :func:`load_model`
+checks keys and shapes before assigning the memory-mapped tensors (:class:`CheckpointMismatch`).
 """
 
 from __future__ import annotations
@@ -34,7 +21,7 @@ import torch
 from torch import Tensor
 
 from glimpse3d.core.errors import FailedPrecondition
-from glimpse3d.services.reconstruction.triposr.model import (
+from glimpse3d.services.reconstruction.backends.triposr.model import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     TripoSRConfig,
@@ -42,7 +29,7 @@ from glimpse3d.services.reconstruction.triposr.model import (
     meta_copy,
     published_config,
 )
-from glimpse3d.services.reconstruction.triposr.source import NAME
+from glimpse3d.services.reconstruction.backends.triposr.source import NAME
 
 logger = logging.getLogger(__name__)
 

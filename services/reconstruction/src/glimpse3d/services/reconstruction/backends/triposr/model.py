@@ -1,31 +1,14 @@
 """The TripoSR network (Tochilkin et al. 2024), module for module as published, and its config.
 
-TripoSR is a feed-forward large reconstruction model: one 512 px object photo -> a triplane NeRF.
+One 512 px photo -> a triplane NeRF: a DINO ViT-B/16 image tokenizer (position embeddings resized
+with the transformers 4.x rule the model was trained with, :func:`legacy_interpolate_pos_encoding`),
+learned triplane tokens, a 16-block transformer backbone cross-attending to the image, a transposed
+convolution to the [3, 40, 64, 64] scene code, and a NeRF MLP decoding (density, colour) at points
+sampled bilinearly from the three planes.
 
-1. **Image tokenizer** (``image_tokenizer``, published class ``DINOSingleImageTokenizer``): a
-   transformers ``ViTModel`` with the ``facebook/dino-vitb16`` configuration (ViT-B/16: 12 layers,
-   12 heads, width 768; its weights are part of the TripoSR checkpoint). The photo is normalised
-   with the ImageNet mean/std; the 1 + (512/16)^2 = 1025 output tokens condition the backbone.
-   Position embeddings are resized from the 14 x 14 training grid to 32 x 32 with the bicubic
-   ``scale_factor = (n + 0.1) / 14`` rule of the transformers 4.x ViT the model was trained with
-   (newer transformers resize to the exact size, which samples slightly different positions).
-2. **Triplane tokenizer** (``tokenizer``, ``Triplane1DTokenizer``): learned embeddings
-   [3 planes, 1024 channels, 32, 32], flattened to 3072 tokens of width 1024.
-3. **Backbone** (``backbone``, ``Transformer1D``): GroupNorm -> linear in -> 16 pre-norm blocks
-   (self-attention, cross-attention to the image tokens, GEGLU feed-forward; 16 heads x 64) ->
-   linear out, plus a residual around the whole stack.
-4. **Post-processor** (``post_processor``, ``TriplaneUpsampleNetwork``): a 2 x 2 stride-2
-   transposed convolution per plane: [3, 1024, 32, 32] -> the scene code [3, 40, 64, 64].
-5. **Decoder** (``decoder``, ``NeRFMLP``): a point in the bounding cube [-0.87, 0.87]^3 samples the
-   three planes bilinearly at (x, y), (x, z), (y, z); the concatenated 120 features go through a
-   10-layer SiLU MLP to (density, 3 colour features). Density is ``exp(raw - 1)``, colour
-   ``sigmoid``; the published NeRF renderer integrates 128 samples per ray with step 1/128 of the
-   ray's chord through the cube.
-
-Module and parameter names reproduce the published checkpoint's state-dict keys; the only
-difference is the ViT's internal naming in transformers 5 (mapped in :mod:`.checkpoint`).
-``config.yaml`` is read with PyYAML; its ``${a.b}`` interpolations are resolved here, and every
-``*_cls`` entry must name the published class this module implements.
+Module and parameter names reproduce the published checkpoint's keys (transformers 5's ViT naming
+is mapped in :mod:`.checkpoint`). ``config.yaml`` is read with PyYAML, its ``${a.b}``
+interpolations resolved here; every ``*_cls`` entry must name the published class implemented here.
 """
 
 from __future__ import annotations

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from glimpse3d.services.reconstruction.lgm.checkpoint import CONFIG_METADATA_KEY
-from glimpse3d.services.reconstruction.lgm.source import CHECKPOINT_FILE, MODEL_NAME
-from glimpse3d.services.reconstruction.lgm.unet import LGMConfig, LGMNet
+from glimpse3d.services.reconstruction.backends.lgm.checkpoint import CONFIG_METADATA_KEY
+from glimpse3d.services.reconstruction.backends.lgm.source import CHECKPOINT_FILE, MODEL_NAME
+from glimpse3d.services.reconstruction.backends.lgm.unet import LGMConfig, LGMNet
 
 TINY = LGMConfig(
     input_size=64,

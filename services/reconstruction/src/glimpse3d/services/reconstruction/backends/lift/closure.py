@@ -1,42 +1,18 @@
-"""Closing a lifted front layer into a whole object: a plausible back side and rim walls.
+"""Closing a lifted front layer into a whole object: a back layer and rim walls.
 
-One photo shows only the front. The back is guessed the way shape-from-silhouette does it:
-
-- **Thickness.** Each front point is mirrored behind the object's centre depth. The centre is the
-  world origin (objects are normalised to sit there) when that is plausible for this depth map;
-  otherwise the silhouette is "inflated": at a pixel ``d`` px from the mask edge, with ``R`` the
-  largest such distance, the half-thickness is ``sqrt(d (2R - d))`` px, a sphere's profile for a
-  round silhouette (a half cylinder for an elongated one), converted to world units at the centre
-  depth ``z_c = z_near / (1 - R / hypot(f, R))`` (exact for a sphere whose nearest depth is
-  ``z_near``).
-- **Back layer.** Every front sample is moved by that thickness along the *object axis* (the camera
-  ray through the silhouette's centroid), not along its own ray: moving all samples in parallel
-  keeps the object's outline when seen from behind or from the side, where diverging rays would
-  make the rim flare outwards.
-- **Back colour.** No view has seen the back, so it does not copy the front's detail (copied, a face
-  reappears mirrored on the back of a head, a cup's handle on the wrong side): each back sample
-  takes the front's colours blurred with a Gaussian of sigma ``blur`` x the silhouette's inscribed
-  radius over the front samples only (:func:`low_frequency_colors`; samples near the contour first
-  take their nearest inner neighbour's colour, as contour pixels mix in the background), darkened a
-  little (0.9). The back keeps the object's overall colour layout but not its texture. Measured on
-  the research harness's ten objects (coarse study, 128 px, held-out PSNR full image / in the mask):
-  copied colours 17.59 / 11.15 dB; blur 0.25: 17.81 / 11.52; 0.5 (default): 17.89 / 11.54; 1.0:
-  17.89 / 11.43; 2.0: 17.86 / 11.34; 0.5 without darkening: 17.82 / 11.24. The mirrored-back check
-  (:func:`.checks.mirrored_back_score`, 1 for a mirror image) goes from 0.93 / 0.39 / 0.40 with
-  copied colours to 0.24 / 0.01 / 0.02 on the synthetic sample / ``chelsea`` / ``coffee``.
-- **Rim walls.** Near the silhouette the profile is steep, so the front and back rims are far apart
-  in depth; Gaussians long along the object axis bridge that gap for the outermost samples, one per
-  3 footprints of the gap, at most 8 (with at most 4, most walls were needles over 4 footprints long).
-  They take the back's low-frequency colour, graded from undarkened at the front to darkened at the
-  back. From the side (azimuth 90) the copied colours drew a striped barrel; the streak index of
-  that view (:func:`.checks.side_streak_index`, high-pass luma energy across the axis over that
-  along it, about 1 without streaks) goes from 1.15 / 2.25 / 1.48 to 0.74 / 1.32 / 1.06 on the
-  synthetic sample / ``chelsea`` / ``coffee`` (most of it from the colours, 0.03-0.07 from the
-  shorter walls), and the share of wall Gaussians more than 4 times longer than wide from
-  0.62 / 1.00 / 1.00 to 0.00 / 0.00 / 1.00 (``coffee``'s walls are held back by the budget).
-- **Hidden from the input view.** Back samples and walls near the contour start a little inside the
-  region where the fitted front is opaque, so the photo's soft edge (where it blends the object into
-  its background) is not covered by them.
+- **Thickness.** Behind each front point the object is as thick as an inflated silhouette: at
+  ``d`` px from the mask edge (``R`` the largest such distance) the half-thickness is
+  ``sqrt(d (2R - d))`` px, converted to world units at the centre depth; the world origin is the
+  centre when that is plausible for this depth map.
+- **Back layer.** Front samples move by that thickness along the object axis (the camera ray
+  through the silhouette's centroid), so the outline stays put from behind and from the side.
+- **Back colour.** The front's colours blurred (sigma ``blur`` x the silhouette's inscribed radius,
+  :func:`low_frequency_colors`) and darkened: the back keeps the colour layout, not the texture
+  (a copied texture shows as a mirror image, :func:`..checks.mirrored_back_score`).
+- **Rim walls.** Gaussians long along the object axis bridge the front and back rims (one per 3
+  footprints of the gap, at most 8), graded from the front's colour to the back's.
+- Back samples and walls near the contour start inside the fitted front's opaque region, so they
+  do not cover the photo's soft edge.
 """
 
 from __future__ import annotations

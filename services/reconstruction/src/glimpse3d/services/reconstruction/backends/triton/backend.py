@@ -1,8 +1,5 @@
-"""Reconstruction on Triton: the ``triton`` backend (client) and the handlers of the
-``reconstruction_triposr`` and ``reconstruction_lgm`` models (server).
-
-Both models run the project's own backend (:mod:`.triposr.backend`, :mod:`.lgm.backend`) inside
-Triton and share one tensor contract:
+"""The ``triton`` reconstruction backend: ``reconstruction_triposr`` (default) or
+``reconstruction_lgm`` served by Triton (their handlers: :mod:`.handlers`). Tensors:
 
 ==================  ======  ===============  =================================================
 tensor              type    shape            meaning
@@ -19,9 +16,7 @@ SPLAT_*             FP32    [N, …]           the splat (:func:`~glimpse3d.core
 METRICS             UINT8   [L]              JSON {name: number}
 ==================  ======  ===============  =================================================
 
-Rendering (:meth:`TritonReconstructionBackend.render`) runs in the service process with the
-project's rasterizer: it needs no model, and a splat would cost more to ship to Triton than to draw.
-No dynamic batching: each request is one large forward pass with its own seed and fit.
+Rendering runs in the service process with the project's rasterizer (no model needed).
 """
 
 from __future__ import annotations
@@ -32,21 +27,16 @@ import numpy as np
 
 from glimpse3d.core.cameras import Camera
 from glimpse3d.core.errors import InvalidInput
-from glimpse3d.core.splat import Splat
-from glimpse3d.core.triton.client import TritonBacked
-from glimpse3d.core.triton.python_model import Handler, Tensors, require
+from glimpse3d.core.triton.client import TritonMixin
 from glimpse3d.core.triton.tensors import (
     SPLAT_FIELDS,
-    array_to_camera,
-    array_to_cameras,
     camera_to_array,
     cameras_to_array,
     json_tensor,
-    splat_to_tensors,
     tensor_json,
     tensors_to_splat,
 )
-from glimpse3d.services.reconstruction.backends import ExtraView, ReconstructionResult, RenderedImage
+from glimpse3d.services.reconstruction.api import ExtraView, ReconstructionBackend, ReconstructionResult
 
 MODELS = {"triposr": "reconstruction_triposr", "lgm": "reconstruction_lgm"}
 OUTPUTS = [f"SPLAT_{name}" for name, _ in SPLAT_FIELDS] + ["METRICS"]
@@ -68,27 +58,13 @@ def views_to_tensors(views: Sequence[ExtraView]) -> dict[str, np.ndarray]:
     return out
 
 
-def tensors_to_views(inputs: Tensors) -> list[ExtraView]:
-    if "VIEW_RGB" not in inputs:
-        return []
-    rgb, cameras = inputs["VIEW_RGB"], array_to_cameras(require(inputs, "VIEW_CAMERAS"), "VIEW_CAMERAS")
-    masks = inputs.get("VIEW_MASK")
-    if rgb.ndim != 4 or rgb.shape[0] != len(cameras) or (masks is not None and masks.shape != rgb.shape[:3]):
-        raise InvalidInput(f"VIEW_RGB {list(rgb.shape)}, VIEW_CAMERAS and VIEW_MASK disagree on the views",
-                           field="VIEW_RGB")
-    return [ExtraView(camera=cam, rgb=rgb[i],
-                      mask=None if masks is None or np.isnan(masks[i]).all() else masks[i])
-            for i, cam in enumerate(cameras)]
-
-
-class TritonReconstructionBackend(TritonBacked):
+class TritonReconstructionBackend(TritonMixin, ReconstructionBackend):
     """Reconstruction by ``reconstruction_triposr`` (default) or ``reconstruction_lgm`` in Triton."""
 
     default_model = MODELS["triposr"]
 
-    def reconstruct(self, image: np.ndarray, depth: np.ndarray, mask: np.ndarray | None, camera: Camera,
-                    views: Sequence[ExtraView] = (), fit_steps: int = 0, max_gaussians: int = 0,
-                    seed: int = 0) -> ReconstructionResult:
+    def _reconstruct(self, image: np.ndarray, depth: np.ndarray, mask: np.ndarray | None, camera: Camera,
+                     views: Sequence[ExtraView], fit_steps: int, max_gaussians: int, seed: int) -> ReconstructionResult:
         inputs = {"IMAGE": np.ascontiguousarray(image, np.uint8), "DEPTH": np.asarray(depth, np.float32),
                   "MASK": None if mask is None else np.asarray(mask, np.float32), "CAMERA": camera_to_array(camera),
                   **views_to_tensors(views),
@@ -96,29 +72,3 @@ class TritonReconstructionBackend(TritonBacked):
         out = self.triton.infer(inputs, OUTPUTS)
         metrics = tensor_json(out["METRICS"], "METRICS")
         return ReconstructionResult(tensors_to_splat(out), {k: float(v) for k, v in metrics.items()})
-
-    def render(self, splat: Splat, cameras: Sequence[Camera],
-               background: Sequence[float] = (0.0, 0.0, 0.0)) -> list[RenderedImage]:
-        from glimpse3d.services.reconstruction.lift import render_views
-
-        return render_views(splat, cameras, background)
-
-
-class _ReconstructionHandler(Handler):
-    registry = "glimpse3d.services.reconstruction.backends:REGISTRY"
-
-    def run(self, inputs: Tensors) -> Tensors:
-        params = tensor_json(inputs.get("PARAMS"))
-        result = self.backend.reconstruct(
-            require(inputs, "IMAGE"), require(inputs, "DEPTH"), inputs.get("MASK"),
-            array_to_camera(require(inputs, "CAMERA")), tensors_to_views(inputs), fit_steps=params.get("fit_steps", 0),
-            max_gaussians=params.get("max_gaussians", 0), seed=params.get("seed", 0))
-        return {**splat_to_tensors(result.splat), "METRICS": json_tensor(result.metrics)}
-
-
-class TripoSRHandler(_ReconstructionHandler):
-    backend_name = "triposr"
-
-
-class LGMHandler(_ReconstructionHandler):
-    backend_name = "lgm"

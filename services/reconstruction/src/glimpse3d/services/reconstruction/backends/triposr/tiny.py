@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from glimpse3d.services.reconstruction.triposr.checkpoint import published_state_dict
-from glimpse3d.services.reconstruction.triposr.convert import cell_centers
-from glimpse3d.services.reconstruction.triposr.model import PUBLISHED_CLASSES, TripoSRModel, parse_config
-from glimpse3d.services.reconstruction.triposr.source import CONFIG_FILE, NAME, WEIGHTS_FILE
+from glimpse3d.services.reconstruction.backends.triposr.checkpoint import published_state_dict
+from glimpse3d.services.reconstruction.backends.triposr.convert import cell_centers
+from glimpse3d.services.reconstruction.backends.triposr.model import PUBLISHED_CLASSES, TripoSRModel, parse_config
+from glimpse3d.services.reconstruction.backends.triposr.source import CONFIG_FILE, NAME, WEIGHTS_FILE
 
 TINY_VIT = {
     "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,

@@ -1,20 +1,10 @@
 """LGM's Gaussians -> the project's :class:`~glimpse3d.core.splat.Splat`, in the project's world.
 
-The network's raw outputs are activated exactly as published (:func:`.unet.activate`), then carried
-by the similarity ``p_ours = s R p_lgm + t`` of :func:`.rays.lgm_frame`:
-
-- means: ``s R p + t``;
-- scales: multiplied by ``s``, stored as natural logs (``log(max(scale, 1e-8)) + log s``, LGM's own
-  ``.ply`` export floors at 1e-8 too);
-- rotations: LGM's quaternions are (w, x, y, z), the 3DGS order the project also stores; the frame
-  rotation is applied on the left, ``q_ours = q(R) * q_lgm``, so ``Sigma_ours = s^2 R Sigma_lgm R^T``;
-- opacities: the logit *is* the raw value (``sigmoid`` is the activation), clamped to +-30 so it
-  stays finite;
-- colours: ``rgb = 0.5 tanh(x) + 0.5`` in [0, 1] becomes the band-0 SH coefficient
-  ``(rgb - 0.5) / C0``, the inverse of the project's (and 3DGS's) ``0.5 + C0 * sh0``.
-
-Gaussians fainter than ``min_opacity`` (LGM's exporter uses 0.005) are dropped, and a
-``max_gaussians`` budget keeps the most opaque ones.
+Raw outputs are activated as published (:func:`.unet.activate`) and carried by the similarity
+``p_ours = s R p_lgm + t`` of :func:`.rays.lgm_frame`: means ``s R p + t``, scales times ``s``
+(logs, floored at 1e-8), quaternions (w, x, y, z) ``q(R) * q_lgm``, opacity logits clamped to
++-30, colours to band-0 SH. Gaussians fainter than ``min_opacity`` are dropped; ``max_gaussians``
+keeps the most opaque ones.
 """
 
 from __future__ import annotations
@@ -27,9 +17,9 @@ import torch
 from torch import Tensor
 
 from glimpse3d.core.splat import Splat, rgb_to_sh0
+from glimpse3d.services.reconstruction.backends.lgm.rays import Similarity
+from glimpse3d.services.reconstruction.backends.lgm.unet import OUT_CHANNELS, activate
 from glimpse3d.services.reconstruction.geometry import rotmat_to_quat
-from glimpse3d.services.reconstruction.lgm.rays import Similarity
-from glimpse3d.services.reconstruction.lgm.unet import OUT_CHANNELS, activate
 
 logger = logging.getLogger(__name__)
 

@@ -1,28 +1,11 @@
 """LGM's camera conventions, its Plücker ray inputs, and the map between its frame and ours.
 
-**LGM's frame.** LGM was trained on views whose poses were normalised so that the first input
-camera sits at ``(0, 0, 1.5)`` looking at the origin with +y up (``cam_radius`` 1.5) and the
-object fills the cube [-1, 1]^3; all views are 256 x 256 pinhole images with a 49.1 degree vertical
-field of view. Its default rig puts the four input cameras at elevation 0 and azimuths 0, 90, 180,
-270 degrees, azimuth turning from +z towards +x. These are exactly the project's orbit conventions
-(:mod:`glimpse3d.core.cameras`: world +y up, azimuth 0 on +z, positive towards +x), so at elevation
-0 LGM's world is ours up to scale. Camera axes differ only in name: LGM builds OpenGL poses
-(x right, y up, looking down -z), we keep OpenCV ones (x right, y down, looking down +z); the world
-rays through a pixel are the same, which is all the network sees.
-
-**The map.** :func:`lgm_frame` returns the similarity ``p_ours = s R p_lgm + t`` that carries LGM's
-front camera onto the photo's camera: ``R`` turns LGM's front-camera axes into the photo camera's,
-``s`` is the photo camera's depth of the world origin (the object centre) over 1.5, and ``t`` puts
-LGM's origin on the photo's optical axis at that depth (the world origin itself for a camera that
-looks at it). The other views' cameras are carried into LGM's frame by the inverse map, so their
-rays say where they really are relative to the photo, as in training (where every rig was
-expressed relative to its first camera).
-
-**The inputs.** Every view is resampled (:func:`resample_view`) to LGM's intrinsics: the same
-camera centre and orientation, but a centred principal point and the 49.1 degree field of view, a
-pure 2D affine map of the image; areas outside the source frame are white, LGM's background. Each
-pixel then gets the Plücker coordinates of its ray (:func:`plucker_rays`): the moment ``o x d``
-then the unit direction ``d``, with ``o`` the camera centre, in LGM's frame.
+LGM's first camera sits at (0, 0, 1.5) looking at the origin, +y up, 49.1 degree field of view; its
+rig adds azimuths 90, 180 and 270 at elevation 0 (the project's orbit conventions, up to scale).
+:func:`lgm_frame` is the similarity ``p_ours = s R p_lgm + t`` carrying LGM's front camera onto the
+photo's; :func:`select_views` finds the rig views among the request's; :func:`resample_view` maps
+a view to LGM's intrinsics (outside the frame: white); :func:`plucker_rays` gives each pixel's ray
+``(o x d, d)`` in LGM's frame.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ prepared the same way, with the request's matte as the alpha channel:
 4. a bilinear, anti-aliased resize of the crop to ``cond_image_size`` (512).
 
 The crop is kept: it is the virtual camera TripoSR "sees" the object through, and
-:func:`~glimpse3d.services.reconstruction.triposr.convert.placement_for_crop` uses it to put the
+:func:`~glimpse3d.services.reconstruction.backends.triposr.convert.placement_for_crop` uses it to put the
 reconstruction back where the object was in the photo.
 """
 

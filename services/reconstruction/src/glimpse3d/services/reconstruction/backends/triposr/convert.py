@@ -1,40 +1,16 @@
 """TripoSR triplane NeRF -> Gaussians, and TripoSR's object frame -> the project's world.
 
-Sampling (:func:`triplane_to_gaussians`)
-    The density field is evaluated at the centres of a ``resolution``^3 grid of cells of side
-    ``h = 2 r / resolution`` filling TripoSR's bounding cube [-r, r]^3 (r = 0.87), shifted as a
-    whole by a seeded sub-cell offset when ``jitter`` is on. A cell is *occupied* when its density
-    reaches ``density_threshold`` (25, the level TripoSR extracts its meshes at). Occupied cells
-    are ranked by their depth inside the object (0 = touching an empty cell or the cube's border,
-    found by repeated 3 x 3 x 3 erosion); with ``shell_voxels`` > 0 only the outer ``shell_voxels``
-    layers are kept (the interior is hidden behind them). If more cells remain than the budget,
-    the shallowest are kept (seeded random order within a layer). Each kept cell becomes an
-    isotropic Gaussian at its centre with standard deviation ``gaussian_scale * h``, its colour
-    the decoder's RGB there (as the SH band-0 coefficient) and its opacity the alpha of a cell of
-    that size under TripoSR's volume rendering, ``1 - exp(-sigma * h / (2 r))``: the published
-    renderer steps 1/128 of a ray's chord through the cube per sample, i.e. ``sigma / (2 r)`` per
-    world unit along the axes.
-
-Frames
-    TripoSR's frame is right-handed with +z up; the photo it reconstructs is the view of its
-    canonical camera at (1.9, 0, 0) looking at the origin with a 40 degree vertical field of view,
-    image right = +y, image up = +z (its ``get_spherical_cameras`` at azimuth 0). In OpenCV camera
-    axes that camera maps an object point p to ``(p_y, -p_z, 1.9 - p_x)`` (:data:`OBJECT_TO_CAMERA`).
-
-Placement (:func:`placement_for_crop`)
-    The conditioning crop is a virtual camera inside the photo's camera: its optical axis is the
-    ray through the crop centre, its image the crop. The object's centre goes on that ray at the
-    photo camera's depth of the object (the camera-space depth of the world origin, where the
-    project normalises objects to sit), TripoSR's camera axes are turned onto the virtual camera's
-    (a rotation of the photo camera's axes by the small angle between its optical axis and the
-    ray), and the object is scaled so that its apparent size matches: an object offset x seen at
-    1.9 by TripoSR's focal ``f_t`` spans ``crop.size * f_t * x / 1.9`` photo pixels, which the photo
-    camera (focal ``f = sqrt(fx fy)``) sees at depth ``d`` for a world offset ``s x`` with
-    ``s = crop.size * f_t * d / (1.9 f)``; ``f_t = 0.5 / tan(20 deg)`` in units of the crop side.
-    The match is exact at the object's centre and first-order around it (weak perspective: the
-    two cameras' perspective differs). For the project's default input camera (orbit azimuth 0,
-    distance 2.7, object in the middle of the photo) this is the pure axis permutation
-    world = s (p_y, p_z, p_x): TripoSR's front (+x) faces the camera on +z, its up (+z) is +y.
+- :func:`triplane_to_gaussians`: the density is evaluated at the cell centres of a
+  ``resolution``^3 grid over TripoSR's cube [-r, r]^3 (seeded sub-cell shift with ``jitter``);
+  cells at least ``density_threshold`` dense, in the outer ``shell_voxels`` layers (found by 3x3x3
+  erosion), become isotropic Gaussians of std ``gaussian_scale * h`` with the decoder's colour and
+  the alpha of one cell under TripoSR's volume rendering, ``1 - exp(-sigma h / (2 r))``; over the
+  budget, the shallowest layers are kept (seeded order within a layer).
+- Frames: TripoSR is right-handed, +z up, its canonical camera at (1.9, 0, 0) with a 40 degree
+  field of view; in OpenCV camera axes it maps p to ``(p_y, -p_z, 1.9 - p_x)`` (:data:`OBJECT_TO_CAMERA`).
+- :func:`placement_for_crop`: the crop is a virtual camera inside the photo's; the object goes on
+  the ray through the crop centre at the photo camera's depth of the world origin, turned onto that
+  ray and scaled so its apparent size matches (exact at the centre, first order around it).
 """
 
 from __future__ import annotations
@@ -51,7 +27,7 @@ from torch.nn import functional
 from glimpse3d.core.cameras import Camera, intrinsics_from_fov, look_at
 from glimpse3d.core.cancel import check_cancelled
 from glimpse3d.core.splat import Splat
-from glimpse3d.services.reconstruction.triposr.preprocess import Crop
+from glimpse3d.services.reconstruction.backends.triposr.preprocess import Crop
 
 TRIPOSR_CAMERA_DISTANCE = 1.9
 TRIPOSR_FOV_Y_DEG = 40.0

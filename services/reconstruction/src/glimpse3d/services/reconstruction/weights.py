@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from glimpse3d.core.models import ModelSource
-from glimpse3d.services.reconstruction.lgm.source import SOURCES as _LGM
-from glimpse3d.services.reconstruction.triposr.source import SOURCES as _TRIPOSR
+from glimpse3d.services.reconstruction.backends.lgm.source import SOURCES as _LGM
+from glimpse3d.services.reconstruction.backends.triposr.source import SOURCES as _TRIPOSR
 
 MODELS: tuple[ModelSource, ...] = (*_TRIPOSR, *_LGM)

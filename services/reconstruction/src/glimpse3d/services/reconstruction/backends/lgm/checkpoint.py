@@ -1,26 +1,14 @@
 """Loading and checking LGM checkpoints, and the key/shape manifest of the published one.
 
-**Loading.** The published ``model_fp16_fixrot.safetensors`` is a bare fp16 state dict: no config.
-The architecture is therefore the published ``big`` config in code (:data:`.unet.BIG`). The tiny
-test model (:mod:`.tiny`) is the same file name and format with one addition: its safetensors
-header metadata carries the small architecture as JSON under :data:`CONFIG_METADATA_KEY`, which the
-production file does not have. :func:`load_checkpoint` reads the header, takes the config from that
-key when present (else ``big``), compares every key and shape with the architecture's and raises
-:class:`CheckpointMismatch` (FAILED_PRECONDITION) naming the missing, unexpected and mismatched keys
-before anything is allocated; then it loads the tensors as float32 on the CPU (fp16 on disk) and
-moves the network to the requested device and dtype.
+The published ``model_fp16_fixrot.safetensors`` is a bare fp16 state dict of the :data:`.unet.BIG`
+architecture; the tiny test model adds its config as JSON in the header metadata
+(:data:`CONFIG_METADATA_KEY`). :func:`load_checkpoint` compares every key and shape with the
+architecture before allocating and raises :class:`CheckpointMismatch` naming what differs.
+``manifest.json`` is derived from the architecture (its predicted safetensors size matches the
+published file's). With a real file::
 
-**The manifest.** ``manifest.json`` (next to this module) lists the published file's keys and
-shapes. It is *derived* from the architecture, since the weights cannot be downloaded where this
-was written: the safetensors layout (compact JSON header sorted by key, padded to 8 bytes, then
-fp16 data) predicts the file's exact byte size, which matches the size the Hugging Face repository
-publishes for ``model_fp16_fixrot.safetensors`` (830,126,160 bytes) - a check on every key name's
-length and every shape. With a real file at hand, verify or regenerate it::
-
-    python -m glimpse3d.services.reconstruction.lgm.checkpoint verify FILE
-    python -m glimpse3d.services.reconstruction.lgm.checkpoint manifest --from FILE --out manifest.json
-
-(``FILE`` = ``models/reconstruction/lgm/model_fp16_fixrot.safetensors`` after ``make models``.)
+    python -m glimpse3d.services.reconstruction.backends.lgm.checkpoint verify FILE
+    python -m glimpse3d.services.reconstruction.backends.lgm.checkpoint manifest --from FILE --out manifest.json
 """
 
 from __future__ import annotations
@@ -38,8 +26,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from glimpse3d.core.errors import FailedPrecondition
-from glimpse3d.services.reconstruction.lgm.source import CHECKPOINT_FILE, MODEL_NAME
-from glimpse3d.services.reconstruction.lgm.unet import BIG, LGMConfig, LGMNet
+from glimpse3d.services.reconstruction.backends.lgm.source import CHECKPOINT_FILE, MODEL_NAME
+from glimpse3d.services.reconstruction.backends.lgm.unet import BIG, LGMConfig, LGMNet
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The reconstruction backends, one package each (registered in the service's pyproject)."""

@@ -1,1 +1,0 @@
-"""The ``triposr`` reconstruction backend: TripoSR's triplane NeRF converted to Gaussians (:mod:`.backend`)."""
