@@ -2,8 +2,9 @@
 
 Geometry and conditioning are checked on cases whose answer is known (relative poses of orbit
 cameras, the Blender-frame formula Zero-1-to-3 was trained with, the framing round trip, the
-classifier-free-guidance layout); the model path is checked for determinism, batching, both
-published projection layouts, option and input errors, and one call through the gRPC service.
+classifier-free-guidance layout); the model path is checked for seeds, batching, both published
+projection layouts and its own option and input errors. The backend contract (lifecycle, missing
+weights, generic bad inputs, gRPC) is in test_contract_multiview.py.
 """
 
 from __future__ import annotations
@@ -12,26 +13,18 @@ import json
 import math
 import shutil
 
-import grpc
 import numpy as np
 import pytest
 import torch
-from service_harness import run_service
 
-from glimpse3d.core import convert, synthetic
-from glimpse3d.core.artifacts import FileArtifactStore
+from glimpse3d.core import synthetic
 from glimpse3d.core.cameras import Camera, look_at, orbit_camera
 from glimpse3d.core.cancel import cancel_scope
-from glimpse3d.core.errors import Cancelled, FailedPrecondition, InvalidInput, NotReady
-from glimpse3d.core.images import decode_image, decode_npy, encode_npy, encode_png
+from glimpse3d.core.errors import Cancelled, FailedPrecondition, InvalidInput
 from glimpse3d.core.models import ModelMissing
-from glimpse3d.core.rpc.errors import status_code_for
-from glimpse3d.core.service import ServiceSettings
-from glimpse3d.services.multiview.backends import REGISTRY, GeneratedView, MultiviewBackend, make_backend
-from glimpse3d.services.multiview.models import MODELS, ZERO123_XL, ZERO123_XL_FILES
-from glimpse3d.services.multiview.tiny import write_tiny_models
-from glimpse3d.services.multiview.zero123 import (
-    Zero123Backend,
+from glimpse3d.services.multiview.api import REGISTRY, GeneratedView, make_backend
+from glimpse3d.services.multiview.backends.zero123 import Zero123Backend
+from glimpse3d.services.multiview.backends.zero123.geometry import (
     frame_input,
     generated_matte,
     object_centre,
@@ -39,7 +32,8 @@ from glimpse3d.services.multiview.zero123 import (
     placement,
     relative_pose,
 )
-from glimpse3d.v1 import common_pb2, multiview_pb2
+from glimpse3d.services.multiview.tiny import write_tiny_models
+from glimpse3d.services.multiview.weights import MODELS, ZERO123_XL, ZERO123_XL_FILES
 
 SIZE = 48
 RADIUS = 2.7
@@ -187,16 +181,9 @@ def test_models_list_the_published_layout(model_dir) -> None:
     assert config["_class_name"] == "CLIPCameraProjection" and config["additional_embeddings"] == 4
 
 
-def test_backend_loads_the_tiny_checkpoint(backend: Zero123Backend) -> None:
-    assert isinstance(backend, MultiviewBackend) and backend.ready and backend.name == "zero123"
-    assert backend.device_options.device == "cpu"
-    backend.load()  # idempotent
-    assert backend.ready
-
-
 @pytest.fixture(scope="module")
 def components(model_dir):
-    from glimpse3d.services.multiview import zero123_pipeline as zp
+    from glimpse3d.services.multiview.backends.zero123 import pipeline as zp
 
     return zp.load_components(model_dir / ZERO123_XL, torch.device("cpu"), torch.float32)
 
@@ -208,7 +195,7 @@ def test_components_have_zero123_shapes(components) -> None:
 
 
 def test_conditioning_layout_matches_classifier_free_guidance(components) -> None:
-    from glimpse3d.services.multiview import zero123_pipeline as zp
+    from glimpse3d.services.multiview.backends.zero123 import pipeline as zp
 
     image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     poses = torch.tensor([[0.1, 1.0, 0.0, 0.0], [-0.3, 0.0, -1.0, 0.2]])
@@ -307,7 +294,7 @@ def test_cancellation_stops_the_denoising_loop(backend, photo) -> None:
 
 
 def test_cpu_offload_hooks_give_the_same_views(model_dir, photo) -> None:
-    from glimpse3d.services.multiview import zero123_pipeline as zp
+    from glimpse3d.services.multiview.backends.zero123 import pipeline as zp
 
     settings = zp.SamplerSettings(steps=2, guidance_scale=3.0, eta=1.0)
     image = np.full((32, 32, 3), 200, np.uint8)
@@ -326,15 +313,6 @@ def test_cpu_offload_hooks_give_the_same_views(model_dir, photo) -> None:
 # --- errors --------------------------------------------------------------------------------------
 
 
-def test_missing_model_is_a_failed_precondition_naming_make_models(tmp_path) -> None:
-    b = make_backend("zero123", model_dir=tmp_path, device="cpu")
-    with pytest.raises(ModelMissing) as exc:
-        b.load()
-    assert status_code_for(exc.value) == grpc.StatusCode.FAILED_PRECONDITION
-    assert "make models" in exc.value.message and ZERO123_XL in exc.value.message
-    assert not b.ready
-
-
 def test_missing_weight_files_are_reported(model_dir, tmp_path) -> None:
     root = tmp_path / ZERO123_XL
     shutil.copytree(model_dir / ZERO123_XL, root)
@@ -350,8 +328,7 @@ def test_missing_weight_files_are_reported(model_dir, tmp_path) -> None:
 @pytest.mark.parametrize(("options", "field"), [
     ({"steps": 0}, "steps"), ({"batch_size": 17}, "batch_size"), ({"guidance_scale": -1.0}, "guidance_scale"),
     ({"eta": 2.0}, "eta"), ({"foreground_ratio": 0.1}, "foreground_ratio"), ({"variant": "int8"}, "variant"),
-    ({"dtype": "float64"}, "dtype"), ({"cpu_offload": "yes"}, "cpu_offload"), ({"device": "tpu"}, "device"),
-    ({"sampler": "euler"}, "sampler"),
+    ({"dtype": "float64"}, "dtype"), ({"cpu_offload": "yes"}, "cpu_offload"),
 ])
 def test_bad_options_are_invalid_input_naming_the_option(options, field) -> None:
     with pytest.raises(InvalidInput) as exc:
@@ -359,53 +336,10 @@ def test_bad_options_are_invalid_input_naming_the_option(options, field) -> None
     assert exc.value.field == field
 
 
-def test_bad_requests_are_invalid_input(model_dir, backend, photo) -> None:
-    with pytest.raises(NotReady):
-        make_backend("zero123", model_dir=model_dir, device="cpu").generate(
-            photo["image"], photo["mask"], photo["camera"], None, _targets())
+def test_bad_requests_are_invalid_input(backend, photo) -> None:
     with pytest.raises(InvalidInput) as exc:
         backend.generate(photo["image"], np.zeros((SIZE, SIZE), np.float32), photo["camera"], None, _targets())
     assert exc.value.field == "mask"
     with pytest.raises(InvalidInput) as exc:
         _generate(backend, photo, [_targets()[0], Camera(40, 40, 20, 16, 40, 32)])
     assert exc.value.field == "views[1]"
-    with pytest.raises(InvalidInput) as exc:
-        _generate(backend, photo, [])
-    assert exc.value.field == "views"
-
-
-# --- through the service -------------------------------------------------------------------------
-
-
-def test_grpc_generate_with_the_zero123_backend(model_dir, tmp_path, photo) -> None:
-    store = FileArtifactStore(tmp_path / "artifacts")
-
-    def put(data: bytes, media: str) -> common_pb2.ArtifactRef:
-        return convert.artifact_to_proto(store.put(data, media))
-
-    image = put(encode_png(photo["image"]), "image/png")
-    mask = put(encode_npy(photo["mask"]), "application/x-npy")
-    views = [common_pb2.ViewSpec(orbit=common_pb2.OrbitView(azimuth_deg=a, elevation_deg=10, width=40, height=32))
-             for a in (120, 240)]
-    settings = ServiceSettings(backend="zero123", model_dir=model_dir, device="cpu",
-                               backend_options=json.dumps({"steps": 2, "batch_size": 2}))
-
-    async def scenario(stub) -> None:
-        req = multiview_pb2.GenerateViewsRequest(image=image, mask=mask, input_camera=convert.camera_to_proto(
-            photo["camera"]), views=views, seed=9)
-        first = await stub.Generate(req)
-        assert first.backend == "zero123" and len(first.views) == 2
-        rgb = decode_image(store.get(convert.artifact_from_proto(first.views[1].rgb)))
-        matte = decode_npy(store.get(convert.artifact_from_proto(first.views[1].mask)), field="mask")
-        assert rgb.shape == (32, 40, 3) and matte.shape == (32, 40) and matte.dtype == np.float32
-        again = await stub.Generate(req)
-        assert [v.rgb.sha256 for v in again.views] == [v.rgb.sha256 for v in first.views]
-        req.seed = 10
-        other = await stub.Generate(req)
-        assert other.views[0].rgb.sha256 != first.views[0].rgb.sha256
-        del req.views[:]
-        with pytest.raises(grpc.aio.AioRpcError) as exc:
-            await stub.Generate(req)
-        assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-
-    run_service("multiview", store, scenario, settings=settings)

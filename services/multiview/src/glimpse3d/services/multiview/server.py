@@ -10,13 +10,11 @@ from glimpse3d.core import convert, service
 from glimpse3d.core.errors import InvalidInput
 from glimpse3d.core.rpc import Registration
 from glimpse3d.core.service import ServiceRuntime, backend_from_settings
-from glimpse3d.services.multiview.backends import REGISTRY, MultiviewBackend
+from glimpse3d.services.multiview.api import MAX_STEPS, MAX_VIEWS, REGISTRY, MultiviewBackend
 from glimpse3d.v1 import multiview_pb2, multiview_pb2_grpc
 
 SERVICE_NAME = multiview_pb2.DESCRIPTOR.services_by_name["Multiview"].full_name
 DEFAULT_BACKEND = "render"
-MAX_VIEWS = 16
-MAX_STEPS = 200
 
 
 class MultiviewServicer(multiview_pb2_grpc.MultiviewServicer):

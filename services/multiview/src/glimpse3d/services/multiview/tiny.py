@@ -1,13 +1,8 @@
 """Tiny random models for the multiview service's learned backends, in the real on-disk layout.
 
-``multiview/zero123-xl`` is written exactly as :mod:`glimpse3d.services.multiview.models` describes the
-published folder (same subfolders, file names, ``fp16`` weight variant and tensor names), with
-diffusers-test-sized configs: a two-level UNet (block channels 32, 64) with 8 input channels, a
-two-level VAE (scale factor 2), a two-layer CLIP vision tower with a 32-wide projection, and the
-camera projection Linear(32 + 4 -> 32). The UNet's sample size 16 and the VAE's factor 2 make the
-backend run at 32 x 32 pixels. Each component is seeded, so the weights depend only on ``seed``.
-
-For tests, ``make bench`` and weight-free local stacks; production weights come from ``make models``.
+``multiview/zero123-xl`` has the published folder's subfolders, file names, ``fp16`` variant and
+tensor names, with diffusers-test-sized configs (two-level UNet and VAE, a two-layer CLIP tower, a
+32-wide projection) that run at 32 x 32 pixels. The weights depend only on ``seed``.
 """
 
 from __future__ import annotations
@@ -15,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from glimpse3d.services.multiview.models import WEIGHTS_VARIANT, ZERO123_XL
+from glimpse3d.services.multiview.weights import WEIGHTS_VARIANT, ZERO123_XL
 
 TINY_WIDTH = 32  # CLIP hidden/projection width = UNet cross-attention width
 POSE_DIMS = 4  # [delta polar, sin delta azimuth, cos delta azimuth, delta radius]

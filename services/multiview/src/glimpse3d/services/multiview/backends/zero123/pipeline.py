@@ -1,24 +1,11 @@
 """Zero-1-to-3 sampling from diffusers components (the model half of the ``zero123`` backend).
 
-Zero-1-to-3 (Liu et al., ICCV 2023) is Stable Diffusion fine-tuned to draw an object from a
-relative viewpoint. Per target view it is conditioned twice on the input image:
-
-- *cross-attention*: the CLIP image embedding ``e`` [768] of the input, concatenated with the
-  relative pose ``T = [delta polar (rad), sin(delta azimuth), cos(delta azimuth), delta radius]``
-  and projected back to 768 by the learned ``clip_camera_projection`` Linear(772 -> 768); the UNet
-  attends to that one token;
-- *concatenation*: the VAE latent of the input image (the posterior mode, not scaled by the VAE's
-  scaling factor), stacked on the 4 noisy latent channels, hence the UNet's 8 input channels.
-
-Classifier-free guidance follows the original sampler: the unconditional branch sees a zero token
-and zero image latents, and ``eps = eps_u + s * (eps_c - eps_u)`` (``s`` = ``guidance_scale``; the
-unconditional branch is skipped when ``s <= 1``). DDIM with ``eta`` (the original demo: 50 steps,
-scale 3, eta 1) runs all views of a chunk in one batch. Every view has its own
-``torch.Generator`` (seeded from the request seed and the view's index), used for its initial noise
-and for DDIM's per-step noise, so a view does not depend on how the views are batched.
-:func:`~glimpse3d.core.cancel.check_cancelled` runs after every step.
-
-Import this module only after :func:`glimpse3d.core.models.offline_hub`.
+Each view is conditioned on the input image twice: one cross-attention token (the CLIP image
+embedding and the relative pose through ``clip_camera_projection``) and the input's VAE latent
+stacked on the noisy latents (8 UNet input channels). Classifier-free guidance uses a zero token and
+zero latents for the unconditional branch (skipped when ``guidance_scale <= 1``). DDIM runs all views
+of a chunk in one batch; each view has its own generator, so a view does not depend on batching.
+Cancellation is checked after every step. Import only after :func:`glimpse3d.core.models.offline_hub`.
 """
 
 from __future__ import annotations

@@ -1,28 +1,24 @@
-"""Multiview backends: images of the object from new viewpoints (Zero-1-to-3 style).
+"""The multiview API: novel views of the object (:class:`MultiviewBackend`) and its registry.
 
-Every backend implements :class:`MultiviewBackend`; the server picks one by name with
-:func:`make_backend`. Arrays in and out are numpy (the servicer decodes/encodes artifacts):
+Arrays in and out are numpy (the servicer decodes and encodes artifacts):
 
 - ``image``        uint8 [H, W, 3] (or [H, W, 4]; its alpha is the matte when ``mask`` is None)
   or float in [0, 1]: the input photo;
 - ``mask``         optional float [H, W] in [0, 1], the object matte of the photo;
 - ``input_camera`` the photo's :class:`~glimpse3d.core.cameras.Camera`;
-- ``splat``        the current splat (required by ``render``, ignored by diffusion backends);
+- ``splat``        the current splat (required by ``render``, ignored by ``zero123``);
 - ``cameras``      1..16 target cameras; each generated view has its camera's size.
-
-Backends: ``render`` (weight-free: render the splat, inpaint its holes; :mod:`.render_views`) and
-``zero123`` (learned: Zero-1-to-3 view-conditioned diffusion from the photo alone, ignoring the splat;
-:mod:`.zero123`, weights ``multiview/zero123-xl`` in the model directory).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 
+from glimpse3d.core.backend import Backend
 from glimpse3d.core.backends import BackendRegistry
 from glimpse3d.core.cameras import Camera
 from glimpse3d.core.errors import InvalidInput
@@ -49,42 +45,6 @@ class ViewRequest:
     cameras: list[Camera]
     seed: int
     steps: int
-
-
-@runtime_checkable
-class MultiviewBackend(Protocol):
-    name: str
-
-    @property
-    def ready(self) -> bool:
-        """True once :meth:`load` has finished (health reports SERVING only then)."""
-        ...
-
-    def load(self) -> None:
-        """Load weights / warm up. Idempotent."""
-        ...
-
-    def generate(
-        self,
-        image: np.ndarray,
-        mask: np.ndarray | None,
-        input_camera: Camera,
-        splat: Splat | None,
-        cameras: Sequence[Camera],
-        seed: int = 0,
-        steps: int = 0,
-    ) -> list[GeneratedView]:
-        """One view per camera, in order; the same seed and inputs give the same views."""
-        ...
-
-
-# Backends register here by name; "triton" calls the zero123 model served by Triton.
-REGISTRY: BackendRegistry[MultiviewBackend] = BackendRegistry("multiview")
-
-
-def make_backend(name: str, **options: Any) -> MultiviewBackend:
-    """The backend called ``name`` (``"render"``, ``"zero123"``), built with backend-specific ``options``."""
-    return REGISTRY.create(name, **options)
 
 
 def _float_image(image: object) -> tuple[np.ndarray, np.ndarray | None]:
@@ -140,3 +100,34 @@ def check_request(
             raise InvalidInput(f"views[{i}] must be a Camera, got {type(cam).__name__}", field=f"views[{i}]")
     return ViewRequest(img, m, input_camera, list(cameras), _int_in(seed, "seed", 2**64 - 1),
                        _int_in(steps, "steps", MAX_STEPS))
+
+
+class MultiviewBackend(Backend):
+    """A multiview backend: implement ``_generate`` (the request is validated before it is called)."""
+
+    service = "multiview"
+
+    def generate(
+        self,
+        image: np.ndarray,
+        mask: np.ndarray | None,
+        input_camera: Camera,
+        splat: Splat | None,
+        cameras: Sequence[Camera],
+        seed: int = 0,
+        steps: int = 0,
+    ) -> list[GeneratedView]:
+        """One view per camera, in order; the same seed and inputs give the same views."""
+        req = check_request(image, mask, input_camera, cameras, seed, steps)
+        return self._run("generate", self._generate, req, splat)
+
+    def _generate(self, req: ViewRequest, splat: Splat | None) -> list[GeneratedView]:
+        raise NotImplementedError
+
+
+REGISTRY: BackendRegistry[MultiviewBackend] = BackendRegistry("multiview")
+
+
+def make_backend(name: str, **options: Any) -> MultiviewBackend:
+    """The backend called ``name`` (``"render"``, ``"zero123"``, ``"triton"``), built with its ``options``."""
+    return REGISTRY.create(name, **options)

@@ -1,4 +1,4 @@
-"""Multiview backends: the weight-free ``render`` backend (the interface a Zero-1-to-3 backend implements)."""
+"""The weight-free ``render`` multiview backend: known answers (the contract is in test_contract_multiview.py)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import torch
 
 from glimpse3d.core import synthetic
 from glimpse3d.core.cameras import orbit_camera
-from glimpse3d.core.errors import InvalidInput, NotReady
+from glimpse3d.core.errors import InvalidInput
 from glimpse3d.core.render import rasterize
 from glimpse3d.core.splat import Splat
-from glimpse3d.services.multiview.backends import GeneratedView, MultiviewBackend, make_backend
-from glimpse3d.services.multiview.render_views import RenderBackend, object_hull
+from glimpse3d.services.multiview.api import GeneratedView, make_backend
+from glimpse3d.services.multiview.backends.render import RenderBackend
+from glimpse3d.services.multiview.matte import object_hull
 
 SIZE = 96
 WHITE = np.ones(3, np.float32)
@@ -56,9 +57,7 @@ def _direct(splat: Splat, camera, background=WHITE) -> tuple[np.ndarray, np.ndar
     return out.rgb.clamp(0, 1).numpy(), out.alpha.numpy()
 
 
-def test_protocol_and_factory(backend: RenderBackend) -> None:
-    assert isinstance(backend, MultiviewBackend)
-    assert backend.name == "render" and backend.ready
+def test_an_unknown_backend_name_is_invalid() -> None:
     with pytest.raises(InvalidInput) as err:
         make_backend("zero-one-two-three")
     assert err.value.field == "backend"
@@ -110,15 +109,6 @@ def test_holes_are_filled_from_their_neighbours(backend: RenderBackend, photo: d
     assert np.abs(filled.mean(axis=0) - ring_colors.mean(axis=0)).max() < 0.2
 
 
-def test_deterministic(backend: RenderBackend, photo: dict, holed: Splat) -> None:
-    cams = [orbit_camera(a, 20, 2.7, width=64, height=64) for a in (0, 150)]
-    a = _generate(backend, photo, holed, cams, seed=5)
-    b = _generate(backend, photo, holed, cams, seed=5)
-    for x, y in zip(a, b, strict=True):
-        np.testing.assert_array_equal(x.rgb, y.rgb)
-        np.testing.assert_array_equal(x.mask, y.mask)
-
-
 def test_background_follows_the_photo_or_the_option(photo: dict, obj: Splat) -> None:
     grey = np.where(photo["mask"][..., None] > 0.5, photo["image"], 128).astype(np.uint8)
     cam = orbit_camera(60, 0, 2.7, width=48, height=48)
@@ -144,34 +134,16 @@ def test_missing_splat_is_invalid(backend: RenderBackend, photo: dict) -> None:
     assert err.value.field == "splat"
 
 
-def test_bad_requests_name_the_field(backend: RenderBackend, photo: dict, obj: Splat) -> None:
-    cam = orbit_camera(0, 0, 2.7, width=32, height=32)
-    cases = [
-        ({"cameras": []}, "views"),
-        ({"cameras": [cam] * 17}, "views"),
-        ({"cameras": [cam, "side"]}, "views[1]"),
-        ({"steps": 201}, "steps"),
-        ({"seed": -1}, "seed"),
-        ({"image": photo["image"][..., :2]}, "image"),
-        ({"mask": photo["mask"][1:]}, "mask"),
-        ({"mask": photo["mask"] + 2.0}, "mask"),
-        ({"input_camera": None}, "input_camera"),
-    ]
-    for override, field in cases:
-        args = {"image": photo["image"], "mask": photo["mask"], "input_camera": photo["camera"], "splat": obj,
-                "cameras": [cam]} | override
-        with pytest.raises(InvalidInput) as err:
-            backend.generate(**args)
-        assert err.value.field == field, override
+@pytest.mark.parametrize(("options", "field"), [
+    ({"background": (2.0, 0.0, 0.0)}, "background"), ({"background": [0.5, 0.5]}, "background"),
+    ({"inpaint_radius": 0}, "inpaint_radius"), ({"close_fraction": 0.6}, "close_fraction"),
+    ({"confident_alpha": "high"}, "confident_alpha"),
+])
+def test_bad_options_name_the_option(options: dict, field: str) -> None:
+    with pytest.raises(InvalidInput) as err:
+        RenderBackend(**options)
+    assert err.value.field == field
 
 
-def test_not_ready_and_bad_options(photo: dict, obj: Splat) -> None:
-    b = RenderBackend()
-    with pytest.raises(NotReady):
-        b.generate(photo["image"], photo["mask"], photo["camera"], obj, [photo["camera"]])
-    with pytest.raises(InvalidInput) as err:
-        RenderBackend(background=(2.0, 0.0, 0.0))
-    assert err.value.field == "background"
-    with pytest.raises(InvalidInput) as err:
-        RenderBackend(colour="red")
-    assert err.value.field == "colour"
+def test_background_option_accepts_a_json_list() -> None:
+    assert RenderBackend(background=[0, 0, 1]).options.background == (0.0, 0.0, 1.0)

@@ -1,0 +1,1 @@
+"""The multiview backends, one folder each (registered in the pyproject)."""
