@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from glimpse3d.services.diffusion.backends import DEFAULT_GUIDANCE, DEFAULT_STEPS
-from glimpse3d.services.diffusion.classical import ClassicalDiffusionBackend
+from glimpse3d.services.diffusion.api import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from glimpse3d.services.diffusion.backends.classical import ClassicalDiffusionBackend
 
 # The 24 patches of the ColorChecker Classic chart, row by row, in 8-bit sRGB (X-Rite's published values).
 COLORCHECKER_SRGB = [

@@ -4,8 +4,8 @@ Known-answer tests cover what the project adds around the diffusers pipeline: th
 image conversion (disparity, near = bright, background black), the working canvas (scale, pad,
 restore the exact size) and the compositing. The backend tests load the tiny models through the real
 loading code and check determinism per seed, what each request parameter and option does, the
-strength-0 shortcut, per-step cancellation, missing models and bad options; one test goes through the
-real gRPC service.
+strength-0 shortcut, per-step cancellation, missing models and bad options. Lifecycle, option refusal
+and serving over gRPC: tests/test_contract_diffusion.py.
 """
 
 from __future__ import annotations
@@ -13,25 +13,18 @@ from __future__ import annotations
 import json
 import shutil
 
-import grpc
 import numpy as np
 import pytest
-from service_harness import run_service
 
-from glimpse3d.core import convert
-from glimpse3d.core.artifacts import FileArtifactStore
-from glimpse3d.core.cameras import orbit_camera
 from glimpse3d.core.cancel import cancel_scope
-from glimpse3d.core.errors import Cancelled, FailedPrecondition, InvalidInput, NotReady
-from glimpse3d.core.images import decode_image, encode_npy, encode_png
+from glimpse3d.core.errors import Cancelled, FailedPrecondition, InvalidInput
 from glimpse3d.core.models import ModelMissing
-from glimpse3d.core.service import ServiceSettings
-from glimpse3d.services.diffusion import conditioning as cond
-from glimpse3d.services.diffusion.backends import REGISTRY
-from glimpse3d.services.diffusion.models import CONTROLNET_DEPTH, MODELS, SDXL_BASE, VAE_FP16_FIX
-from glimpse3d.services.diffusion.sdxl import DEFAULT_PROMPT, SDXLDiffusionBackend
+from glimpse3d.services.diffusion.api import REGISTRY
+from glimpse3d.services.diffusion.backends.sdxl import SDXLDiffusionBackend
+from glimpse3d.services.diffusion.backends.sdxl import conditioning as cond
+from glimpse3d.services.diffusion.backends.sdxl.backend import DEFAULT_PROMPT
 from glimpse3d.services.diffusion.tiny import write_tiny_models
-from glimpse3d.v1 import common_pb2, diffusion_pb2
+from glimpse3d.services.diffusion.weights import CONTROLNET_DEPTH, MODELS, SDXL_BASE, VAE_FP16_FIX
 
 RES = 64  # working resolution for the tiny models (canvas multiple 4: VAE factor 2 x one UNet downsampling)
 KW = dict(strength=0.6, steps=4, guidance=5.0, seed=3)
@@ -47,10 +40,7 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def backend(model_dir):
     b = SDXLDiffusionBackend(model_dir, "cpu", resolution=RES)
-    assert not b.ready
     b.load()
-    b.load()  # idempotent
-    assert b.ready
     return b
 
 
@@ -185,11 +175,10 @@ def test_loaded_pipeline_is_the_depth_controlnet_img2img_pipeline(backend):
     assert str(pipe.unet.dtype) == "torch.float32"  # fp16 files upcast on the CPU
 
 
-def test_missing_models_fail_precondition_naming_make_models(tmp_path, model_dir):
+def test_missing_models_are_named(tmp_path, model_dir):
     with pytest.raises(ModelMissing) as exc:
         SDXLDiffusionBackend(tmp_path, "cpu").load()
-    assert isinstance(exc.value, FailedPrecondition) and "make models" in exc.value.message
-    assert SDXL_BASE in exc.value.message
+    assert isinstance(exc.value, FailedPrecondition) and SDXL_BASE in exc.value.message
     (tmp_path / "diffusion").mkdir()
     for name in (SDXL_BASE, CONTROLNET_DEPTH):  # no fp16-fix VAE, and the option asks for it
         (tmp_path / name).symlink_to(model_dir / name, target_is_directory=True)
@@ -221,7 +210,6 @@ def test_corrupt_weights_fail_precondition(tmp_path, model_dir):
     ({"colour_transfer": None}, "colour_transfer"),
     ({"negative_prompt": 3}, "negative_prompt"),
     ({"default_prompt": "x" * 1001}, "default_prompt"),
-    ({"steps": 20}, "backend_options"),  # not an option of this backend
 ])
 def test_bad_options_are_invalid_input(options, field, model_dir):
     with pytest.raises(InvalidInput) as exc:
@@ -236,11 +224,6 @@ def test_cuda_requested_without_cuda_fails_precondition(model_dir):
         pytest.skip("this machine has CUDA")
     with pytest.raises(FailedPrecondition, match="CUDA"):
         SDXLDiffusionBackend(model_dir, "cuda").load()
-
-
-def test_enhance_before_load_is_not_ready(model_dir, scene):
-    with pytest.raises(NotReady):
-        enhance(SDXLDiffusionBackend(model_dir, "cpu", resolution=RES), scene)
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -339,7 +322,7 @@ def test_reference_photo_guides_the_colour(backend, model_dir, scene):
     photo[:] = (230, 230, 230, 0)
     photo[15:65, 15:65] = (200, 40, 30, 255)  # a red object, its alpha saying where it is
     # (Without alpha, a random render whose colours are nowhere near the photo's is left as it is:
-    # only view-to-photo colour pairs within the capture distance are trusted; see classical.py.)
+    # only view-to-photo colour pairs within the capture distance are trusted; see colour.py.)
     box = alpha > 0
     guided = backend.enhance(view, depth=depth, alpha=alpha, reference=photo, **KW)
     plain = SDXLDiffusionBackend(model_dir, "cpu", resolution=RES, colour_transfer=False)
@@ -366,43 +349,3 @@ def test_memory_options_and_fp16_fix_vae_run_on_cpu(model_dir, backend, scene):
     assert fix_weights.shape == base_weights.shape and not (fix_weights == base_weights).all()  # the other VAE
     out = enhance(fixed, scene)
     assert out.shape == base.shape and np.abs(out.astype(int) - base)[scene[2] > 0].mean() > 1.0  # another VAE
-
-
-# --------------------------------------------------------------------------------------------- #
-# Through the gRPC service
-# --------------------------------------------------------------------------------------------- #
-
-
-def test_grpc_service_with_sdxl_backend(tmp_path, model_dir):
-    from glimpse3d.core.synthetic import render_depth_alpha, render_image, textured_object
-
-    store = FileArtifactStore(tmp_path / "artifacts")
-    splat = textured_object(seed=0, n=800)
-    camera = orbit_camera(30.0, 10.0, 2.7, width=40, height=36)
-    rgb = render_image(splat, camera, background=(0.9, 0.9, 0.9))
-    depth, alpha = render_depth_alpha(splat, camera)
-
-    def put(data: bytes, media: str) -> common_pb2.ArtifactRef:
-        return convert.artifact_to_proto(store.put(data, media))
-
-    req = diffusion_pb2.EnhanceViewRequest(
-        view=put(encode_png(rgb), "image/png"), depth=put(encode_npy(depth), "application/x-npy"),
-        alpha=put(encode_npy(alpha), "application/x-npy"), steps=3, seed=11)  # strength, guidance: defaults
-    settings = ServiceSettings(backend="sdxl", model_dir=model_dir, device="cpu", max_concurrency=1,
-                               backend_options=json.dumps({"resolution": RES}))
-
-    async def scenario(stub) -> None:
-        a = await stub.Enhance(req)
-        assert a.backend == "sdxl"
-        out = decode_image(store.get(convert.artifact_from_proto(a.view)))
-        assert out.shape == rgb.shape and out.dtype == np.uint8
-        assert (out[alpha == 0] == rgb[alpha == 0]).all()
-        assert (await stub.Enhance(req)).view.sha256 == a.view.sha256  # same seed -> identical bytes
-        req.seed = 12
-        assert (await stub.Enhance(req)).view.sha256 != a.view.sha256
-        req.strength = 1.5
-        with pytest.raises(grpc.aio.AioRpcError) as exc:
-            await stub.Enhance(req)
-        assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "strength" in exc.value.details()
-
-    run_service("diffusion", store, scenario, settings=settings)

@@ -10,7 +10,7 @@ import numpy as np
 from glimpse3d.core import service
 from glimpse3d.core.rpc import Registration
 from glimpse3d.core.service import ServiceRuntime, backend_from_settings
-from glimpse3d.services.diffusion.backends import REGISTRY, DiffusionBackend, apply_proto_defaults
+from glimpse3d.services.diffusion.api import REGISTRY, DiffusionBackend, apply_proto_defaults
 from glimpse3d.v1 import common_pb2, diffusion_pb2, diffusion_pb2_grpc
 
 SERVICE_NAME = diffusion_pb2.DESCRIPTOR.services_by_name["Diffusion"].full_name

@@ -3,7 +3,7 @@
 :func:`write_tiny_models` builds, from fixed seeds, the components that diffusers' own fast tests
 use for the SDXL ControlNet img2img pipeline (``get_dummy_components``: a two-block UNet with the
 SDXL ``text_time`` micro-conditioning, a matching ControlNet, a two-block VAE, two 32-wide CLIP text
-encoders) and saves them exactly as :mod:`glimpse3d.services.diffusion.models` lists the production
+encoders) and saves them exactly as :mod:`glimpse3d.services.diffusion.weights` lists the production
 files: a ``StableDiffusionXLPipeline`` folder with ``model_index.json`` and ``fp16`` variant weights,
 a ControlNet folder, and a separate VAE folder. The backend then loads them with the same
 ``from_pretrained`` calls it uses for the real weights.
@@ -30,7 +30,7 @@ import shutil
 from pathlib import Path
 
 from glimpse3d.core.models import offline_hub
-from glimpse3d.services.diffusion.models import CONTROLNET_DEPTH, SDXL_BASE, VAE_FP16_FIX, WEIGHTS_VARIANT
+from glimpse3d.services.diffusion.weights import CONTROLNET_DEPTH, SDXL_BASE, VAE_FP16_FIX, WEIGHTS_VARIANT
 
 log = logging.getLogger(__name__)
 

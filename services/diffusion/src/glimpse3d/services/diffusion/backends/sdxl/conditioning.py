@@ -1,4 +1,4 @@
-"""Inputs and outputs of the learned diffusion backends: depth control image and working resolution.
+"""Inputs and outputs of the ``sdxl`` backend: depth control image and working resolution.
 
 Depth control image (:func:`depth_to_control`)
     The SDXL depth ControlNets were trained on monocular depth estimates (MiDaS / DPT), which are

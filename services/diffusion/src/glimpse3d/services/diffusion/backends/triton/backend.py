@@ -1,6 +1,5 @@
-"""Diffusion enhancement on Triton: the ``triton`` backend (client) and the ``diffusion_sdxl``
-model's handler (server), which runs :class:`~.sdxl.SDXLDiffusionBackend` (SDXL img2img + depth
-ControlNet) inside Triton.
+"""Diffusion on Triton: the ``triton`` backend (client) and the ``diffusion_sdxl`` model's handler
+(server), which runs the in-process ``sdxl`` backend inside Triton.
 
 ===================  ======  ===============  ================================================
 tensor               type    shape            meaning
@@ -13,33 +12,34 @@ PARAMS               UINT8   [L]              JSON {"prompt", "strength", "steps
 IMAGE                UINT8   [H, W, 3]        the enhanced view
 ===================  ======  ===============  ================================================
 
-The client validates every argument with the same checks as the in-process backends
-(:func:`~.backends.validate_request`) before anything is sent. No dynamic batching: each request is a
-full sampler run with its own seed and step count; scale with instances.
+Requests are validated by :class:`~glimpse3d.services.diffusion.api.DiffusionBackend` before anything
+is sent. No dynamic batching: each request is a full sampler run; scale with instances.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from glimpse3d.core.triton.client import TritonBacked
+from glimpse3d.core.triton.client import TritonMixin
 from glimpse3d.core.triton.python_model import Handler, Tensors, require
 from glimpse3d.core.triton.tensors import json_tensor, tensor_json
-from glimpse3d.services.diffusion.backends import DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_STRENGTH, validate_request
+from glimpse3d.services.diffusion.api import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_STEPS,
+    DEFAULT_STRENGTH,
+    DiffusionBackend,
+    EnhanceRequest,
+)
 
 MODEL = "diffusion_sdxl"
 
 
-class TritonDiffusionBackend(TritonBacked):
+class TritonDiffusionBackend(TritonMixin, DiffusionBackend):
     """Enhancement by ``diffusion_sdxl`` in Triton."""
 
     default_model = MODEL
 
-    def enhance(self, view: np.ndarray, *, depth: np.ndarray | None, alpha: np.ndarray | None,
-                reference: np.ndarray | None, prompt: str, strength: float, steps: int, guidance: float,
-                seed: int) -> np.ndarray:
-        req = validate_request(view, depth=depth, alpha=alpha, reference=reference, prompt=prompt,
-                               strength=strength, steps=steps, guidance=guidance, seed=seed)
+    def _enhance(self, req: EnhanceRequest) -> np.ndarray:
         out = self.triton.infer(
             {"VIEW": req.view, "DEPTH": req.depth, "ALPHA": req.alpha, "REFERENCE": req.reference,
              "PARAMS": json_tensor({"prompt": req.prompt, "strength": req.strength, "steps": req.steps,
@@ -51,7 +51,7 @@ class TritonDiffusionBackend(TritonBacked):
 class SDXLHandler(Handler):
     """Server side of ``diffusion_sdxl``: the in-process ``sdxl`` backend."""
 
-    registry = "glimpse3d.services.diffusion.backends:REGISTRY"
+    registry = "glimpse3d.services.diffusion.api:REGISTRY"
     backend_name = "sdxl"
 
     def run(self, inputs: Tensors) -> Tensors:

@@ -1,20 +1,6 @@
-"""Production weights of the learned diffusion backends, as ``make models`` fetches them.
-
-The ``sdxl`` backend (:mod:`glimpse3d.services.diffusion.sdxl`) loads three models from the model
-directory, each in its published diffusers layout:
-
-- ``diffusion/sdxl-base-1.0``: the Stable Diffusion XL 1.0 base pipeline folder (``model_index.json``,
-  ``unet/``, ``vae/``, ``text_encoder/``, ``text_encoder_2/``, ``tokenizer/``, ``tokenizer_2/``,
-  ``scheduler/``). Only the half-precision ``fp16`` variant files are fetched (the ``.fp16.safetensors``
-  siblings of the full-precision files: half the download); the backend reads them as
-  ``variant="fp16"`` and upcasts to float32 when it runs on the CPU.
-- ``diffusion/controlnet-depth-sdxl-1.0``: the depth ControlNet trained on SDXL base (a
-  ``ControlNetModel`` folder: ``config.json`` + weights), again its ``fp16`` variant.
-- ``diffusion/sdxl-vae-fp16-fix``: the SDXL VAE fine-tuned so that its activations stay in float16
-  range; used instead of the base VAE when the backend runs in float16 (``vae`` option), where the
-  base VAE would have to be upcast to float32 for every encode and decode.
-
-This module does not import torch or diffusers.
+"""Weights of the ``sdxl`` backend, as ``make models`` fetches them into the model directory: the SDXL
+1.0 base pipeline and the depth ControlNet (their ``fp16`` variant files only, upcast to float32 on the
+CPU), and the fp16-fix VAE used when the backend runs in float16. Does not import torch or diffusers.
 """
 
 from __future__ import annotations

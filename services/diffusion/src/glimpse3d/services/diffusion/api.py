@@ -1,33 +1,26 @@
-"""Diffusion backends: one :class:`DiffusionBackend` protocol, implementations chosen by name.
+"""The diffusion service's API: :class:`DiffusionBackend` enhances one rendered view of the splat,
+guided by its depth, its coverage (alpha) and the input photo (``protos/glimpse3d/v1/diffusion.proto``).
 
-A backend enhances one rendered view of the splat, guided by the view's depth (the ControlNet
-condition for learned backends), its coverage (alpha) and the input photo
-(``protos/glimpse3d/v1/diffusion.proto``). Every backend validates its arguments with
-:func:`validate_request`, so they all accept and reject the same things.
-
-Backends: ``classical`` (weight-free detail and colour transfer, :mod:`.classical`) and ``sdxl``
-(SDXL img2img guided by a depth ControlNet, :mod:`.sdxl`; weights from the model directory).
-
-Parameters are *resolved* values here: ``strength`` 0 really means "return the view unchanged".
-The proto's "0 = backend default" convention is applied by the caller with
-:func:`apply_proto_defaults` before calling :meth:`DiffusionBackend.enhance`.
+:meth:`DiffusionBackend.enhance` validates every argument (:func:`validate_request`) and hands the
+backend's ``_enhance`` an :class:`EnhanceRequest`. Parameters are resolved values: ``strength`` 0
+means "return the view unchanged"; the proto's "0 = backend default" is applied by the caller with
+:func:`apply_proto_defaults`.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import numbers
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 
+from glimpse3d.core.backend import Backend
 from glimpse3d.core.backends import BackendRegistry
 from glimpse3d.core.cameras import MAX_IMAGE_SIDE
 from glimpse3d.core.errors import InvalidInput
-
-log = logging.getLogger(__name__)
 
 DEFAULT_STRENGTH = 0.5
 DEFAULT_STEPS = 30
@@ -51,36 +44,6 @@ class EnhanceRequest:
     steps: int  # [1, MAX_STEPS]
     guidance: float  # [0, MAX_GUIDANCE]
     seed: int  # [0, 2^64 - 1]
-
-
-@runtime_checkable
-class DiffusionBackend(Protocol):
-    name: str
-
-    @property
-    def ready(self) -> bool:
-        """True once :meth:`load` has finished (the server reports SERVING only then)."""
-        ...
-
-    def load(self) -> None:
-        """Load weights / warm up. Idempotent."""
-        ...
-
-    def enhance(
-        self,
-        view: np.ndarray,
-        *,
-        depth: np.ndarray | None,
-        alpha: np.ndarray | None,
-        reference: np.ndarray | None,
-        prompt: str,
-        strength: float,
-        steps: int,
-        guidance: float,
-        seed: int,
-    ) -> np.ndarray:
-        """``view`` uint8 [H, W, 3|4] -> enhanced uint8 [H, W, 3]; identical output for identical inputs."""
-        ...
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -187,8 +150,37 @@ def validate_request(
 
 
 # --------------------------------------------------------------------------------------------- #
-# Registry
+# The API
 # --------------------------------------------------------------------------------------------- #
+
+
+class DiffusionBackend(Backend, ABC):
+    """Base of every diffusion backend: ``enhance`` validates, a backend implements ``_enhance``."""
+
+    service = "diffusion"
+
+    def enhance(
+        self,
+        view: np.ndarray,
+        *,
+        depth: np.ndarray | None,
+        alpha: np.ndarray | None = None,
+        reference: np.ndarray | None = None,
+        prompt: str = "",
+        strength: float,
+        steps: int,
+        guidance: float,
+        seed: int,
+    ) -> np.ndarray:
+        """``view`` uint8 [H, W, 3|4] -> enhanced uint8 [H, W, 3]; identical output for identical inputs."""
+        req = validate_request(view, depth=depth, alpha=alpha, reference=reference, prompt=prompt,
+                               strength=strength, steps=steps, guidance=guidance, seed=seed)
+        return self._run("enhance", self._enhance, req)
+
+    @abstractmethod
+    def _enhance(self, req: EnhanceRequest) -> np.ndarray:
+        """A validated request -> enhanced uint8 [H, W, 3]."""
+
 
 # "classical" is weight-free; "sdxl" loads SDXL + a depth ControlNet (docs/backends/diffusion.md);
 # "triton" calls the sdxl model served by Triton.

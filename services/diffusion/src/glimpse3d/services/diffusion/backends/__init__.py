@@ -1,0 +1,1 @@
+"""The diffusion service's backends, one folder each (registered in the service's pyproject)."""

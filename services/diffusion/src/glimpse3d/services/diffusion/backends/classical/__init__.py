@@ -1,0 +1,5 @@
+"""The weight-free ``classical`` diffusion backend."""
+
+from glimpse3d.services.diffusion.backends.classical.backend import ClassicalDiffusionBackend, ClassicalOptions
+
+__all__ = ["ClassicalDiffusionBackend", "ClassicalOptions"]
