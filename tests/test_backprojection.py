@@ -12,12 +12,13 @@ import pytest
 import torch
 
 from glimpse3d.core.cameras import Camera, orbit_camera
-from glimpse3d.core.errors import InvalidInput, NotReady
+from glimpse3d.core.errors import InvalidInput
 from glimpse3d.core.render import rasterize, to_tensors
 from glimpse3d.core.splat import Splat, rgb_to_sh0
 from glimpse3d.core.synthetic import textured_object
 from glimpse3d.services.backprojection import normals as nrm
-from glimpse3d.services.backprojection.backends import MVCRMBackend, make_backend
+from glimpse3d.services.backprojection.api import RefineOptions, make_backend
+from glimpse3d.services.backprojection.confidence import align_depth, pixel_trust
 from glimpse3d.services.backprojection.mvcrm import (
     CLIP_SKIPPED_NOTE,
     estimate_background,
@@ -25,8 +26,6 @@ from glimpse3d.services.backprojection.mvcrm import (
     naive_fuse,
     refine,
 )
-from glimpse3d.services.backprojection.options import RefineOptions
-from glimpse3d.services.backprojection.weights import align_depth, pixel_trust
 
 SIZE = 64
 WHITE = (1.0, 1.0, 1.0)
@@ -386,14 +385,11 @@ def test_options_from_proto_zero_means_default() -> None:
 # ---------------------------------------------------------------------------- backends, background
 
 
-def test_backend_factory_and_lifecycle(gt: Splat) -> None:
+def test_backend_without_weights_and_with_an_in_process_scorer(gt: Splat) -> None:
     backend = make_backend()
-    assert isinstance(backend, MVCRMBackend) and backend.name == "mvcrm" and not backend.ready
+    assert backend.name == "mvcrm" and backend.options.max_side == 256 and backend.clip is None
     view, depth, _ = render(gt, cam(0))
-    with pytest.raises(NotReady):
-        backend.refine(gt, view, cam(0), depth)
     backend.load()
-    assert backend.ready
     with torch.no_grad():  # the fusion enables autograd for itself
         result = backend.refine(gt, view, cam(0), depth, options=RefineOptions(steps=2))
     assert result.report.accepted_fraction == 1.0 and result.report.photometric_error_before < 0.01
@@ -474,7 +470,7 @@ def _splat_change(a: Splat, b: Splat) -> float:
 
 
 def test_ablation_names_are_checked() -> None:
-    from glimpse3d.services.backprojection.options import Ablation
+    from glimpse3d.services.backprojection.mvcrm import Ablation
 
     assert Ablation.without("anchor") == Ablation(anchor=False)
     with pytest.raises(InvalidInput, match="unknown MVCRM component 'colour'"):
@@ -485,7 +481,7 @@ def test_ablation_names_are_checked() -> None:
 
 def test_each_ablation_switch_changes_the_fusion(gt: Splat, degraded: Splat, true_round) -> None:
     """Each switch changes what the round does, in the direction its component exists for."""
-    from glimpse3d.services.backprojection.options import Ablation
+    from glimpse3d.services.backprojection.mvcrm import Ablation
 
     c = cam(25)
     view, depth, _ = render(gt, c)
@@ -552,7 +548,7 @@ def test_a_trusted_photo_keeps_a_darkening_view_from_damaging_what_the_photo_sho
     together with the photo as a trusted view, the photo's side stays close to where it was, and more
     so with the photo weighted more. The enhanced view is still fitted where the photo does not see."""
     from glimpse3d.core.synthetic import render_depth_alpha, render_image
-    from glimpse3d.services.backprojection.options import TrustedView
+    from glimpse3d.services.backprojection.api import TrustedView
 
     obj = textured_object(seed=2, n=1500)
     photo_cam, side_cam = cam(0.0, 0.0), cam(45.0, 10.0)
@@ -580,23 +576,30 @@ def test_a_trusted_photo_keeps_a_darkening_view_from_damaging_what_the_photo_sho
     assert fits[None] < fits[1.0] < fits[4.0]  # the photo's weight is what the view's fit gives up
 
 
-def test_trusted_view_validation() -> None:
-    from glimpse3d.services.backprojection.options import TrustedView
+_GOOD = np.zeros((SIZE, SIZE, 3), np.uint8)
+_MASK = np.ones((SIZE, SIZE), np.float32)
+
+
+def test_trusted_view_drops_alpha_and_refine_wants_a_sequence() -> None:
+    from glimpse3d.services.backprojection.api import TrustedView
 
     c = cam(0.0)
-    good = np.zeros((SIZE, SIZE, 3), np.uint8)
-    mask = np.ones((SIZE, SIZE), np.float32)
-    rgba = np.dstack([good, np.full((SIZE, SIZE), 255, np.uint8)])
-    assert TrustedView(rgba, c, mask).image.shape == (SIZE, SIZE, 3)  # an alpha channel is dropped
-    for image, m, weight, needle in (
-        (good[:10], mask, 1.0, "must be [H, W, 3] = [64, 64, 3]"),
-        (good, mask[:10], 1.0, "mask must be [H, W] = [64, 64]"),
-        (good, mask * 2.0, 1.0, "mask values must be finite and in [0, 1]"),
-        (good, mask, -1.0, "weight must be finite and >= 0"),
-        (good, mask, float("nan"), "weight must be finite and >= 0"),
-        (good.astype(np.int32), mask, 1.0, "must be uint8, or finite floats"),
-    ):
-        with pytest.raises(InvalidInput, match=needle.replace("[", r"\[").replace("]", r"\]")):
-            TrustedView(image, c, m, weight)
+    rgba = np.dstack([_GOOD, np.full((SIZE, SIZE), 255, np.uint8)])
+    assert TrustedView(rgba, c, _MASK).image.shape == (SIZE, SIZE, 3)  # an alpha channel is dropped
     with pytest.raises(InvalidInput, match="sequence of TrustedView"):
-        refine(textured_object(seed=2, n=200), good, c, trusted=TrustedView(good, c, mask))
+        refine(textured_object(seed=2, n=200), _GOOD, c, trusted=TrustedView(_GOOD, c, _MASK))
+
+
+@pytest.mark.parametrize(("image", "mask", "weight", "needle"), [
+    (_GOOD[:10], _MASK, 1.0, "must be [H, W, 3] = [64, 64, 3]"),
+    (_GOOD, _MASK[:10], 1.0, "mask must be [H, W] = [64, 64]"),
+    (_GOOD, _MASK * 2.0, 1.0, "mask values must be finite and in [0, 1]"),
+    (_GOOD, _MASK, -1.0, "weight must be finite and >= 0"),
+    (_GOOD, _MASK, float("nan"), "weight must be finite and >= 0"),
+    (_GOOD.astype(np.int32), _MASK, 1.0, "must be uint8, or finite floats"),
+])
+def test_trusted_view_validation(image, mask, weight, needle) -> None:
+    from glimpse3d.services.backprojection.api import TrustedView
+
+    with pytest.raises(InvalidInput, match=needle.replace("[", r"\[").replace("]", r"\]")):
+        TrustedView(image, cam(0.0), mask, weight)

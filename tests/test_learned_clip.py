@@ -9,7 +9,6 @@ below the threshold is rejected with the score and threshold in its report.
 from __future__ import annotations
 
 import json
-import os
 
 import grpc
 import numpy as np
@@ -28,11 +27,11 @@ from glimpse3d.core.models import ModelMissing
 from glimpse3d.core.rpc.errors import status_code_for
 from glimpse3d.core.service import ServiceSettings
 from glimpse3d.core.synthetic import render_image, textured_object
-from glimpse3d.services.backprojection.backends import MVCRMBackend, make_backend
+from glimpse3d.services.backprojection.api import DEFAULT_CLIP_THRESHOLD, DEFAULT_STEPS, RefineOptions, make_backend
+from glimpse3d.services.backprojection.backends.mvcrm import MVCRMBackend
 from glimpse3d.services.backprojection.clip import ClipImageScorer, clip_model_path, to_uint8
-from glimpse3d.services.backprojection.models import CLIP_BASE, CLIP_LARGE, MODELS
-from glimpse3d.services.backprojection.options import DEFAULT_CLIP_THRESHOLD, DEFAULT_STEPS, RefineOptions
 from glimpse3d.services.backprojection.tiny import write_tiny_models
+from glimpse3d.services.backprojection.weights import CLIP_BASE, CLIP_LARGE, MODELS
 from glimpse3d.v1 import backprojection_pb2
 
 SIZE = 48
@@ -149,15 +148,7 @@ def test_clip_check_option_and_proto_defaults(model_dir, scene) -> None:
     assert RefineOptions.from_proto(backprojection_pb2.RefineOptions()).clip_check is False
 
 
-def test_missing_model_is_failed_precondition_naming_make_models(model_dir, tmp_path, monkeypatch) -> None:
-    for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        monkeypatch.delenv(key, raising=False)
-    backend = make_backend("mvcrm", model_dir=tmp_path, clip_model=CLIP_BASE)
-    with pytest.raises(ModelMissing) as info:
-        backend.load()
-    assert "make models" in info.value.message and CLIP_BASE in info.value.message and not backend.ready
-    # The load path switched the hub libraries offline before touching any model file.
-    assert all(os.environ[k] == "1" for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+def test_a_model_without_weights_names_the_weight_file(model_dir, tmp_path) -> None:
     partial = tmp_path / CLIP_BASE
     partial.mkdir(parents=True)
     for name in ("config.json", "preprocessor_config.json"):
@@ -165,15 +156,18 @@ def test_missing_model_is_failed_precondition_naming_make_models(model_dir, tmp_
     with pytest.raises(ModelMissing) as info:
         ClipImageScorer(tmp_path, CLIP_BASE, device="cpu").load()
     assert "pytorch_model.bin" in info.value.message and "make models" in info.value.message
-    for name, weights in ((CLIP_BASE, "pytorch_model.bin"), (CLIP_LARGE, "model.safetensors")):
-        broken = tmp_path / name / weights
-        broken.parent.mkdir(parents=True, exist_ok=True)
-        for config in ("config.json", "preprocessor_config.json"):
-            (broken.parent / config).write_bytes((model_dir / name / config).read_bytes())
-        broken.write_bytes((model_dir / name / weights).read_bytes()[:1000])  # a truncated download
-        with pytest.raises(ModelMissing) as info:
-            ClipImageScorer(tmp_path, name, device="cpu").load()
-        assert "cannot be read" in info.value.message and "make models" in info.value.message
+
+
+@pytest.mark.parametrize(("name", "weights"), [(CLIP_BASE, "pytorch_model.bin"), (CLIP_LARGE, "model.safetensors")])
+def test_truncated_weights_are_model_missing(model_dir, tmp_path, name, weights) -> None:
+    broken = tmp_path / name / weights
+    broken.parent.mkdir(parents=True)
+    for config in ("config.json", "preprocessor_config.json"):
+        (broken.parent / config).write_bytes((model_dir / name / config).read_bytes())
+    broken.write_bytes((model_dir / name / weights).read_bytes()[:1000])  # a truncated download
+    with pytest.raises(ModelMissing) as info:
+        ClipImageScorer(tmp_path, name, device="cpu").load()
+    assert "cannot be read" in info.value.message and "make models" in info.value.message
 
 
 @pytest.mark.parametrize(
@@ -186,10 +180,9 @@ def test_missing_model_is_failed_precondition_naming_make_models(model_dir, tmp_
         ({"clip_model": "clip-vit-base-patch32"}, "clip_model"),
         ({"clip_model": "clip/../x"}, "clip_model"),
         ({"clip_model": 3}, "clip_model"),
-        ({"clip_model": CLIP_BASE, "clip_dtype": "float64"}, "dtype"),
+        ({"clip_model": CLIP_BASE, "clip_dtype": "float64"}, "clip_dtype"),
         ({"clip_model": CLIP_BASE, "device": "tpu"}, "device"),
         ({"clip_model": CLIP_BASE, "clip": ClipImageScorer()}, "clip_model"),
-        ({"clip_modle": CLIP_BASE}, "backend_options"),
     ],
 )
 def test_bad_options_are_invalid_input(options, field) -> None:

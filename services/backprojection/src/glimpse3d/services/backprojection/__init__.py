@@ -1,6 +1,6 @@
 """Glimpse3D backprojection service: MVCRM, the multi-view consistency refinement module.
 
-Entry points: :func:`.mvcrm.refine` (one round), :func:`.mvcrm.naive_fuse` (the baseline without
-trust, anchor or normal terms), :func:`.backends.make_backend` (what the gRPC server uses), and the
-contract types in :mod:`.options`.
+:mod:`.api` holds the contract types and the backend base class, :mod:`.mvcrm` the algorithm
+(:func:`.mvcrm.refine`, one round; :func:`.mvcrm.naive_fuse`, the baseline), :mod:`.backends` the
+``mvcrm`` and ``triton`` backends.
 """

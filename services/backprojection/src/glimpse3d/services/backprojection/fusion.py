@@ -1,27 +1,19 @@
 """Weighted fusion: Adam on the trust-weighted photometric loss through the differentiable rasterizer.
 
-Optimised per Gaussian: all SH coefficients (colour), opacity logits, log-scales, quaternions and a
-small mean offset ``delta`` (means = means0 + delta * s_i, s_i the Gaussian's geometric-mean scale,
-|delta| clamped to 1 after every step so a mean never moves more than one standard deviation in a
-round). Learning rates per group are multiples of ``learning_rate`` (the band-0 SH rate): rest of
-the SH 1/20 (as in 3DGS), opacity 1/4, log-scales, quaternions 1/10, offsets 1/20. Geometry is
-only weakly observable from one view, and letting it move as fast as colour overfits the view at
-the expense of the others (measured on the synthetic object: two true views fused in turn leave
-the first view at 30 dB with 3DGS-like geometry rates and at 35 dB with these).
+Optimised per Gaussian: all SH coefficients, opacity logits, log-scales, quaternions and a small
+mean offset ``delta`` (means = means0 + delta * s_i, s_i the Gaussian's geometric-mean scale,
+|delta| clamped to 1 after every step). Learning rates per group are multiples of ``learning_rate``
+(the band-0 SH rate): rest of the SH 1/20, opacity 1/4, log-scales and quaternions 1/10, offsets
+1/20; geometry is only weakly observable from one view, so it moves slower than colour.
 
 Loss, with n = number of object pixels in the view:
 
     L = 1/n [ sum_p w_p rho(render_p - view_p) + sum_i a_i ||theta_i - theta_i^0||^2 ] + normal terms
 
-rho is the Charbonnier penalty (a smooth L1), averaged over the three channels. Each *trusted* view
-(the input photo, see mvcrm.py) adds its own photometric term ``lambda_t / n_t sum_p m_p rho(.)`` over its
-mask ``m``, normalised by its own object pixels ``n_t``, so the round cannot trade what the photo shows
-for the enhanced view. ``a_i`` is the anchor strength of Gaussian i (anchor_weight x confidence x
-footprint, see mvcrm.py). Adam normalises each parameter's step, so a Gaussian seen only by
-untrusted pixels, or barely seen at all, would still move at full speed however small its gradient;
-every update is therefore scaled
-per Gaussian by ``step_scale`` in [0, 1] (mvcrm.py: trusted share x relative footprint), which
-makes the trust weights act on the result, not only on the gradient direction.
+rho is the Charbonnier penalty averaged over the channels. Each trusted view (the input photo)
+adds ``lambda_t / n_t sum_p m_p rho(.)`` over its mask ``m``, normalised by its own object pixels.
+``a_i`` is the anchor strength (mvcrm.py). Every update is scaled per Gaussian by ``step_scale``
+in [0, 1] (mvcrm.py), so the trust weights act on the result, not only on the gradient direction.
 """
 
 from __future__ import annotations

@@ -2,35 +2,24 @@
 
 One round (:func:`refine`):
 
-1. render the current splat at the view's camera (colour, depth, alpha); the view's background
-   colour, unless given, is the median of the view where the splat renders nothing;
-2. trust per pixel from depth consistency (:mod:`.weights`): the view's depth, aligned by a
-   robust scale + shift, must agree with the rendered depth; without a view depth the trust is
-   the rendered alpha alone;
-3. optional CLIP check: a round whose enhanced view is semantically far from the reference photo
-   (or, without one, from the render) is rejected and changes nothing;
-4. footprints: for every Gaussian, its total blend weight in the view ``cov_i`` (pixels) and the
-   trusted part ``tru_i = sum_p w_p c_ip``, read off one backward pass of the rasterizer;
+1. render the splat at the view's camera (colour, depth, alpha); the background colour, unless
+   given, is the median of the view where the splat renders nothing;
+2. per-pixel trust from depth consistency (:mod:`.confidence`), or the rendered alpha alone
+   without a view depth;
+3. optional CLIP check: a view semantically far from the reference photo (or, without one, from
+   the render) rejects the round, which then changes nothing;
+4. footprints: each Gaussian's total blend weight in the view ``cov_i`` and its trusted part
+   ``tru_i = sum_p w_p c_ip``, from one backward pass of the rasterizer;
 5. fusion (:mod:`.fusion`): Adam on the weighted photometric loss plus the anchor
-   ``a_i ||theta_i - theta_i^0||^2`` with ``a_i = anchor_weight * conf_i * cov_i`` and the normal
-   terms (:mod:`.normals`). Adam normalises every parameter's step, so a Gaussian that the view
-   barely constrains (untrusted pixels, or a sliver of a footprint: seen edge-on, mostly hidden)
-   would still move at full speed, fitted to a few blended pixels, and damage the other views.
-   Each Gaussian's update is therefore scaled by ``tru_i / cov_i * cov_i / (cov_i + 0.25 m)``, its
-   trusted share times its footprint relative to the view's typical footprint ``m``
-   (:func:`typical_footprint`). Measured on the synthetic object, five true views fused in turn
-   (200 steps each): without the footprint factor the seven checked views end at 21-43 dB (an
-   unseen one below where it started), with it at 33-48 dB;
-6. confidence: ``conf_i += (tru_i / cov_i) * cov_i / (cov_i + m)``: the trusted share
-   times a saturating observation strength (a Gaussian with the view's typical footprint scores
-   1/2, one seen face-on over many pixels approaches 1, one seen edge-on little), so each round
-   adds less than 1 and mostly to what the view showed clearly and trusted.
+   ``a_i ||theta_i - theta_i^0||^2`` (``a_i = anchor_weight * conf_i * cov_i``) and the normal terms
+   (:mod:`.normals`). Adam normalises every step, so each Gaussian's update is scaled by its trusted
+   share times its footprint relative to the view's typical footprint ``m``:
+   ``tru_i / cov_i * cov_i / (cov_i + 0.25 m)`` (:func:`typical_footprint`);
+6. confidence: ``conf_i += (tru_i / cov_i) * cov_i / (cov_i + m)``, less than 1 per round.
 
-Scaling the anchor by the footprint makes it compete with the photometric term pixel for pixel,
-so ``anchor_weight`` means the same at any resolution and splat size: with an L1-like loss a
-conflicting view can pull a confirmed Gaussian's colour at most about C0^2 / (6 anchor_weight
-conf_i) ~ 0.013 / (anchor_weight conf_i) away from where earlier rounds left it, so the more often
-a Gaussian has been confirmed, the less a later view can drag it: repeated clicks converge.
+The footprint-scaled anchor competes with the photometric term pixel for pixel, so
+``anchor_weight`` means the same at any resolution: the more often a Gaussian has been confirmed,
+the less a later view can drag it, and repeated rounds converge.
 """
 
 from __future__ import annotations
@@ -38,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -50,18 +40,16 @@ from glimpse3d.core.images import resize_longest
 from glimpse3d.core.render import GaussianTensors, from_tensors, rasterize, to_tensors
 from glimpse3d.core.splat import SH_C0, Splat
 from glimpse3d.services.backprojection import normals as nrm
-from glimpse3d.services.backprojection.fusion import FusionProblem, NormalTerms, TrustedTerm, fuse
-from glimpse3d.services.backprojection.options import (
+from glimpse3d.services.backprojection.api import (
     DEFAULT_LEARNING_RATE,
-    FULL_MVCRM,
-    Ablation,
     ClipScorer,
     RefineOptions,
     RefineReport,
     RefineResult,
     TrustedView,
 )
-from glimpse3d.services.backprojection.weights import Trust, pixel_trust, weighted_mae
+from glimpse3d.services.backprojection.confidence import Trust, pixel_trust, weighted_mae
+from glimpse3d.services.backprojection.fusion import FusionProblem, NormalTerms, TrustedTerm, fuse
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +63,41 @@ EMPTY_ALPHA = 0.02  # rendered alpha below which a pixel shows only background
 MIN_BACKGROUND_PIXELS = 16
 _VIEW_RANGE_SLACK = 0.01  # float views may overshoot [0, 1] by this much (then clipped)
 CLIP_SKIPPED_NOTE = "CLIP check skipped: no CLIP model is configured (the weight-free default)"
+
+@dataclass(frozen=True)
+class Ablation:
+    """MVCRM components, each on by default; the research harness switches them off one at a time.
+
+    Not part of the wire contract (the service always runs the full module). Each switch, when off:
+    depth_consistency: trust is the rendered alpha alone (the view's depth is ignored);
+    normal_smoothing: no normal terms; clip_check: no CLIP check; anchor: no pull towards the
+    parameters earlier rounds confirmed; footprint_weighting: every Gaussian's step is scaled by its
+    trusted share only, not by how well the view shows it; confidence_accumulation: the round adds
+    nothing to the per-Gaussian confidence (later rounds' anchors stay where they were).
+    """
+
+    depth_consistency: bool = True
+    normal_smoothing: bool = True
+    clip_check: bool = True
+    anchor: bool = True
+    footprint_weighting: bool = True
+    confidence_accumulation: bool = True
+
+    @classmethod
+    def without(cls, component: str) -> Ablation:
+        """The full module with ``component`` switched off (InvalidInput for an unknown name)."""
+        names = [f.name for f in fields(cls)]
+        if component not in names:
+            raise InvalidInput(f"unknown MVCRM component {component!r}; known: {', '.join(names)}", field="ablation")
+        return cls(**{component: False})
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(self))
+
+
+FULL_MVCRM = Ablation()
+
 
 # ---------------------------------------------------------------------------- input validation
 
@@ -241,12 +264,10 @@ def footprints(g: GaussianTensors, camera: Camera, weight: Tensor) -> tuple[Tens
 def typical_footprint(cov: Tensor) -> Tensor | None:
     """The median footprint of the Gaussians the view really shows (None when it shows nothing).
 
-    "Really shows" means a footprint of at least a tenth of the footprint-weighted median, the
-    footprint of the Gaussian that colours a typical pixel. Without that cut the median is
-    dominated by the Gaussians on the far side of the object, which leak a few hundredths of a pixel
-    through the transmittance floor: at 256 px the synthetic object's hidden half has footprints of
-    ~0.05 px against ~17 px in front, the plain median fell to ~0.06 px, and hidden Gaussians took
-    near full steps and gained confidence (fusing one view cost a view of the far side ~3 dB).
+    "Really shows": a footprint of at least a tenth of the footprint-weighted median (the footprint
+    of the Gaussian that colours a typical pixel). Without that cut the median is dominated by
+    Gaussians on the far side, which leak a few hundredths of a pixel through the transmittance
+    floor, and hidden Gaussians would take near full steps and gain confidence.
     """
     shown = cov[cov > MIN_FOOTPRINT_PX]
     if shown.numel() == 0:
@@ -314,7 +335,7 @@ def _clip_check(
     score = float(clip.score(view, other))
     if not math.isfinite(score):
         raise Glimpse3DError(f"CLIP scorer returned a non-finite score {score}")
-    model = getattr(clip, "name", "")  # thresholds are model specific, so the note names the model
+    model = getattr(clip, "label", "")  # thresholds are model specific, so the note names the model
     similarity = f"CLIP similarity{f' ({model})' if model else ''} {score:.3f}"
     if score < opts.clip_threshold:
         note = (

@@ -10,12 +10,16 @@ from glimpse3d.core import convert, service
 from glimpse3d.core.errors import InvalidInput
 from glimpse3d.core.rpc import Registration
 from glimpse3d.core.service import ServiceRuntime, backend_from_settings
-from glimpse3d.services.backprojection.backends import REGISTRY, BackprojectionBackend
-from glimpse3d.services.backprojection.options import RefineOptions, TrustedView
+from glimpse3d.services.backprojection.api import (
+    DEFAULT_BACKEND,
+    REGISTRY,
+    BackprojectionBackend,
+    RefineOptions,
+    TrustedView,
+)
 from glimpse3d.v1 import backprojection_pb2, backprojection_pb2_grpc
 
 SERVICE_NAME = backprojection_pb2.DESCRIPTOR.services_by_name["Backprojection"].full_name
-DEFAULT_BACKEND = "mvcrm"
 
 
 class BackprojectionServicer(backprojection_pb2_grpc.BackprojectionServicer):

@@ -1,4 +1,4 @@
-"""Tiny random CLIP checkpoints in the production layout of :mod:`.models`, for tests and benchmarks.
+"""Tiny random CLIP checkpoints in the production layout of :mod:`.weights`, for tests and benchmarks.
 
 Each model folder holds what ``make models`` fetches: ``config.json``, ``preprocessor_config.json``
 (the published CLIP preprocessing: shortest edge 224, centre crop 224, CLIP mean/std) and the
@@ -14,7 +14,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from glimpse3d.services.backprojection.models import CLIP_BASE, CLIP_LARGE
+from glimpse3d.services.backprojection.weights import CLIP_BASE, CLIP_LARGE
 
 _PATCH = {CLIP_BASE: 32, CLIP_LARGE: 14}
 
@@ -30,7 +30,7 @@ def _tiny_config(patch_size: int):  # -> transformers.CLIPConfig
 
 
 def write_tiny_models(model_dir: Path, seed: int = 0) -> list[str]:
-    """Write seeded tiny CLIP checkpoints for every name in :data:`.models.MODELS` under ``model_dir``."""
+    """Write seeded tiny CLIP checkpoints for every name in :data:`.weights.MODELS` under ``model_dir``."""
     import torch
     from transformers import CLIPImageProcessor, CLIPModel
 

@@ -1,19 +1,22 @@
-"""MVCRM contract types: options, report, result and the optional CLIP scorer.
+"""The backprojection service's API: one MVCRM round's options, report and result, the optional CLIP
+scorer, and :class:`BackprojectionBackend`, the base class every backend implements.
 
 :class:`RefineOptions` and :class:`RefineReport` mirror ``glimpse3d.v1.RefineOptions`` and
-``glimpse3d.v1.RefineReport`` (protos/glimpse3d/v1/backprojection.proto) field for field. In the
-proto a zero means "use the default"; :meth:`RefineOptions.from_proto` applies that rule, while the
-dataclass itself takes explicit values and validates them.
+``glimpse3d.v1.RefineReport`` field for field; in the proto a zero means "use the default"
+(:meth:`RefineOptions.from_proto`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from glimpse3d.core.backend import Backend
+from glimpse3d.core.backends import BackendRegistry
 from glimpse3d.core.errors import InvalidInput
 from glimpse3d.core.splat import Splat
 
@@ -49,7 +52,8 @@ class ClipScorer(Protocol):
     """Image-embedding similarity, e.g. CLIP.
 
     ``score(a, b)`` takes two float32 RGB images [H, W, 3] in [0, 1] (sizes may differ) and returns
-    the cosine similarity of their embeddings (in [-1, 1]; 1 = same content).
+    the cosine similarity of their embeddings (in [-1, 1]; 1 = same content). An optional ``label``
+    attribute names the model in round reports.
     """
 
     def score(self, a: np.ndarray, b: np.ndarray) -> float: ...
@@ -127,41 +131,6 @@ def _number(opts: RefineOptions, name: str, low: float, high: float = math.inf, 
         bound = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if math.isfinite(high) else "")
         raise InvalidInput(f"{name} must be finite and {bound}, got {value}", field=f"options.{name}")
     object.__setattr__(opts, name, v)
-
-
-@dataclass(frozen=True)
-class Ablation:
-    """MVCRM components, each on by default; the research harness switches them off one at a time.
-
-    Not part of the wire contract (the service always runs the full module). Each switch, when off:
-    depth_consistency: trust is the rendered alpha alone (the view's depth is ignored);
-    normal_smoothing: no normal terms; clip_check: no CLIP check; anchor: no pull towards the
-    parameters earlier rounds confirmed; footprint_weighting: every Gaussian's step is scaled by its
-    trusted share only, not by how well the view shows it; confidence_accumulation: the round adds
-    nothing to the per-Gaussian confidence (later rounds' anchors stay where they were).
-    """
-
-    depth_consistency: bool = True
-    normal_smoothing: bool = True
-    clip_check: bool = True
-    anchor: bool = True
-    footprint_weighting: bool = True
-    confidence_accumulation: bool = True
-
-    @classmethod
-    def without(cls, component: str) -> Ablation:
-        """The full module with ``component`` switched off (InvalidInput for an unknown name)."""
-        names = [f.name for f in fields(cls)]
-        if component not in names:
-            raise InvalidInput(f"unknown MVCRM component {component!r}; known: {', '.join(names)}", field="ablation")
-        return cls(**{component: False})
-
-    @property
-    def components(self) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(self))
-
-
-FULL_MVCRM = Ablation()
 
 
 @dataclass(frozen=True)
@@ -244,3 +213,59 @@ class RefineResult:
     splat: Splat  # refined splat (the input object itself when rejected)
     confidence: np.ndarray  # [N] float32 accumulated per-Gaussian confidence
     report: RefineReport
+
+
+class BackprojectionBackend(Backend):
+    """A backprojection backend: :meth:`refine` fuses one enhanced view into a splat.
+
+    ``defaults`` are the options a request leaves unset (zeros, ``clip_check`` unset), applied by
+    :meth:`RefineOptions.from_proto`; a backend sets them in ``_setup``. Backends implement ``_refine``.
+    """
+
+    service = "backprojection"
+    defaults: RefineOptions = RefineOptions(clip_check=False)
+
+    def refine(
+        self,
+        splat: Splat,
+        view: np.ndarray,
+        camera: Any,
+        view_depth: np.ndarray | None = None,
+        confidence: np.ndarray | None = None,
+        options: RefineOptions | None = None,
+        reference: np.ndarray | None = None,
+        *,
+        background: Sequence[float] | None = None,
+        trusted: Sequence[TrustedView] = (),
+    ) -> RefineResult:
+        """One round; ``options=None`` uses :attr:`defaults`. Arguments as :func:`.mvcrm.refine`, which
+        checks each of them (its :class:`InvalidInput` names the field)."""
+        opts = self.defaults if options is None else options
+        if not isinstance(opts, RefineOptions):
+            raise InvalidInput(f"options must be RefineOptions, got {type(opts).__name__}", field="options")
+        return self._run("refine", self._refine, splat, view, camera, view_depth, confidence, opts, reference,
+                         background=background, trusted=trusted)
+
+    def _refine(
+        self,
+        splat: Splat,
+        view: np.ndarray,
+        camera: Any,
+        view_depth: np.ndarray | None,
+        confidence: np.ndarray | None,
+        options: RefineOptions,
+        reference: np.ndarray | None,
+        *,
+        background: Sequence[float] | None,
+        trusted: Sequence[TrustedView],
+    ) -> RefineResult:
+        raise NotImplementedError
+
+
+DEFAULT_BACKEND = "mvcrm"
+REGISTRY: BackendRegistry[BackprojectionBackend] = BackendRegistry("backprojection")
+
+
+def make_backend(name: str = DEFAULT_BACKEND, **options: Any) -> BackprojectionBackend:
+    """Backend by name (``mvcrm``, ``triton``) with keyword ``options``; call ``load()`` before use."""
+    return REGISTRY.create(name, **options)

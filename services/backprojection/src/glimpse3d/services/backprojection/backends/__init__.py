@@ -1,0 +1,1 @@
+"""The backprojection backends, one package each (registered in the service's pyproject)."""
