@@ -37,12 +37,12 @@ from glimpse3d.core.service import ServiceSettings, running_in_process
 from glimpse3d.core.synthetic import render_depth_alpha, render_image, textured_object
 from glimpse3d.core.tinymodels import write_all
 from glimpse3d.services.backprojection import server as bp_server
-from glimpse3d.services.backprojection.options import RefineOptions
+from glimpse3d.services.backprojection.api import RefineOptions
 from glimpse3d.services.depth import server as depth_server
 from glimpse3d.services.diffusion import server as diffusion_server
 from glimpse3d.services.multiview import server as multiview_server
 from glimpse3d.services.reconstruction import server as recon_server
-from glimpse3d.services.reconstruction.backends import ExtraView
+from glimpse3d.services.reconstruction.api import ExtraView
 from glimpse3d.v1 import (
     backprojection_pb2,
     backprojection_pb2_grpc,

@@ -22,12 +22,12 @@ from glimpse3d.gateway.cli import watch
 from glimpse3d.gateway.demo import SAMPLE
 from glimpse3d.gateway.pipeline import pick_least_confident_view
 from glimpse3d.gateway.stack import start_stack
-from glimpse3d.services.backprojection.backends import make_backend as make_bp
-from glimpse3d.services.depth.backends import make_backend as make_depth
+from glimpse3d.services.backprojection.api import make_backend as make_bp
+from glimpse3d.services.depth.api import make_backend as make_depth
 from glimpse3d.services.depth.server import default_camera
-from glimpse3d.services.diffusion.backends import apply_proto_defaults
-from glimpse3d.services.diffusion.backends import make_backend as make_diffusion
-from glimpse3d.services.reconstruction.backends import make_backend as make_recon
+from glimpse3d.services.diffusion.api import apply_proto_defaults
+from glimpse3d.services.diffusion.api import make_backend as make_diffusion
+from glimpse3d.services.reconstruction.api import make_backend as make_recon
 from glimpse3d.v1 import glimpse3d_pb2, glimpse3d_pb2_grpc
 
 RESOLUTION = 512

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from contracts import cover_every_backend
 from contracts.depth import DepthContract
 
 from glimpse3d.core.models import ModelMissing
@@ -39,3 +40,6 @@ class TestDpt(DepthContract):
 
     def get_dummy_components(self, model_dir: Path) -> dict[str, Any]:
         return {"model": DA_V2_SMALL, "work_side": 64}
+
+
+cover_every_backend("depth", DepthContract, globals())

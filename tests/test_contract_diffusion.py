@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from contracts import cover_every_backend
 from contracts.diffusion import DiffusionContract
 
 
@@ -19,3 +20,6 @@ class TestSDXL(DiffusionContract):
 
     def get_dummy_components(self, model_dir: Path) -> dict[str, Any]:
         return {"resolution": 64}
+
+
+cover_every_backend("diffusion", DiffusionContract, globals())

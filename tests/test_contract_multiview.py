@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from contracts import cover_every_backend
 from contracts.multiview import MultiviewContract
 
 
@@ -19,3 +20,6 @@ class TestZero123(MultiviewContract):
 
     def get_dummy_components(self, model_dir: Path) -> dict[str, Any]:
         return {"steps": 2}
+
+
+cover_every_backend("multiview", MultiviewContract, globals())

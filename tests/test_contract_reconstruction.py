@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from contracts import cover_every_backend
 from contracts.reconstruction import ReconstructionContract
 
 
@@ -24,3 +25,6 @@ class TestTripoSR(ReconstructionContract):
 class TestLGM(ReconstructionContract):
     backend = "lgm"
     bad_option = ("min_opacity", 1.5)
+
+
+cover_every_backend("reconstruction", ReconstructionContract, globals())

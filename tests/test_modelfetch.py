@@ -214,7 +214,7 @@ def test_manifest_writes_are_atomic_and_a_broken_manifest_is_reported(hub, model
 def test_the_hub_fetcher_offline_names_the_repository(model_dir, monkeypatch, capsys) -> None:
     # HF_HUB_OFFLINE=1 (set for the whole test run) makes huggingface_hub refuse before any network access.
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
-    from glimpse3d.services.backprojection.models import CLIP_BASE, MODELS
+    from glimpse3d.services.backprojection.weights import CLIP_BASE, MODELS
 
     source = next(m for m in MODELS if m.name == CLIP_BASE)
     with pytest.raises(mf.FetchError) as info:
@@ -271,7 +271,7 @@ def _learned_backends(model_dir: Path):
             fields = options.model_fields if options is not None else inspect.signature(type(backend)).parameters
             if "model_dir" in fields:
                 yield service, name, backend
-    from glimpse3d.services.backprojection.backends import make_backend
+    from glimpse3d.services.backprojection.api import make_backend
 
     yield "backprojection", "mvcrm+clip", make_backend("mvcrm", model_dir=model_dir, clip_model="clip/x")
 

@@ -26,9 +26,9 @@ from glimpse3d.core.formats import read_ply, splat_to_ply_bytes
 from glimpse3d.core.images import encode_npy, encode_png
 from glimpse3d.core.service import ServiceSettings
 from glimpse3d.gateway.config import GatewayConfig
-from glimpse3d.gateway.models import JobOptions
+from glimpse3d.gateway.jobs import JobOptions
 from glimpse3d.gateway.pipeline import ServicePipeline, reconstruction_view_cameras
-from glimpse3d.services.reconstruction.lgm.tiny import write_tiny
+from glimpse3d.services.reconstruction.backends.lgm.tiny import write_tiny
 from glimpse3d.v1 import backprojection_pb2, common_pb2, depth_pb2, multiview_pb2, reconstruction_pb2
 
 SIZE = 64
@@ -207,8 +207,8 @@ def test_photo_confidence_steers_auto_away_from_the_photo(tmp_path):
     """The first version's confidence comes from the photo (one MVCRM step at its camera), so the first
     "auto" round looks at what the photo did not show instead of the photo's own viewpoint."""
     from glimpse3d.gateway.pipeline import pick_least_confident_view
+    from glimpse3d.services.backprojection.api import RefineOptions
     from glimpse3d.services.backprojection.mvcrm import refine
-    from glimpse3d.services.backprojection.options import RefineOptions
 
     obj = synthetic.textured_object(seed=2, n=1500)
     photo = orbit_camera(0.0, 0.0, RADIUS, width=SIZE, height=SIZE)
@@ -275,7 +275,7 @@ async def _no_report(stage: str, fraction: float, message: str = "") -> None:
 
 
 def _run_round(services: RoundServices, camera: Camera | None):
-    from glimpse3d.gateway.models import RoundSpec
+    from glimpse3d.gateway.jobs import RoundSpec
 
     pipeline, job = _round_job(services)
     return asyncio.run(pipeline.run_round(job, RoundSpec(camera=camera), _no_report))
@@ -348,7 +348,7 @@ def test_a_rejected_auto_round_is_not_tried_at_the_same_view_again(tmp_path):
     photo = orbit_camera(0.0, 0.0, RADIUS, width=SIZE, height=SIZE)
     services = RoundServices(fake_store(tmp_path), photo, ["dark", "dark", "dark", "dark"])
     pipeline, job = _round_job(services)
-    from glimpse3d.gateway.models import RoundSpec
+    from glimpse3d.gateway.jobs import RoundSpec
 
     views = []
     for _ in range(2):

@@ -3,6 +3,8 @@ weights), called through the services' ``triton`` backends.
 
 What the tests prove:
 - each model in the repository loads and is ready, and each service registers a ``triton`` backend;
+- the repository holds one bootstrap (``deploy/triton/model.py``) and each config names its handler;
+  a config without the ``handler`` parameter fails to load, naming the model and the parameter;
 - through Triton each model gives the same answer as the same backend in-process (same weights,
   same inputs, same seed), so the tensor contracts lose nothing;
 - project errors raised inside Triton come back as the same error class (and so the same gRPC
@@ -14,6 +16,7 @@ What the tests prove:
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -26,14 +29,15 @@ import pytest
 from minio import Minio
 from PIL import Image
 from s3_server import S3Server, s3_server_fixture  # noqa: F401  (registers the s3_server fixture)
-from triton_server import REPOSITORY, TEST_OPTIONS, triton_for_tests
+from triton_server import REPOSITORY, TEST_OPTIONS, require_triton, triton_for_tests
 
+from glimpse3d.core.backends import BackendRegistry
 from glimpse3d.core.cameras import Camera, orbit_camera
-from glimpse3d.core.errors import InvalidInput, Unavailable
+from glimpse3d.core.errors import FailedPrecondition, InvalidInput, Unavailable
 from glimpse3d.core.formats import read_ply
-from glimpse3d.core.models import service_module
 from glimpse3d.core.triton.client import TritonModel, TritonOptions
-from glimpse3d.core.triton.server import free_port
+from glimpse3d.core.triton.python_model import HANDLER_PARAMETER, Handler, TritonPythonModel, handler_class
+from glimpse3d.core.triton.server import BOOTSTRAP, LocalTriton, free_port, prepare_repository
 from glimpse3d.gateway import demo
 from glimpse3d.gateway.stack import start_stack
 
@@ -59,15 +63,20 @@ def triton(tmp_path_factory, tiny_models):
         yield server
 
 
+def backend_registry(service: str) -> BackendRegistry:
+    """The service's backends (its ``glimpse3d.backends.<service>`` entry points)."""
+    return BackendRegistry(service)
+
+
 def in_process(service: str, backend: str, model_dir: Path, **options):
-    registry = service_module(service, "backends").REGISTRY
+    registry = backend_registry(service)
     made = registry.create(backend, context={"model_dir": model_dir, "device": "cpu"}, **options)
     made.load()
     return made
 
 
 def via_triton(service: str, server, model: str, **options):
-    made = service_module(service, "backends").REGISTRY.create(
+    made = backend_registry(service).create(
         "triton", url=server.url, model=model, ready_timeout_s=30.0, **options)
     made.load()
     return made
@@ -86,8 +95,74 @@ def test_repository_has_one_ready_model_per_learned_backend(triton):
     for model, (service, _) in MODELS.items():
         source = (REPOSITORY / model / "config.pbtxt").read_text()
         assert "kind: KIND_GPU" in source and "backend_options" in source, model
-        assert (REPOSITORY / model / "1" / "model.py").is_file()
-        assert "triton" in service_module(service, "backends").REGISTRY.names(), service
+        assert (triton.repository / model / "1" / BOOTSTRAP).read_bytes() == (REPOSITORY / BOOTSTRAP).read_bytes()
+        assert "triton" in backend_registry(service).names(), service
+
+
+_HANDLER_RE = re.compile(r'key:\s*"handler"\s*value:\s*\{\s*string_value:\s*"([^"]*)"')
+_HANDLER_PARAM_RE = re.compile(r'^parameters \{ key: "handler".*\n', re.M)
+
+
+def test_repository_holds_one_bootstrap_and_each_config_names_its_handler():
+    assert sorted(p.relative_to(REPOSITORY).as_posix() for p in REPOSITORY.rglob("*.py")) == [BOOTSTRAP]
+    assert not list(REPOSITORY.glob("*/*/model.py")), "version directories hold no model.py: prepare_repository adds it"
+    for model, (service, _) in MODELS.items():
+        found = _HANDLER_RE.findall((REPOSITORY / model / "config.pbtxt").read_text())
+        assert len(found) == 1, model
+        assert found[0].startswith(f"glimpse3d.services.{service}."), (model, found)
+        assert issubclass(handler_class(model, {HANDLER_PARAMETER: found[0]}), Handler)
+
+
+def test_prepare_repository_puts_the_bootstrap_in_every_version(tmp_path):
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    (src / "a" / "config.pbtxt").write_text('name: "a"\n')
+    (src / "b" / "2").mkdir(parents=True)
+    (src / "b" / "config.pbtxt").write_text('name: "b"\n')
+    with pytest.raises(FailedPrecondition, match=BOOTSTRAP):
+        prepare_repository(tmp_path / "dst", src=src)
+    (src / BOOTSTRAP).write_text("# bootstrap\n")
+    dst = prepare_repository(tmp_path / "dst", src=src)
+    assert sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*.py")) == ["a/1/model.py", "b/2/model.py"]
+    assert (dst / "a" / "1" / BOOTSTRAP).read_text() == "# bootstrap\n"
+    out = tmp_path / "cli"
+    subprocess.run([sys.executable, "-m", "glimpse3d.core.triton.server", "--repository", str(REPOSITORY),
+                    "--prepare", str(out)], check=True, capture_output=True, timeout=120)
+    assert sorted(p.parent.parent.name for p in out.glob(f"*/1/{BOOTSTRAP}")) == sorted(MODELS)
+
+
+@pytest.mark.parametrize("handler, message", [
+    (None, "model depth_dpt: config.pbtxt has no 'handler' parameter"),
+    ("", "model depth_dpt: config.pbtxt has no 'handler' parameter"),
+    ("glimpse3d.services.depth.backends.triton.DepthHandler", "model depth_dpt: parameter 'handler' must be"),
+    ("glimpse3d.services.no_such:Handler", "model depth_dpt: parameter 'handler' names .* cannot be imported"),
+    ("glimpse3d.services.depth.backends.triton:NoSuchHandler", "model depth_dpt: parameter 'handler' names .* cannot"),
+    ("glimpse3d.core.triton.python_model:require", "model depth_dpt: parameter 'handler' names .* not a .*Handler"),
+])
+def test_a_missing_or_bad_handler_parameter_names_the_model_and_the_parameter(handler, message):
+    parameters = {"backend_options": {"string_value": "{}"}}
+    if handler is not None:
+        parameters[HANDLER_PARAMETER] = {"string_value": handler}
+    config = {"name": "depth_dpt", "max_batch_size": 0, "parameters": parameters}
+    with pytest.raises(InvalidInput, match=message) as err:
+        TritonPythonModel().initialize({"model_config": json.dumps(config), "model_instance_kind": "CPU"})
+    assert err.value.field == HANDLER_PARAMETER
+
+
+def test_triton_refuses_a_model_whose_config_names_no_handler(tmp_path, tiny_models):
+    """End to end: the real Python backend loads the shared bootstrap and the model fails with the message."""
+    require_triton(tmp_path)
+    repo = prepare_repository(tmp_path / "repository", src=REPOSITORY, models=["depth_dpt"], cpu=True)
+    config = repo / "depth_dpt" / "config.pbtxt"
+    config.write_text(_HANDLER_PARAM_RE.sub("", config.read_text()))
+    assert not _HANDLER_RE.search(config.read_text())
+    server = LocalTriton(repo, tmp_path, tiny_models)
+    try:
+        with pytest.raises(Unavailable):
+            server.start(120.0)
+    finally:
+        server.stop()
+    assert "model depth_dpt: config.pbtxt has no 'handler' parameter" in server.log_path.read_text(errors="replace")
 
 
 def test_depth_through_triton_equals_in_process(triton, tiny_models, photo):
@@ -167,7 +242,7 @@ def test_clip_check_through_triton_equals_in_process_also_under_concurrency(trit
 def test_clip_handler_batches_and_isolates_bad_requests(tiny_models, photo):
     """The server side of the dynamic batch: all valid pairs embedded together; a bad request fails
     alone."""
-    from glimpse3d.services.backprojection.triton import ClipHandler
+    from glimpse3d.services.backprojection.backends.triton import ClipHandler
 
     img, _ = photo
     handler = ClipHandler(tiny_models, "cpu", {})
@@ -194,7 +269,7 @@ def test_errors_cross_triton_with_their_class(triton, photo):
 
 def test_unreachable_server_is_unavailable_by_name():
     url = f"127.0.0.1:{free_port()}"
-    backend = service_module("depth", "backends").REGISTRY.create("triton", url=url, ready_timeout_s=0.5)
+    backend = backend_registry("depth").create("triton", url=url, ready_timeout_s=0.5)
     assert backend.ready is False
     with pytest.raises(Unavailable, match=f"depth_dpt.*{url}"):
         backend.load()
@@ -209,7 +284,7 @@ def test_unreachable_server_is_unavailable_by_name():
                                  {"retry_s": -1}, {"model": "../x"}])
 def test_bad_triton_options_name_the_field(bad):
     with pytest.raises(InvalidInput) as err:
-        service_module("depth", "backends").REGISTRY.create("triton", **bad)
+        backend_registry("depth").create("triton", **bad)
     assert err.value.field == next(iter(bad))
 
 

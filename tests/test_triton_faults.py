@@ -20,7 +20,7 @@ from glimpse3d.core.formats import read_ply
 from glimpse3d.core.triton.server import free_port
 from glimpse3d.gateway import demo
 from glimpse3d.gateway.stack import start_stack
-from glimpse3d.services.diffusion.triton import TritonDiffusionBackend
+from glimpse3d.services.diffusion.backends.triton import TritonDiffusionBackend
 
 RETRY_S = 10.0
 

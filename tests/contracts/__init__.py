@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,6 +34,18 @@ from glimpse3d.core.service import ServiceSettings, running_in_process
 
 # (service, backend) -> the contract class that covers it (filled as test modules are imported).
 CONTRACTS: dict[tuple[str, str], type] = {}
+
+
+def cover_every_backend(service: str, mixin: type, namespace: dict[str, Any],
+                        skip: tuple[str, ...] = ("triton",)) -> None:
+    """Give every registered backend of ``service`` that has no contract class yet a default one
+    (``Test<Name>(mixin)`` in ``namespace``, default options), so that a new backend is covered by
+    its entry point alone. ``skip``: backends whose classes live in another module (``triton``)."""
+    for name in BackendRegistry(service).names():
+        if name in skip or (service, name) in CONTRACTS:
+            continue
+        class_name = "Test" + "".join(part.capitalize() for part in re.split(r"[^0-9A-Za-z]+", name))
+        namespace[class_name] = type(class_name, (mixin,), {"backend": name, "__module__": namespace["__name__"]})
 
 
 class BackendContract:

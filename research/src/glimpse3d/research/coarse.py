@@ -13,10 +13,10 @@ import numpy as np
 from glimpse3d.core.splat import Splat
 from glimpse3d.research import metrics
 from glimpse3d.research.groundtruth import BACKGROUND, GroundTruth
-from glimpse3d.services.depth.backends import REGISTRY as DEPTH
-from glimpse3d.services.depth.backends import DepthBackend
-from glimpse3d.services.reconstruction.backends import REGISTRY as RECONSTRUCTION
-from glimpse3d.services.reconstruction.backends import ReconstructionBackend, RenderedImage
+from glimpse3d.services.depth.api import REGISTRY as DEPTH
+from glimpse3d.services.depth.api import DepthBackend
+from glimpse3d.services.reconstruction.api import REGISTRY as RECONSTRUCTION
+from glimpse3d.services.reconstruction.api import ReconstructionBackend, RenderedImage
 
 
 @dataclass(frozen=True, eq=False)

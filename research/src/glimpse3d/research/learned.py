@@ -91,7 +91,7 @@ def load_lpips(model_dir: Path | None = None) -> tuple[LpipsScorer | None, str]:
 def load_clip(model_dir: Path | None = None) -> tuple[Any | None, str]:
     """(scorer with ``score(a, b)`` and ``embed(images)``, note), or None and the reason."""
     from glimpse3d.services.backprojection.clip import ClipImageScorer
-    from glimpse3d.services.backprojection.models import CLIP_BASE
+    from glimpse3d.services.backprojection.weights import CLIP_BASE
 
     root = model_dir or default_model_dir()
     if not (root / CLIP_BASE).is_dir():

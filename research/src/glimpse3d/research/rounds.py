@@ -42,10 +42,10 @@ from glimpse3d.research import metrics
 from glimpse3d.research.coarse import Stages, coarse_splat, heldout_psnr, render_heldout
 from glimpse3d.research.groundtruth import BACKGROUND, GroundTruth, Raycaster
 from glimpse3d.research.objects import OBJECT_NAMES, load_object
-from glimpse3d.services.backprojection.mvcrm import naive_fuse, refine
-from glimpse3d.services.backprojection.options import FULL_MVCRM, Ablation, ClipScorer, RefineOptions, TrustedView
-from glimpse3d.services.diffusion.backends import REGISTRY as DIFFUSION
-from glimpse3d.services.diffusion.backends import apply_proto_defaults
+from glimpse3d.services.backprojection.api import ClipScorer, RefineOptions, TrustedView
+from glimpse3d.services.backprojection.mvcrm import FULL_MVCRM, Ablation, naive_fuse, refine
+from glimpse3d.services.diffusion.api import REGISTRY as DIFFUSION
+from glimpse3d.services.diffusion.api import apply_proto_defaults
 
 # Round cameras: elevation 15, off both held-out rings (0 and 30), the far side first.
 ROUND_AZIMUTHS = (180.0, 90.0, 270.0, 45.0, 315.0, 135.0, 225.0)

@@ -41,10 +41,10 @@ from glimpse3d.research.rounds import (
     run_sequence,
     to_uint8,
 )
-from glimpse3d.services.depth.backends import REGISTRY as DEPTH
-from glimpse3d.services.diffusion.backends import REGISTRY as DIFFUSION
-from glimpse3d.services.diffusion.backends import apply_proto_defaults
-from glimpse3d.services.multiview.backends import REGISTRY as MULTIVIEW
+from glimpse3d.services.depth.api import REGISTRY as DEPTH
+from glimpse3d.services.diffusion.api import REGISTRY as DIFFUSION
+from glimpse3d.services.diffusion.api import apply_proto_defaults
+from glimpse3d.services.multiview.api import REGISTRY as MULTIVIEW
 
 log = logging.getLogger("glimpse3d.research")
 
