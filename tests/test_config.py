@@ -102,7 +102,7 @@ def test_config_is_frozen_and_unsupported_types_are_refused() -> None:
     class Odd:
         mapping: dict[str, str]
 
-    with pytest.raises(TypeError, match="not a glimpse3d.core.config.Settings class"):
+    with pytest.raises(TypeError, match=r"not a glimpse3d\.core\.config\.Settings class"):
         load_config(Odd, {"GLIMPSE3D_MAPPING": "a=b"})  # type: ignore[type-var]
 
 
