@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-import inspect
 import json
 import os
 import shutil
@@ -267,9 +266,7 @@ def _learned_backends(model_dir: Path):
         registry = BackendRegistry(service)
         for name in registry.names():
             backend = registry.create(name, context={"model_dir": model_dir, "device": "cpu"})
-            options = getattr(type(backend), "Options", None)
-            fields = options.model_fields if options is not None else inspect.signature(type(backend)).parameters
-            if "model_dir" in fields:
+            if "model_dir" in type(backend).Options.model_fields:
                 yield service, name, backend
     from glimpse3d.services.backprojection.api import make_backend
 

@@ -13,11 +13,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar, final
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, final
 
 from prometheus_client import Histogram
 from prometheus_client.registry import Collector, CollectorRegistry
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from glimpse3d.core.errors import InvalidInput, NotReady
 from glimpse3d.core.models import DEFAULT_MODEL_DIR, offline_hub, require_model, resolve_device, resolve_dtype
@@ -161,24 +161,24 @@ class Backend:
                 time.perf_counter() - start)
 
 
-def _check_device(value: str) -> str:
+def check_device(value: str) -> str:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (lower-cased); ValueError otherwise."""
     dev = value.strip().lower()
     if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
         raise ValueError("device must be auto, cpu, cuda or cuda:N")
     return dev
 
 
+# An options field naming where a model runs.
+Device = Annotated[str, AfterValidator(check_device)]
+
+
 class LearnedOptions(BackendOptions):
     """Options every learned backend has: where its weights are and where it runs."""
 
     model_dir: Path = Field(default=DEFAULT_MODEL_DIR, strict=False)
-    device: str = "auto"
+    device: Device = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        return _check_device(value)
 
 
 class LearnedBackend(Backend):

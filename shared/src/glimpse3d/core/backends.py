@@ -7,8 +7,6 @@ Weights (``glimpse3d.weights``), tiny test models (``glimpse3d.tiny_models``) an
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import logging
 from collections.abc import Mapping
 from importlib.metadata import EntryPoint, entry_points
@@ -72,8 +70,7 @@ class BackendRegistry(Generic[B]):
         the backend's options have a field of that name, so weight-free backends ignore them. An
         explicit option of the same name wins over the context."""
         cls: Any = self.backend_class(name)
-        options_cls = getattr(cls, "Options", None)
-        fields = options_cls.model_fields if options_cls is not None else inspect.signature(cls).parameters
+        fields = cls.Options.model_fields
         for key, value in (context or {}).items():
             if key in fields and key not in options:
                 options[key] = value
@@ -81,14 +78,3 @@ class BackendRegistry(Generic[B]):
         log.info("%s backend created", self.kind, extra={"backend": name, "options": sorted(options)})
         return backend
 
-
-C = TypeVar("C")
-
-
-def config_with_overrides(config_cls: type[C], config: C | None, overrides: Mapping[str, object], backend: str) -> C:
-    """A frozen config dataclass with keyword ``overrides``; an unknown option names itself."""
-    known = {f.name for f in dataclasses.fields(config_cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise InvalidInput(f"unknown {backend} backend option(s): {', '.join(unknown)}", field=unknown[0])
-    return dataclasses.replace(config or config_cls(), **overrides)  # type: ignore[type-var]

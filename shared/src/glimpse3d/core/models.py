@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from glimpse3d.core.errors import FailedPrecondition, InvalidInput
+from glimpse3d.core.errors import FailedPrecondition
 
 MODEL_DIR_ENV = "GLIMPSE3D_MODEL_DIR"
 DEFAULT_MODEL_DIR = Path("models")
@@ -102,28 +102,6 @@ def require_model(model_dir: Path | str, name: str, required: Sequence[str] = ()
             metadata={"model": name, "path": str(root)},
         )
     return root
-
-
-@dataclass(frozen=True)
-class DeviceOptions:
-    """Where and how a learned backend runs.
-
-    device: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
-    dtype: ``auto`` (float16 on CUDA, float32 on CPU), ``float32``, ``float16`` or ``bfloat16``.
-    attention_slicing / cpu_offload: diffusers memory options (CUDA only; ignored on CPU).
-    """
-
-    device: str = "auto"
-    dtype: str = "auto"
-    attention_slicing: bool = False
-    cpu_offload: bool = False
-
-    def __post_init__(self) -> None:
-        dev = self.device.strip().lower()
-        if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
-            raise InvalidInput(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}", field="device")
-        if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
-            raise InvalidInput(f"dtype must be auto, float32, float16 or bfloat16, got {self.dtype!r}", field="dtype")
 
 
 def resolve_device(spec: str = "auto"):  # -> torch.device

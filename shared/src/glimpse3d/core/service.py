@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from glimpse3d.core import convert
 from glimpse3d.core.artifacts import ArtifactRef, ArtifactStore, store_from_env
-from glimpse3d.core.backend import METRICS, Backend
+from glimpse3d.core.backend import METRICS, Backend, check_device
 from glimpse3d.core.backends import BackendRegistry
 from glimpse3d.core.cancel import cancel_scope
 from glimpse3d.core.config import ConfigError, ServerConfig, Settings, load_config
@@ -34,7 +34,7 @@ from glimpse3d.core.errors import InvalidInput, Overloaded
 from glimpse3d.core.formats import read_ply, splat_to_ply_bytes
 from glimpse3d.core.images import decode_image, decode_npy, encode_npy, encode_png
 from glimpse3d.core.logs import configure_logging
-from glimpse3d.core.models import DEFAULT_MODEL_DIR, DeviceOptions
+from glimpse3d.core.models import DEFAULT_MODEL_DIR
 from glimpse3d.core.rpc import Registration, create_server, create_server_from_config
 from glimpse3d.core.splat import Splat
 from glimpse3d.v1 import common_pb2
@@ -76,9 +76,9 @@ class ServiceSettings(Settings):
     def check(self) -> None:
         self.options()  # a malformed JSON object fails at startup, not at the first request
         try:
-            DeviceOptions(device=self.device)
-        except InvalidInput as err:
-            raise ConfigError(err.message, field="device") from None
+            check_device(self.device)
+        except ValueError as err:
+            raise ConfigError(f"{err}, got {self.device!r}", field="device") from None
         if not 1 <= self.max_concurrency <= 64:
             raise ConfigError(f"max_concurrency must be in 1..64, got {self.max_concurrency}", field="max_concurrency")
         if not 0 <= self.max_waiting <= 10000:

@@ -241,22 +241,3 @@ class TritonMixin:
         """Wait for the Triton model (the service says SERVING only after this returns)."""
         self.triton.wait_ready()
 
-
-class TritonBacked:
-    """Old base of the ``triton`` backends; goes once every service uses :class:`TritonMixin`."""
-
-    name = "triton"
-    default_model = ""
-
-    def __init__(self, model: str = "", url: str = DEFAULT_URL, timeout_s: float = 600.0, retry_s: float = 60.0,
-                 ready_timeout_s: float = 900.0) -> None:
-        self.triton = TritonModel(model or self.default_model, TritonOptions(url, timeout_s, retry_s, ready_timeout_s))
-        self._ready = False
-
-    @property
-    def ready(self) -> bool:
-        return self._ready
-
-    def load(self) -> None:
-        self.triton.wait_ready()
-        self._ready = True

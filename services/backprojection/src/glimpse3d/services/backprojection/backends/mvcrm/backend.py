@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, ValidationInfo, field_validator
 
-from glimpse3d.core.backend import BackendOptions, _check_device
+from glimpse3d.core.backend import BackendOptions, Device
 from glimpse3d.core.models import DEFAULT_MODEL_DIR, resolve_device
 from glimpse3d.core.splat import Splat
 from glimpse3d.services.backprojection.api import (
@@ -36,15 +36,10 @@ class MVCRMRoundOptions(BackendOptions):
     resolution cap (None: the view's size; see :func:`.mvcrm.refine`). clip_check, clip_threshold:
     what a request's unset fields mean."""
 
-    device: str = "cpu"
+    device: Device = "cpu"
     max_side: int | None = Field(default=256, ge=16)
     clip_check: bool = True
     clip_threshold: float = Field(default=DEFAULT_CLIP_THRESHOLD, ge=0.0, le=1.0)
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        return _check_device(value)
 
 
 class MVCRMOptions(MVCRMRoundOptions):

@@ -20,9 +20,9 @@ from typing import ClassVar
 
 import cv2
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from glimpse3d.core.backend import BackendOptions, _check_device
+from glimpse3d.core.backend import BackendOptions, Device
 from glimpse3d.core.cameras import Camera
 from glimpse3d.core.errors import InvalidInput
 from glimpse3d.core.models import DEFAULT_MODEL_DIR
@@ -131,12 +131,7 @@ class SilhouetteOptions(MatteOptions):
     shading_weight: float = Field(default=DEFAULT_SHADING_WEIGHT, ge=0.0, le=MAX_SHADING_WEIGHT)
     object_distance: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
     model_dir: Path = Field(default=DEFAULT_MODEL_DIR, strict=False)
-    device: str = "auto"
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        return _check_device(value)
+    device: Device = "auto"
 
 
 class SilhouetteDepthBackend(DepthBackend):
