@@ -4,7 +4,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip
-SERVICES := depth reconstruction multiview diffusion backprojection
+# Every folder under services/ with a pyproject is a service (installed packages then find each other
+# through their entry points: glimpse3d.services, glimpse3d.backends.<service>, glimpse3d.weights).
+SERVICES := $(sort $(patsubst services/%/pyproject.toml,%,$(wildcard services/*/pyproject.toml)))
 PROTO_SRC := $(shell find protos -name '*.proto' 2>/dev/null)
 STAMP := $(VENV)/.setup-stamp
 # torch's OpenMP threads spin-wait by default, ~10x slower on a busy 2-core machine.

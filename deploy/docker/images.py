@@ -21,7 +21,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKER_DIR = Path("deploy/docker")
-SERVICES = ("depth", "reconstruction", "multiview", "diffusion", "backprojection")
+# Every folder under services/ with a pyproject is a service image.
+SERVICES = tuple(sorted(p.parent.name for p in (REPO_ROOT / "services").glob("*/pyproject.toml")))
 VARIANTS = ("cpu", "cuda")
 
 
