@@ -1,32 +1,12 @@
 """Figures of a version that a round cannot improve by construction: the splat against the photo.
 
-A round's own report (``photometric_error_before/after``) compares the splat with the view it was
-just fed, so it falls whatever that view was. The one ground truth a user has is the photo, and a
-round is never fed the photo, so these figures can move either way:
-
-- ``photo_psnr_db``: the splat rendered at the photo's camera over the photo's background colour,
-  against the photo, over the full frame (PSNR in dB). A round that darkens or smears the surface
-  the photo shows, or grows floaters in front of it, lowers it.
-- ``photo_consistency_db``: the splat rendered from cameras turned by ``TURNS_DEG`` about the
-  vertical axis, each warped into the photo's camera through the rendered depths
-  (:func:`glimpse3d.core.reproject.warp_into`), against the photo where the surface is visible in
-  both (PSNR in dB). It checks the colours the splat shows from other directions, where rounds
-  actually write, against the photo on the part of the surface that both see.
-- ``photo_consistency_coverage``: the fraction of the photo's rendered object pixels that the
-  turned views cover (how much of the photo the consistency figure rests on).
-- ``input_view_psnr_db`` and ``input_view_ssim`` (:func:`input_view_figures`): the render at the
-  photo's camera against the photo over the photo's object region (the matte: the user's, or the
-  depth service's), not over the model's own alpha, so a model that lost part of the object there
-  scores the loss. SSIM follows scikit-image's defaults (7x7 uniform window, K1 0.01, K2 0.03,
-  sample covariance), its map averaged inside the matte.
-
-Every round is fused together with the photo (inside its matte) as a trusted view. A round may not
-cost the photo more than ``MAX_ROUND_LOSS_DB`` of input-view PSNR (:func:`round_rejection`): one
-that does is fused once more with the photo weighted ``PHOTO_RETRY_WEIGHT`` times the enhanced view,
-and when that still costs too much the gateway rejects the round and keeps the version it started from.
-
-The research harness reports how well the change of these figures tracks the change of the
-held-out ground-truth PSNR (docs/research.md).
+A round's own report compares the splat with the view it was just fed; these compare it with the
+photo, which no round is fed: ``photo_psnr_db``, ``photo_consistency_db`` and
+``photo_consistency_coverage`` (views turned by ``TURNS_DEG``, warped onto the photo), and
+``input_view_psnr_db`` / ``input_view_ssim`` inside the photo's matte (:func:`input_view_figures`).
+:func:`round_rejection` decides whether a round cost the photo more than ``MAX_ROUND_LOSS_DB`` (fused
+again with the photo weighted ``PHOTO_RETRY_WEIGHT``, then rejected). Definitions:
+docs/research.md ("Figures a round cannot improve by construction"); the rule: docs/http-api.md.
 """
 
 from __future__ import annotations

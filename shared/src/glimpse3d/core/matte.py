@@ -1,26 +1,11 @@
 """Plausibility check of an object matte (numpy only).
 
-A single-photo reconstruction is only as good as its matte, and a weight-free matte can go wrong in
-recognisable ways: it finds almost nothing (a speck), almost everything (the whole frame), several
-unrelated pieces, or a region glued to the frame (background kept as object). :func:`check_matte`
-measures these and returns a :class:`MatteCheck` whose ``warning`` is a short sentence for the user
-when the matte looks implausible, else ``None``. It is a pure function of the mask, cheap enough to
-run on every job.
-
-- ``coverage``: fraction of pixels with ``mask >= 0.5``.
-- ``border_fraction``: fraction of the image's outermost ring of pixels that are foreground.
-- ``fragments``: number of 8-connected foreground components holding at least
-  ``FRAGMENT_MIN_SHARE`` of the foreground (specks below that do not count).
-
-Thresholds: coverage below ``MIN_COVERAGE`` (2 %) or above ``MAX_COVERAGE`` (90 %), more than
-``MAX_FRAGMENTS`` (3) fragments, or a border fraction above ``MAX_BORDER_FRACTION`` (0.5). A close-up
-whose object fills the frame legitimately trips the last two; the warning says what was seen, not
-that the matte is wrong.
-
-Only numpy is used (the gateway, which runs the check, carries no OpenCV): components are labelled
-on horizontal runs of foreground, joined between neighbouring rows and merged by a vectorised
-union-find (roots hooked onto smaller roots, then pointer jumping), which takes a logarithmic number
-of rounds even for a long serpentine shape.
+:func:`check_matte` measures a mask's ``coverage``, ``border_fraction`` and ``fragments`` and returns
+a :class:`MatteCheck` whose ``warning`` is a short sentence for the user when the matte looks
+implausible (thresholds ``MIN_COVERAGE``, ``MAX_COVERAGE``, ``MAX_FRAGMENTS``,
+``MAX_BORDER_FRACTION``), else ``None``. Only numpy, because the gateway runs it on every job and
+carries no OpenCV: components are labelled by a vectorised union-find over runs of foreground.
+What is measured and when it warns: docs/http-api.md (``POST /api/v1/matte``).
 """
 
 from __future__ import annotations

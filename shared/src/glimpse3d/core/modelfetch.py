@@ -1,38 +1,12 @@
 """Fetch the learned backends' production weights: ``make models`` / ``python -m glimpse3d.core.modelfetch``.
 
-What: every :class:`~glimpse3d.core.models.ModelSource` in ``MODELS`` of each installed service's
-torch-free ``glimpse3d.services.<service>.models`` module (a service that is not installed, or has
-no such module, is skipped). A name listed by two services is fetched once, for both.
-
-Where: ``<model_dir>/<group>/<name>/`` in the published layout of the source (only the files that
-match the source's patterns), and ``<model_dir>/manifest.json``::
-
-    {"format": 1, "models": {"<group>/<name>": {
-        "repo_id": ..., "revision": <requested>, "commit": <resolved>, "patterns": [...],
-        "files": {"<relative path>": {"sha256": ..., "size": ...}, ...},
-        "licence": ..., "used_by": [...], "fetched_at": <UTC ISO time>}}}
-
-How, per model:
-
-1. verify: the manifest entry must be for the same repo, revision and patterns, and every recorded
-   file must exist with its size and sha256. A model that verifies is skipped without any network
-   access, so a second run fetches nothing;
-2. otherwise fetch (files that failed verification are deleted first, so they are downloaded
-   again): the :class:`HubFetcher` resolves the revision to a commit, downloads that commit's
-   matching files with ``huggingface_hub.snapshot_download(..., local_dir=...)`` and reports the
-   sha256 the hub publishes for large (LFS) files;
-3. check: every pattern must match at least one file, and every published sha256 must equal the
-   one computed here; then the entry is written. The manifest is rewritten after every model,
-   atomically (a temporary file in the same directory, then rename), so an interrupted run keeps
-   what it finished.
-
-``--verify`` only verifies (exit status 1 and one line per bad or missing file), ``--only NAME``
-(repeatable) limits the run, ``--list`` prints the models (``--markdown``: as the table in
-docs/models.md, which ``--docs PATH`` rewrites in place). Services never call this module: at run
-time they read the model directory offline (:func:`glimpse3d.core.models.offline_hub`).
-
-Fetching is behind the small :class:`Fetcher` interface, so tests supply one that copies from a
-local folder. This module does not import torch; huggingface_hub is imported only to fetch.
+Every :class:`~glimpse3d.core.models.ModelSource` in ``MODELS`` of each installed service's
+``glimpse3d.services.<service>.models`` goes to ``<model_dir>/<group>/<name>/``, its files and sha256
+recorded in ``<model_dir>/manifest.json``; a model that verifies against the manifest is skipped
+without network access. Options (``--verify``, ``--only``, ``--list``, ``--docs``, ...), the steps and
+the manifest: docs/models.md. Services never call this module; they read the model directory offline.
+Fetching goes through the small :class:`Fetcher` interface (tests supply a local one); torch is never
+imported, huggingface_hub only to fetch.
 """
 
 from __future__ import annotations

@@ -1,39 +1,11 @@
 """Artifact references, the store contract and the logic every backend shares.
 
-An artifact is an immutable blob (an input photo, a depth map, a ``.ply`` splat) addressed by the
-sha256 of its bytes. Services pass :class:`ArtifactRef` values to each other instead of the bytes.
-
-Every backend lays blobs out under the same relative key, ``sha256/<first two hex>/<full hex>``,
-or ``tmp/sha256/<first two hex>/<full hex>`` for a temporary artifact (``put(..., temporary=True)``:
-an intermediate result, such as a rendered view or a depth map, that nothing needs once the job step
-that made it is over). The URI of an artifact is that key placed under the backend's location
-(``file:///…/sha256/…`` or ``s3://bucket/prefix/tmp/sha256/…``). Because the key carries the hash,
-a bare URI is as good as a ref for reading: the sha256 to verify against is the one in the key.
-Temporary and durable artifacts are read the same way; what differs is how long they live: the S3
-backend installs a bucket lifecycle rule that expires the ``tmp/`` keys (see
-:mod:`glimpse3d.core.artifacts.s3`), the file backend keeps them until someone deletes them.
-
-Contract shared by all backends (implemented once in :class:`BaseArtifactStore`):
-
-- ``put`` is idempotent and cheap when the bytes are already there: if an object with the same key
-  and size exists (and its metadata is consistent) nothing is written. The exception is a temporary
-  put, which always writes, so that the object's age (what expiry counts from) starts again. The returned ref always
-  carries the ``media_type`` passed to that call, while the stored media type (what ``stat``
-  reports) stays the one recorded when the bytes were written. ``put`` does not re-read existing
-  content (``get`` is where corruption is caught); it rewrites an object whose size or metadata
-  is wrong.
-- ``get``/``get_to_file`` verify the sha256 of every read and raise
-  :class:`~glimpse3d.core.errors.IntegrityError` on a mismatch. ``max_bytes`` is checked against
-  the stored size before any content is read.
-- ``stat`` reports the stored size and media type without reading the content.
-- ``delete`` is idempotent: deleting a missing artifact is a no-op. Keys are content addressed, so
-  two refs to identical bytes share one blob; deciding when nothing references it any more is the
-  caller's job.
-- ``presign`` raises :class:`~glimpse3d.core.errors.NotFound` for a missing artifact and accepts an
-  expiry in ``(0, 7 days]`` (the S3 SigV4 limit) on every backend.
-- ``ensure_ready`` prepares the store for use (the S3 bucket and its lifecycle rule) and raises
-  :class:`~glimpse3d.core.errors.Unavailable` naming the location when it cannot be used; servers
-  call it at start-up so that a misconfigured store stops them at once.
+An artifact is an immutable blob addressed by the sha256 of its bytes; services pass
+:class:`ArtifactRef` values to each other instead of the bytes. Every backend keys blobs as
+``sha256/<aa>/<hex>`` (``tmp/sha256/...`` for ``put(..., temporary=True)``), so a bare URI is as good
+as a ref for reading. :class:`BaseArtifactStore` implements the contract once: idempotent ``put``,
+sha256-verified reads, idempotent ``delete``, ``presign`` up to 7 days, ``ensure_ready`` at start-up.
+See docs/artifacts.md ("The store contract").
 """
 
 from __future__ import annotations

@@ -1,34 +1,11 @@
 """S3-compatible backend (MinIO, AWS S3, …) through the ``minio`` SDK.
 
-Objects live at ``<prefix>/sha256/<aa>/<hex>`` in one bucket, temporary artifacts at
-``<prefix>/tmp/sha256/<aa>/<hex>``; their URI is ``s3://<bucket>/<object name>``. Each object
-carries its media type as Content-Type and its sha256 as user metadata (``x-amz-meta-sha256``);
-reads verify the content against the key and fail with IntegrityError if either disagrees.
-
-Uploads of more than ``part_size`` bytes (default and minimum 5 MiB) go multipart; the SDK holds
-a few parts in memory at a time, and file objects are first spooled to a temporary file to be
-hashed, so memory stays bounded whatever the artifact size.
-
-Servers call :meth:`S3ArtifactStore.ensure_ready` at start-up: it creates the bucket if it does
-not exist (several replicas may race to create it; losing the race is fine) and installs the
-lifecycle rule below; without that call the same happens before the first upload. The HTTP client
-uses short connect timeouts and few retries so that an unreachable endpoint surfaces quickly as
-:class:`~glimpse3d.core.errors.Unavailable`, which names the endpoint.
-
-Lifecycle rule: temporary artifacts expire ``temp_expiry_days`` days after they were (last) written,
-by one bucket lifecycle rule with the ID :attr:`S3ArtifactStore.lifecycle_rule_id` whose filter is
-the prefix ``<prefix>/tmp/``; S3 deletes the objects itself. The store reads the bucket's lifecycle
-configuration, keeps every rule with another ID and writes the configuration back only when its own
-rule is missing or different. ``temp_expiry_days=0`` removes the rule (nothing expires). Rules are
-round-tripped through the minio SDK's lifecycle model; a configuration it cannot represent faithfully
-(a legacy rule without a ``Filter``, or one it fails to parse) is left untouched, with a warning.
-
-Errors: a missing object or bucket is NotFound; transport failures and any other S3 error code
-(AccessDenied, SlowDown, 5xx after retries, …) are Unavailable, with the endpoint and object in
-the message; content or recorded sha256 that disagree with the key are IntegrityError.
-
-Presigned URLs are signed for the endpoint this store talks to; a client must reach S3 under the
-same host name.
+Objects are ``<prefix>/sha256/<aa>/<hex>`` (temporary ones under ``<prefix>/tmp/``) in one bucket,
+with URI ``s3://<bucket>/<object name>``, the media type as Content-Type and the sha256 as
+``x-amz-meta-sha256``. :meth:`S3ArtifactStore.ensure_ready` creates the bucket and installs the
+lifecycle rule that expires temporary artifacts after ``temp_expiry_days``. A missing object is
+NotFound, any other S3 or transport failure Unavailable. See docs/artifacts.md (key layout, the
+lifecycle rule, S3 uploads and errors).
 """
 
 from __future__ import annotations

@@ -1,34 +1,9 @@
 """glTF 2.0 binary (``.glb``) splats with the KHR_gaussian_splatting extension.
 
-GLB layout (following the ratified KHR_gaussian_splatting text): one mesh with one primitive of mode
-POINTS (0) whose ``extensions.KHR_gaussian_splatting`` is ``{"kernel": "ellipse", "colorSpace":
-"srgb_rec709_display"}`` and whose attributes are, all FLOAT, one tightly packed, 4-byte aligned
-buffer view each:
-
-- ``POSITION`` VEC3: the means, with the ``min``/``max`` the glTF spec requires;
-- ``KHR_gaussian_splatting:ROTATION`` VEC4: unit quaternions in glTF order (x, y, z, w); our
-  :class:`~glimpse3d.core.splat.Splat` stores (w, x, y, z), possibly unnormalised;
-- ``KHR_gaussian_splatting:SCALE`` VEC3: *linear* standard deviations, ``exp(log_scales)`` (the
-  spec says scale values are linear and never negative);
-- ``KHR_gaussian_splatting:OPACITY`` SCALAR: ``sigmoid(opacity_logit)`` in [0, 1];
-- ``KHR_gaussian_splatting:SH_DEGREE_0_COEF_0`` VEC3 and, for SH degree l >= 1,
-  ``KHR_gaussian_splatting:SH_DEGREE_l_COEF_n`` (n = 0..2l) VEC3: the raw coefficients. The spec
-  orders each degree from m = -l to m = l with the Condon-Shortley phase, which is exactly the
-  3DGS order and sign convention, so coefficient ``l*l + n`` of our [N, K, 3] array is COEF_n;
-- ``COLOR_0`` VEC4: the point-cloud fallback for viewers without the extension: the band-0 colour
-  ``clip(0.5 + C0 * sh0, 0, 1)`` decoded from sRGB to linear (``COLOR_0`` is linear in glTF,
-  while splat colours are display-referred sRGB, hence ``colorSpace``), alpha = opacity.
-
-The extension is listed in ``extensionsUsed`` but not in ``extensionsRequired``: the spec designs
-it to degrade to a point cloud, so viewers without it can still open the file.
-
-Coordinates need no conversion. glTF is right-handed, +Y up, with the asset's front facing +Z;
-Glimpse3D world space is right-handed, +y up, and the input photo looks at the object from the +z
-axis (orbit azimuth 0), so the object's front faces +z as well. Units stay as they are: objects
-are normalised to a radius of about 1, i.e. about a metre in glTF terms.
-
-pygltflib is imported on first use, so importing :mod:`glimpse3d.core.formats` (every service does,
-for ``.ply``) does not pay for it.
+One POINTS primitive whose attributes hold the means, unit quaternions in glTF order (x, y, z, w),
+linear scales, opacities and the raw SH coefficients, plus a ``COLOR_0`` point-cloud fallback; the
+extension is used but not required. No coordinate conversion is needed (both are right-handed, +y
+up, front +z). pygltflib is imported on first use. The layout in detail: docs/formats.md.
 """
 
 from __future__ import annotations

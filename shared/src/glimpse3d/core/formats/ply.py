@@ -1,27 +1,10 @@
 """3D Gaussian Splatting ``.ply`` files, the format every Gaussian-splat viewer and trainer reads.
 
-Layout, as written by the reference implementation (``GaussianModel.save_ply`` in
-graphdeco-inria/gaussian-splatting): ``format binary_little_endian 1.0`` and one ``vertex`` element
-with one float32 property per value, in this order::
-
-    x y z  nx ny nz  f_dc_0..2  f_rest_0..f_rest_{3(K-1)-1}  opacity  scale_0..2  rot_0..3
-
-- normals are written as zeros (the reference does the same; nothing reads them);
-- ``f_rest`` holds SH bands 1..3 channel-major: the [N, K-1, 3] coefficients transposed to
-  [N, 3, K-1] and flattened, so all of red's coefficients come first, then green's, then blue's;
-- ``opacity`` is the logit, ``scale_*`` the natural-log standard deviations and ``rot_*`` the
-  (w, x, y, z) quaternion as stored (not normalised), i.e. the :class:`Splat` fields unchanged, so
-  a write/read round trip is exact.
-
-Reading is defensive: the header is parsed and checked here (at most :data:`HEADER_LIMIT` bytes,
-binary little-endian only, vertex count within ``max_gaussians``, every required property present
-and floating point, SH degree from the number of ``f_rest_*``, no list properties) and the element
-data is checked against the bytes actually present before any array is allocated. Anything wrong
-raises :class:`~glimpse3d.core.errors.InvalidInput` naming the problem; other elements and extra
-vertex properties are skipped. Files on disk are then handed to plyfile, which memory-maps them.
-In-memory bytes and other streams are decoded with ``numpy.frombuffer`` from the same checked
-layout, because plyfile's binary reader falls back to a Python loop over every value when it
-cannot memory-map (minutes for a million Gaussians).
+The reference layout (binary little-endian, one float32 ``vertex`` property per value, the
+:class:`Splat` fields unchanged, so a write/read round trip is exact). Reading checks the header and
+the data size before allocating anything and raises :class:`~glimpse3d.core.errors.InvalidInput`
+naming the problem; files on disk are memory-mapped by plyfile, other sources decoded with numpy.
+The layout and checks: docs/formats.md.
 """
 
 from __future__ import annotations

@@ -1,27 +1,9 @@
 """``.splat`` files, the compact format of the antimatter15/splat web viewer.
 
-No header; 32 bytes per Gaussian, little-endian::
-
-    position  float32 x3   means
-    scale     float32 x3   linear standard deviations, exp(log_scales)
-    colour    uint8   x4   RGB = round(clip(0.5 + SH_C0 * f_dc, 0, 1) * 255), A = round(sigmoid(logit) * 255)
-    rotation  uint8   x4   (w, x, y, z) = clip(round(q / |q| * 128 + 128), 0, 255)
-
-The format is lossy: only SH band 0 survives (a file always reads back as SH degree 0), colour and
-opacity are quantised to 1/255 and each quaternion component to 1/128. Positions and scales are
-exact to float32 rounding.
-
-The writer orders Gaussians by descending ``exp(sum(log_scales)) * sigmoid(opacity_logit)`` (volume
-times opacity), as the reference ``convert.py`` does, so that a viewer streaming the file draws the
-biggest, most opaque Gaussians first. The key is computed as its logarithm in float64, which gives
-the same order without overflowing; ties keep their input order. ``sort=False`` keeps input order.
-
-The reader rejects (with :class:`~glimpse3d.core.errors.InvalidInput`) a size that is not a multiple
-of 32, more than ``max_gaussians`` records, non-finite positions, non-positive or non-finite scales
-and all-zero rotations (four bytes of 128, which the writer never produces because a unit
-quaternion has a component of magnitude at least 1/2). Alpha bytes are clamped to [0.5, 254.5]
-before the logit so that opacities of 0 and 255 decode to finite logits. Rotations are returned
-normalised.
+No header; 32 bytes per Gaussian (float32 position and linear scale, uint8 RGBA and quantised
+rotation). Lossy: only SH band 0 survives, colour, opacity and rotation are quantised. The writer
+orders Gaussians by volume times opacity (``sort=False`` keeps input order); the reader rejects
+malformed records with :class:`~glimpse3d.core.errors.InvalidInput`. The layout: docs/formats.md.
 """
 
 from __future__ import annotations

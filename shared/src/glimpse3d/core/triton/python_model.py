@@ -1,31 +1,11 @@
 """The model of every ``deploy/triton/<model>`` (Triton's Python backend).
 
-The repository holds one bootstrap, ``deploy/triton/model.py``, which
-:func:`~.server.prepare_repository` (local runs, tests, the Triton image's build) copies into each
-model's version directory: it puts the directories in :data:`SITE_PACKAGES_ENV` first on
-``sys.path`` (Triton's Python stub ignores ``PYTHONPATH``; in the Triton image the packages are
-installed where the stub looks and the variable is unset) and re-exports :class:`TritonPythonModel`.
-Which model it serves comes from the config: the ``handler`` parameter names the service's handler
-(``"glimpse3d.services.<service>.triton:<Handler>"``), built around the same backend class the
-service runs in-process, so Triton and the embedded CPU mode share one implementation.
-
-The model's ``config.pbtxt`` drives it:
-
-- ``parameters { key: "handler" value { string_value: "<module>:<Class>" } }`` (required): the
-  :class:`Handler` subclass to serve; without it the model fails to load, naming the model and the
-  parameter;
-- ``parameters { key: "backend_options" value { string_value: "<JSON>" } }``: keyword options of the
-  backend (a model name in the model directory, resolution caps, …);
-- the model directory is ``GLIMPSE3D_MODEL_DIR`` (``/models`` in the Triton image);
-- the instance group picks the device: a ``KIND_GPU`` instance runs on ``cuda:<device_id>``, a
-  ``KIND_CPU`` instance on the CPU;
-- with ``max_batch_size > 0`` every tensor has a leading batch axis of 1 per request, which this base
-  strips before the handler sees the request and restores on the outputs. Requests the dynamic
-  batcher gathers arrive in one ``execute`` call and go to :meth:`Handler.run_batch` together.
-
-Errors: a :class:`~glimpse3d.core.errors.Glimpse3DError` becomes that request's error response
-(:func:`~.tensors.encode_error`), so the client re-raises the same class; anything else is logged
-with its traceback and reported as an internal error. One bad request never fails its batch-mates.
+``deploy/triton/model.py``, which :func:`~.server.prepare_repository` copies into each model's
+version directory, puts the directories in :data:`SITE_PACKAGES_ENV` first on ``sys.path`` and
+re-exports :class:`TritonPythonModel`. The model's ``config.pbtxt`` parameter ``handler``
+(``"<module>:<Class>"``, required) names the :class:`Handler` to serve, built around the backend class
+the service runs in-process, and ``backend_options`` (JSON) that backend's options. A project error
+becomes that request's error response, so the client re-raises the same class. See docs/triton.md.
 """
 
 from __future__ import annotations

@@ -1,23 +1,10 @@
 """Per-pixel trust for MVCRM: depth consistency between the enhanced view and the current splat.
 
-The enhanced view comes with a depth map estimated from it (e.g. a monocular estimator), known only
-up to an unknown scale and shift. On the object mask (rendered alpha > 0.5 and view depth > 0)
-:func:`align_depth` fits ``scale * view_depth + shift`` to the rendered depth by least squares on
-the relative residual, started from a least-median-of-squares line and reweighted with Cauchy
-weights, so that the part of the view that disagrees (up to about half of it) does not bend the
-fit. The per-pixel geometric trust is then
-
-    r = |scale * view_depth + shift - rendered_depth| / rendered_depth
-    geo = 2 ** -((r / depth_tolerance) ** 2)      (1 at r = 0, 1/2 at r = depth_tolerance)
-
-and 0 where the view says "no object" (view depth <= 0) or the splat renders nothing. The final
-pixel weight is ``rendered_alpha * geo``: a pixel is only trusted where the splat has a surface to
-put the colour on and the view's geometry agrees with it. Without a view depth, ``geo = 1`` and
-the trust falls back to the rendered alpha alone.
-
-Colour disagreement is deliberately *not* a trust signal: the render of a degraded splat and a
-good enhanced view legitimately differ in colour (that difference is what the round is for), so a
-colour test cannot tell which side is wrong. Semantic drift of the view is the CLIP check's job.
+The view's depth is known only up to scale and shift, so :func:`align_depth` fits
+``scale * view_depth + shift`` to the rendered depth robustly; a pixel's trust is then
+``rendered_alpha * geo`` with ``geo = 2 ** -((r / depth_tolerance) ** 2)`` for the relative depth
+residual ``r`` (``geo = 1`` without a view depth). Colour disagreement is deliberately not a trust
+signal. See docs/backends/mvcrm.md ("Per-pixel trust").
 """
 
 from __future__ import annotations

@@ -1,25 +1,11 @@
 """MVCRM, the multi-view consistency refinement module: fuse one enhanced view into a splat.
 
-One round (:func:`refine`):
-
-1. render the splat at the view's camera (colour, depth, alpha); the background colour, unless
-   given, is the median of the view where the splat renders nothing;
-2. per-pixel trust from depth consistency (:mod:`.confidence`), or the rendered alpha alone
-   without a view depth;
-3. optional CLIP check: a view semantically far from the reference photo (or, without one, from
-   the render) rejects the round, which then changes nothing;
-4. footprints: each Gaussian's total blend weight in the view ``cov_i`` and its trusted part
-   ``tru_i = sum_p w_p c_ip``, from one backward pass of the rasterizer;
-5. fusion (:mod:`.fusion`): Adam on the weighted photometric loss plus the anchor
-   ``a_i ||theta_i - theta_i^0||^2`` (``a_i = anchor_weight * conf_i * cov_i``) and the normal terms
-   (:mod:`.normals`). Adam normalises every step, so each Gaussian's update is scaled by its trusted
-   share times its footprint relative to the view's typical footprint ``m``:
-   ``tru_i / cov_i * cov_i / (cov_i + 0.25 m)`` (:func:`typical_footprint`);
-6. confidence: ``conf_i += (tru_i / cov_i) * cov_i / (cov_i + m)``, less than 1 per round.
-
-The footprint-scaled anchor competes with the photometric term pixel for pixel, so
-``anchor_weight`` means the same at any resolution: the more often a Gaussian has been confirmed,
-the less a later view can drag it, and repeated rounds converge.
+:func:`refine` renders the splat at the view's camera, weights its pixels by depth consistency
+(:mod:`.confidence`), optionally rejects a semantically drifted view by CLIP, then runs Adam on the
+trust-weighted photometric loss plus an anchor scaled by each Gaussian's confidence and footprint
+(:mod:`.fusion`, :mod:`.normals`), and raises each Gaussian's confidence by its trusted share. The
+more often a Gaussian has been confirmed, the less a later view can move it, so rounds converge.
+The steps and formulas: docs/backends/mvcrm.md.
 """
 
 from __future__ import annotations

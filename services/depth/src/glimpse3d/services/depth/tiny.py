@@ -1,31 +1,10 @@
-"""Tiny random models for the depth service's learned backends, in the real on-disk layout (for tests
-and ``make bench``; production weights come from ``make models``, see :mod:`glimpse3d.services.depth.weights`).
+"""Tiny random models for the depth service's learned backends, in the real on-disk layout.
 
-Each model name gets a transformers folder with ``config.json``, ``model.safetensors`` and
-``preprocessor_config.json``, exactly as the published repositories have them, holding a seeded,
-randomly initialised network of the same class as the production checkpoint:
-
-- ``depth/dpt-hybrid-midas``: ``DPTForDepthEstimation`` with ``is_hybrid=True``, so the same BiT
-  (``BitConfig``) convolutional stem, hybrid embeddings and identity reassemble stages run as in
-  the real DPT-Hybrid; 64 x 64 input.
-- ``depth/dpt-large``: ``DPTForDepthEstimation`` with the plain ViT patch embeddings; 64 x 64 input.
-  The two MiDaS preprocessor configs are written in the older feature-extractor style of the
-  Intel repositories (``feature_extractor_type: DPTFeatureExtractor``, integer ``size``), so
-  ``AutoImageProcessor``'s handling of that style runs too.
-- ``depth/depth-anything-v2-*``: ``DepthAnythingForDepthEstimation`` on a tiny DINOv2 backbone;
-  the preprocessor keeps the aspect ratio with sides a multiple of 14 around 56 px, like the
-  published 518 px one.
-
-Hidden sizes are 8-64 with two to four transformer layers. Convolutions and linear layers get
-PyTorch's fan-in scaled initialisation (not transformers' N(0, 0.02)) and the last convolution of
-each depth head a bias of 1, so the random disparity is positive and varies over an image instead
-of being constant or clamped to 0 by the head's final ReLU.
-
-- ``matting/sam2.1-hiera-tiny`` (:mod:`glimpse3d.services.depth.matting`): ``Sam2Model`` with a
-  four-stage Hiera backbone of widths 8-64 on a 128 x 128 input (about 120k parameters), its
-  ``config.json`` / ``model.safetensors`` and the ``Sam2ImageProcessor``'s ``preprocessor_config.json``
-  (128 x 128), as in the published repository (whose other files the service does not read).
-  The same fan-in scaled initialisation keeps its mask logits from being constant.
+For tests and ``make bench``; production weights come from ``make models``
+(:mod:`glimpse3d.services.depth.weights`). :func:`write_tiny_models` writes every depth model name
+and ``matting/sam2.1-hiera-tiny`` as seeded random networks of the production classes, with the
+published file layouts and preprocessor styles, initialised so that their disparity and mask
+outputs vary over an image. See docs/backends/depth.md ("Tests and tiny models").
 """
 
 from __future__ import annotations

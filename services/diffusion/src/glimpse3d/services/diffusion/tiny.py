@@ -1,25 +1,10 @@
 """Tiny random stand-ins for the diffusion models, written in the production on-disk layout.
 
-:func:`write_tiny_models` builds, from fixed seeds, the components that diffusers' own fast tests
-use for the SDXL ControlNet img2img pipeline (``get_dummy_components``: a two-block UNet with the
-SDXL ``text_time`` micro-conditioning, a matching ControlNet, a two-block VAE, two 32-wide CLIP text
-encoders) and saves them exactly as :mod:`glimpse3d.services.diffusion.weights` lists the production
-files: a ``StableDiffusionXLPipeline`` folder with ``model_index.json`` and ``fp16`` variant weights,
-a ControlNet folder, and a separate VAE folder. The backend then loads them with the same
-``from_pretrained`` calls it uses for the real weights.
-
-Two deliberate differences from an untrained model:
-
-- The tokenizers are real CLIP byte-level BPE tokenizers with a small vocabulary written here
-  (the 256 byte symbols, their end-of-word forms, merges for a few words, the two special tokens),
-  saved as ``vocab.json`` / ``merges.txt`` / ``tokenizer_config.json`` / ``special_tokens_map.json`` like
-  the published ones, so no download is needed.
-- A fresh ControlNet's output convolutions are zero (that is how ControlNet training starts), which
-  would make the depth condition have no effect at all; they get small random weights here so
-  that tests can see the condition reach the UNet.
-
-Tests, the benchmark and the whole-pipeline test use these; production never does. Outputs are
-noise-like images: only shapes, determinism and wiring are meaningful.
+:func:`write_tiny_models` saves diffusers' own fast-test components for the SDXL ControlNet img2img
+pipeline, seeded, where :mod:`glimpse3d.services.diffusion.weights` expects the production files,
+with real small-vocabulary CLIP tokenizers (no download) and non-zero ControlNet output convolutions
+(so that the depth condition reaches the UNet). For tests and benchmarks only: outputs are
+noise-like. See docs/backends/diffusion.md ("Models").
 """
 
 from __future__ import annotations
@@ -28,6 +13,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 from glimpse3d.core.models import offline_hub
 from glimpse3d.services.diffusion.weights import CONTROLNET_DEPTH, SDXL_BASE, VAE_FP16_FIX, WEIGHTS_VARIANT
@@ -95,7 +81,7 @@ def write_clip_tokenizer(folder: Path, pad_token: str) -> int:
 
 # UNet / ControlNet shared by diffusers' SDXL ControlNet fast tests: two blocks, SDXL "text_time"
 # added conditioning (6 size/crop ids x 8 + the 32-d pooled text embedding = 80).
-_UNET_COMMON = dict(
+_UNET_COMMON: dict[str, Any] = dict(
     block_out_channels=(32, 64),
     layers_per_block=2,
     in_channels=4,
@@ -135,12 +121,13 @@ def _controlnet(seed: int):
 def _vae(force_upcast: bool):
     from diffusers import AutoencoderKL
 
+    # diffusers annotates the three per-block tuples as 1-tuples (tuple[int], tuple[str]).
     return AutoencoderKL(
-        block_out_channels=(32, 64),
+        block_out_channels=(32, 64),  # pyright: ignore[reportArgumentType]
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),  # pyright: ignore[reportArgumentType]
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),  # pyright: ignore[reportArgumentType]
         latent_channels=4,
         sample_size=32,
         scaling_factor=0.13025,  # SDXL's latent scale
@@ -196,7 +183,8 @@ def _write_base(root: Path, seed: int) -> None:
         vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
         tokenizer=CLIPTokenizer.from_pretrained(staging / "tokenizer"),
         tokenizer_2=CLIPTokenizer.from_pretrained(staging / "tokenizer_2"),
-        unet=unet, scheduler=scheduler, force_zeros_for_empty_prompt=True, add_watermarker=False,
+        unet=unet, force_zeros_for_empty_prompt=True, add_watermarker=False,
+        scheduler=scheduler,  # pyright: ignore[reportArgumentType]  # diffusers annotates it as the names enum
     )
     pipe.to(torch.float16).save_pretrained(root, variant=WEIGHTS_VARIANT, safe_serialization=True)
     for name in ("tokenizer", "tokenizer_2"):  # the published four files, not this library version's format
@@ -213,7 +201,9 @@ def _write_controlnet(root: Path, seed: int) -> None:
 
     torch.manual_seed(seed)
     net = _controlnet(seed)
-    net.to(torch.float16).save_pretrained(root, variant=WEIGHTS_VARIANT, safe_serialization=True)
+    # diffusers' ModelMixin.to is @wraps(torch.nn.Module.to), which pyright reads as the unbound function.
+    net.to(torch.float16).save_pretrained(  # pyright: ignore[reportArgumentType]
+        root, variant=WEIGHTS_VARIANT, safe_serialization=True)
 
 
 def _write_vae_fix(root: Path, seed: int) -> None:

@@ -1,30 +1,10 @@
 """Depth on Triton: the ``triton`` backend (client) and the handlers of its models (server).
 
-Model ``depth_dpt`` (``deploy/triton/depth_dpt``) runs the ``dpt`` backend inside Triton:
-
-=========  ======  ===============  ==========================================================
-tensor     type    shape            meaning
-=========  ======  ===============  ==========================================================
-IMAGE      UINT8   [H, W, 3|4]      the photo (alpha, when not all opaque, is the matte)
-CAMERA     FP64    [22]             its camera (:func:`~glimpse3d.core.triton.tensors.camera_to_array`)
-DEPTH      FP32    [H, W]           camera-space z in world units; 0 outside the mask
-MASK       FP32    [H, W]           foreground matte in [0, 1]
-=========  ======  ===============  ==========================================================
-
-Model ``depth_matting`` (``deploy/triton/depth_matting``) runs the learned matting (the ``silhouette``
-backend's ``matte`` with its ``matting`` option) inside Triton:
-
-=========  ======  ===============  ==========================================================
-tensor     type    shape            meaning
-=========  ======  ===============  ==========================================================
-IMAGE      UINT8   [H, W, 3|4]      the photo (alpha, when not all opaque, is the matte as is)
-POINTS     FP32    [N, 3]           the user's corrections (x, y fractions, keep 1 / remove 0); N >= 0
-MASK       FP32    [H, W]           foreground matte in [0, 1]
-=========  ======  ===============  ==========================================================
-
-With the option ``matting_model`` the backend takes the matte from that model and hands it to
-``depth_dpt`` as the photo's alpha (both models see one matte); without it the matte is the one
-``depth_dpt`` makes, and :meth:`~glimpse3d.services.depth.api.DepthBackend.matte` the weight-free one.
+Model ``depth_dpt`` runs the ``dpt`` backend (IMAGE, CAMERA -> DEPTH, MASK); model ``depth_matting``
+runs the learned matting (IMAGE, POINTS -> MASK). With the option ``matting_model`` the matte comes
+from ``depth_matting`` and is handed to ``depth_dpt`` as the photo's alpha; without it the matte is
+the one ``depth_dpt`` makes. Tensor tables: docs/backends/depth.md ("On Triton"); the server side:
+docs/triton.md.
 """
 
 from __future__ import annotations

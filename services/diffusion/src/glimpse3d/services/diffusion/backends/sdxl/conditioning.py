@@ -1,28 +1,10 @@
 """Inputs and outputs of the ``sdxl`` backend: depth control image and working resolution.
 
-Depth control image (:func:`depth_to_control`)
-    The SDXL depth ControlNets were trained on monocular depth estimates (MiDaS / DPT), which are
-    *relative inverse depth* (disparity) min-max normalised to [0, 1]: near is bright, far is dark.
-    A rendered view gives camera-space z instead, so on the object pixels (``alpha >= 0.5`` and
-    ``z > 0``) the disparity ``1 / z`` is mapped affinely so that the nearest point (the 99.5th
-    disparity percentile, robust to a few stray splats) is 1 and the farthest (0.5th percentile)
-    is ``FAR_LEVEL``; values beyond are clipped. ``FAR_LEVEL`` is above 0 so that the back of the
-    object stays distinguishable from the empty background. The map is then multiplied by the
-    coverage (alpha, or ``z > 0`` without one), so background pixels are 0 (black, "infinitely far")
-    and soft silhouette edges fade out. A flat object (one disparity) is uniformly 1. The
-    ControlNet gets the same map in all three channels (:func:`control_rgb`).
-
-Working resolution (:func:`working_geometry`, :func:`to_working`, :func:`from_working`)
-    SDXL generates best near 1024 px and needs sides that its latent grid divides. The view is
-    scaled (aspect kept) so that its longest side is ``resolution``, then padded on the bottom and
-    right up to the next multiple of ``multiple`` (the VAE's factor times the UNet's downsampling;
-    32 for SDXL): the view by repeating its edge pixels, the control image with 0 (background).
-    The result is cropped back to the scaled size and resized to the exact input size.
-
-Compositing (:func:`composite`)
-    The enhanced image replaces the view only where the object is: ``out = view * (1 - a) +
-    enhanced * a`` with the view's coverage ``a``; background pixels (``a = 0``) come back bit for
-    bit as given.
+:func:`depth_to_control` maps camera-space z to the normalised disparity the SDXL depth ControlNets
+were trained on (nearest object point 1, farthest ``FAR_LEVEL``, background 0);
+:func:`working_geometry`, :func:`to_working` and :func:`from_working` scale and pad a view to the
+latent grid and back; :func:`composite` blends the result over the view by its coverage, so
+background pixels come back unchanged. See docs/backends/diffusion.md ("How sdxl works").
 """
 
 from __future__ import annotations
