@@ -35,6 +35,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from pygltflib import GLTF2
+from sse_starlette import ServerSentEvent
 from starlette.testclient import TestClient
 
 from glimpse3d.core.artifacts import FileArtifactStore
@@ -60,7 +61,7 @@ from glimpse3d.gateway.http.__main__ import main as spec_cli
 from glimpse3d.gateway.http.errors import error_response
 from glimpse3d.gateway.http.mapping import camera_from_view, camera_to_view
 from glimpse3d.gateway.http.schemas import CameraView
-from glimpse3d.gateway.http.sse import HEARTBEAT, StreamRegistry, event_stream
+from glimpse3d.gateway.http.sse import HEARTBEAT, StreamRegistry, event_response, job_event
 from glimpse3d.gateway.http.uploads import body_limit
 from glimpse3d.gateway.pipeline import ServiceClients, ServicePipeline
 from glimpse3d.gateway.stack import REQUIRED_SERVICES as SERVICES
@@ -694,6 +695,8 @@ def test_unexpected_errors_are_500_without_details(caplog):
 
 
 def test_event_stream_heartbeats_order_and_cleanup():
+    """The event response driven as ASGI: retry first, heartbeats, `event: end`; the source is closed
+    when the client leaves and when the registry is closed (shutdown)."""
     closed: list[str] = []
 
     async def source() -> Any:
@@ -705,32 +708,40 @@ def test_event_stream_heartbeats_order_and_cleanup():
         finally:
             closed.append("source")
 
-    async def encode(item: str) -> str:
-        return f"event: job\ndata: {item}\n\n"
+    async def encode(item: str) -> ServerSentEvent:
+        return job_event("job", item)
 
     async def collect(limit: int | None = None, close_after: float | None = None) -> list[str]:
         registry = StreamRegistry()
-        stream = event_stream("a", source(), encode, heartbeat_s=0.1, registry=registry)
-        chunks = []
+        response = event_response("a", source(), encode, heartbeat_s=0.1, registry=registry)
+        chunks: list[str] = []
+        gone = asyncio.Event()
+
+        async def receive() -> dict[str, Any]:
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body" and message.get("body"):
+                chunks.append(message["body"].decode())
+                if limit is not None and len(chunks) == limit:
+                    gone.set()
+
         if close_after is not None:
             asyncio.get_running_loop().call_later(close_after, registry.close_all)
-        async for chunk in stream:
-            chunks.append(chunk)
-            if limit is not None and len(chunks) == limit:
-                break
-        await stream.aclose()
+        await asyncio.wait_for(response({"type": "http", "method": "GET", "headers": []}, receive, send), 10)
         await asyncio.sleep(0.05)
         assert len(registry) == 0
         return chunks
 
     chunks = asyncio.run(collect())
-    assert chunks[0] == "retry: 2000\nevent: job\ndata: a\n\n" and chunks[-1] == "event: end\ndata: {}\n\n"
+    assert chunks[:2] == ["retry: 2000\n\n", "event: job\ndata: a\n\n"] and chunks[-1] == "event: end\ndata: {}\n\n"
     items = [c for c in chunks if c != HEARTBEAT]
-    assert items[1:-1] == ["event: job\ndata: b\n\n", "event: job\ndata: c\n\n"]
+    assert items[2:-1] == ["event: job\ndata: b\n\n", "event: job\ndata: c\n\n"]
     assert chunks.count(HEARTBEAT) >= 2 and closed == ["source"]
     closed.clear()
-    early = asyncio.run(collect(limit=2))  # the client leaves: the source is closed too
-    assert early[1] == HEARTBEAT and closed == ["source"]
+    early = asyncio.run(collect(limit=3))  # the client leaves: the source is closed too
+    assert early[2] == HEARTBEAT and closed == ["source"]
     closed.clear()
     shutdown = asyncio.run(collect(close_after=0.15))  # shutdown ends the stream before the source does
     assert shutdown[-1] == "event: end\ndata: {}\n\n" and "event: job\ndata: c\n\n" not in shutdown

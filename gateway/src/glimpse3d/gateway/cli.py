@@ -21,15 +21,20 @@ import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import cast
 
 import grpc
+from tqdm import tqdm
 
 from glimpse3d.core.formats import format_names, formats
 from glimpse3d.core.images import MAX_IMAGE_BYTES
 from glimpse3d.v1 import common_pb2, glimpse3d_pb2, glimpse3d_pb2_grpc
 
 DEFAULT_ADDR = "127.0.0.1:50060"
-FORMATS = {f.name: f.proto_value for f in formats() if f.proto_enum is not None}  # name -> ExportRequest.Format
+# name -> ExportRequest.Format (protoc's stubs type enum fields as the enum class; its values are plain ints)
+FORMATS = {
+    f.name: cast(glimpse3d_pb2.ExportRequest.Format, f.proto_value) for f in formats() if f.proto_enum is not None
+}
 STATE = glimpse3d_pb2.Job.State
 
 
@@ -59,25 +64,23 @@ def _job_name(job: str) -> str:
     return job if job.startswith("jobs/") else f"jobs/{job}"
 
 
-def _bar(event: glimpse3d_pb2.JobEvent, stream) -> None:
-    p = event.job.progress
-    filled = round(30 * max(0.0, min(1.0, p.fraction)))
-    state = STATE.Name(event.job.state)
-    stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {100 * p.fraction:5.1f}% {state:<9} {p.message[:48]:<48}")
-    stream.flush()
+def _progress_bar(quiet: bool) -> tqdm:
+    """tqdm on stderr; off with --quiet and when stderr is not a terminal (logs and pipes stay clean)."""
+    return tqdm(total=100.0, file=sys.stderr, disable=True if quiet else None,
+                bar_format="[{bar:30}] {percentage:5.1f}% {desc}", ascii=" #")
 
 
 async def watch(stub: glimpse3d_pb2_grpc.Glimpse3DStub, name: str, *, quiet: bool = False) -> glimpse3d_pb2.Job:
     """Follow WatchJob until the job is done; draws a progress bar on stderr."""
     job = None
-    async for event in stub.WatchJob(glimpse3d_pb2.WatchJobRequest(name=name)):
-        job = event.job
-        if not quiet:
-            _bar(event, sys.stderr)
-        if job.done:
-            break
-    if not quiet:
-        sys.stderr.write("\n")
+    with _progress_bar(quiet) as bar:
+        async for event in stub.WatchJob(glimpse3d_pb2.WatchJobRequest(name=name)):
+            job = event.job
+            progress = job.progress
+            bar.set_description_str(f"{STATE.Name(job.state):<9} {progress.message[:48]}", refresh=False)
+            bar.update(100.0 * max(0.0, min(1.0, progress.fraction)) - bar.n)
+            if job.done:
+                break
     if job is None:
         raise CliError(f"{name}: the gateway closed the stream without an event")
     return job
@@ -272,7 +275,7 @@ async def run(ns: argparse.Namespace) -> None:
     async with grpc.aio.insecure_channel(ns.addr, options=[("grpc.max_send_message_length", 64 << 20),
                                                            ("grpc.max_receive_message_length", 64 << 20)]) as ch:
         stub = glimpse3d_pb2_grpc.Glimpse3DStub(ch)
-        stub = _TenantStub(stub, ns.tenant)
+        stub = cast(glimpse3d_pb2_grpc.Glimpse3DStub, _TenantStub(stub, ns.tenant))  # forwards every method
         await COMMANDS[ns.command](stub, ns)
 
 

@@ -20,8 +20,8 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from glimpse3d.core.artifacts import ArtifactRef
@@ -48,7 +48,7 @@ from glimpse3d.gateway.http.schemas import (
     MattePreviewOut,
     VersionList,
 )
-from glimpse3d.gateway.http.sse import event_stream, format_event
+from glimpse3d.gateway.http.sse import event_response, job_event
 from glimpse3d.gateway.http.uploads import PHOTO_FIELD, parse_matte_points, read_photo_form
 from glimpse3d.gateway.jobs import (
     DEFAULT_TENANT,
@@ -273,9 +273,9 @@ def api_router() -> APIRouter:
             job = await ctx.gateway.get_job(tenant, job_name_of(job_id))
         return await ctx.job_json(job)
 
-    @router.get("/jobs/{job_id}/events", response_class=StreamingResponse, tags=["jobs"],
+    @router.get("/jobs/{job_id}/events", response_class=EventSourceResponse, tags=["jobs"],
                 responses={**_EVENTS, **_errors(400, 404)})
-    async def watch_job(job_id: str, ctx: Context, tenant: Tenant) -> StreamingResponse:
+    async def watch_job(job_id: str, ctx: Context, tenant: Tenant) -> EventSourceResponse:
         """The job now, then on every change, until it is done with no round running or queued."""
         with renamed_fields(_JOB_FIELDS):
             events = ctx.gateway.watch_job(tenant, job_name_of(job_id))
@@ -285,13 +285,11 @@ def api_router() -> APIRouter:
                 await events.aclose()
                 raise
 
-        async def encode(event: JobEvent) -> str:
+        async def encode(event: JobEvent) -> ServerSentEvent:
             job = await ctx.job_json(event.job)
-            return format_event("job", job.model_dump_json(), str(event.job.revision))
+            return job_event("job", job.model_dump_json(), str(event.job.revision))
 
-        stream = event_stream(first, events, encode, heartbeat_s=ctx.heartbeat_s, registry=ctx.streams)
-        return StreamingResponse(stream, media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return event_response(first, events, encode, heartbeat_s=ctx.heartbeat_s, registry=ctx.streams)
 
     @router.post("/jobs/{job_id}/enhance", status_code=202, response_model=JobOut, tags=["jobs"],
                  responses=_errors(400, 404, 409, 429))

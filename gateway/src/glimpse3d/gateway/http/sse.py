@@ -1,120 +1,118 @@
 """Server-sent events (the ``text/event-stream`` format of the HTML standard) for job watches.
 
-:func:`event_stream` turns an async iterator of items into the stream's text chunks: one
-``event:``/``id:``/``data:`` block per item, a comment line (``: heartbeat``) whenever nothing was
-sent for ``heartbeat_s`` seconds (so proxies and browsers keep an idle stream open and a dead peer
-is noticed), and a last ``event: end`` block when the iterator is exhausted.
+:func:`event_response` is sse-starlette's ``EventSourceResponse``: the library writes the event
+blocks, sends a comment line (``: heartbeat``) every ``heartbeat_s`` seconds (so proxies and
+browsers keep an idle stream open and a dead peer is noticed) and, when the client goes away,
+cancels the task that reads the job watch, which closes the watch so it is unsubscribed at once.
 
-The source is driven by a pump task that hands items over through a small queue; the generator only
-waits on that queue. Closing the stream (the client went away, or :meth:`StreamRegistry.close_all`
-at shutdown) cancels the pump, which closes the source where it waits, so the job watch it holds is
-unsubscribed at once.
+What it does not do is kept here: the stream starts with ``retry:`` and ends with an ``event: end``
+block when the source is exhausted, and :meth:`StreamRegistry.close_all` ends every open stream
+that way when this HTTP server stops (sse-starlette's own shutdown detection watches uvicorn's
+signal handlers, which the embedded server leaves to the gateway process).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import TypeVar
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.background import BackgroundTask
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-HEARTBEAT = ": heartbeat\n\n"
-_END = object()
-_QUEUE_SIZE = 4
+SEP = "\n"
+HEARTBEAT = f": heartbeat{SEP}{SEP}"
+_BUFFER = 4
 
 
-def format_event(event: str, data: str, event_id: str | None = None) -> str:
+def job_event(event: str, data: str, event_id: str | None = None) -> ServerSentEvent:
     """One event block; ``data`` may span lines (each becomes its own ``data:`` line)."""
-    lines = [f"event: {event}"]
-    if event_id is not None:
-        lines.append(f"id: {event_id}")
-    lines += [f"data: {line}" for line in data.splitlines() or [""]]
-    return "\n".join(lines) + "\n\n"
+    return ServerSentEvent(data, event=event, id=event_id, sep=SEP)
 
 
 class StreamRegistry:
     """The open streams of a process, so that shutdown can end them instead of waiting on them."""
 
     def __init__(self) -> None:
-        self._queues: set[asyncio.Queue[object]] = set()
+        self._scopes: set[anyio.CancelScope] = set()
         self._closed = False
 
     def __len__(self) -> int:
-        return len(self._queues)
+        return len(self._scopes)
 
     @property
     def closed(self) -> bool:
         return self._closed
 
-    def add(self, queue: asyncio.Queue[object]) -> None:
-        self._queues.add(queue)
+    def add(self, scope: anyio.CancelScope) -> None:
+        self._scopes.add(scope)
+        if self._closed:  # refused: the stream ends after its first event
+            scope.cancel()
 
-    def discard(self, queue: asyncio.Queue[object]) -> None:
-        self._queues.discard(queue)
+    def discard(self, scope: anyio.CancelScope) -> None:
+        self._scopes.discard(scope)
 
     def close_all(self) -> None:
-        """End every open stream (and refuse new ones: they end after their first event)."""
+        """End every open stream with ``event: end`` (and refuse new ones the same way)."""
         self._closed = True
-        for queue in self._queues:
-            _put_latest(queue, _END)
+        for scope in self._scopes:
+            scope.cancel()
 
 
-def _put_latest(queue: asyncio.Queue[object], item: object) -> None:
-    if queue.full():
-        queue.get_nowait()
-    queue.put_nowait(item)
-
-
-class _Pump(Generic[T]):
-    def __init__(self, source: AsyncIterator[T], queue: asyncio.Queue[object]) -> None:
-        self.source = source
-        self.queue = queue
-
-    async def run(self) -> None:
+async def _produce(send: MemoryObjectSendStream[ServerSentEvent], first: T, source: AsyncIterator[T],
+                   encode: Callable[[T], Awaitable[ServerSentEvent]], registry: StreamRegistry,
+                   retry_ms: int) -> None:
+    """Runs in the response's task group: cancelled (closing ``source``) when the client leaves."""
+    with send:
+        scope = anyio.CancelScope()
+        registry.add(scope)
         try:
-            async for item in self.source:
-                await self.queue.put(item)
-        except asyncio.CancelledError:
-            raise
+            await send.send(ServerSentEvent(retry=retry_ms, sep=SEP))
+            await send.send(await encode(first))
+            with scope:
+                async with contextlib.aclosing(source):  # type: ignore[type-var]
+                    async for item in source:
+                        await send.send(await encode(item))
         except Exception:
             logger.exception("event source failed; ending the stream")
-        _put_latest(self.queue, _END)
+        finally:
+            registry.discard(scope)
+        await send.send(job_event("end", "{}"))
 
 
-async def event_stream(
+async def _relay(receive: MemoryObjectReceiveStream[ServerSentEvent]) -> AsyncIterator[ServerSentEvent]:
+    with receive:
+        async for event in receive:
+            yield event
+
+
+def event_response(
     first: T,
     source: AsyncIterator[T],
-    encode: Callable[[T], Awaitable[str]],
+    encode: Callable[[T], Awaitable[ServerSentEvent]],
     *,
     heartbeat_s: float,
     registry: StreamRegistry,
     retry_ms: int = 2000,
-) -> AsyncIterator[str]:
-    """``first`` (already taken from the source) and then the rest of ``source`` as SSE chunks."""
-    queue: asyncio.Queue[object] = asyncio.Queue(maxsize=_QUEUE_SIZE)
-    registry.add(queue)
-    if registry.closed:
-        _put_latest(queue, _END)
-    pump = asyncio.create_task(_Pump(source, queue).run(), name="sse-pump")
-    try:
-        yield f"retry: {retry_ms}\n" + await encode(first)
-        while True:
-            try:
-                item = await asyncio.wait_for(queue.get(), heartbeat_s)
-            except TimeoutError:
-                yield HEARTBEAT
-                continue
-            if item is _END:
-                yield format_event("end", "{}")
-                return
-            yield await encode(item)  # type: ignore[arg-type]
-    finally:
-        registry.discard(queue)
-        pump.cancel()
-        if pump.done():
-            with contextlib.suppress(asyncio.CancelledError):
-                pump.result()
+) -> EventSourceResponse:
+    """``first`` (already taken from the source) and then the rest of ``source`` as an event stream."""
+    send, receive = anyio.create_memory_object_stream[ServerSentEvent](_BUFFER)
+
+    async def produce() -> None:
+        await _produce(send, first, source, encode, registry, retry_ms)
+
+    async def cleanup() -> None:  # when the stream never started (HEAD): close what it would have
+        send.close()
+        receive.close()
+        await source.aclose()  # type: ignore[attr-defined]
+
+    return EventSourceResponse(
+        _relay(receive), headers={"Cache-Control": "no-cache"}, ping=heartbeat_s, sep=SEP,
+        ping_message_factory=lambda: ServerSentEvent(comment="heartbeat", sep=SEP),
+        data_sender_callable=produce, background=BackgroundTask(cleanup))

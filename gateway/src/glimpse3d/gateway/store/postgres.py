@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
-import time
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any, TypeVar
@@ -22,6 +20,7 @@ from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from glimpse3d.core.config import ConfigError
 from glimpse3d.gateway.config import check_db_url
@@ -47,6 +46,21 @@ def describe(params: dict[str, Any]) -> str:
     port = params.get("port") or os.environ.get("PGPORT") or "5432"
     dbname = params.get("dbname") or os.environ.get("PGDATABASE") or user
     return f"postgresql://{user + '@' if user else ''}{host}:{port}/{dbname}"
+
+
+def _log_retry(state: RetryCallState) -> None:
+    err = state.outcome.exception() if state.outcome is not None else None
+    delay = state.next_action.sleep if state.next_action is not None else 0.0
+    logger.info("job database transaction retried: %s", _first_line(err) if err else "",
+                extra={"attempt": state.attempt_number, "delay_s": round(delay, 3)})
+
+
+def retry_policy(attempts: int) -> Retrying:
+    """The store's one retry policy: serialization failures and deadlocks are retried with jittered
+    exponential backoff (20 ms doubling, at most 1 s) for ``attempts`` attempts in all, then re-raised."""
+    return Retrying(retry=retry_if_exception_type(_RETRYABLE), stop=stop_after_attempt(attempts),
+                    wait=wait_exponential_jitter(multiplier=0.02, max=1.0, jitter=0.02),
+                    before_sleep=_log_retry, reraise=True)
 
 
 def _first_line(err: BaseException) -> str:
@@ -91,6 +105,7 @@ class PostgresDatabase:
         self.name = describe(params)
         self._password = str(params.get("password") or "")
         self._retries = max(1, retries)
+        self._retrying = retry_policy(self._retries)
         self._timeout_s = timeout_s
         kwargs: dict[str, Any] = {"autocommit": True, "row_factory": dict_row}
         if "connect_timeout" not in params:
@@ -116,22 +131,18 @@ class PostgresDatabase:
                                    metadata={"database": self.name})
 
     def transaction(self, fn: Callable[[Connection], T], *, migrate: bool = False) -> T:
-        for attempt in range(1, self._retries + 1):
-            try:
-                with self._pool.connection() as conn, conn.transaction():
-                    if migrate:
-                        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
-                    return fn(_PgConnection(conn))
-            except _RETRYABLE as err:
-                if attempt == self._retries:
-                    raise self._unavailable(err, f"stayed busy through {attempt} attempts") from err
-                delay = 0.01 * 2**attempt * (1 + random.random())
-                logger.info("job database transaction retried: %s", _first_line(err),
-                            extra={"attempt": attempt, "delay_s": round(delay, 3)})
-                time.sleep(delay)
-            except psycopg.OperationalError as err:  # includes the pool's PoolTimeout
-                raise self._unavailable(err) from err
-        raise AssertionError("unreachable: the last attempt returns or raises")
+        def attempt() -> T:
+            with self._pool.connection() as conn, conn.transaction():
+                if migrate:
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+                return fn(_PgConnection(conn))
+
+        try:
+            return self._retrying.copy()(attempt)  # a copy per call: its state is per call
+        except _RETRYABLE as err:
+            raise self._unavailable(err, f"stayed busy through {self._retries} attempts") from err
+        except psycopg.OperationalError as err:  # includes the pool's PoolTimeout
+            raise self._unavailable(err) from err
 
     def close(self) -> None:
         self._pool.close()

@@ -9,7 +9,7 @@ Calls that set no ``timeout`` get ``default_timeout_s``, so that no call can han
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -20,8 +20,18 @@ MAX_RETRY_ATTEMPTS = 5  # gRPC caps maxAttempts at 5
 Continuation = Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]]
 
 
-def retry_service_config(attempts: int, initial_backoff_s: float, max_backoff_s: float) -> str:
-    """The ``grpc.service_config`` JSON retrying UNAVAILABLE on every method of the channel."""
+def retry_service_config(
+    attempts: int,
+    initial_backoff_s: float,
+    max_backoff_s: float,
+    *,
+    codes: Sequence[str] = ("UNAVAILABLE",),
+    wait_for_ready: bool = False,
+    method: Mapping[str, str] | None = None,
+) -> str:
+    """The ``grpc.service_config`` JSON retrying ``codes`` (UNAVAILABLE) on every method of the channel,
+    or only on ``method`` (``{"service": ..., "method": ...}``); ``wait_for_ready``: its calls wait for
+    the server to be reachable (up to their deadline) instead of failing at once."""
     if not 2 <= attempts <= MAX_RETRY_ATTEMPTS:
         raise ValueError(f"retry attempts must be in 2..{MAX_RETRY_ATTEMPTS}, got {attempts}")
     if not 0.001 <= initial_backoff_s <= max_backoff_s:
@@ -33,9 +43,12 @@ def retry_service_config(attempts: int, initial_backoff_s: float, max_backoff_s:
         "initialBackoff": f"{initial_backoff_s:.9f}s",
         "maxBackoff": f"{max_backoff_s:.9f}s",
         "backoffMultiplier": 2.0,
-        "retryableStatusCodes": ["UNAVAILABLE"],
+        "retryableStatusCodes": list(codes),
     }
-    return json.dumps({"methodConfig": [{"name": [{}], "retryPolicy": policy}]})
+    config: dict[str, Any] = {"name": [dict(method or {})], "retryPolicy": policy}
+    if wait_for_ready:
+        config["waitForReady"] = True
+    return json.dumps({"methodConfig": [config]})
 
 
 class _DefaultTimeout:

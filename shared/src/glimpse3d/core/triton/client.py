@@ -8,10 +8,13 @@
   for a batching model the client adds the batch axis to every input and strips it from outputs.
 - **Deadlines.** Every call has ``timeout_s`` (Triton cancels the request on the server side too);
   running out is :class:`~glimpse3d.core.errors.DeadlineExceeded`.
-- **Retries.** UNAVAILABLE (server down or restarting, model not loaded yet) is retried with
-  exponential backoff for up to ``retry_s``; after that it is
-  :class:`~glimpse3d.core.errors.Unavailable` naming the model and the address. Retrying is safe
-  because every model is a pure function of its inputs (seeds included).
+- **Retries.** gRPC does them, from the channel's service config (:func:`triton_channel_args`): a call
+  first waits up to ``retry_s`` for the server to be reachable (``channel_ready_future``; past it:
+  :class:`~glimpse3d.core.errors.Unavailable` naming the model and the address), then runs with
+  ``waitForReady`` and a retry policy for UNAVAILABLE and RESOURCE_EXHAUSTED (at most 5 attempts,
+  gRPC's cap), so a call whose server goes away mid-flight waits for it to come back, up to the
+  call's deadline. Retrying is safe because every model is a pure function of its inputs (seeds
+  included). The channel logs "Triton unavailable, retrying" when it loses the server.
 - **Errors.** A project error raised inside the model (bad input, missing weights) comes back as the
   same class (:func:`~.tensors.decode_error`), so callers see the same gRPC status as in-process.
 
@@ -23,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -34,6 +36,7 @@ import numpy as np
 
 from glimpse3d.core.backend import BackendOptions
 from glimpse3d.core.errors import DeadlineExceeded, Glimpse3DError, InvalidInput, Unavailable
+from glimpse3d.core.rpc.client import MAX_RETRY_ATTEMPTS, retry_service_config
 from glimpse3d.core.triton.tensors import decode_error
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,34 @@ DEFAULT_URL = "127.0.0.1:8001"
 _RETRYABLE = ("StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED")
 # Messages Triton gives, with other status codes, for a model that is loading or being replaced.
 _RETRYABLE_MESSAGES = ("is not ready", "unknown model", "failed to connect", "socket closed", "connection refused")
+_INFER_METHOD = {"service": "inference.GRPCInferenceService", "method": "ModelInfer"}
+_RETRY_BUFFER_BYTES = 1 << 30  # requests up to this size stay retryable (gRPC's default per call: 256 KiB)
+
+
+def triton_channel_args(retry_s: float) -> list[tuple[str, Any]]:
+    """tritonclient's own channel args (message sizes, keepalive) plus, unless ``retry_s`` is 0, gRPC's
+    retries for ModelInfer: wait for ready, UNAVAILABLE and RESOURCE_EXHAUSTED retried (5 attempts)."""
+    from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
+
+    keepalive = KeepAliveOptions()
+    args: list[tuple[str, Any]] = [
+        ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.enable_retries", int(retry_s > 0)),
+        # a server that comes back is reconnected to within seconds (gRPC's default backoff grows to 120 s)
+        ("grpc.initial_reconnect_backoff_ms", 500),
+        ("grpc.max_reconnect_backoff_ms", 5000),
+    ]
+    if retry_s > 0:
+        config = retry_service_config(MAX_RETRY_ATTEMPTS, 0.5, 5.0, codes=("UNAVAILABLE", "RESOURCE_EXHAUSTED"),
+                                      wait_for_ready=True, method=_INFER_METHOD)
+        args += [("grpc.service_config", config), ("grpc.per_rpc_retry_buffer_size", _RETRY_BUFFER_BYTES),
+                 ("grpc.retry_buffer_size", _RETRY_BUFFER_BYTES)]
+    return args
 
 
 def _positive(value: object, field: str) -> float:
@@ -63,7 +94,9 @@ class TritonOptions:
 
     url: Triton's gRPC endpoint ``host:port``.
     timeout_s: deadline of one inference call.
-    retry_s: how long UNAVAILABLE is retried before the call fails (0: no retries).
+    retry_s: how long a call waits for an unreachable server before it fails with UNAVAILABLE; a call
+        the server drops mid-flight is retried by gRPC and waits for it up to ``timeout_s``
+        (0: no waiting and no retries).
     ready_timeout_s: how long ``load()`` waits for the server and the model to be ready.
     """
 
@@ -94,6 +127,7 @@ class TritonModel:
         self.model = _check_model_name(model)
         self.options = options or TritonOptions()
         self._client: Any = None
+        self._connectivity: Any = None
         self._lock = threading.Lock()
         self.max_batch_size: int | None = None  # known after wait_ready()
 
@@ -106,12 +140,34 @@ class TritonModel:
             if self._client is None:
                 import tritonclient.grpc as grpcclient
 
-                self._client = grpcclient.InferenceServerClient(self.options.url)
+                self._client = grpcclient.InferenceServerClient(
+                    self.options.url, channel_args=triton_channel_args(self.options.retry_s))
+                self._client._channel.subscribe(self._connectivity_changed)  # tritonclient keeps no other handle
             return self._client
+
+    def _connectivity_changed(self, state: Any) -> None:
+        import grpc
+
+        lost = state == grpc.ChannelConnectivity.TRANSIENT_FAILURE
+        if lost and self._connectivity != state and self.options.retry_s > 0:
+            log.warning("Triton unavailable, retrying", extra={"model": self.model, "url": self.options.url})
+        self._connectivity = state
+
+    def _wait_reachable(self) -> None:
+        """Up to ``retry_s`` for the channel to connect (at once when it is); Unavailable past it."""
+        import grpc
+
+        try:
+            grpc.channel_ready_future(self.client._channel).result(timeout=self.options.retry_s or None)
+        except grpc.FutureTimeoutError:
+            raise Unavailable(f"Triton model {self.model!r} at {self.options.url} is unavailable: the server was "
+                              f"unreachable for {self.options.retry_s:g} s (retry_s)", field="url",
+                              metadata={"model": self.model, "url": self.options.url}) from None
 
     def close(self) -> None:
         with self._lock:
             if self._client is not None:
+                self._client._channel.unsubscribe(self._connectivity_changed)
                 self._client.close()
                 self._client = None
 
@@ -165,21 +221,12 @@ class TritonModel:
             request.append(tensor)
         wanted = [grpcclient.InferRequestedOutput(name) for name in outputs]
         timeout = self.options.timeout_s if timeout_s is None else timeout_s
-        give_up = time.monotonic() + self.options.retry_s
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                result = self.client.infer(self.model, request, outputs=wanted, client_timeout=timeout)
-                break
-            except InferenceServerException as exc:
-                error = self._classify(exc, timeout)
-                if not isinstance(error, Unavailable) or time.monotonic() >= give_up:
-                    raise error from None
-                delay = min(0.2 * 2 ** (attempt - 1), 5.0) * (0.5 + random.random() / 2)
-                log.warning("Triton unavailable, retrying", extra={"model": self.model, "url": self.options.url,
-                                                                   "attempt": attempt, "delay_s": round(delay, 2)})
-                time.sleep(max(0.0, min(delay, give_up - time.monotonic())))
+        if self.options.retry_s > 0:
+            self._wait_reachable()
+        try:
+            result = self.client.infer(self.model, request, outputs=wanted, client_timeout=timeout)
+        except InferenceServerException as exc:
+            raise self._classify(exc, timeout) from None
         out: dict[str, np.ndarray] = {}
         for name in outputs:
             arr = result.as_numpy(name)
