@@ -15,7 +15,7 @@ import asyncio
 import logging
 import math
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -109,7 +109,7 @@ def with_matte(image: bytes, mask: bytes) -> bytes:
         alpha = np.clip(alpha, 0, 255).astype(np.uint8)
     h, w = photo.shape[:2]
     if alpha.shape != (h, w):
-        alpha = np.asarray(Image.fromarray(alpha).resize((w, h), Image.BILINEAR))
+        alpha = np.asarray(Image.fromarray(alpha).resize((w, h), Image.Resampling.BILINEAR))
     inside = float((alpha >= 128).mean())
     if inside == 0.0:
         raise InvalidInput("mask_data marks no object (white or opaque pixels are object)", field="mask_data")
@@ -286,7 +286,7 @@ class GatewayApp:
         check_tenant(tenant)
         return await self._db(self._store.list_jobs, tenant, page_size, page_token)
 
-    async def watch_job(self, tenant: str, name: str) -> AsyncIterator[JobEvent]:
+    async def watch_job(self, tenant: str, name: str) -> AsyncGenerator[JobEvent, None]:
         """The job's current snapshot, then every change, until the job is done. Closing the
         iterator (or cancelling its consumer) unsubscribes."""
         check_tenant(tenant)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf import any_pb2, timestamp_pb2
 from google.rpc import error_details_pb2, status_pb2
@@ -105,7 +105,8 @@ def job_to_proto(job: Job) -> glimpse3d_pb2.Job:
     msg = glimpse3d_pb2.Job(
         name=job.name,
         display_name=job.display_name,
-        state=glimpse3d_pb2.Job.State.Value(job.state.value),
+        # protoc's stubs type enum fields as the enum class, but Value() as returning a plain int
+        state=cast(glimpse3d_pb2.Job.State, glimpse3d_pb2.Job.State.Value(job.state.value)),
         done=job.done,
         progress=common_pb2.Progress(stage=job.progress.stage, fraction=job.progress.fraction,
                                      message=job.progress.message),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,7 +99,9 @@ class Raycaster:
         """First hits of rays [M, 3] from ``origin``: (hit [M] bool, points [M, 3], normals [M, 3], rgb [M, 3])."""
         m = dirs.shape[0]
         origins = np.broadcast_to(origin, dirs.shape)
-        tri, ray, loc = self._rays.intersects_id(origins, dirs, multiple_hits=False, return_locations=True)
+        # return_locations=True: (triangles, rays, locations); annotated as the union with the 2-tuple
+        tri, ray, loc = typing.cast(tuple[np.ndarray, np.ndarray, np.ndarray], self._rays.intersects_id(
+            origins, dirs, multiple_hits=False, return_locations=True))
         hit = np.zeros(m, bool)
         hit[ray] = True
         points = np.zeros((m, 3))
@@ -196,5 +199,5 @@ def digest(gt: GroundTruth) -> str:
 
 def surface_samples(obj: BenchmarkObject, count: int = 20_000, seed: int = 0) -> np.ndarray:
     """[count, 3] points uniformly on the mesh surface (deterministic for a seed)."""
-    points, _ = trimesh.sample.sample_surface(obj.mesh, count, seed=seed)
+    points = trimesh.sample.sample_surface(obj.mesh, count, seed=seed)[0]  # (points, face indices)
     return np.asarray(points, np.float64)

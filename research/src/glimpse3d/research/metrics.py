@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
-from scipy.spatial import cKDTree
+from scipy.spatial import cKDTree  # pyright: ignore[reportAttributeAccessIssue]  # compiled, no stub
 from skimage.metrics import structural_similarity
 
 from glimpse3d.core.cameras import Camera
@@ -27,8 +28,9 @@ def psnr(pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None) -
 
 def ssim(pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None) -> float:
     """SSIM (scikit-image defaults: 7x7 uniform window, data range 1) averaged over the image or inside ``mask``."""
-    _, full = structural_similarity(np.asarray(pred, np.float64), np.asarray(target, np.float64),
-                                    channel_axis=2, data_range=1.0, full=True)
+    # full=True: (mean, per-pixel map); the return type is annotated as every flag combination's
+    _, full = cast(tuple[float, np.ndarray], structural_similarity(
+        np.asarray(pred, np.float64), np.asarray(target, np.float64), channel_axis=2, data_range=1.0, full=True))
     per_pixel = full.mean(axis=2)
     if mask is None:
         return float(per_pixel.mean())

@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import trimesh
@@ -58,8 +59,9 @@ def _hsv(h: np.ndarray, s: float, v: float | np.ndarray) -> np.ndarray:
 
 
 def _rotation(axis: str, degrees: float) -> np.ndarray:
-    return trimesh.transformations.rotation_matrix(math.radians(degrees), {"x": [1, 0, 0], "y": [0, 1, 0],
-                                                                          "z": [0, 0, 1]}[axis])
+    # an ndarray for a numeric angle (trimesh's inferred type includes sympy's, for a symbolic one)
+    direction = {"x": [1, 0, 0], "y": [0, 1, 0], "z": [0, 0, 1]}[axis]
+    return cast(np.ndarray, trimesh.transformations.rotation_matrix(math.radians(degrees), direction))
 
 
 # ---------------------------------------------------------------------------- procedural objects
@@ -135,7 +137,7 @@ def _table() -> BenchmarkObject:
             leg = trimesh.creation.box(extents=[0.05, 0.6, 0.05])
             leg.apply_translation([x, 0.0, z])
             parts.append(leg)
-    mesh = trimesh.util.concatenate(parts)
+    mesh = cast(trimesh.Trimesh, trimesh.util.concatenate(parts))  # annotated as any Geometry
     mesh.apply_transform(_rotation("y", 20.0))
 
     def albedo(p: np.ndarray, _f: np.ndarray, _b: np.ndarray) -> np.ndarray:
@@ -152,7 +154,7 @@ def _head() -> BenchmarkObject:
     skull = trimesh.creation.icosphere(subdivisions=5, radius=0.45)
     nose = trimesh.creation.cone(radius=0.07, height=0.16, sections=32)
     nose.apply_translation([0.0, 0.0, 0.40])  # the cone points along +z: towards the input camera
-    mesh = trimesh.util.concatenate([skull, nose])
+    mesh = cast(trimesh.Trimesh, trimesh.util.concatenate([skull, nose]))  # annotated as any Geometry
 
     def albedo(p: np.ndarray, _f: np.ndarray, _b: np.ndarray) -> np.ndarray:
         out = np.tile([0.93, 0.75, 0.62], (p.shape[0], 1))
@@ -190,7 +192,7 @@ def _position_colours(p: np.ndarray, _f: np.ndarray, _b: np.ndarray) -> np.ndarr
 
 def _ply_object(name: str, traits: tuple[str, ...], rotations: tuple[tuple[str, float], ...]) -> BenchmarkObject:
     path = pyvista_examples_dir() / f"{name}.ply"
-    mesh = trimesh.load(path, force="mesh", process=True)
+    mesh = cast(trimesh.Trimesh, trimesh.load(path, force="mesh", process=True))  # force="mesh": a Trimesh
     for axis, deg in rotations:
         mesh.apply_transform(_rotation(axis, deg))
     return BenchmarkObject(name, traits, PYVISTA_LICENCE, f"pyvista/examples/{name}.ply", normalise(mesh),

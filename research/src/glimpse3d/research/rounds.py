@@ -235,7 +235,7 @@ def run_sequence(gt: GroundTruth, stages: Stages, start: Splat, cameras: Sequenc
 
         def fuse(weight: float, args=args):
             trusted = None if photo is None else TrustedView(photo.image, photo.camera, photo.mask, weight)
-            return fuser(*args, trusted)
+            return fuser(*args, trusted=trusted)
 
         new_splat, new_conf, accepted = fuse(1.0)
         verdict = {"rejected": 0.0, "photo_weight_raised": 0.0}

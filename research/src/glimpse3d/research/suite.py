@@ -126,7 +126,7 @@ PRESETS = {
 # ---------------------------------------------------------------------------- statistics
 
 
-def summarise(values: Sequence[float], resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
+def summarise(values: Sequence[float | None], resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
     """Mean over objects and its percentile bootstrap 95% interval (scipy.stats.bootstrap); the
     interval is None with fewer than 2 finite values."""
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
@@ -407,7 +407,8 @@ def _feedback_tracking(feeds: dict[str, Any]) -> dict[str, Any]:
         ok = np.isfinite(fig) & np.isfinite(truth)
         entry: dict[str, Any] = {"n": int(ok.sum())}
         if ok.sum() >= 3 and np.ptp(fig[ok]) > 0 and np.ptp(truth[ok]) > 0:
-            entry["pearson_r"] = float(stats.pearsonr(fig[ok], truth[ok]).statistic)
+            # scipy builds the result's base class at run time (_make_tuple_bunch): pyright sees no fields
+            entry["pearson_r"] = float(stats.pearsonr(fig[ok], truth[ok]).statistic)  # pyright: ignore[reportAttributeAccessIssue]
         if ok.any():
             entry["sign_agreement"] = float(np.mean(np.sign(fig[ok]) == np.sign(truth[ok])))
         out[key] = entry

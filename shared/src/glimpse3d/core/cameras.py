@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 from glimpse3d.core.errors import InvalidInput
 
@@ -147,7 +148,7 @@ def intrinsics_from_fov(fov_y_deg: float, width: int, height: int) -> tuple[floa
     return f, f, width / 2.0, height / 2.0
 
 
-def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray = (0.0, 1.0, 0.0)) -> np.ndarray:
+def look_at(eye: npt.ArrayLike, target: npt.ArrayLike, up: npt.ArrayLike = (0.0, 1.0, 0.0)) -> np.ndarray:
     """World-to-camera [4, 4] for a camera at ``eye`` looking at ``target`` (OpenCV axes)."""
     eye = np.asarray(eye, np.float64)
     target = np.asarray(target, np.float64)

@@ -41,7 +41,9 @@ def check(address: str, service: str = "", timeout: float = 3.0) -> tuple[bool, 
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
-            response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+            # typeshed's HealthStub declares no methods (the generated __init__ assigns them).
+            response = stub.Check(  # pyright: ignore[reportAttributeAccessIssue]
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout)
         except grpc.RpcError as err:
             code = err.code() if isinstance(err, grpc.Call) else None
             details = err.details() if isinstance(err, grpc.Call) else str(err)

@@ -357,7 +357,7 @@ def update_docs(path: Path, models: Sequence[ModelSource]) -> bool:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m glimpse3d.core.modelfetch", description=__doc__.split("\n\n")[0]
+        prog="python -m glimpse3d.core.modelfetch", description=(__doc__ or "").split("\n\n")[0]
     )
     parser.add_argument("--model-dir", type=Path, default=None,
                         help="model directory (default: GLIMPSE3D_MODEL_DIR or models/)")

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from glimpse3d.core.errors import InvalidInput
 
@@ -149,12 +150,12 @@ class Splat:
     @classmethod
     def from_colors(
         cls,
-        means: np.ndarray,
-        colors: np.ndarray,
-        scales: np.ndarray,
-        opacities: np.ndarray,
+        means: npt.ArrayLike,
+        colors: npt.ArrayLike,
+        scales: npt.ArrayLike,
+        opacities: npt.ArrayLike,
         *,
-        quats: np.ndarray | None = None,
+        quats: npt.ArrayLike | None = None,
         sh_degree: int = 0,
     ) -> Splat:
         """Build a splat from linear quantities: colours in [0,1], scales > 0, opacities in (0,1)."""

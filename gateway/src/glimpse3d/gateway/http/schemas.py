@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import datetime
-from typing import Annotated, Any, Literal, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -23,7 +23,10 @@ Coordinate = Annotated[float, Field(ge=-MAX_COORDINATE, le=MAX_COORDINATE)]
 Vec3 = Annotated[list[Coordinate], Field(min_length=3, max_length=3, description="x, y, z in the world frame")]
 JobStateName = Literal["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"]
 # The format registry as it is when this module is imported: formats registered later are not in the API.
-ExportFormatName = Literal[tuple(f.name for f in formats())]  # type: ignore[valid-type]
+if TYPE_CHECKING:  # a Literal built at run time; type checkers see the str it narrows
+    ExportFormatName = str
+else:
+    ExportFormatName = Literal[tuple(f.name for f in formats())]
 
 
 class _Request(BaseModel):
@@ -89,11 +92,13 @@ class RoundReportOut(create_model("_RoundReportFields", **_REPORT_FIELDS)):
     pass
 
 
-Downloads = create_model(
-    "Downloads",
-    __doc__="The version's download URL in every export format.",
-    **{f.name: (str, Field(description=f"{f.media_type}: {f.description}")) for f in formats()},
-)
+_DOWNLOAD_FIELDS: dict[str, Any] = {
+    f.name: (str, Field(description=f"{f.media_type}: {f.description}")) for f in formats()
+}
+
+
+class Downloads(create_model("_DownloadFields", **_DOWNLOAD_FIELDS)):
+    """The version's download URL in every export format."""
 
 
 class VersionOut(BaseModel):

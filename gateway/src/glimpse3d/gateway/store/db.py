@@ -21,7 +21,8 @@ class DatabaseUnavailable(Unavailable):
 
 
 class Cursor(Protocol):
-    rowcount: int
+    @property
+    def rowcount(self) -> int: ...
 
     def fetchone(self) -> Any: ...
 
@@ -31,7 +32,7 @@ class Cursor(Protocol):
 class Connection(Protocol):
     """One open transaction; rows are read by column name (``row["id"]``)."""
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor: ...
+    def execute(self, sql: str, params: Sequence[Any] = (), /) -> Cursor: ...
 
 
 class Database(Protocol):

@@ -13,7 +13,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from functools import lru_cache
-from typing import Any, TypeVar
+from typing import Any, LiteralString, TypeVar, cast
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -79,7 +79,8 @@ class _PgConnection:
         self._conn = conn
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
-        return self._conn.execute(_pg_sql(sql), tuple(params) or None)
+        # psycopg accepts only literal SQL; the store's statements are its own constants (values go in params).
+        return self._conn.execute(cast(LiteralString, _pg_sql(sql)), tuple(params) or None)
 
 
 class PostgresDatabase:

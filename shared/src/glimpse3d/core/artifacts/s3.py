@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import urlsplit
 
 import certifi
@@ -334,7 +335,7 @@ class S3ArtifactStore(BaseArtifactStore):
     def _stat_key(self, key: str) -> tuple[int, str]:
         with self._translate("stat", self._uri_for_key(key)):
             info = self._client.stat_object(self._bucket, self._object_name(key))
-        self._check_sha_metadata(key, info.metadata)
+        self._check_sha_metadata(key, info.metadata or {})
         return int(info.size or 0), _media_type(info.content_type)
 
     def _stream(self, response: BaseHTTPResponse, uri: str) -> Iterator[bytes]:
@@ -362,7 +363,7 @@ class S3ArtifactStore(BaseArtifactStore):
     def _spool_dir(self) -> Path | None:
         return None
 
-    def _upload(self, key: str, stream: io.BufferedIOBase, length: int, media_type: str) -> None:
+    def _upload(self, key: str, stream: BinaryIO, length: int, media_type: str) -> None:
         self._ensure_bucket_once()
         uri = self._uri_for_key(key)
         with self._translate("upload", uri):

@@ -109,6 +109,8 @@ def _read_accessor(gltf: pygltflib.GLTF2, blob: bytes, index: int) -> np.ndarray
     accessor = gltf.accessors[index]
     if accessor.componentType != pygltflib.FLOAT or accessor.type not in _TYPE_WIDTHS:
         raise InvalidInput(f"accessor {index} is not a FLOAT SCALAR/VEC3/VEC4 accessor", field="glb")
+    if accessor.bufferView is None:
+        raise InvalidInput(f"accessor {index} has no buffer view", field="glb")
     width = _TYPE_WIDTHS[accessor.type]
     view = gltf.bufferViews[accessor.bufferView]
     stride = view.byteStride or 4 * width
@@ -130,6 +132,8 @@ def read_glb_gaussians(data: bytes) -> dict[str, np.ndarray]:
     import pygltflib
 
     gltf = pygltflib.GLTF2.load_from_bytes(data)
+    if gltf is None:  # no JSON chunk
+        raise InvalidInput("the GLB has no JSON chunk", field="glb")
     blob = gltf.binary_blob() or b""
     for mesh in gltf.meshes:
         for primitive in mesh.primitives:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 from numpy.lib.recfunctions import structured_to_unstructured
@@ -209,7 +209,8 @@ def _check_vertex(vertex: _Element, max_gaussians: int) -> int:
     """Validate the vertex element; returns the number of f_rest_* properties."""
     if vertex.count > max_gaussians:
         raise _bad(f"PLY vertex count {vertex.count} exceeds the limit of {max_gaussians} Gaussians")
-    fields = vertex.dtype.fields or {}
+    # numpy's stubs key dtype.fields by LiteralString; these names come from the file.
+    fields = cast("Mapping[str, tuple[Any, ...]]", vertex.dtype.fields or {})
     missing = [p for p in _REQUIRED if p not in fields]
     if missing:
         raise _bad(f"PLY vertex element is missing required properties: {', '.join(missing)}")

@@ -72,7 +72,7 @@ def _check_size(size: int, max_gaussians: int) -> None:
         raise _bad(f".splat file holds {size // RECORD_SIZE} Gaussians, more than the limit of {max_gaussians}")
 
 
-def _first(mask: np.ndarray) -> int | None:
+def _first(mask: np.ndarray | np.bool_) -> int | None:  # numpy types a 2-D .all(axis=1) as either
     return int(np.argmax(mask)) if mask.any() else None
 
 

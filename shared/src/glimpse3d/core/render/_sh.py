@@ -30,15 +30,16 @@ def _bases(degree: int, dirs: Tensor) -> list[Tensor]:
     out = [torch.full_like(x, SH_C0)]
     if degree >= 1:
         out += [-_C1 * y, _C1 * z, -_C1 * x]
-    if degree >= 2:
-        xx, yy, zz = x * x, y * y, z * z
-        out += [
-            _C2[0] * x * y,
-            _C2[1] * y * z,
-            _C2[2] * (2.0 * zz - xx - yy),
-            _C2[3] * x * z,
-            _C2[4] * (xx - yy),
-        ]
+    if degree < 2:
+        return out
+    xx, yy, zz = x * x, y * y, z * z
+    out += [
+        _C2[0] * x * y,
+        _C2[1] * y * z,
+        _C2[2] * (2.0 * zz - xx - yy),
+        _C2[3] * x * z,
+        _C2[4] * (xx - yy),
+    ]
     if degree >= 3:
         out += [
             _C3[0] * y * (3.0 * xx - yy),

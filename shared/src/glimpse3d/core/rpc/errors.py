@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterable
+from typing import cast
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
@@ -81,15 +84,21 @@ def _pack(message: Message) -> any_pb2.Any:
     return packed
 
 
+def _holds(detail: any_pb2.Any, message_type: type[Message]) -> bool:
+    """Whether ``detail`` packs a ``message_type`` (typeshed types ``DESCRIPTOR`` as the Python or the upb
+    Descriptor, ``Any.Is`` as taking only the former)."""
+    return detail.Is(cast(Descriptor, message_type.DESCRIPTOR))
+
+
 def reason_and_field(status: status_pb2.Status) -> tuple[str, str | None]:
     """The ErrorInfo reason ("INTERNAL" when absent) and the first BadRequest field of ``status``."""
     reason, field = "INTERNAL", None
     for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+        if _holds(detail, error_details_pb2.ErrorInfo):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
             reason = info.reason
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+        elif _holds(detail, error_details_pb2.BadRequest):
             bad = error_details_pb2.BadRequest()
             detail.Unpack(bad)
             field = bad.field_violations[0].field if bad.field_violations else None
@@ -123,7 +132,9 @@ def to_rpc_status(error: BaseException, *, method: str = "") -> status_pb2.Statu
 
 def rich_status_of(err: grpc.RpcError) -> status_pb2.Status | None:
     """The ``google.rpc.Status`` in ``err``'s trailing metadata, or ``None`` if it has none."""
-    trailing = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
+    # typeshed types the items as a key/value class; grpc's are (key, value) namedtuples (aio: tuples).
+    trailing = cast("Iterable[tuple[str, str | bytes]] | None",
+                    err.trailing_metadata() if hasattr(err, "trailing_metadata") else None)
     for key, value in trailing or ():
         if key == STATUS_DETAILS_KEY and isinstance(value, bytes):
             try:
@@ -140,10 +151,10 @@ def _unpack_details(
     info: error_details_pb2.ErrorInfo | None = None
     field: str | None = None
     for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+        if _holds(detail, error_details_pb2.ErrorInfo):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+        elif _holds(detail, error_details_pb2.BadRequest):
             bad_request = error_details_pb2.BadRequest()
             detail.Unpack(bad_request)
             if bad_request.field_violations:

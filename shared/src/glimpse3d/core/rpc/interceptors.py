@@ -114,7 +114,8 @@ class _CallObserver:
         except Exception as exc:
             status = rpc_status.to_status(to_rpc_status(exc, method=self.method))
             self._record(context, status.code, start)
-            await context.abort_with_status(status)
+            # typeshed's grpc.aio.ServicerContext lacks abort_with_status (grpc/aio/_base_server.py has it).
+            await context.abort_with_status(status)  # pyright: ignore[reportAttributeAccessIssue]
         else:
             self._record(context, _final_code(context), start)
         finally:

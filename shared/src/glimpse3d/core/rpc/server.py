@@ -47,7 +47,7 @@ class Server:
         *,
         port: int,
         service_names: Sequence[str],
-        health_servicer: health.aio.HealthServicer,
+        health_servicer: health.aio.HealthServicer,  # pyright: ignore[reportAttributeAccessIssue]  # typeshed lacks aio
         registry: CollectorRegistry,
         metrics_address: tuple[str, int] | None,
         grace_seconds: float,
@@ -201,7 +201,7 @@ def create_server(
         ],
     )
     _register(server, register)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health.aio.HealthServicer()  # pyright: ignore[reportAttributeAccessIssue]  # typeshed lacks aio
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server

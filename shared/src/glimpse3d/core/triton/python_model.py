@@ -139,7 +139,8 @@ class TritonPythonModel:
                  self.handler.device)
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        import triton_python_backend_utils as pb_utils
+        # Provided by the Triton server's Python backend at run time; not installable.
+        import triton_python_backend_utils as pb_utils  # pyright: ignore[reportMissingImports]
 
         batch: list[Tensors] = []
         for request in requests:

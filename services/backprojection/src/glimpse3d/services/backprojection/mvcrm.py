@@ -242,6 +242,7 @@ def footprints(g: GaussianTensors, camera: Camera, weight: Tensor) -> tuple[Tens
     with torch.enable_grad():
         out = rasterize(grey, camera)
         (weight * out.rgb[..., 0] + out.rgb[..., 1]).sum().backward()
+    assert sh.grad is not None  # sh is a leaf that requires grad and feeds the loss
     grad = sh.grad[:, 0, :] / SH_C0  # [N, 3]
     cov = grad[:, 1].clamp(min=0.0)
     return cov, torch.minimum(grad[:, 0].clamp(min=0.0), cov)

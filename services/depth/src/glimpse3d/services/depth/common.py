@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from typing import TypeGuard, cast
 
 import cv2
 import numpy as np
@@ -102,7 +103,7 @@ def _border_width(h: int, w: int) -> int:
 
 def _colour_bins(rgb: np.ndarray) -> np.ndarray:
     """uint8 [h, w, 3] -> int32 [h, w] index of the pixel's Lab cell (8 L x 16 a x 16 b = COLOUR_BINS)."""
-    lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB)
+    lab = cast(np.ndarray, cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB))  # uint8 (OpenCV's stubs: any int or float Mat)
     return ((lab[..., 0] >> 5).astype(np.int32) << 8) | ((lab[..., 1] >> 4).astype(np.int32) << 4) | (lab[..., 2] >> 4)
 
 
@@ -177,7 +178,8 @@ def _grabcut(rgb: np.ndarray, iterations: int) -> np.ndarray | None:
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     cv2.setRNGSeed(0)  # GrabCut's k-means initialisation draws from OpenCV's (thread-local) RNG
     try:
-        cv2.grabCut(np.ascontiguousarray(rgb[:, :, ::-1]), gc, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
+        # OpenCV's stubs require a rect; GC_INIT_WITH_MASK ignores it and the binding accepts None
+        cv2.grabCut(np.ascontiguousarray(rgb[:, :, ::-1]), gc, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)  # pyright: ignore[reportArgumentType, reportCallIssue]
     except cv2.error as err:
         log.warning("grabcut failed", extra={"error": str(err).strip()[:200]})
         return None
@@ -240,7 +242,7 @@ def _clean(fg: np.ndarray | None) -> np.ndarray | None:
     return _fill_holes(_main_components(out))
 
 
-def _plausible(fg: np.ndarray | None) -> bool:
+def _plausible(fg: np.ndarray | None) -> TypeGuard[np.ndarray]:
     if fg is None:
         return False
     frac = float(fg.mean())
@@ -318,7 +320,7 @@ def _corrected(rgb: np.ndarray, hard: np.ndarray, points: list[tuple[float, floa
         bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
         cv2.setRNGSeed(0)
         try:
-            cv2.grabCut(np.ascontiguousarray(rgb[:, :, ::-1]), gc, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
+            cv2.grabCut(np.ascontiguousarray(rgb[:, :, ::-1]), gc, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)  # pyright: ignore[reportArgumentType, reportCallIssue]  # rect: see _grabcut
             fg = ((gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)).astype(np.uint8)
         except cv2.error as err:  # e.g. no background pixel to learn from: keep the matte, apply the seeds
             log.warning("grabcut with correction points failed", extra={"error": str(err).strip()[:200]})

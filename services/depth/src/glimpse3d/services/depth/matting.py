@@ -18,7 +18,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -219,8 +219,9 @@ def _load_pretrained(root: Path, name: str) -> tuple[Any, Any]:
     hf_logging.disable_progress_bar()  # no per-tensor progress bars in the service log
     try:
         image_processor = Sam2ImageProcessor.from_pretrained(root, local_files_only=True)
-        network, info = Sam2Model.from_pretrained(root, local_files_only=True, dtype=torch.float32,
-                                                  output_loading_info=True)
+        # output_loading_info=True: (model, loading info); transformers annotates the model alone
+        network, info = cast(tuple[Sam2Model, dict[str, Any]], Sam2Model.from_pretrained(
+            root, local_files_only=True, dtype=torch.float32, output_loading_info=True))
     except (OSError, ValueError, KeyError, RuntimeError, TypeError, SafetensorError) as err:
         raise FailedPrecondition(
             f"model {name!r} at {root} could not be loaded ({type(err).__name__}: {str(err)[:300]}); "

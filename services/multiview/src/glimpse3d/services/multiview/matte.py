@@ -4,6 +4,7 @@ the photo's background colour."""
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import cv2
 import numpy as np
@@ -36,5 +37,6 @@ def object_hull(alpha: np.ndarray, solid_alpha: float, close_fraction: float) ->
     k = max(3, 2 * math.ceil(close_fraction * min(alpha.shape) / 2) + 1)  # odd diameter
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
     pad = k  # closing must not be clipped by the image border
-    closed = cv2.morphologyEx(np.pad(solid, pad), cv2.MORPH_CLOSE, kernel)[pad:-pad, pad:-pad]
+    # uint8 like its input (OpenCV's stubs: any int or float Mat)
+    closed = cast(np.ndarray, cv2.morphologyEx(np.pad(solid, pad), cv2.MORPH_CLOSE, kernel))[pad:-pad, pad:-pad]
     return _fill_enclosed(closed | solid).astype(bool)

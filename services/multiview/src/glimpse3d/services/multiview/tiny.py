@@ -64,9 +64,12 @@ def write_zero123(model_dir: Path, seed: int = 0) -> str:
     )
     unet.half().save_pretrained(root / "unet", variant=WEIGHTS_VARIANT)
     torch.manual_seed(seed + 1)
+    # diffusers annotates the three per-block tuples as 1-tuples (tuple[int], tuple[str]).
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64),  # pyright: ignore[reportArgumentType]
+        down_block_types=("DownEncoderBlock2D",) * 2,  # pyright: ignore[reportArgumentType]
+        up_block_types=("UpDecoderBlock2D",) * 2,  # pyright: ignore[reportArgumentType]
         norm_num_groups=32, sample_size=32,
     )
     vae.half().save_pretrained(root / "vae", variant=WEIGHTS_VARIANT)

@@ -13,9 +13,9 @@ Every backend derives from :class:`ReconstructionBackend` and implements ``_reco
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -72,7 +72,7 @@ def check_render_inputs(splat: object, cameras: object) -> None:
         raise InvalidInput(f"splat must be a Splat, got {type(splat).__name__}", field="splat")
     if isinstance(cameras, Camera) or not cameras:
         raise InvalidInput("cameras must be a non-empty sequence of Camera", field="cameras")
-    for i, cam in enumerate(cameras):
+    for i, cam in enumerate(cast(Iterable[object], cameras)):  # a non-iterable raises TypeError here
         if not isinstance(cam, Camera):
             raise InvalidInput(f"cameras[{i}] must be a Camera, got {type(cam).__name__}", field=f"cameras[{i}]")
 

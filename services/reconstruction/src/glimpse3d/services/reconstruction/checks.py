@@ -98,7 +98,8 @@ def mirrored(front: View, onto: View) -> View:
     warp = np.eye(2, 3, dtype=np.float32)
     criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 100, 1e-5)
     try:
-        _, warp = cv2.findTransformECC(luma(onto), luma(flipped), warp, cv2.MOTION_AFFINE, criteria, None, 5)
+        # OpenCV's stubs require inputMask; the binding takes None for no mask
+        _, warp = cv2.findTransformECC(luma(onto), luma(flipped), warp, cv2.MOTION_AFFINE, criteria, None, 5)  # pyright: ignore[reportArgumentType, reportCallIssue]
     except cv2.error:
         return flipped
     size = (onto.alpha.shape[1], onto.alpha.shape[0])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -47,12 +47,12 @@ class Zero123Components:
 
     @property
     def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return 2 ** (len(self.vae.config["block_out_channels"]) - 1)
 
     @property
     def resolution(self) -> int:
         """Side of the square images the model works at (256 for the published checkpoints)."""
-        return int(self.unet.config.sample_size) * self.vae_scale_factor
+        return int(self.unet.config["sample_size"]) * self.vae_scale_factor
 
 
 @dataclass(frozen=True)
@@ -131,14 +131,14 @@ def load_projection(folder: Path, variant: str | None, dtype: torch.dtype) -> to
 
 def _check_shapes(unet: UNet2DConditionModel, vae: AutoencoderKL, encoder: CLIPVisionModelWithProjection,
                   projection: torch.nn.Linear, root: Path) -> None:
-    latent = vae.config.latent_channels
+    latent = vae.config["latent_channels"]
     width = projection.out_features
     problems = []
-    if unet.config.in_channels != 2 * latent or unet.config.out_channels != latent:
-        problems.append(f"unet in/out channels {unet.config.in_channels}/{unet.config.out_channels}, "
-                        f"expected {2 * latent}/{latent}")
-    if unet.config.cross_attention_dim != width or encoder.config.projection_dim != width:
-        problems.append(f"widths: unet cross-attention {unet.config.cross_attention_dim}, image encoder "
+    unet_in, unet_out = unet.config["in_channels"], unet.config["out_channels"]
+    if unet_in != 2 * latent or unet_out != latent:
+        problems.append(f"unet in/out channels {unet_in}/{unet_out}, expected {2 * latent}/{latent}")
+    if unet.config["cross_attention_dim"] != width or encoder.config.projection_dim != width:
+        problems.append(f"widths: unet cross-attention {unet.config['cross_attention_dim']}, image encoder "
                         f"{encoder.config.projection_dim}, projection {width}")
     if problems:
         raise FailedPrecondition(f"model {root} is not a Zero-1-to-3 checkpoint: {'; '.join(problems)}",
@@ -170,7 +170,7 @@ def place(components: Zero123Components, attention_slicing: bool, cpu_offload: b
         c.unet.set_attention_slice("auto")
     if not cpu_offload:
         for module in (c.unet, c.vae, c.image_encoder, c.projection):
-            module.to(c.device)
+            module.to(c.device)  # pyright: ignore[reportArgumentType]  # diffusers' @wraps(Module.to)
         return []
     from accelerate import cpu_offload_with_hook
 
@@ -187,7 +187,8 @@ def encode_input(components: Zero123Components, image: np.ndarray) -> tuple[torc
     pixels = c.feature_extractor(images=[image], return_tensors="pt").pixel_values
     embedding = c.image_encoder(pixels.to(c.device, c.dtype)).image_embeds  # [1, D]
     x = torch.from_numpy(image).permute(2, 0, 1)[None].to(c.device, c.dtype) / 127.5 - 1.0  # [1, 3, R, R]
-    latents = c.vae.encode(x).latent_dist.mode()  # [1, 4, R/f, R/f]
+    # encode/decode/step return a dataclass or a tuple (return_dict), annotated as the union.
+    latents = c.vae.encode(x).latent_dist.mode()  # pyright: ignore[reportAttributeAccessIssue]  # [1, 4, R/f, R/f]
     return embedding, latents
 
 
@@ -221,18 +222,21 @@ def _denoise(components: Zero123Components, tokens: torch.Tensor, image_latents:
     c = components
     b = len(generators)
     guided = tokens.shape[0] == 2 * b
-    scheduler = DDIMScheduler.from_config(c.scheduler_config)  # per call: schedulers keep state
+    # per call: schedulers keep state. from_config is annotated as possibly returning (scheduler, unused kwargs).
+    scheduler = cast(DDIMScheduler, DDIMScheduler.from_config(c.scheduler_config))
     scheduler.set_timesteps(settings.steps, device=c.device)
-    shape = (b, c.vae.config.latent_channels, *image_latents.shape[-2:])
+    shape = (b, c.vae.config["latent_channels"], *image_latents.shape[-2:])
     latents = randn_tensor(shape, generator=generators, device=c.device, dtype=c.dtype) * scheduler.init_noise_sigma
     for t in scheduler.timesteps:
         model_in = torch.cat([latents] * 2) if guided else latents
-        model_in = scheduler.scale_model_input(model_in, t)
+        model_in = scheduler.scale_model_input(model_in, t)  # pyright: ignore[reportArgumentType]  # int | Tensor
         eps = c.unet(torch.cat([model_in, image_latents], dim=1), t, encoder_hidden_states=tokens).sample
         if guided:
             eps_u, eps_c = eps.chunk(2)
             eps = eps_u + settings.guidance_scale * (eps_c - eps_u)
-        latents = scheduler.step(eps, t, latents, eta=settings.eta, generator=generators).prev_sample
+        # diffusers annotates timestep as int and generator as a single one; DDIM takes a tensor and a list.
+        step = scheduler.step(eps, t, latents, eta=settings.eta, generator=generators)  # pyright: ignore[reportArgumentType]
+        latents = step.prev_sample  # pyright: ignore[reportAttributeAccessIssue]
         check_cancelled()
     return latents
 
@@ -253,7 +257,8 @@ def sample_views(
         chunk = torch.as_tensor(np.asarray(poses[start:start + batch_size], np.float32))
         tokens, image_latents = conditioning(c, embedding, latents, chunk, guided)
         clean = _denoise(c, tokens, image_latents, view_generators(seed, len(chunk), start), settings)
-        decoded = c.vae.decode(clean / c.vae.config.scaling_factor).sample  # [b, 3, R, R] in [-1, 1]
+        # [b, 3, R, R] in [-1, 1]
+        decoded = c.vae.decode(clean / c.vae.config["scaling_factor"]).sample  # pyright: ignore[reportAttributeAccessIssue]
         out.append(((decoded.float() + 1.0) / 2.0).clamp(0.0, 1.0).permute(0, 2, 3, 1).cpu().numpy())
         log.debug("zero123: views %d..%d sampled", start, start + len(chunk) - 1)
     return np.concatenate(out)

@@ -38,6 +38,7 @@ def write_tiny(model_dir: Path, seed: int = 0) -> list[str]:
     """Write the tiny model under ``model_dir``; returns ``["reconstruction/lgm"]``."""
     torch.manual_seed(seed)
     net = LGMNet(TINY)
+    assert net.conv.bias is not None  # a Conv2d with the default bias=True
     with torch.no_grad():
         net.conv.bias[3] += _OPACITY_BIAS
         net.conv.bias[4:7] += _SCALE_BIAS

@@ -14,7 +14,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -153,8 +153,8 @@ class MVAttention(nn.Module):
 
 def _attention_list(channels: int, count: int, enabled: bool, cfg: LGMConfig) -> nn.ModuleList:
     """``count`` attention layers, or ``count`` empty slots (no parameters) when disabled."""
-    return nn.ModuleList(
-        [MVAttention(channels, cfg.attention_heads, cfg.norm_groups) if enabled else None for _ in range(count)]
+    return nn.ModuleList(  # torch annotates Iterable[Module]; ModuleList registers None entries as empty slots
+        [MVAttention(channels, cfg.attention_heads, cfg.norm_groups) if enabled else None for _ in range(count)]  # pyright: ignore[reportArgumentType]
     )
 
 
@@ -244,7 +244,7 @@ class UNet(nn.Module):
             skips.extend(block_skips)
         x = self.mid_block(x)
         for block in self.up_blocks:
-            n = len(block.nets)
+            n = len(cast(UpBlock, block).nets)
             x = block(x, skips[-n:])
             skips = skips[:-n]
         return self.conv_out(F.silu(self.norm_out(x)))

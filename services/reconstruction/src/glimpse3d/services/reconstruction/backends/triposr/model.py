@@ -19,13 +19,16 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional
 
 from glimpse3d.core.errors import FailedPrecondition
+
+if TYPE_CHECKING:
+    from transformers.models.vit.modeling_vit import ViTEmbeddings
 
 # The ``facebook/dino-vitb16`` config.json, as published (transformers ViTConfig fields).
 DINO_VITB16_CONFIG: dict[str, Any] = {
@@ -315,7 +318,7 @@ def legacy_interpolate_pos_encoding(position_embeddings: Tensor, height: int, wi
 
 
 @functools.cache
-def _legacy_embeddings_class() -> type[nn.Module]:
+def _legacy_embeddings_class() -> type[ViTEmbeddings]:
     from transformers.models.vit.modeling_vit import ViTEmbeddings
 
     class LegacyInterpolationViTEmbeddings(ViTEmbeddings):
@@ -330,6 +333,9 @@ def _legacy_embeddings_class() -> type[nn.Module]:
 
 class DinoImageTokenizer(nn.Module):
     """``DINOSingleImageTokenizer``: images [B, 3, H, W] in [0, 1] -> tokens [B, 1 + (H/16)(W/16), D]."""
+
+    image_mean: Tensor  # buffers (register_buffer)
+    image_std: Tensor
 
     def __init__(self, vit_config: Mapping[str, Any]) -> None:
         super().__init__()
@@ -539,7 +545,7 @@ class TripoSRModel(nn.Module):
         assert triplane.ndim == 4 and triplane.shape[0] == 3, f"triplane must be [3, C, H, W], got {triplane.shape}"
         assert points.ndim == 2 and points.shape[1] == 3, f"points must be [N, 3], got {list(points.shape)}"
         r = self.config.renderer
-        weight = self.decoder.layers[0].weight
+        weight = cast(nn.Linear, self.decoder.layers[0]).weight  # NeRFMLP's first layer
         xyz = points.to(weight.device, torch.float32) / r.radius  # grid_sample's [-1, 1]
         coords = torch.stack([xyz[:, [0, 1]], xyz[:, [0, 2]], xyz[:, [1, 2]]])  # [3, N, 2] per plane
         sampled = functional.grid_sample(triplane.to(weight.device, torch.float32), coords[:, None],

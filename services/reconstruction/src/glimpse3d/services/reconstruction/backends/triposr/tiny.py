@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -81,7 +82,7 @@ def _calibrate_density(model: TripoSRModel) -> None:
     """Set the density output's bias so that, for a grey input, the median density over the cube is
     the default threshold (about half the cube occupied)."""
     with torch.no_grad():
-        last = model.decoder.layers[-1]
+        last = cast(torch.nn.Linear, model.decoder.layers[-1])  # NeRFMLP's output layer
         last.weight[0].mul_(0.5)
         last.bias[0] = 0.0
         size = model.config.cond_image_size
