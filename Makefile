@@ -12,7 +12,7 @@ STAMP := $(VENV)/.setup-stamp
 # torch's OpenMP threads spin-wait by default, ~10x slower on a busy 2-core machine.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup protos protos-check test lint bench demo up clean models web chromium postgres
+.PHONY: setup protos protos-check test test-fast lint bench demo up clean models web chromium postgres
 
 # deploy/install.sh holds the pip command lines; the images (deploy/docker) run the same script.
 $(STAMP): constraints.txt deploy/install.sh shared/pyproject.toml gateway/pyproject.toml $(foreach s,$(SERVICES),services/$(s)/pyproject.toml) research/pyproject.toml requirements-dev.txt
@@ -25,7 +25,7 @@ GEN_STAMP := shared/src/glimpse3d/v1/.generated
 setup: $(STAMP) $(GEN_STAMP)
 
 # Generated code goes into the shared package (shared/src/glimpse3d/v1). It is not committed: this
-# rule regenerates it whenever a .proto is newer, and tests/test_protos.py fails when the code on
+# rule regenerates it whenever a .proto is newer, and tests/unit/test_protos.py fails when the code on
 # disk differs from a fresh generation (hand edits, or a generation older than its .proto files).
 $(GEN_STAMP): $(PROTO_SRC) $(STAMP)
 	$(BIN)/python -m glimpse3d.core.protogen --out shared/src
@@ -38,8 +38,14 @@ protos: $(STAMP)
 protos-check: $(STAMP)
 	$(BIN)/python -m glimpse3d.core.protogen --check
 
+# Every tier: tests/unit, tests/service (in-process servers, PostgreSQL, S3, Triton) and tests/e2e
+# (the stack, the browser, helm, images).
 test: setup web chromium postgres k8s-tools triton research-assets
 	$(BIN)/python -m pytest -q tests
+
+# The daily tier: tests/unit without the tests that start a server; no web build, browser or database.
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not service and not e2e" tests/unit
 
 # The browser workspace (web/): npm ci when the lockfile changes, vite build into web/dist when a source
 # changes. The gateway's HTTP facade serves web/dist at / (GLIMPSE3D_WEB_DIR).
@@ -59,7 +65,7 @@ $(WEB_STAMP): $(WEB_DEPS) $(WEB_SRC)
 	cd web && npm run build
 	touch $@
 
-# Headless Chromium for the workspace's end-to-end test (tests/test_web.py); Debian's package when missing.
+# Headless Chromium for the workspace's end-to-end test (tests/e2e/test_web.py); Debian's package when missing.
 CHROMIUM ?= /usr/bin/chromium
 chromium:
 	@test -x $(CHROMIUM) || { apt-get update && apt-get install -y --no-install-recommends chromium; } \
@@ -71,8 +77,11 @@ postgres:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update && apt-get install -y --no-install-recommends postgresql; } \
 	    || { echo "PostgreSQL is needed for the job-store tests: apt-get install postgresql (as root)" >&2; exit 1; }
 
-lint: $(STAMP)
+# pyright (pyrightconfig.json) reads the generated protobuf stubs, hence setup; the wheel bundles its JS and
+# node, and PYRIGHT_PYTHON_IGNORE_WARNINGS skips its check of PyPI for a newer release (works offline).
+lint: setup
 	$(BIN)/ruff check .
+	PYRIGHT_PYTHON_IGNORE_WARNINGS=1 $(BIN)/pyright
 
 bench: setup
 	$(BIN)/python -m bench

@@ -61,6 +61,19 @@ def loaded(request, tiny_model_dir: Path):
     return backend
 
 
+TIERS = ("unit", "service", "e2e")
+
+
 def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "unit: in-process, no servers (tests/unit; `make test-fast`)")
     config.addinivalue_line("markers", "service: starts an in-process gRPC service, a database or a model server")
-    config.addinivalue_line("markers", "e2e: runs real processes (the stack, Triton, a browser, helm)")
+    config.addinivalue_line("markers", "e2e: runs real processes (the stack, Triton, a browser, helm, Docker files)")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Each test is marked with its folder's tier (tests/unit, tests/service, tests/e2e); a unit test
+    that starts a server carries its own ``service`` or ``e2e`` mark as well."""
+    for item in items:
+        tier = Path(str(item.fspath)).parent.name
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))

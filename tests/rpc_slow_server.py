@@ -1,4 +1,4 @@
-"""A tiny Glimpse3D gRPC server run as a subprocess by tests/test_rpc.py (graceful SIGTERM).
+"""A tiny Glimpse3D gRPC server run as a subprocess by tests/service/test_rpc.py (graceful SIGTERM).
 
 ``python tests/rpc_slow_server.py GRACE_SECONDS`` prints its port on stdout, then serves:
 ``/glimpse3d.test.Slow/Sleep`` (request: seconds as ASCII, reply ``b"slept"``) and

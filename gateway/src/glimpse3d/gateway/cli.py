@@ -65,8 +65,9 @@ def _job_name(job: str) -> str:
 
 
 def _progress_bar(quiet: bool) -> tqdm:
-    """tqdm on stderr; off with --quiet and when stderr is not a terminal (logs and pipes stay clean)."""
-    return tqdm(total=100.0, file=sys.stderr, disable=True if quiet else None,
+    """tqdm on stderr (off with --quiet); on a pipe it redraws at most every 2 s, so logs stay short."""
+    interactive = sys.stderr.isatty()
+    return tqdm(total=100.0, file=sys.stderr, disable=quiet, mininterval=0.1 if interactive else 2.0,
                 bar_format="[{bar:30}] {percentage:5.1f}% {desc}", ascii=" #")
 
 

@@ -1,4 +1,4 @@
-"""Evaluation metrics of the research harness, each with known-answer tests (tests/test_research_metrics.py).
+"""Evaluation metrics of the research harness, each with known-answer tests (tests/unit/test_research_metrics.py).
 
 Images are float [H, W, 3] in [0, 1]; masks float [H, W] in [0, 1] (pixels with mask > 0.5 count
 "inside the mask"); depths camera z with 0 = no surface. Point sets are [N, 3] in the unit box.

@@ -252,7 +252,7 @@ def test_sources_list_every_model_and_need_no_torch() -> None:
 
 
 def test_tiny_models_have_the_published_layout_and_load_their_own_weights(tmp_path, model_dir, backends) -> None:
-    for source in DEPTH_MODELS:  # the matting model: tests/test_matting.py
+    for source in DEPTH_MODELS:  # the matting model: tests/unit/test_matting.py
         root = model_dir / source.name
         assert sorted(p.name for p in root.iterdir()) == sorted(source.files), source.name
         # transformers renames some keys on load (DINOv2 attention) and back on save, so saving the

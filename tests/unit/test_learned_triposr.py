@@ -1,6 +1,6 @@
 """The ``triposr`` reconstruction backend: the published architecture and checkpoint layout, the
 triplane -> Gaussians conversion and the frame placement on fields with known answers, TripoSR's
-input preparation, and the backend on a tiny random model (the contract: tests/test_contract_reconstruction.py)."""
+input preparation, and the backend on a tiny random model (the contract: tests/unit/test_contract_reconstruction.py)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from contracts import CONTRACTS
 
 from glimpse3d.core.backends import BackendRegistry, service_names
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 DOC = TESTS.parent / "docs" / "adding-a-backend.md"
 
 
@@ -83,7 +83,7 @@ def test_the_documented_backend_is_covered_by_its_entry_point_alone(tmp_path: Pa
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
-         str(TESTS / "test_contract_depth.py"), "-k", "TestCard"],
+         str(TESTS / "unit" / "test_contract_depth.py"), "-k", "TestCard"],
         check=False, capture_output=True, text=True, timeout=600, env=env, cwd=TESTS.parent)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     passed = int(re.search(r"(\d+) passed", run.stdout).group(1))

@@ -36,7 +36,7 @@ from glimpse3d.core.cameras import Camera, intrinsics_from_fov, look_at
 from glimpse3d.core.formats.ply import read_ply
 from glimpse3d.core.splat import Splat
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 WEB = REPO_ROOT / "web"
 ARTIFACTS = REPO_ROOT / "out" / "test-artifacts" / "web"
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))

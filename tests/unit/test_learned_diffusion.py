@@ -5,7 +5,7 @@ image conversion (disparity, near = bright, background black), the working canva
 restore the exact size) and the compositing. The backend tests load the tiny models through the real
 loading code and check determinism per seed, what each request parameter and option does, the
 strength-0 shortcut, per-step cancellation, missing models and bad options. Lifecycle, option refusal
-and serving over gRPC: tests/test_contract_diffusion.py.
+and serving over gRPC: tests/unit/test_contract_diffusion.py.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from glimpse3d.services.backprojection.weights import CLIP_BASE
 
 class TestMVCRM(BackprojectionContract):
     """With the tiny CLIP model, so the weights half of the contract applies (without ``clip_model``
-    the backend needs no weights: tests/test_backprojection.py)."""
+    the backend needs no weights: tests/unit/test_backprojection.py)."""
 
     backend = "mvcrm"
     bad_option = ("clip_threshold", 1.5)

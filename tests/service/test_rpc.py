@@ -42,7 +42,7 @@ from glimpse3d.core.rpc import (
 SERVICE = "glimpse3d.test.Echo"
 OTHER_SERVICE = "glimpse3d.test.Other"
 TEST_TIMEOUT_S = 20.0
-SLOW_SERVER = Path(__file__).with_name("rpc_slow_server.py")
+SLOW_SERVER = Path(__file__).resolve().parents[1] / "rpc_slow_server.py"
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -209,7 +209,7 @@ def test_holes_inside_the_object_are_filled():
 
 
 # --------------------------------------------------------------------------------------------- #
-# Validation, registry (lifecycle and options: tests/test_contract_diffusion.py)
+# Validation, registry (lifecycle and options: tests/unit/test_contract_diffusion.py)
 # --------------------------------------------------------------------------------------------- #
 
 BAD_ARGUMENTS = [

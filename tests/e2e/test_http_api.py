@@ -67,7 +67,7 @@ from glimpse3d.gateway.pipeline import ServiceClients, ServicePipeline
 from glimpse3d.gateway.stack import REQUIRED_SERVICES as SERVICES
 from glimpse3d.gateway.store import JobStore
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SAMPLE_BYTES = (REPO / "assets" / "sample.png").read_bytes()
 SPEC = REPO / "gateway" / "openapi.json"
 API = "/api/v1"

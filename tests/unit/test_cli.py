@@ -12,7 +12,7 @@ import pytest
 from glimpse3d.gateway import cli
 from glimpse3d.v1 import glimpse3d_pb2 as pb
 
-SAMPLE = Path(__file__).resolve().parent.parent / "assets" / "sample.png"
+SAMPLE = Path(__file__).resolve().parents[2] / "assets" / "sample.png"
 
 
 class ScriptedStub:

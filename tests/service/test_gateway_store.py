@@ -2,7 +2,7 @@
 
 The store tests run against both backends (``backend`` is parametrized: SQLite in a temp dir, and a
 fresh database on the session's real PostgreSQL server, see tests/postgres_server.py). What only
-several replicas sharing PostgreSQL can show is in tests/test_gateway_store_pg.py.
+several replicas sharing PostgreSQL can show is in tests/service/test_gateway_store_pg.py.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Several gateway replicas sharing one PostgreSQL job database, on a real server (tests/postgres_server.py).
 
-The single-replica behaviour of the store runs against PostgreSQL in tests/test_gateway_store.py;
+The single-replica behaviour of the store runs against PostgreSQL in tests/service/test_gateway_store.py;
 here: leases between replicas (claims, fencing, expiry, adoption), idempotent creation racing
 across replicas, rounds and cancellations that go through another replica than the one running
 the job, error mapping, connection settings, and the gateway's queue gauges.

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKER_DIR = REPO_ROOT / "deploy" / "docker"
 INSTALL_SH = REPO_ROOT / "deploy" / "install.sh"
 CHART = REPO_ROOT / "charts" / "glimpse3d"

@@ -41,7 +41,7 @@ from glimpse3d.gateway.stack import REQUIRED_SERVICES as SERVICES
 from glimpse3d.v1 import common_pb2, glimpse3d_pb2_grpc
 from glimpse3d.v1 import glimpse3d_pb2 as pb
 
-SAMPLE = Path(__file__).resolve().parent.parent / "assets" / "sample.png"
+SAMPLE = Path(__file__).resolve().parents[2] / "assets" / "sample.png"
 SAMPLE_BYTES = SAMPLE.read_bytes()
 RES = 64  # working resolution of every job, and the size of every round's view
 RPC_TIMEOUT_S = 30.0
