@@ -65,7 +65,7 @@ BASE_HEADER = (
     "# Rendered from charts/glimpse3d by `make chart-base`: helm template " + RELEASE + " charts/glimpse3d\n"
     "#   --namespace " + NAMESPACE + " -f charts/glimpse3d/profiles/gpu-triton.yaml\n"
     "#   -f charts/glimpse3d/profiles/external.yaml -f deploy/kustomize/base/values.yaml\n"
-    "# Do not edit: change the chart or the values and re-render; tests/test_chart.py fails when this\n"
+    "# Do not edit: change the chart or the values and re-render; tests/e2e/test_chart.py fails when this\n"
     "# file differs from a fresh render.\n"
 )
 
