@@ -493,10 +493,12 @@ def test_each_ablation_switch_changes_the_fusion(gt: Splat, degraded: Splat, tru
                       clip=kwargs.get("clip"), ablation=ablation)
 
     full = run(Ablation())
-    # Repeatable to float noise (torch's multi-threaded CPU reductions are not bit-exact run to run): every
-    # difference below that is the switch's.
-    noise = 1e-5
-    assert _splat_change(run(Ablation()).splat, full.splat) < noise
+    # Repeatable to float noise (torch's multi-threaded CPU reductions are not bit-exact run to run, and
+    # CI's CPU differs from ours): every difference below that is the switch's. The switches themselves
+    # move the splat by 0.06 (normal smoothing) to 0.47 (depth consistency), far above this bound.
+    noise = 1e-3
+    rerun = _splat_change(run(Ablation()).splat, full.splat)
+    assert rerun < noise, rerun
 
     # depth consistency: a view whose depth disagrees on its right half is half trusted, unless ignored.
     bad_depth = depth.copy()
@@ -513,7 +515,8 @@ def test_each_ablation_switch_changes_the_fusion(gt: Splat, degraded: Splat, tru
     # CLIP check: a scorer that rejects everything stops the full round, not the ablated one.
     rejected, passed = run(Ablation(), clip=FakeClip(0.0)), run(Ablation.without("clip_check"), clip=FakeClip(0.0))
     assert rejected.report.rejected and rejected.splat is true_round.splat
-    assert not passed.report.rejected and _splat_change(passed.splat, full.splat) < noise
+    assert not passed.report.rejected
+    assert _splat_change(passed.splat, full.splat) < noise, _splat_change(passed.splat, full.splat)
 
     # anchor: confirmed Gaussians resist an inverted-colour view less without it.
     inverted, _, _ = render(recoloured(gt, 1.0 - gt.base_colors), c)

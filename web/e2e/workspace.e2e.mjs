@@ -229,8 +229,19 @@ async function run(page, result) {
   // The real photo, dropped on the zone.
   const photo = fs.readFileSync(args.photo);
   await dropFiles(page, [{ name: path.basename(args.photo), type: "image/png", bytes: photo }]);
-  await page.getByRole("img", { name: "Selected photo" }).waitFor();
-  check((await page.getByRole("alert").count()) === 0, "a good photo shows no error");
+  // The drop zone already shows broken.png's preview: wait for this photo's name, then for its own
+  // matte preview ("Object: N % of the photo"); by then the earlier refusals must be gone.
+  const photoName = path.basename(args.photo).replace(/[.]/g, "\\.");
+  await page.getByText(new RegExp(`${photoName} · `)).waitFor();
+  const matteShown = await page
+    .waitForFunction(() => /^Object:/.test(document.querySelector("[data-testid=matte-status]")?.textContent ?? ""), null, {
+      timeout: 30000,
+    })
+    .then(() => true, () => false);
+  const alerts = await page.getByRole("alert").count();
+  check(matteShown && alerts === 0, `a good photo shows its matte and no error (${alerts ? await alertText(page) : "no matte"})`);
+  result.matte_status = await page.getByTestId("matte-status").textContent();
+  log(`matte preview: ${result.matte_status}`);
   await page.getByRole("button", { name: "Generate 3D" }).click();
   await page.waitForFunction(() => /^#\/jobs\/[A-Za-z0-9_-]+$/.test(window.location.hash), null, { timeout: 30000 });
   result.job_id = (await page.evaluate(() => window.location.hash)).replace("#/jobs/", "");
