@@ -43,6 +43,12 @@ protos-check: $(STAMP)
 test: setup web chromium postgres k8s-tools triton research-assets
 	$(BIN)/python -m pytest -q tests
 
+# Jobs and rounds while every model service is killed (SIGKILL) and restarted in turn (tests/e2e/chaos.py):
+# every job must succeed. CHAOS_ARGS="--jobs 2 --rounds 1" for a short run.
+.PHONY: chaos
+chaos: setup
+	$(BIN)/python tests/e2e/chaos.py $(CHAOS_ARGS)
+
 # The daily tier: tests/unit without the tests that start a server; no web build, browser or database.
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not service and not e2e" tests/unit
@@ -85,6 +91,17 @@ lint: setup
 
 bench: setup
 	$(BIN)/python -m bench
+
+# The fuzz tier for longer: the property tests of the parsers, the gRPC requests and the HTTP API with
+# 20 times the examples (GLIMPSE3D_FUZZ=long), then coverage-guided atheris runs (fuzz/) of the photo
+# decoder and the .ply/.splat/.glb importers, FUZZ_SECONDS each (corpora and crashes in out/fuzz).
+FUZZ_SECONDS ?= 60
+ATHERIS := atheris==3.0.0
+.PHONY: fuzz
+fuzz: setup
+	$(PIP) install -q -c constraints.txt $(ATHERIS)
+	GLIMPSE3D_FUZZ=long $(BIN)/python -m pytest -q tests/unit/test_fuzz_parsers.py tests/service/test_fuzz_requests.py tests/service/test_fuzz_http.py
+	$(BIN)/python fuzz/run.py --seconds $(FUZZ_SECONDS) --out out/fuzz
 
 # The main job on the bundled sample photo: starts the five services and the gateway, runs generate,
 # two enhancement rounds and export, writes out/, stops everything.

@@ -13,7 +13,14 @@ import platform
 import sys
 import time
 
-SUITES = ("bench.bench_raster", "bench.bench_ply", "bench.bench_pipeline", "bench.bench_backends", "bench.bench_triton")
+SUITES = (
+    "bench.bench_raster",
+    "bench.bench_ply",
+    "bench.bench_pipeline",
+    "bench.bench_backends",
+    "bench.bench_triton",
+    "bench.bench_decode",
+)
 
 
 def _fmt(value: object) -> str:

@@ -215,10 +215,11 @@ SECRET_KEYS = {"GLIMPSE3D_S3_ACCESS_KEY": "from-the-secret", "GLIMPSE3D_S3_SECRE
 
 def known_variables() -> set[str]:
     from glimpse3d.core.config import ServerConfig
+    from glimpse3d.core.decodegate import DecodeConfig
     from glimpse3d.core.service import ServiceSettings
     from glimpse3d.gateway.config import GatewayConfig
 
-    names = {f"GLIMPSE3D_{name.upper()}" for cls in (ServerConfig, ServiceSettings, GatewayConfig)
+    names = {f"GLIMPSE3D_{name.upper()}" for cls in (ServerConfig, ServiceSettings, GatewayConfig, DecodeConfig)
              for name in cls.model_fields}
     artifacts = REPO_ROOT / "shared" / "src" / "glimpse3d" / "core" / "artifacts"
     for path in artifacts.glob("*.py"):
@@ -230,6 +231,7 @@ def known_variables() -> set[str]:
 def test_settings_are_ones_the_code_reads_and_accepts(renders, profile):
     from glimpse3d.core.artifacts import store_from_env
     from glimpse3d.core.config import ServerConfig, load_config
+    from glimpse3d.core.decodegate import DecodeConfig
     from glimpse3d.core.service import ServiceSettings
     from glimpse3d.gateway.config import GatewayConfig
 
@@ -240,6 +242,7 @@ def test_settings_are_ones_the_code_reads_and_accepts(renders, profile):
         unknown = sorted(k for k in env if k.startswith("GLIMPSE3D_") and k not in known)
         assert not unknown, f"{name} sets variables no code reads: {unknown}"
         server = load_config(ServerConfig, env)
+        load_config(DecodeConfig, env)  # the image decode budget (every process decodes images)
         assert (server.host, server.port, server.metrics_host) == ("0.0.0.0", 50051, "0.0.0.0")
         if name.endswith("gateway"):
             gateway = load_config(GatewayConfig, env)

@@ -234,9 +234,11 @@ def test_create_from_artifact_ref_and_idempotency(tmp_path: Path) -> None:
             ref = env.artifacts.put(png(3), "image/png")
             job = await create(env, image_data=None, image=artifact_to_proto(ref), request_id="same")
             assert job.input_image.sha256 == ref.sha256
-            # A retry with another payload returns the original job (AIP-155).
-            again = await create(env, image_data=png(9), request_id="same", display_name="other")
+            # A retry of the same request returns the original job (AIP-155); another payload is refused.
+            again = await create(env, image_data=None, image=artifact_to_proto(ref), request_id="same")
             assert again.name == job.name and again.display_name == "" and again.input_image.sha256 == ref.sha256
+            await expect_error(create(env, image_data=png(9), request_id="same", display_name="other"),
+                               grpc.StatusCode.ALREADY_EXISTS, "request_id")
             other = await create(env, tenant="globex", request_id="same")
             assert other.name != job.name
             anonymous = await env.stub.CreateJob(PB.CreateJobRequest(image_data=png(), request_id="same"))
@@ -414,8 +416,8 @@ def test_enhance_rounds(tmp_path: Path) -> None:
                                                                strength=0.5, seed=3, request_id="click-1"),
                                              metadata=md())
             assert started.state == PB.Job.RUNNING and not started.done and started.progress.stage == "enhance"
-            dup = await env.stub.Enhance(PB.EnhanceRequest(name=job.name, auto=True, request_id="click-1"),
-                                         metadata=md())
+            dup = await env.stub.Enhance(PB.EnhanceRequest(name=job.name, view=orbit, prompt="shiny", strength=0.5,
+                                                           seed=3, request_id="click-1"), metadata=md())
             assert dup.state == PB.Job.RUNNING
             queued = await env.stub.Enhance(PB.EnhanceRequest(name=job.name, auto=True, request_id="click-2"),
                                             metadata=md())

@@ -57,11 +57,12 @@ class FakeServices:
         self.multiview = SimpleNamespace(Generate=self._generate)
         self.reconstruction = reconstruction or SimpleNamespace(Reconstruct=self._reconstruct, Render=self._render)
         self.backprojection = SimpleNamespace(Refine=self._refine)
+        self.health = {}  # no health checks: calls are not retried here (GatewayConfig.stage_retry_budget_s)
 
     def put(self, data: bytes, media: str) -> common_pb2.ArtifactRef:
         return convert.artifact_to_proto(self.store.put(data, media))
 
-    async def _estimate(self, request: depth_pb2.EstimateDepthRequest, timeout=None):
+    async def _estimate(self, request: depth_pb2.EstimateDepthRequest, timeout=None, metadata=None):
         self.calls.append(("depth", request))
         depth, alpha = synthetic.render_depth_alpha(self.obj, self.photo)
         return depth_pb2.EstimateDepthResponse(
@@ -69,7 +70,7 @@ class FakeServices:
             mask=self.put(encode_npy(alpha), "application/x-npy"),
             camera=convert.camera_to_proto(self.photo), backend="fake")
 
-    async def _generate(self, request: multiview_pb2.GenerateViewsRequest, timeout=None):
+    async def _generate(self, request: multiview_pb2.GenerateViewsRequest, timeout=None, metadata=None):
         self.calls.append(("multiview", request))
         response = multiview_pb2.GenerateViewsResponse(backend="fake")
         for i, spec in enumerate(request.views):
@@ -79,7 +80,7 @@ class FakeServices:
         self.generated = response
         return response
 
-    async def _reconstruct(self, request: reconstruction_pb2.ReconstructRequest, timeout=None):
+    async def _reconstruct(self, request: reconstruction_pb2.ReconstructRequest, timeout=None, metadata=None):
         self.calls.append(("reconstruction", request))
         return reconstruction_pb2.ReconstructResponse(
             splat=self.put(splat_to_ply_bytes(self.obj), "application/x-glimpse3d-splat+ply"),
@@ -89,7 +90,7 @@ class FakeServices:
     def _splat(self, ref: common_pb2.ArtifactRef):
         return read_ply(self.store.get(convert.artifact_from_proto(ref)))
 
-    async def _render(self, request: reconstruction_pb2.RenderRequest, timeout=None):
+    async def _render(self, request: reconstruction_pb2.RenderRequest, timeout=None, metadata=None):
         self.calls.append(("render", request))
         splat, response = self._splat(request.splat), reconstruction_pb2.RenderResponse()
         for i, spec in enumerate(request.views):
@@ -102,7 +103,7 @@ class FakeServices:
                                alpha=self.put(encode_npy(alpha), "application/x-npy"))
         return response
 
-    async def _refine(self, request: backprojection_pb2.RefineRequest, timeout=None):
+    async def _refine(self, request: backprojection_pb2.RefineRequest, timeout=None, metadata=None):
         self.calls.append(("backprojection", request))
         n = self._splat(request.splat).num_gaussians
         return backprojection_pb2.RefineResponse(
@@ -113,7 +114,7 @@ def _run_initial(services: FakeServices, views: int):
     config = GatewayConfig(reconstruction_views=views)
     pipeline = ServicePipeline(config, services, services.store)
     photo = synthetic.render_image(services.obj, services.photo)
-    job = SimpleNamespace(options=JobOptions(resolution=SIZE, seed=5),
+    job = SimpleNamespace(id="j", options=JobOptions(resolution=SIZE, seed=5),
                           input_image=services.store.put(encode_png(photo), "image/png"))
     stages: list[str] = []
 
@@ -234,13 +235,13 @@ class RoundServices(FakeServices):
         self.script = list(script)
         self.diffusion = SimpleNamespace(Enhance=self._enhance)
 
-    async def _enhance(self, request, timeout=None):
+    async def _enhance(self, request, timeout=None, metadata=None):
         self.calls.append(("diffusion", request))
         from glimpse3d.v1 import diffusion_pb2
 
         return diffusion_pb2.EnhanceViewResponse(view=request.view)
 
-    async def _refine(self, request, timeout=None):
+    async def _refine(self, request, timeout=None, metadata=None):
         self.calls.append(("backprojection", request))
         splat = self._splat(request.splat)
         if self.script.pop(0) == "dark":
@@ -369,7 +370,7 @@ def test_novel_views_take_the_photos_frame(tmp_path):
     services = FakeServices(store, photo)
     pipeline = ServicePipeline(GatewayConfig(), services, store)
     image = synthetic.render_image(services.obj, photo)
-    job = SimpleNamespace(options=JobOptions(resolution=96, seed=5, num_views=2),
+    job = SimpleNamespace(id="j", options=JobOptions(resolution=96, seed=5, num_views=2),
                           input_image=store.put(encode_png(image), "image/png"))
     asyncio.run(pipeline.run_initial(job, _no_report))
     (_, generate), = [c for c in services.calls if c[0] == "multiview"]

@@ -19,6 +19,29 @@ export class ApiError extends Error {
   }
 }
 
+const TOKEN_KEY = "glimpse3d.token";
+
+/**
+ * The access token for a gateway that requires authentication (docs/auth.md): a `#token=...` fragment
+ * is taken once and removed from the address bar (so it stays out of history and bookmarks), then
+ * kept in sessionStorage for this tab. "" when there is none (a loopback gateway without auth).
+ */
+export function takeToken(location = globalThis.location, storage = globalThis.sessionStorage,
+  history = globalThis.history) {
+  try {
+    const match = /^#token=([^&]+)$/.exec(location?.hash || "");
+    if (match) {
+      const token = decodeURIComponent(match[1]);
+      storage?.setItem(TOKEN_KEY, token);
+      history?.replaceState(null, "", `${location.pathname}${location.search}`);
+      return token;
+    }
+    return storage?.getItem(TOKEN_KEY) || "";
+  } catch {
+    return "";
+  }
+}
+
 /** The ApiError for a non-2xx response: the facade's error JSON when there is one. */
 export async function errorFromResponse(response) {
   let body = null;
@@ -46,16 +69,20 @@ export function isSettled(job) {
 
 /**
  * Creates the client.
- * @param {{base?: string, fetch?: typeof fetch, EventSource?: typeof EventSource}} options
+ * @param {{base?: string, fetch?: typeof fetch, EventSource?: typeof EventSource, token?: string}} options
+ *   token: sent as `Authorization: Bearer` (default: takeToken()); job watches then use a short-lived ticket
  */
-export function createApi({ base = API_BASE, fetch: fetchImpl, EventSource: EventSourceImpl } = {}) {
+export function createApi({ base = API_BASE, fetch: fetchImpl, EventSource: EventSourceImpl, token } = {}) {
   const doFetch = fetchImpl ?? ((...args) => globalThis.fetch(...args));
   const ES = EventSourceImpl ?? globalThis.EventSource;
+  const bearer = token ?? takeToken();
+  const auth = bearer ? { Authorization: `Bearer ${bearer}` } : {};
 
   async function request(path, init = {}) {
     let response;
     try {
-      response = await doFetch(`${base}${path}`, { headers: { Accept: "application/json" }, ...init });
+      const { headers = {}, ...rest } = init;
+      response = await doFetch(`${base}${path}`, { ...rest, headers: { Accept: "application/json", ...headers, ...auth } });
     } catch (cause) {
       const why = cause && cause.message ? `: ${cause.message}` : "";
       throw new ApiError(`Cannot reach the Glimpse3D gateway${why}`, { code: "UNAVAILABLE" });
@@ -135,41 +162,62 @@ export function createApi({ base = API_BASE, fetch: fetchImpl, EventSource: Even
         onError("This browser has no EventSource; progress is not live");
         return () => {};
       }
-      const source = new ES(`${base}${jobPath(id)}/events`);
-      let closed = false;
-      let last = null;
-      const close = () => {
-        closed = true;
-        source.close();
+      const url = `${base}${jobPath(id)}/events`;
+      if (!bearer) return follow(url, onJob, onError);
+      // EventSource cannot send Authorization: ask for a one-minute ticket bound to this job instead.
+      let stop = null;
+      let cancelled = false;
+      postJson(`${jobPath(id)}/events/ticket`, {}).then(
+        (answer) => {
+          if (!cancelled) stop = follow(`${url}?ticket=${encodeURIComponent(answer.ticket)}`, onJob, onError);
+        },
+        (error) => {
+          if (!cancelled) onError(`Live progress is not available: ${error.message}`);
+        },
+      );
+      return () => {
+        cancelled = true;
+        if (stop) stop();
       };
-      source.addEventListener("job", (event) => {
-        let job;
-        try {
-          job = JSON.parse(event.data);
-        } catch {
-          onError("The gateway sent a progress event that is not JSON");
-          return;
-        }
-        last = job;
-        onJob(job);
-        if (isSettled(job)) close();
-      });
-      // The facade's last block when it ends the stream: the job settled, or the gateway is stopping.
-      source.addEventListener("end", () => {
-        if (closed) return;
-        close();
-        if (!isSettled(last)) onError("Live progress ended before the job finished; reload the page to follow it");
-      });
-      source.onerror = () => {
-        if (closed) return;
-        if (source.readyState === 2) {
-          closed = true;
-          onError("Live progress stopped: the gateway closed the event stream");
-        } else {
-          onError("Live progress interrupted; reconnecting");
-        }
-      };
-      return close;
     },
   };
+
+  /** One EventSource on url (see watchJob). */
+  function follow(url, onJob, onError) {
+    const source = new ES(url);
+    let closed = false;
+    let last = null;
+    const close = () => {
+      closed = true;
+      source.close();
+    };
+    source.addEventListener("job", (event) => {
+      let job;
+      try {
+        job = JSON.parse(event.data);
+      } catch {
+        onError("The gateway sent a progress event that is not JSON");
+        return;
+      }
+      last = job;
+      onJob(job);
+      if (isSettled(job)) close();
+    });
+    // The facade's last block when it ends the stream: the job settled, or the gateway is stopping.
+    source.addEventListener("end", () => {
+      if (closed) return;
+      close();
+      if (!isSettled(last)) onError("Live progress ended before the job finished; reload the page to follow it");
+    });
+    source.onerror = () => {
+      if (closed) return;
+      if (source.readyState === 2) {
+        closed = true;
+        onError("Live progress stopped: the gateway closed the event stream");
+      } else {
+        onError("Live progress interrupted; reconnecting");
+      }
+    };
+    return close;
+  }
 }

@@ -1,6 +1,6 @@
 import { beforeEach, describe, expect, it, vi } from "vitest";
 
-import { ApiError, createApi, errorFromResponse, isSettled } from "../src/api.js";
+import { ApiError, createApi, errorFromResponse, isSettled, takeToken } from "../src/api.js";
 import { enhanceVersion, FakeEventSource, initialVersion, job, pngFile } from "./helpers.js";
 
 function jsonResponse(status, body, statusText = "") {
@@ -182,5 +182,58 @@ describe("isSettled", () => {
     expect(isSettled(job({ done: true, state: "SUCCEEDED" }))).toBe(true);
     expect(isSettled(job({ done: true, state: "SUCCEEDED", pending_rounds: 2 }))).toBe(false);
     expect(isSettled(null)).toBe(false);
+  });
+});
+
+describe("authentication", () => {
+  beforeEach(() => {
+    FakeEventSource.instances = [];
+  });
+
+  it("sends the token as a bearer header on every request", async () => {
+    const fetch = vi.fn(async () => jsonResponse(200, { jobs: [], next_page_token: "" }));
+    const api = createApi({ fetch, EventSource: FakeEventSource, token: "tok-1" });
+    await api.listJobs();
+    await api.cancel("j1");
+    for (const [, init] of fetch.mock.calls) expect(init.headers.Authorization).toBe("Bearer tok-1");
+    expect(fetch.mock.calls[1][1].headers["Content-Type"]).toBe("application/json");
+  });
+
+  it("watches through a ticket instead of putting the token in the URL", async () => {
+    const fetch = vi.fn(async () => jsonResponse(200, { ticket: "t k", expires_in_s: 60, events_url: "x" }));
+    const api = createApi({ fetch, EventSource: FakeEventSource, token: "tok-1" });
+    const jobs = [];
+    api.watchJob("j1", (j) => jobs.push(j));
+    await vi.waitFor(() => expect(FakeEventSource.instances).toHaveLength(1));
+    expect(fetch.mock.calls[0][0]).toBe("/api/v1/jobs/j1/events/ticket");
+    expect(fetch.mock.calls[0][1].method).toBe("POST");
+    const source = FakeEventSource.instances[0];
+    expect(source.url).toBe("/api/v1/jobs/j1/events?ticket=t%20k");
+    expect(source.url).not.toContain("tok-1");
+    source.emit("job", job());
+    expect(jobs).toEqual([job()]);
+  });
+
+  it("reports a refused ticket and opens no stream", async () => {
+    const fetch = vi.fn(async () =>
+      jsonResponse(401, { error: { code: "UNAUTHENTICATED", message: "the bearer token has expired" } }));
+    const api = createApi({ fetch, EventSource: FakeEventSource, token: "old" });
+    const errors = [];
+    api.watchJob("j1", () => {}, (m) => errors.push(m));
+    await vi.waitFor(() => expect(errors).toHaveLength(1));
+    expect(errors[0]).toContain("the bearer token has expired");
+    expect(FakeEventSource.instances).toHaveLength(0);
+  });
+
+  it("takes the token from #token= once and keeps it for the tab", () => {
+    const store = new Map();
+    const storage = { setItem: (k, v) => store.set(k, v), getItem: (k) => store.get(k) ?? null };
+    const replaced = [];
+    const history = { replaceState: (_s, _t, url) => replaced.push(url) };
+    const location = { hash: "#token=abc%2Edef", pathname: "/", search: "" };
+    expect(takeToken(location, storage, history)).toBe("abc.def");
+    expect(replaced).toEqual(["/"]);
+    expect(takeToken({ hash: "#/jobs/j1", pathname: "/", search: "" }, storage, history)).toBe("abc.def");
+    expect(takeToken({ hash: "", pathname: "/", search: "" }, { getItem: () => null }, history)).toBe("");
   });
 });

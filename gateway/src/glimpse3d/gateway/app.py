@@ -12,6 +12,7 @@ docs/http-api.md and docs/deploy-state.md give the full semantics.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 from collections import Counter
@@ -26,8 +27,9 @@ from PIL import Image
 from prometheus_client import CollectorRegistry, Gauge
 
 from glimpse3d.core.artifacts import ArtifactRef, ArtifactStore
-from glimpse3d.core.cameras import Camera
-from glimpse3d.core.errors import Cancelled, FailedPrecondition, InvalidInput, NotFound, RoundRejected
+from glimpse3d.core.cameras import Camera, check_sees, check_view_camera
+from glimpse3d.core.decodegate import process_gate
+from glimpse3d.core.errors import Cancelled, FailedPrecondition, InvalidInput, NotFound, RoundRejected, Unavailable
 from glimpse3d.core.formats import DEFAULT_FORMAT, SplatFormat, get_format, read_ply
 from glimpse3d.core.images import MAX_IMAGE_BYTES, decode_image, encode_png, resize_longest
 from glimpse3d.gateway.config import GatewayConfig
@@ -51,7 +53,7 @@ from glimpse3d.gateway.jobs import (
     parse_job_name,
     version_name,
 )
-from glimpse3d.gateway.store import DatabaseUnavailable, JobStore, RoundOutcome
+from glimpse3d.gateway.store import DatabaseUnavailable, JobStore, RoundOutcome, request_hash
 from glimpse3d.gateway.workqueue import Slot, WorkQueue
 
 logger = logging.getLogger(__name__)
@@ -130,6 +132,16 @@ class ExportResult:
 _CANCELLED_BY_CALLER = "cancelled by the caller"
 
 
+def create_request_hash(image: bytes | ArtifactRef, options: JobOptions, display_name: str,
+                        mask: bytes | None) -> str:
+    """The sha256 of a CreateJob request in canonical form (the same over gRPC and HTTP): the photo's
+    sha256 (or the artifact's uri and sha256), the mask's sha256, the options and the display name."""
+    photo = ({"uri": image.uri, "sha256": image.sha256} if isinstance(image, ArtifactRef)
+             else {"sha256": hashlib.sha256(bytes(image)).hexdigest()})
+    return request_hash({"image": photo, "mask": hashlib.sha256(bytes(mask)).hexdigest() if mask else None,
+                         "options": options.to_json(), "display_name": display_name})
+
+
 def _image_media_type(data: bytes) -> str:
     """PNG or JPEG, from the magic bytes of an image :func:`decode_image` has accepted."""
     return "image/png" if data.startswith(b"\x89PNG") else "image/jpeg"
@@ -166,7 +178,8 @@ class GatewayApp:
         self._artifacts = artifacts
         self._pipeline = pipeline
         self._events = EventHub(config.watch_queue_size)
-        self._queue = WorkQueue(config.queue_size)
+        self._queue = WorkQueue(config.queue_size, config.max_jobs_per_tenant)
+        process_gate()  # the image decode budget (GLIMPSE3D_DECODE_*): a bad setting fails at start-up
         self._workers: list[asyncio.Task[None]] = []
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._queued: Counter[str] = Counter()  # job id -> entries in the work queue
@@ -174,6 +187,8 @@ class GatewayApp:
         self._maintainer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()  # a worker freed up: adopt orphaned jobs now
         self._closing = False
+        self._draining = False
+        self._handed_back: set[str] = set()  # jobs whose next round was left for the next holder (drain)
 
     @property
     def events(self) -> EventHub:
@@ -195,11 +210,28 @@ class GatewayApp:
         ]
         self._maintainer = asyncio.create_task(self._maintain(), name="gateway-leases")
 
+    async def drain(self, grace_s: float) -> None:
+        """Stop taking work (SIGTERM): CreateJob and Enhance answer UNAVAILABLE, no queued job is
+        started and no orphan adopted, and each running job may finish the version it is computing
+        (its initial run or its current round) for up to ``grace_s`` seconds; its next rounds are left
+        for the next holder. Leases are still renewed meanwhile; :meth:`close` releases them."""
+        self._draining = True
+        logger.info("draining", extra={"grace_s": grace_s, "running": len(self._tasks)})
+        workers, self._workers = self._workers, []
+        for worker in workers:  # a worker waiting on its job's task leaves that task running
+            worker.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        running = [task for task in self._tasks.values() if not task.done()]
+        if running:
+            _, late = await asyncio.wait(running, timeout=max(0.0, grace_s))
+            if late:
+                logger.warning("drain grace over; %d job(s) resume on the next holder", len(late))
+
     async def close(self) -> None:
         """Stop the workers and cancel running jobs; their stored state is kept and their leases are
         released, for another replica or the next start to resume them."""
         self._closing = True
-        held = self._held()
+        held = self._held() | self._handed_back
         pending = [*self._workers, *self._tasks.values(), *([self._maintainer] if self._maintainer else [])]
         for task in pending:
             task.cancel()
@@ -246,18 +278,21 @@ class GatewayApp:
         check_tenant(tenant)
         check_text(request_id, MAX_REQUEST_ID_CHARS, "request_id")
         check_text(display_name, MAX_DISPLAY_NAME_CHARS, "display_name")
+        self._check_taking_work()
         options = options or JobOptions()
-        if request_id and (existing := await self._db(self._store.find_by_request_id, tenant, request_id)):
+        fingerprint = create_request_hash(image, options, display_name, mask) if request_id else ""
+        if request_id and (existing := await self._db(self._store.find_by_request_id, tenant, request_id,
+                                                      fingerprint)):
             return existing
         if mask:
             if isinstance(image, ArtifactRef):
                 image = await self._db(self._artifacts.get, image, max_bytes=MAX_IMAGE_BYTES)
             image = await self._db(with_matte, bytes(image), bytes(mask))
-        with self._queue.reserve() as slot:
+        with self._queue.reserve(tenant) as slot:
             input_image = await self._store_image(image)
             job, created = await self._db(
                 self._store.create_job, tenant=tenant, options=options, input_image=input_image,
-                request_id=request_id, display_name=display_name,
+                request_id=request_id, display_name=display_name, request_hash=fingerprint,
             )
             if created:
                 self._enqueue(job.id, slot)
@@ -335,7 +370,11 @@ class GatewayApp:
         check_tenant(tenant)
         job_id = parse_job_name(name)
         spec = RoundSpec(camera=camera, prompt=prompt, strength=strength, seed=seed, request_id=request_id)
-        with self._queue.reserve() if self._queue.has_room() else nullcontext() as slot:
+        self._check_taking_work()
+        if camera is not None:
+            await self._check_view(tenant, job_id, camera)
+        room = self._queue.has_room(tenant, job_id)
+        with self._queue.reserve(tenant, job_id) if room else nullcontext() as slot:
             job, outcome = await self._db(
                 self._store.request_round, tenant, job_id, spec,
                 max_pending=self._config.max_pending_rounds, can_start=slot is not None,
@@ -343,7 +382,7 @@ class GatewayApp:
             if outcome is RoundOutcome.STARTED and slot is not None:
                 self._enqueue(job_id, slot)
         if outcome is RoundOutcome.NO_CAPACITY:
-            raise self._queue.overloaded()
+            raise self._queue.overloaded(tenant, job_id)
         if outcome is not RoundOutcome.DUPLICATE:
             self._events.publish(job, "state")
             logger.info("enhancement round %s", outcome.value, extra={"job": job.name})
@@ -366,6 +405,15 @@ class GatewayApp:
         return ExportResult(ref, url, datetime.now(UTC) + expiry, version.name)
 
     # ---- helpers --------------------------------------------------------------------------------
+
+    async def _check_view(self, tenant: str, job_id: str, camera: Camera) -> None:
+        """InvalidInput naming ``view`` for a camera a round cannot use: degenerate intrinsics, or one
+        that sees none of the latest version's splat (checked when the job has a version)."""
+        check_view_camera(camera, "view")
+        latest = (await self._db(self._store.get_job, tenant, job_id)).latest_version
+        if latest is not None:
+            splat = await self._db(lambda: read_ply(self._artifacts.get(latest.splat)))
+            check_sees(camera, splat.means, "view")
 
     async def _store_image(self, image: bytes | ArtifactRef) -> ArtifactRef:
         """Validate the input photo and return its ref in the artifact store."""
@@ -396,6 +444,10 @@ class GatewayApp:
             raise NotFound(f"version {version_name(job.id, number)} not found", field="name")
         return job.versions[number - 1]
 
+    def _check_taking_work(self) -> None:
+        if self._draining or self._closing:
+            raise Unavailable("this gateway is shutting down; retry the request (another replica takes it)")
+
     @staticmethod
     def _cancel_error() -> JobError:
         return JobError.from_exception(Cancelled(_CANCELLED_BY_CALLER))
@@ -408,11 +460,11 @@ class GatewayApp:
 
     # ---- workers --------------------------------------------------------------------------------
 
-    def _enqueue(self, job_id: str, slot: Slot | None = None) -> None:
+    def _enqueue(self, job_id: str, slot: Slot | None = None, tenant: str = "") -> None:
         """Queue work on a job this replica holds (its lease is renewed while it waits)."""
         self._queued[job_id] += 1
         if slot is None:
-            self._queue.put_accepted(job_id)
+            self._queue.put_accepted(job_id, tenant)
         else:
             slot.enqueue(job_id)
 
@@ -440,6 +492,9 @@ class GatewayApp:
         job_id = task.get_name().removeprefix("job-")
         if self._tasks.get(job_id) is task:
             del self._tasks[job_id]
+        if job_id not in self._tasks and self._queued[job_id] <= 0:
+            self._queued.pop(job_id, None)
+            self._queue.finished(job_id)  # frees its place in the tenant's quota
         self._wake.set()
         if not task.cancelled() and task.exception() is not None:
             logger.error("job task crashed", exc_info=task.exception(), extra={"job_id": job_id})
@@ -489,6 +544,10 @@ class GatewayApp:
             plan.done += 1
             self._events.publish(job, "version")
         while True:
+            if self._draining and job.pending_rounds:  # the version in hand is stored; the next holder runs the rest
+                self._handed_back.add(job_id)
+                logger.info("drain: leaving the job's next rounds to the next holder", extra={"job_id": job_id})
+                return
             job, spec = await self._db(self._store.next_round_or_succeed, job_id)
             if spec is None:
                 self._events.publish(job, "state")
@@ -533,7 +592,7 @@ class GatewayApp:
     async def _renew(self) -> None:
         """Renew the leases of the jobs this replica holds; stop the work on those it lost."""
         tasks = dict(self._tasks)
-        held = self._held()
+        held = self._held() | self._handed_back
         if not held:
             return
         kept = await self._db(self._store.renew_leases, held)
@@ -548,13 +607,13 @@ class GatewayApp:
     async def _adopt(self) -> None:
         """Queue jobs no live replica holds, as many as this replica has idle workers."""
         idle = self._config.workers - len(self._tasks) - self._queue.qsize()
-        if idle <= 0 or self._closing:
+        if idle <= 0 or self._closing or self._draining:
             return
         jobs = await self._db(self._store.claim_orphans, idle)
         held = self._held()
         for job in jobs:
             if job.id not in held:
-                self._enqueue(job.id)
+                self._enqueue(job.id, tenant=job.tenant)
                 self._events.publish(job, "state")
                 logger.info("resuming job", extra={"job": job.name, "state": job.state.value})
 

@@ -5,8 +5,9 @@
     glimpse3d export JOB --format ply|splat|glb [--out FILE]
     glimpse3d jobs
 
-The gateway address comes from --addr or GLIMPSE3D_GATEWAY_ADDR. Errors are one line on stderr
-(exit status 2 for bad input, 1 for everything else). ``generate`` prints a table of every version's
+The gateway address comes from --addr or GLIMPSE3D_GATEWAY_ADDR; credentials from --token
+(GLIMPSE3D_TOKEN, an OIDC access token) or --api-key (GLIMPSE3D_API_KEY), see docs/auth.md. Errors are
+one line on stderr (exit status 2 for bad input, 1 for everything else). ``generate`` prints a table of every version's
 figures against the photo; when a requested round failed or was rejected it still exports the
 latest version, then prints the error and exits with status 1.
 """
@@ -237,7 +238,12 @@ def _fraction_point(text: str) -> tuple[float, float]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="glimpse3d", description="Glimpse3D: one photo to a 3D Gaussian splat.")
     p.add_argument("--addr", default=os.environ.get("GLIMPSE3D_GATEWAY_ADDR", DEFAULT_ADDR), help="gateway host:port")
-    p.add_argument("--tenant", default=os.environ.get("GLIMPSE3D_TENANT", "default"))
+    p.add_argument("--tenant", default=os.environ.get("GLIMPSE3D_TENANT") or None,
+                   help="the tenant to work in (default: the credentials' tenant, or 'default' without credentials)")
+    p.add_argument("--token", default=os.environ.get("GLIMPSE3D_TOKEN") or None,
+                   help="an access token (JWT) sent as 'authorization: Bearer'; env GLIMPSE3D_TOKEN")
+    p.add_argument("--api-key", default=os.environ.get("GLIMPSE3D_API_KEY") or None,
+                   help="a service account's API key sent as 'x-api-key'; env GLIMPSE3D_API_KEY")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="photo -> splat, exported into --out")
@@ -276,15 +282,29 @@ async def run(ns: argparse.Namespace) -> None:
     async with grpc.aio.insecure_channel(ns.addr, options=[("grpc.max_send_message_length", 64 << 20),
                                                            ("grpc.max_receive_message_length", 64 << 20)]) as ch:
         stub = glimpse3d_pb2_grpc.Glimpse3DStub(ch)
-        stub = cast(glimpse3d_pb2_grpc.Glimpse3DStub, _TenantStub(stub, ns.tenant))  # forwards every method
+        stub = cast(glimpse3d_pb2_grpc.Glimpse3DStub, _MetadataStub(stub, call_metadata(ns)))  # forwards every method
         await COMMANDS[ns.command](stub, ns)
 
 
-class _TenantStub:
-    """Adds the tenant metadata to every call."""
+def call_metadata(ns: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    """The metadata of every call: the credentials and the tenant, each when given."""
+    if ns.token and ns.api_key:
+        raise CliError("give --token or --api-key, not both", status=2)
+    metadata: list[tuple[str, str]] = []
+    if ns.token:
+        metadata.append(("authorization", f"Bearer {ns.token.strip()}"))
+    if ns.api_key:
+        metadata.append(("x-api-key", ns.api_key.strip()))
+    if ns.tenant:
+        metadata.append(("x-glimpse3d-tenant", ns.tenant))
+    return tuple(metadata)
 
-    def __init__(self, stub: glimpse3d_pb2_grpc.Glimpse3DStub, tenant: str) -> None:
-        self._stub, self._md = stub, (("x-glimpse3d-tenant", tenant),)
+
+class _MetadataStub:
+    """Adds the credentials and tenant metadata to every call."""
+
+    def __init__(self, stub: glimpse3d_pb2_grpc.Glimpse3DStub, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._stub, self._md = stub, metadata
 
     def __getattr__(self, name: str):
         method = getattr(self._stub, name)

@@ -18,7 +18,7 @@ import numpy as np
 
 from glimpse3d.core.artifacts import ArtifactRef
 from glimpse3d.core.cameras import Camera
-from glimpse3d.core.errors import InvalidInput
+from glimpse3d.core.errors import InvalidInput, shorten
 from glimpse3d.core.rpc.errors import reason_and_field, to_rpc_status
 from glimpse3d.gateway.states import JobState
 
@@ -41,7 +41,7 @@ _VERSION_NAME_RE = re.compile(rf"jobs/({JOB_ID_PATTERN})/versions/([1-9][0-9]{{0
 
 def _check_int(value: int, lo: int, hi: int, field_name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise InvalidInput(f"{field_name} must be an integer in {lo}..{hi}, got {value!r}", field=field_name)
+        raise InvalidInput(f"{field_name} must be an integer in {lo}..{hi}, got {shorten(value)}", field=field_name)
 
 
 def check_text(value: str, limit: int, field_name: str) -> None:
@@ -64,7 +64,7 @@ def check_tenant(tenant: str) -> str:
     if not isinstance(tenant, str) or not _TENANT_RE.fullmatch(tenant):
         raise InvalidInput(
             f"{TENANT_HEADER} must be 1..63 letters, digits, '.', '_' or '-' starting with a letter or digit,"
-            f" got {tenant!r}",
+            f" got {shorten(tenant)}",
             field=TENANT_HEADER,
         )
     return tenant
@@ -85,7 +85,7 @@ def parse_job_name(name: str, field_name: str = "name") -> str:
     """The job id of ``jobs/{id}``; InvalidInput for anything else."""
     match = _JOB_NAME_RE.fullmatch(name) if isinstance(name, str) else None
     if match is None:
-        raise InvalidInput(f"{field_name} must look like 'jobs/{{job_id}}', got {name!r}", field=field_name)
+        raise InvalidInput(f"{field_name} must look like 'jobs/{{job_id}}', got {shorten(name)}", field=field_name)
     return match.group(1)
 
 
@@ -96,7 +96,7 @@ def parse_export_name(name: str, field_name: str = "name") -> tuple[str, int | N
     if isinstance(name, str) and (match := _JOB_NAME_RE.fullmatch(name)):
         return match.group(1), None
     raise InvalidInput(
-        f"{field_name} must look like 'jobs/{{job_id}}' or 'jobs/{{job_id}}/versions/{{n}}', got {name!r}",
+        f"{field_name} must look like 'jobs/{{job_id}}' or 'jobs/{{job_id}}/versions/{{n}}', got {shorten(name)}",
         field=field_name,
     )
 
@@ -120,11 +120,11 @@ class MattePoint:
         for name in ("x", "y"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float) or not (math.isfinite(v) and 0.0 <= v <= 1.0):
-                raise InvalidInput(f"matte point {name} must be a fraction in [0, 1], got {v!r}",
+                raise InvalidInput(f"matte point {name} must be a fraction in [0, 1], got {shorten(v)}",
                                    field=f"options.matte_points.{name}")
             object.__setattr__(self, name, float(v))
         if not isinstance(self.keep, bool):
-            raise InvalidInput(f"matte point keep must be true or false, got {self.keep!r}",
+            raise InvalidInput(f"matte point keep must be true or false, got {shorten(self.keep)}",
                                field="options.matte_points.keep")
 
     def to_json(self) -> list[Any]:
@@ -243,7 +243,7 @@ class RoundSpec:
         check_text(self.prompt, MAX_PROMPT_CHARS, "prompt")
         if not (isinstance(self.strength, int | float) and math.isfinite(self.strength)
                 and 0.0 <= self.strength <= 1.0):
-            raise InvalidInput(f"strength must be in [0, 1], got {self.strength!r}", field="strength")
+            raise InvalidInput(f"strength must be in [0, 1], got {shorten(self.strength)}", field="strength")
         check_seed(self.seed, "seed")
         check_text(self.request_id, MAX_REQUEST_ID_CHARS, "request_id")
 

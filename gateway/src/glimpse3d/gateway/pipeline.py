@@ -1,8 +1,10 @@
 """The real :class:`~glimpse3d.gateway.app.Pipeline`: a job's model work done by calling the five
 services over gRPC, with large data moving through the artifact store by reference.
 
-Every downstream call has the deadline of its stage (``GatewayConfig.*_deadline_s``); channels retry
-UNAVAILABLE with backoff (:func:`glimpse3d.core.rpc.create_channel`). Cancelling the job's task
+Every downstream call has the deadline of its stage (``GatewayConfig.*_deadline_s``); a call whose
+service went away (UNAVAILABLE, connection cut) is retried until the service is back, within
+``GatewayConfig.stage_retry_budget_s``, carrying an idempotency key so that a service which already
+finished it answers from memory (:mod:`glimpse3d.gateway.stageretry`). Cancelling the job's task
 cancels the call in flight, which the service sees as a cancelled RPC. Downstream errors come back
 as the domain error the service raised (same type, message and field).
 """
@@ -10,6 +12,8 @@ as the domain error the service raised (same type, message and field).
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import hashlib
 import logging
 import math
 import time
@@ -17,8 +21,8 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2_grpc
 
 from glimpse3d.core import convert
 from glimpse3d.core.artifacts import ArtifactStore
@@ -34,11 +38,12 @@ from glimpse3d.core.feedback import (
 )
 from glimpse3d.core.formats import read_ply
 from glimpse3d.core.images import decode_image, decode_npy, encode_png, resize_longest
-from glimpse3d.core.rpc import create_channel, error_from_rpc
+from glimpse3d.core.rpc import create_channel
 from glimpse3d.gateway.app import ProgressReporter
 from glimpse3d.gateway.config import GatewayConfig
 from glimpse3d.gateway.convert import points_to_proto, report_from_proto
 from glimpse3d.gateway.jobs import Job, MattePoint, RoundSpec, VersionResult
+from glimpse3d.gateway.stageretry import HealthCheck, StageRetryPolicy, call_stage
 from glimpse3d.gateway.states import Stage
 from glimpse3d.v1 import (
     backprojection_pb2,
@@ -63,33 +68,47 @@ AUTO_ELEVATIONS_DEG = (0.0, 25.0)
 # "auto" never looks from within this angle of the photo's own viewpoint (the photo already shows it).
 AUTO_MIN_SEPARATION_DEG = 30.0
 WORKING_IMAGE_CACHE = 256  # refs kept (a few hundred bytes each)
+SERVICES = ("depth", "reconstruction", "multiview", "diffusion", "backprojection")
+# The job and version a stage call works for ("<job id>/v<n>"); part of its idempotency key.
+_VERSION_SCOPE: contextvars.ContextVar[str | None] = contextvars.ContextVar("glimpse3d_version_scope", default=None)
 
 
 class ServiceClients:
-    """One channel and stub per downstream service."""
+    """One channel, stub and health check per downstream service."""
 
     def __init__(self, config: GatewayConfig) -> None:
-        self._channels = [
-            create_channel(addr, default_timeout_s=None)
-            for addr in (config.depth_addr, config.reconstruction_addr, config.multiview_addr,
-                         config.diffusion_addr, config.backprojection_addr)
-        ]
+        # Reconnect soon after a restarted service is back (gRPC's default backoff grows to 120 s).
+        backoff_ms = int(config.stage_retry_max_backoff_s * 1000)
+        reconnect = [("grpc.initial_reconnect_backoff_ms", min(250, backoff_ms)),
+                     ("grpc.min_reconnect_backoff_ms", min(250, backoff_ms)),
+                     ("grpc.max_reconnect_backoff_ms", backoff_ms)]
+        addresses = (config.depth_addr, config.reconstruction_addr, config.multiview_addr,
+                     config.diffusion_addr, config.backprojection_addr)
+        self._channels = [create_channel(addr, default_timeout_s=None, options=reconnect) for addr in addresses]
         self.depth = depth_pb2_grpc.DepthStub(self._channels[0])
         self.reconstruction = reconstruction_pb2_grpc.ReconstructionStub(self._channels[1])
         self.multiview = multiview_pb2_grpc.MultiviewStub(self._channels[2])
         self.diffusion = diffusion_pb2_grpc.DiffusionStub(self._channels[3])
         self.backprojection = backprojection_pb2_grpc.BackprojectionStub(self._channels[4])
+        # typeshed's HealthStub declares no methods (the generated __init__ assigns them).
+        self.health: dict[str, HealthCheck] = {
+            name: health_pb2_grpc.HealthStub(channel).Check  # pyright: ignore[reportAttributeAccessIssue]
+            for name, channel in zip(SERVICES, self._channels, strict=True)
+        }
 
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self._channels))
 
 
-async def _call(method: Callable[..., Awaitable[R]], request: Any, timeout_s: float) -> R:
-    """One downstream call with its deadline; gRPC errors become the original domain errors."""
-    try:
-        return await method(request, timeout=timeout_s)
-    except grpc.aio.AioRpcError as err:
-        raise error_from_rpc(err) from err
+def stage_key(request: Any) -> str | None:
+    """The idempotency key of a stage call made for a job: "<job id>/v<version>/<request type>/<digest>"
+    (None outside a job, e.g. a matte preview). The same call retried, or the same round requested
+    again, carries the same key; two different calls of one round never do."""
+    scope = _VERSION_SCOPE.get()
+    if scope is None:
+        return None
+    digest = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()[:32]
+    return f"{scope}/{type(request).__name__}/{digest}"
 
 
 def orbit_like(photo: Camera, azimuth_deg: float, elevation_deg: float) -> Camera:
@@ -157,6 +176,14 @@ class ServicePipeline:
         self._rejected: OrderedDict[str, list[Camera]] = OrderedDict()
         # (input sha256, side, matte points) -> the photo's depth estimate (camera, matte), for the photo figures.
         self._photo_depth: OrderedDict[tuple[Any, ...], depth_pb2.EstimateDepthResponse] = OrderedDict()
+        self.retry = StageRetryPolicy(budget_s=config.stage_retry_budget_s,
+                                      max_backoff_s=config.stage_retry_max_backoff_s)
+
+    async def _call(self, service: str, method: Callable[..., Awaitable[R]], request: Any, timeout_s: float) -> R:
+        """One downstream call with its stage deadline, retried while ``service`` restarts
+        (:func:`~glimpse3d.gateway.stageretry.call_stage`); errors come back as the original domain errors."""
+        return await call_stage(method, request, timeout_s, policy=self.retry, service=service,
+                                health=self.clients.health.get(service), key=stage_key(request))
 
     async def _working_image(self, job: Job) -> tuple[common_pb2.ArtifactRef, int]:
         """The input photo resized to the job's working resolution, made once per photo and size."""
@@ -165,9 +192,11 @@ class ServicePipeline:
         if key in self._working:
             self._working.move_to_end(key)
         else:
-            data = await asyncio.to_thread(self.artifacts.get, job.input_image)
-            small = resize_longest(decode_image(data, field="image"), side)
-            ref = await asyncio.to_thread(self.artifacts.put, encode_png(small), "image/png")
+            def working() -> bytes:  # off the event loop: the decode may wait on the process's decode gate
+                data = self.artifacts.get(job.input_image)
+                return encode_png(resize_longest(decode_image(data, field="image"), side))
+
+            ref = await asyncio.to_thread(self.artifacts.put, await asyncio.to_thread(working), "image/png")
             self._working[key] = convert.artifact_to_proto(ref)
             while len(self._working) > WORKING_IMAGE_CACHE:
                 self._working.popitem(last=False)
@@ -200,9 +229,11 @@ class ServicePipeline:
             asyncio.to_thread(lambda: decode_image(self._get(image, "image"), field="image")),
             asyncio.to_thread(lambda: decode_npy(self._get(depth.mask, "mask"), field="mask")),
         )
-        rendered = await _call(self.clients.reconstruction.Render, reconstruction_pb2.RenderRequest(
+        request = reconstruction_pb2.RenderRequest(
             splat=splat, views=[common_pb2.ViewSpec(camera=convert.camera_to_proto(c)) for c in cameras],
-            background=list(background_colour(photo, mask))), self.config.render_deadline_s)
+            background=list(background_colour(photo, mask)))
+        rendered = await self._call("reconstruction", self.clients.reconstruction.Render, request,
+                                    self.config.render_deadline_s)
 
         def load(view: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             rgb = decode_image(self._get(view.rgb, "rgb"), field="rgb").astype(np.float32) / 255.0
@@ -232,7 +263,7 @@ class ServicePipeline:
 
         small = await asyncio.to_thread(working)
         ref = await asyncio.to_thread(lambda: self.artifacts.put(small, "image/png", temporary=True))
-        response = await _call(self.clients.depth.Matte, depth_pb2.MatteRequest(
+        response = await self._call("depth", self.clients.depth.Matte, depth_pb2.MatteRequest(
             image=convert.artifact_to_proto(ref), matte_points=points_to_proto(points)), self.config.depth_deadline_s)
         mask = await asyncio.to_thread(lambda: decode_npy(self._get(response.mask, "mask"), field="mask"))
         return mask, response.check
@@ -254,7 +285,7 @@ class ServicePipeline:
     async def _depth(self, image: common_pb2.ArtifactRef, camera: common_pb2.Camera | None = None,
                      matte_points: Sequence[MattePoint] = ()) -> depth_pb2.EstimateDepthResponse:
         request = depth_pb2.EstimateDepthRequest(image=image, camera=camera, matte_points=points_to_proto(matte_points))
-        return await _call(self.clients.depth.Estimate, request, self.config.depth_deadline_s)
+        return await self._call("depth", self.clients.depth.Estimate, request, self.config.depth_deadline_s)
 
     async def _refine(self, splat: common_pb2.ArtifactRef, confidence: common_pb2.ArtifactRef | None,
                       view: common_pb2.ArtifactRef, camera: common_pb2.Camera, reference: common_pb2.ArtifactRef,
@@ -267,9 +298,11 @@ class ServicePipeline:
             confidence=confidence, rendered_depth=rendered_depth,
             options=backprojection_pb2.RefineOptions(seed=seed), trusted_views=trusted or [],
         )
-        return await _call(self.clients.backprojection.Refine, request, self.config.refine_deadline_s)
+        return await self._call("backprojection", self.clients.backprojection.Refine, request,
+                                self.config.refine_deadline_s)
 
     async def run_initial(self, job: Job, report: ProgressReporter) -> VersionResult:
+        _VERSION_SCOPE.set(f"{job.id}/v1")  # the job's task runs one version at a time
         start = time.perf_counter()
         image, side = await self._working_image(job)
         await report(Stage.MATTING_DEPTH, 0.0, "matting and depth")
@@ -278,10 +311,12 @@ class ServicePipeline:
             await report(Stage.MATTING_DEPTH, 0.1, f"the matte looks wrong: {depth.matte_check.warning}")
         views = await self._reconstruction_views(job, image, depth, report)
         await report(Stage.RECONSTRUCT, 0.2, "coarse reconstruction")
-        recon = await _call(self.clients.reconstruction.Reconstruct, reconstruction_pb2.ReconstructRequest(
+        request = reconstruction_pb2.ReconstructRequest(
             image=image, depth=depth.depth, mask=depth.mask, camera=depth.camera, views=views,
             seed=job.options.seed,
-        ), self.config.reconstruct_deadline_s)
+        )
+        recon = await self._call("reconstruction", self.clients.reconstruction.Reconstruct, request,
+                                 self.config.reconstruct_deadline_s)
         splat, confidence = await self._photo_confidence(job, image, depth, recon.splat)
         if job.options.num_views:
             splat, confidence = await self._novel_views(job, image, depth, splat, confidence, report)
@@ -312,7 +347,8 @@ class ServicePipeline:
             splat=splat, view=image, camera=depth.camera, view_depth=depth.depth, reference=image,
             options=backprojection_pb2.RefineOptions(seed=job.options.seed, steps=1, clip_check=False),
         )
-        refined = await _call(self.clients.backprojection.Refine, request, self.config.refine_deadline_s)
+        refined = await self._call("backprojection", self.clients.backprojection.Refine, request,
+                                   self.config.refine_deadline_s)
         return refined.splat, refined.confidence
 
     async def _reconstruction_views(self, job: Job, image: common_pb2.ArtifactRef,
@@ -326,7 +362,7 @@ class ServicePipeline:
         photo = convert.camera_from_proto(depth.camera, "camera")
         specs = [common_pb2.ViewSpec(camera=convert.camera_to_proto(c)) for c in reconstruction_view_cameras(photo, n)]
         await report(Stage.MULTIVIEW, 0.1, f"generating {n} views for reconstruction")
-        generated = await _call(self.clients.multiview.Generate, multiview_pb2.GenerateViewsRequest(
+        generated = await self._call("multiview", self.clients.multiview.Generate, multiview_pb2.GenerateViewsRequest(
             image=image, mask=depth.mask, input_camera=depth.camera, views=specs, seed=job.options.seed,
         ), self.config.multiview_deadline_s)
         return list(generated.views)
@@ -341,7 +377,7 @@ class ServicePipeline:
         views = [common_pb2.ViewSpec(camera=convert.camera_to_proto(orbit_like(
             photo, orbit_angles(photo)[0] + 360.0 * (i + 1) / (k + 1), NOVEL_VIEW_ELEVATION_DEG))) for i in range(k)]
         await report(Stage.MULTIVIEW, 0.4, f"generating {k} novel views")
-        generated = await _call(self.clients.multiview.Generate, multiview_pb2.GenerateViewsRequest(
+        generated = await self._call("multiview", self.clients.multiview.Generate, multiview_pb2.GenerateViewsRequest(
             image=image, mask=depth.mask, input_camera=depth.camera, splat=splat, views=views,
             seed=job.options.seed,
         ), self.config.multiview_deadline_s)
@@ -364,6 +400,7 @@ class ServicePipeline:
         return pick_least_confident_view(splat.means, conf, photo, used, self._rejected.get(job.id, []))
 
     async def run_round(self, job: Job, round_spec: RoundSpec, report: ProgressReporter) -> VersionResult:
+        _VERSION_SCOPE.set(f"{job.id}/v{len(job.versions) + 1}")
         start = time.perf_counter()
         latest = job.versions[-1]
         image, side = await self._working_image(job)
@@ -372,10 +409,11 @@ class ServicePipeline:
         cam_msg = convert.camera_to_proto(camera)
         splat = convert.artifact_to_proto(latest.splat)
         await report(Stage.ENHANCE, 0.0, "rendering the view")
-        rendered = (await _call(self.clients.reconstruction.Render, reconstruction_pb2.RenderRequest(
-            splat=splat, views=[common_pb2.ViewSpec(camera=cam_msg)]), self.config.render_deadline_s)).views[0]
+        render = reconstruction_pb2.RenderRequest(splat=splat, views=[common_pb2.ViewSpec(camera=cam_msg)])
+        rendered = (await self._call("reconstruction", self.clients.reconstruction.Render, render,
+                                     self.config.render_deadline_s)).views[0]
         await report(Stage.ENHANCE, 0.25, "enhancing the view")
-        enhanced = await _call(self.clients.diffusion.Enhance, diffusion_pb2.EnhanceViewRequest(
+        enhanced = await self._call("diffusion", self.clients.diffusion.Enhance, diffusion_pb2.EnhanceViewRequest(
             view=rendered.rgb, depth=rendered.depth, alpha=rendered.alpha, reference=image,
             prompt=round_spec.prompt or job.options.prompt, strength=round_spec.strength, seed=round_spec.seed,
         ), self.config.enhance_deadline_s)

@@ -14,6 +14,13 @@ from glimpse3d.core.config import ServerConfig, load_config
 from glimpse3d.core.logs import configure_logging
 from glimpse3d.core.rpc import create_server_from_config
 from glimpse3d.gateway.app import GatewayApp
+from glimpse3d.gateway.auth import (
+    Authenticator,
+    AuthInterceptor,
+    TicketSigner,
+    authenticator_from_config,
+    gateway_hosts,
+)
 from glimpse3d.gateway.config import GatewayConfig
 from glimpse3d.gateway.http import HttpContext, HttpServer, create_app
 from glimpse3d.gateway.pipeline import ServiceClients, ServicePipeline
@@ -31,28 +38,35 @@ def write_ready_file(path: Path, **fields: object) -> None:
     os.replace(tmp, path)
 
 
-def http_server(config: GatewayConfig, app: GatewayApp, artifacts: ArtifactStore, grace_s: float) -> HttpServer | None:
-    """The HTTP facade over ``app`` (None when ``http_port`` is -1)."""
+def http_server(config: GatewayConfig, app: GatewayApp, artifacts: ArtifactStore, grace_s: float,
+                auth: Authenticator | None = None) -> HttpServer | None:
+    """The HTTP facade over ``app`` (None when ``http_port`` is -1), checking callers with ``auth``."""
     if config.http_port < 0:
         return None
-    context = HttpContext(app, artifacts, heartbeat_s=config.http_heartbeat_s)
+    context = HttpContext(app, artifacts, heartbeat_s=config.http_heartbeat_s, auth=auth,
+                          tickets=TicketSigner(config.auth_ticket_secret))
     return HttpServer(create_app(context, web_dir=config.web_dir), config.http_host, config.http_port,
-                      streams=context.streams, grace_s=grace_s)
+                      streams=context.streams, grace_s=grace_s, header_timeout_s=config.http_header_timeout_s,
+                      body_timeout_s=config.http_body_timeout_s, max_connections=config.http_max_connections)
 
 
 async def serve(server_config: ServerConfig, config: GatewayConfig) -> None:
     """Serve until SIGTERM; jobs left QUEUED/RUNNING resume at the next start. An artifact store that
-    cannot be used (S3 unreachable) stops the gateway at once with Unavailable."""
+    cannot be used (S3 unreachable) stops the gateway at once with Unavailable. Without authentication
+    configured it starts only on loopback (ConfigError otherwise; see docs/auth.md)."""
+    auth = authenticator_from_config(config, gateway_hosts(server_config, config))
     artifacts = store_from_env(url=config.artifacts_url)
     await asyncio.to_thread(artifacts.ensure_ready)
     store = open_job_store(config)
     clients = ServiceClients(config)
     app = GatewayApp(config, store, artifacts, ServicePipeline(config, clients, artifacts))
     server, port = create_server_from_config(
-        [(glimpse3d_pb2_grpc.add_Glimpse3DServicer_to_server, Glimpse3DServicer(app))], [SERVICE_NAME], server_config
+        [(glimpse3d_pb2_grpc.add_Glimpse3DServicer_to_server, Glimpse3DServicer(app))], [SERVICE_NAME], server_config,
+        interceptors=[AuthInterceptor(auth)] if auth is not None else [],
     )
     app.register_metrics(server.registry)
-    http = http_server(config, app, artifacts, server_config.grace_seconds)
+    server.on_drain(app.drain)  # SIGTERM: refuse new jobs and rounds, let running versions finish
+    http = http_server(config, app, artifacts, server_config.grace_seconds, auth)
 
     async def load() -> None:
         await app.start()

@@ -1,7 +1,9 @@
 # ruff: noqa: N802 - gRPC method names are CamelCase
 """``glimpse3d.v1.Glimpse3D`` over gRPC: a thin adapter from messages to :class:`GatewayApp` calls.
 
-The tenant comes from the ``x-glimpse3d-tenant`` request metadata (``default`` when absent). Domain
+The tenant is the authenticated caller's (:class:`~glimpse3d.gateway.auth.AuthInterceptor`); the
+``x-glimpse3d-tenant`` request metadata may name it and nothing else. Without authentication (loopback
+only) it is the tenant named there (``default`` when absent). Domain
 errors propagate unchanged; the shared server interceptor turns them into rich statuses.
 """
 
@@ -18,6 +20,7 @@ from glimpse3d.core.convert import artifact_from_proto, view_from_proto
 from glimpse3d.core.errors import InvalidInput
 from glimpse3d.core.images import encode_png
 from glimpse3d.gateway.app import GatewayApp
+from glimpse3d.gateway.auth import current_principal, resolve_tenant
 from glimpse3d.gateway.convert import (
     event_to_proto,
     export_to_proto,
@@ -26,18 +29,20 @@ from glimpse3d.gateway.convert import (
     options_from_proto,
     points_from_proto,
 )
-from glimpse3d.gateway.jobs import DEFAULT_TENANT, TENANT_HEADER, check_tenant
+from glimpse3d.gateway.jobs import TENANT_HEADER
 from glimpse3d.v1 import glimpse3d_pb2, glimpse3d_pb2_grpc
 
 SERVICE_NAME = glimpse3d_pb2.DESCRIPTOR.services_by_name["Glimpse3D"].full_name
 
 
 def tenant_of(context: grpc.aio.ServicerContext) -> str:
-    """The caller's tenant from the request metadata, validated."""
+    """The caller's tenant: the authenticated one, or the one the metadata names (validated)."""
+    requested = None
     for key, value in context.invocation_metadata() or ():
         if key == TENANT_HEADER:
-            return check_tenant(value if isinstance(value, str) else "")
-    return DEFAULT_TENANT
+            requested = value if isinstance(value, str) else ""
+            break
+    return resolve_tenant(current_principal(), requested)
 
 
 class Glimpse3DServicer(glimpse3d_pb2_grpc.Glimpse3DServicer):

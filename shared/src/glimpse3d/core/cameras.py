@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from glimpse3d.core.errors import InvalidInput
+from glimpse3d.core.errors import InvalidInput, shorten
 
 MAX_IMAGE_SIDE = 8192
 
@@ -28,7 +28,7 @@ def _finite(name: str, value: float) -> float:
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise InvalidInput(f"camera {name} must be a number, got {value!r}", field=f"camera.{name}") from None
+        raise InvalidInput(f"camera {name} must be a number, got {shorten(value)}", field=f"camera.{name}") from None
     if not math.isfinite(v):
         raise InvalidInput(f"camera {name} must be finite, got {value}", field=f"camera.{name}")
     return v
@@ -129,6 +129,51 @@ class Camera:
         """[H, W, 3] camera-space ray directions with z = 1 through every pixel centre."""
         j, i = np.meshgrid(np.arange(self.width) + 0.5, np.arange(self.height) + 0.5)
         return np.stack([(j - self.cx) / self.fx, (i - self.cy) / self.fy, np.ones_like(j)], axis=-1)
+
+
+MIN_VIEW_SIDE = 32  # a smaller view holds too few pixels for a diffusion pass to add anything
+MIN_VIEW_FOV_DEG, MAX_VIEW_FOV_DEG = 1.0, 170.0  # the field-of-view range an orbit view accepts
+MIN_VISIBLE_FRACTION = 0.001
+
+
+def check_view_camera(camera: Camera, field: str = "view") -> None:
+    """InvalidInput naming ``field`` unless ``camera`` can render a useful view: each side at least
+    MIN_VIEW_SIDE pixels, the principal point inside the image, and fields of view in
+    [MIN_VIEW_FOV_DEG, MAX_VIEW_FOV_DEG] degrees (a 1x1 image or cx = 1e308 renders nothing)."""
+    if min(camera.width, camera.height) < MIN_VIEW_SIDE:
+        raise InvalidInput(f"{field} image is {camera.width}x{camera.height} pixels; each side must be at least "
+                           f"{MIN_VIEW_SIDE}", field=field)
+    if not (0.0 <= camera.cx <= camera.width and 0.0 <= camera.cy <= camera.height):
+        raise InvalidInput(f"{field} principal point (cx={camera.cx:.6g}, cy={camera.cy:.6g}) must lie inside its "
+                           f"{camera.width}x{camera.height} image", field=field)
+    for axis, focal, side in (("x", camera.fx, camera.width), ("y", camera.fy, camera.height)):
+        fov = math.degrees(2.0 * math.atan(side / (2.0 * focal)))
+        if not MIN_VIEW_FOV_DEG <= fov <= MAX_VIEW_FOV_DEG:
+            raise InvalidInput(f"{field} field of view along {axis} is {fov:.4g} degrees (f{axis}={focal:.6g}); it "
+                               f"must be in [{MIN_VIEW_FOV_DEG:g}, {MAX_VIEW_FOV_DEG:g}]", field=field)
+
+
+def visible_fraction(camera: Camera, points: np.ndarray) -> float:
+    """The fraction of ``points`` [N, 3] (e.g. Gaussian centres) in front of ``camera`` and inside its
+    image; 0.0 for no points."""
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    if not len(pts):
+        return 0.0
+    uv, z = camera.project(pts)
+    with np.errstate(invalid="ignore"):
+        inside = ((z > 1e-6) & np.isfinite(uv).all(axis=1) & (uv[:, 0] >= 0) & (uv[:, 0] <= camera.width)
+                  & (uv[:, 1] >= 0) & (uv[:, 1] <= camera.height))
+    return float(inside.mean())
+
+
+def check_sees(camera: Camera, points: np.ndarray, field: str = "view") -> None:
+    """InvalidInput naming ``field`` when ``camera`` sees less than MIN_VISIBLE_FRACTION of ``points``
+    (it looks away from the object, or the object is behind it)."""
+    seen = visible_fraction(camera, points)
+    if seen < MIN_VISIBLE_FRACTION:
+        raise InvalidInput(f"{field} sees {seen:.2%} of the model's Gaussians (at least {MIN_VISIBLE_FRACTION:.1%} "
+                           "must be in front of the camera and inside its image); aim it at the object",
+                           field=field)
 
 
 def invert_rigid(m: np.ndarray) -> np.ndarray:

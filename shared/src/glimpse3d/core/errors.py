@@ -81,7 +81,36 @@ class IntegrityError(Glimpse3DError):
     reason = "INTEGRITY"
 
 
+class Unauthenticated(Glimpse3DError):
+    """The call carries no valid credentials (missing, malformed, expired or unverifiable)."""
+
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(Glimpse3DError):
+    """The caller is authenticated but may not do this (e.g. it names another tenant)."""
+
+    reason = "PERMISSION_DENIED"
+
+
 class Unavailable(Glimpse3DError):
     """A dependency (artifact store, downstream service) cannot be reached right now."""
 
     reason = "UNAVAILABLE"
+
+
+SHORT_VALUE_CHARS = 80
+
+
+def shorten(value: object, limit: int = SHORT_VALUE_CHARS) -> str:
+    """``repr(value)`` cut to at most ``limit`` characters (``...`` and the original length mark a cut),
+    for echoing what a caller sent in an error message: a 100 KB name must not become a 100 KB status."""
+    try:
+        text = repr(value)
+    except ValueError:  # e.g. an int with more digits than Python converts to text
+        text = f"<{type(value).__name__}>"
+    if len(text) <= limit:
+        return text
+    size = len(value) if isinstance(value, str | bytes) else len(text)
+    suffix = f"... ({size} chars)"
+    return text[: max(0, limit - len(suffix))] + suffix

@@ -7,7 +7,9 @@ OpenCV).
   array. The size is read from the file header and checked *before* any pixel is decoded, the
   whole file is decoded (a truncated file is an error, never a half-grey picture), EXIF
   orientation is applied, and every failure is an :class:`~glimpse3d.core.errors.InvalidInput`
-  whose ``field`` is the request field the bytes came from.
+  whose ``field`` is the request field the bytes came from. The decode itself runs inside a
+  reservation of the process's pixel budget (:mod:`glimpse3d.core.decodegate`), so concurrent
+  decodes of huge images are bounded in memory (RESOURCE_EXHAUSTED beyond it).
 - :func:`encode_png` / :func:`encode_npy` / :func:`decode_npy` are the wire formats of images and
   of float32 maps (depth, masks, alpha) in the artifact store.
 - :func:`resize_longest`, :func:`to_float`, :func:`to_uint8` are the conversions every stage needs.
@@ -23,10 +25,14 @@ from __future__ import annotations
 import io
 import logging
 import struct
+import tokenize
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from glimpse3d.core.decodegate import DecodeGate, process_gate
 from glimpse3d.core.errors import Glimpse3DError, InvalidInput
 
 log = logging.getLogger(__name__)
@@ -111,31 +117,43 @@ def _check_size(width: int, height: int, max_side: int, field: str) -> None:
     if width < 1 or height < 1:
         raise InvalidInput(f"{field} has an empty size {width}x{height}", field=field)
     if width > max_side or height > max_side:
-        raise InvalidInput(
-            f"{field} is {width}x{height} pixels; the limit is {max_side} a side", field=field
-        )
+        raise InvalidInput(f"{field} is {width}x{height} pixels; the limit is {max_side} a side", field=field)
 
 
-def _open_checked(data: bytes, fmt: str, field: str, max_side: int) -> Image.Image:
-    """Open (header only), check the size, then force a full decode of the pixels."""
+def _open_header(data: bytes, fmt: str, field: str, max_side: int) -> Image.Image:
+    """Open the image reading only its header (Pillow is lazy) and check the size; no pixel is decoded."""
     header = _png_header_size(data) if fmt == "PNG" else _jpeg_header_size(data)
     if header is not None:  # before Pillow sees it: its own bomb check would fire first otherwise
         _check_size(*header, max_side, field)
     if fmt == "PNG" and data.rfind(_PNG_IEND) < 0:
         raise InvalidInput(f"{field} is a truncated or corrupt PNG image (no IEND chunk)", field=field)
-    try:
+    with _decode_errors(fmt, field):
         img = Image.open(io.BytesIO(data), formats=[fmt])
+    try:
         _check_size(img.width, img.height, max_side, field)
-        img.load()
     except InvalidInput:
+        img.close()
         raise
+    return img
+
+
+def _load_pixels(img: Image.Image, fmt: str, field: str) -> None:
+    """Force the full decode of the pixels (a truncated file is an error)."""
+    with _decode_errors(fmt, field):
+        img.load()
+
+
+@contextmanager
+def _decode_errors(fmt: str, field: str) -> Iterator[None]:
+    """Pillow's many failure types -> InvalidInput naming ``field``."""
+    try:
+        yield
     except Image.DecompressionBombError as err:  # only reachable with max_side above ~9400
         raise InvalidInput(f"{field} is too large to decode: {err}", field=field) from err
     except UnidentifiedImageError as err:
         raise InvalidInput(f"{field} is not a valid {fmt} image", field=field) from err
     except (OSError, SyntaxError, ValueError, struct.error, EOFError, MemoryError) as err:
         raise InvalidInput(f"{field} is a truncated or corrupt {fmt} image: {err}", field=field) from err
-    return img
 
 
 def _apply_orientation(img: Image.Image, field: str) -> Image.Image:
@@ -178,6 +196,7 @@ def decode_image(
     field: str = "image",
     max_side: int = MAX_IMAGE_SIDE,
     max_bytes: int = MAX_IMAGE_BYTES,
+    gate: DecodeGate | None = None,
 ) -> np.ndarray:
     """PNG or JPEG bytes -> uint8 ``[H, W, 3]`` (RGB) or ``[H, W, 4]`` (RGBA, when the file has alpha).
 
@@ -185,6 +204,11 @@ def decode_image(
     greyscale transparency (tRNS) becomes an alpha channel. The EXIF orientation is applied, so
     the array is upright as a viewer shows it. Raises only :class:`InvalidInput` (``field`` set)
     for bad input (and :class:`Glimpse3DError` if the process disabled Pillow's truncation check).
+
+    The pixels are decoded inside a reservation of ``width x height`` pixels from ``gate`` (default:
+    the process's :func:`~glimpse3d.core.decodegate.process_gate`), made from the header alone:
+    :class:`~glimpse3d.core.errors.Overloaded` when the process is already decoding as much as it
+    may and no room frees up in time.
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise InvalidInput(f"{field} must be bytes, got {type(data).__name__}", field=field)
@@ -199,11 +223,15 @@ def decode_image(
             field=field,
         )
     fmt = _sniff_format(data, field)
-    img = _open_checked(data, fmt, field, max_side)
+    img = _open_header(data, fmt, field, max_side)
     try:
-        arr = _to_array(_apply_orientation(img, field))
-    except (OSError, ValueError, SyntaxError, MemoryError) as err:
-        raise InvalidInput(f"{field} could not be converted to RGB: {err}", field=field) from err
+        with (gate or process_gate()).reserve(img.width * img.height, field=field):
+            _load_pixels(img, fmt, field)
+            try:
+                arr = _to_array(_apply_orientation(img, field))
+            except (OSError, ValueError, SyntaxError, MemoryError) as err:
+                raise InvalidInput(f"{field} could not be converted to RGB: {err}", field=field) from err
+            img.close()  # before the reservation ends, so that the freed memory can be trimmed
     finally:
         img.close()
     log.debug("decoded image", extra={"field": field, "format": fmt, "shape": list(arr.shape)})
@@ -318,7 +346,8 @@ def _read_npy_header(data: bytes, field: str) -> tuple[tuple[int, ...], bool, np
             raise InvalidInput(f"{field}: .npy format version {version[0]}.{version[1]} is not supported", field=field)
     except InvalidInput:
         raise
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as err:
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError, tokenize.TokenError) as err:
+        # numpy parses the header dict with the tokenizer: an unbalanced bracket is a TokenError.
         raise InvalidInput(f"{field} is not a valid .npy array: {err}", field=field) from err
     return tuple(shape), bool(fortran), np.dtype(dtype), fp.tell()
 

@@ -36,6 +36,7 @@ from glimpse3d.core.images import decode_image, decode_npy, encode_npy, encode_p
 from glimpse3d.core.logs import configure_logging
 from glimpse3d.core.models import DEFAULT_MODEL_DIR
 from glimpse3d.core.rpc import Registration, create_server, create_server_from_config
+from glimpse3d.core.rpc.idempotency import IdempotencyInterceptor
 from glimpse3d.core.splat import Splat
 from glimpse3d.v1 import common_pb2
 
@@ -285,7 +286,9 @@ async def serve(
     )
     registration, load = build(runtime)
     _label_backend(runtime, load)
-    server, port = create_server_from_config(registration, service_names, server_config)
+    # A stage call the gateway repeats (same idempotency key and request) is answered from memory.
+    server, port = create_server_from_config(registration, service_names, server_config,
+                                             interceptors=[IdempotencyInterceptor()])
     runtime.limiter.register_metrics(server.registry)
     log.info("%s listening", name, extra={"port": port, "metrics_port": server.metrics_port})
 
@@ -313,7 +316,8 @@ async def running_in_process(
     registration, load = build(runtime)
     _label_backend(runtime, load)
     await asyncio.to_thread(load)
-    server, port = create_server(registration, service_names, metrics_port=None)
+    server, port = create_server(registration, service_names, metrics_port=None,
+                                 interceptors=[IdempotencyInterceptor()])
     await server.start()
     await server.set_serving()
     try:

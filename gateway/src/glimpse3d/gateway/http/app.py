@@ -30,8 +30,10 @@ TITLE = "Glimpse3D HTTP API"
 API_VERSION = "1"
 DESCRIPTION = (
     "HTTP/JSON and server-sent-events facade of the Glimpse3D gateway, for the web workspace. It calls "
-    "the same application layer as the gRPC API glimpse3d.v1.Glimpse3D. Tenant: the X-Glimpse3D-Tenant "
-    "header (or the tenant query parameter, for links and EventSource), 'default' when absent."
+    "the same application layer as the gRPC API glimpse3d.v1.Glimpse3D. Authentication (docs/auth.md): "
+    "Authorization: Bearer <JWT> or X-API-Key; the tenant is the credentials' (X-Glimpse3D-Tenant or the "
+    "tenant query parameter may name it, no other). A gateway on loopback without authentication uses the "
+    "tenant named there, 'default' when absent."
 )
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from glimpse3d.core.artifacts import ArtifactRef, ArtifactStore
 from glimpse3d.gateway.app import GatewayApp
+from glimpse3d.gateway.auth import Authenticator, TicketSigner
 from glimpse3d.gateway.http.mapping import job_to_json
 from glimpse3d.gateway.http.schemas import JobOut
 from glimpse3d.gateway.http.sse import StreamRegistry
@@ -66,11 +67,15 @@ class GaussianCounts:
 
 @dataclass
 class HttpContext:
-    """What the routes use. ``heartbeat_s``: comment interval of idle event streams."""
+    """What the routes use. ``heartbeat_s``: comment interval of idle event streams. ``auth``: checks
+    every API call's credentials (None: unauthenticated, loopback only); ``tickets``: signs the
+    event-stream tickets."""
 
     gateway: GatewayApp
     artifacts: ArtifactStore
     heartbeat_s: float = 15.0
+    auth: Authenticator | None = None
+    tickets: TicketSigner = field(default_factory=TicketSigner)
     streams: StreamRegistry = field(default_factory=StreamRegistry)
     counts: GaussianCounts = field(init=False)
 

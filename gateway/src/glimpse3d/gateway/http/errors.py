@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from glimpse3d.core.errors import InvalidInput
-from glimpse3d.core.rpc.errors import reason_and_field, to_rpc_status
+from glimpse3d.core.rpc.errors import MAX_FIELD_BYTES, MAX_MESSAGE_BYTES, clip, reason_and_field, to_rpc_status
 from glimpse3d.gateway.http.mapping import code_name
 from glimpse3d.gateway.http.schemas import ErrorDetail, ErrorResponse
 
@@ -72,7 +72,10 @@ class UnsupportedMediaType(InvalidInput):
 
 def error_json(status: int, code: str, message: str, field: str | None = None, reason: str = "",
                headers: dict[str, str] | None = None) -> JSONResponse:
-    body = ErrorResponse(error=ErrorDetail(code=code, message=message, field=field, reason=reason or code))
+    # the same caps as a gRPC status: request paths and unknown JSON keys come back in messages and fields
+    body = ErrorResponse(error=ErrorDetail(code=code, message=clip(message, MAX_MESSAGE_BYTES),
+                                           field=None if field is None else clip(field, MAX_FIELD_BYTES),
+                                           reason=reason or code))
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
@@ -84,6 +87,8 @@ def error_response(exc: BaseException, request: Request | None = None) -> JSONRe
     code = code_name(status.code)
     http_status = getattr(exc, "http_status", None) or HTTP_STATUS.get(code, 500)
     headers = {"Retry-After": "1"} if http_status in (429, 503) else None
+    if http_status == 401:  # RFC 9110 section 11.6.1: a 401 names the scheme to authenticate with
+        headers = {"WWW-Authenticate": 'Bearer realm="glimpse3d"'}
     return error_json(http_status, code, status.message, field, reason, headers)
 
 

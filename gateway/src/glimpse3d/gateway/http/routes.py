@@ -1,10 +1,12 @@
 """The ``/api/v1`` routes: thin adapters from HTTP requests to :class:`GatewayApp` calls.
 
-Each route reads the tenant (``X-Glimpse3D-Tenant``, else the ``tenant`` query parameter, else
-``default``), calls the application layer and maps the result with :mod:`.mapping`. Errors raised by
-the application layer keep their type; :class:`ApiRoute` turns them into the JSON error shape, after
-renaming the gRPC request fields they name to this API's (``name`` -> ``job_id``, ``image_data``
--> ``photo``, ``options.num_views`` -> ``novel_views``, ...).
+Each route authenticates the caller (``Authorization: Bearer <jwt>``, ``X-API-Key``; the job watch also
+takes a short-lived ``?ticket=``) and works in its tenant; ``X-Glimpse3D-Tenant`` (else the ``tenant``
+query parameter) may name that tenant and no other. Without authentication (a loopback-only gateway)
+the named tenant is used (``default`` when none). It calls the application layer and maps the result
+with :mod:`.mapping`. Errors raised by the application layer keep their type; :class:`ApiRoute` turns
+them into the JSON error shape, after renaming the gRPC request fields they name to this API's (``name``
+-> ``job_id``, ``image_data`` -> ``photo``, ``options.num_views`` -> ``novel_views``, ...).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from fastapi.security import APIKeyHeader, HTTPBearer
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -28,6 +31,7 @@ from glimpse3d.core.artifacts import ArtifactRef
 from glimpse3d.core.errors import FailedPrecondition, Glimpse3DError, InvalidInput, NotFound, Unavailable
 from glimpse3d.core.formats import DEFAULT_FORMAT, formats, get_format
 from glimpse3d.core.images import MAX_IMAGE_BYTES, encode_png
+from glimpse3d.gateway.auth import Principal, resolve_tenant
 from glimpse3d.gateway.events import JobEvent
 from glimpse3d.gateway.http.context import HttpContext
 from glimpse3d.gateway.http.errors import error_response
@@ -41,6 +45,7 @@ from glimpse3d.gateway.http.mapping import (
 from glimpse3d.gateway.http.schemas import (
     EnhanceRequest,
     ErrorResponse,
+    EventTicket,
     ExportFormatName,
     Health,
     JobList,
@@ -51,7 +56,6 @@ from glimpse3d.gateway.http.schemas import (
 from glimpse3d.gateway.http.sse import event_response, job_event
 from glimpse3d.gateway.http.uploads import PHOTO_FIELD, parse_matte_points, read_photo_form
 from glimpse3d.gateway.jobs import (
-    DEFAULT_TENANT,
     JOB_ID_PATTERN,
     MAX_DISPLAY_NAME_CHARS,
     MAX_ENHANCE_ROUNDS,
@@ -63,7 +67,6 @@ from glimpse3d.gateway.jobs import (
     MIN_RESOLUTION,
     JobOptions,
     MattePoint,
-    check_tenant,
     job_name,
     version_name,
 )
@@ -125,18 +128,45 @@ def context_of(request: Request) -> HttpContext:
     return context
 
 
-def tenant_of(
-    x_glimpse3d_tenant: Annotated[str | None, Header(
-        alias="X-Glimpse3D-Tenant", description="the caller's tenant; 'default' when absent")] = None,
-    tenant: Annotated[str | None, Query(
-        description="the tenant, for clients that cannot set headers (links, EventSource); the header wins")] = None,
-) -> str:
-    value = x_glimpse3d_tenant if x_glimpse3d_tenant is not None else tenant
-    return DEFAULT_TENANT if value is None else check_tenant(value)
-
-
 Context = Annotated[HttpContext, Depends(context_of)]
+# Documentation of the credentials (the security schemes of the spec); the check reads the headers itself.
+_BEARER = HTTPBearer(auto_error=False, scheme_name="bearer", description="an OIDC access token (JWT)")
+_API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="apiKey",
+                        description="a service account's API key")
+RequestedTenant = Annotated[str | None, Header(
+    alias="X-Glimpse3D-Tenant", description="the caller's tenant; must be the authenticated one")]
+TenantQuery = Annotated[str | None, Query(
+    description="the tenant, for clients that cannot set headers (links, EventSource); the header wins")]
+
+
+async def principal_of(request: Request, ctx: Context, _bearer: Annotated[object, Depends(_BEARER)],
+                       _key: Annotated[object, Depends(_API_KEY)]) -> Principal | None:
+    """The authenticated caller (UNAUTHENTICATED without valid credentials); None when the gateway
+    does not authenticate."""
+    return None if ctx.auth is None else await ctx.auth.authenticate_async(request.headers)
+
+
+def tenant_of(principal: Annotated[Principal | None, Depends(principal_of)],
+              x_glimpse3d_tenant: RequestedTenant = None, tenant: TenantQuery = None) -> str:
+    return resolve_tenant(principal, x_glimpse3d_tenant if x_glimpse3d_tenant is not None else tenant)
+
+
+async def stream_tenant_of(
+    job_id: str, request: Request, ctx: Context, x_glimpse3d_tenant: RequestedTenant = None,
+    tenant: TenantQuery = None,
+    ticket: Annotated[str | None, Query(description="a ticket from POST .../events/ticket, for EventSource "
+                                                    "(which cannot send the Authorization header)")] = None,
+) -> str:
+    """The job watch's tenant: from a ticket for this job, else as for every route."""
+    requested = x_glimpse3d_tenant if x_glimpse3d_tenant is not None else tenant
+    if ticket is not None:
+        return resolve_tenant(ctx.tickets.verify(ticket, job_id), requested)
+    principal = None if ctx.auth is None else await ctx.auth.authenticate_async(request.headers)
+    return resolve_tenant(principal, requested)
+
+
 Tenant = Annotated[str, Depends(tenant_of)]
+StreamTenant = Annotated[str, Depends(stream_tenant_of)]
 
 
 def job_name_of(job_id: str) -> str:
@@ -159,11 +189,13 @@ def _version_number(number: str) -> int | None:
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    described = {400: "bad request (error.field names the field)", 404: "no such job or version",
+    described = {400: "bad request (error.field names the field)", 401: "missing or invalid credentials",
+                 403: "the credentials are for another tenant or job", 404: "no such job or version",
                  409: "the job is in the wrong state", 413: "the photo is larger than the limit",
                  415: "the photo is not PNG, JPEG or WebP", 429: "queue full; retry later",
                  503: "the gateway cannot serve now"}
-    return {code: {"model": ErrorResponse, "description": described[code]} for code in codes}
+    every = sorted({*codes, 401, 403})  # every API route authenticates its caller
+    return {code: {"model": ErrorResponse, "description": described[code]} for code in every}
 
 
 _UPLOAD_BODY: dict[str, Any] = {
@@ -275,7 +307,7 @@ def api_router() -> APIRouter:
 
     @router.get("/jobs/{job_id}/events", response_class=EventSourceResponse, tags=["jobs"],
                 responses={**_EVENTS, **_errors(400, 404)})
-    async def watch_job(job_id: str, ctx: Context, tenant: Tenant) -> EventSourceResponse:
+    async def watch_job(job_id: str, ctx: Context, tenant: StreamTenant) -> EventSourceResponse:
         """The job now, then on every change, until it is done with no round running or queued."""
         with renamed_fields(_JOB_FIELDS):
             events = ctx.gateway.watch_job(tenant, job_name_of(job_id))
@@ -290,6 +322,17 @@ def api_router() -> APIRouter:
             return job_event("job", job.model_dump_json(), str(event.job.revision))
 
         return event_response(first, events, encode, heartbeat_s=ctx.heartbeat_s, registry=ctx.streams)
+
+    @router.post("/jobs/{job_id}/events/ticket", response_model=EventTicket, tags=["jobs"],
+                 responses=_errors(400, 404))
+    async def event_ticket(job_id: str, ctx: Context, tenant: Tenant) -> EventTicket:
+        """A ticket that lets ``EventSource`` watch this job for a minute without credentials in the URL
+        (the stream, once open, lasts; a reconnect after the ticket expired needs a new one)."""
+        with renamed_fields(_JOB_FIELDS):
+            job = await ctx.gateway.get_job(tenant, job_name_of(job_id))
+        ticket = ctx.tickets.mint(tenant, job.id)
+        return EventTicket(ticket=ticket, expires_in_s=int(ctx.tickets.ttl_s),
+                           events_url=f"{job_url(job.id)}/events?ticket={ticket}")
 
     @router.post("/jobs/{job_id}/enhance", status_code=202, response_model=JobOut, tags=["jobs"],
                  responses=_errors(400, 404, 409, 429))

@@ -156,6 +156,14 @@ class Health(BaseModel):
     status: Literal["ok"]
 
 
+class EventTicket(BaseModel):
+    """A short-lived ticket to watch one job with ``EventSource`` (which cannot send headers)."""
+
+    ticket: str = Field(description="pass as ?ticket= to the job's events URL; bound to this job and tenant")
+    expires_in_s: int = Field(description="seconds the ticket is accepted for")
+    events_url: str = Field(description="the job's events URL with the ticket")
+
+
 class MattePreviewOut(BaseModel):
     """The matte a job would use for the photo (with the user's corrections)."""
 

@@ -28,6 +28,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from glimpse3d.core.decodegate import process_gate
 from glimpse3d.core.errors import InvalidInput
 from glimpse3d.core.images import MAX_IMAGE_BYTES, MAX_IMAGE_SIDE, encode_png
 from glimpse3d.gateway.http.errors import PayloadTooLarge, UnsupportedMediaType, error_response
@@ -216,10 +217,12 @@ def webp_to_png(data: bytes) -> bytes:
             if not (1 <= width <= MAX_IMAGE_SIDE and 1 <= height <= MAX_IMAGE_SIDE):
                 raise InvalidInput(f"{PHOTO_FIELD} is {width}x{height} pixels; the limit is {MAX_IMAGE_SIDE} a side",
                                    field=PHOTO_FIELD)
-            img.load()
-            upright = ImageOps.exif_transpose(img)
-            alpha = "A" in upright.getbands()
-            pixels = np.asarray(upright.convert("RGBA" if alpha else "RGB"), dtype=np.uint8)
+            with process_gate().reserve(width * height, field=PHOTO_FIELD):  # bounded like decode_image
+                img.load()
+                upright = ImageOps.exif_transpose(img)
+                alpha = "A" in upright.getbands()
+                pixels = np.asarray(upright.convert("RGBA" if alpha else "RGB"), dtype=np.uint8)
+                upright.close()
     except InvalidInput:
         raise
     except UnidentifiedImageError:  # its message names an in-memory object, nothing the client can use

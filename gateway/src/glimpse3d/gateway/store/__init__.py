@@ -12,10 +12,12 @@ from glimpse3d.gateway.store.jobs import (
     MAX_PAGE_TOKEN_CHARS,
     RESUMED_MESSAGE,
     JobStore,
+    RequestIdReused,
     RoundOutcome,
     default_owner,
     normalize_page_size,
     open_job_store,
+    request_hash,
 )
 from glimpse3d.gateway.store.schema import MIGRATIONS, SCHEMA_VERSION
 from glimpse3d.gateway.store.sqlite import SqliteDatabase
@@ -33,9 +35,11 @@ __all__ = [
     "Database",
     "DatabaseUnavailable",
     "JobStore",
+    "RequestIdReused",
     "RoundOutcome",
     "SqliteDatabase",
     "default_owner",
     "normalize_page_size",
     "open_job_store",
+    "request_hash",
 ]

@@ -17,7 +17,10 @@ T = TypeVar("T")
 
 
 class DatabaseUnavailable(Unavailable):
-    """The job database cannot be reached (or stayed busy through every retry); retry later."""
+    """The job database cannot be used right now: unreachable, stayed busy through every retry, its
+    disk is full or read-only, or its storage fails. The caller may retry later (UNAVAILABLE)."""
+
+    reason = "JOB_STORE_UNAVAILABLE"
 
 
 class Cursor(Protocol):

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from glimpse3d.core.artifacts import ArtifactRef
-from glimpse3d.core.errors import FailedPrecondition, InvalidInput, NotFound, Overloaded
+from glimpse3d.core.errors import AlreadyExists, FailedPrecondition, InvalidInput, NotFound, Overloaded, shorten
 from glimpse3d.gateway.jobs import (
     Job,
     JobError,
@@ -63,6 +63,32 @@ DEFAULT_LEASE_S = 30.0
 RESUMED_MESSAGE = "interrupted by a gateway restart; resuming"
 _ACTIVE_SQL = "state IN ('QUEUED', 'RUNNING')"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class RequestIdReused(AlreadyExists):
+    """A ``request_id`` came back with a request other than the one it was first used with.
+
+    ALREADY_EXISTS rather than FAILED_PRECONDITION: the id names something that exists (the first
+    request's job or round), and no change of state makes the call succeed; only a new id does."""
+
+    reason = "REQUEST_ID_REUSED"
+
+
+def request_hash(canonical: Any) -> str:
+    """The sha256 of a request in canonical form (key-sorted compact JSON of ``canonical``)."""
+    return hashlib.sha256(dump_json(canonical).encode()).hexdigest()
+
+
+def round_request_hash(spec: RoundSpec) -> str:
+    """What identifies an Enhance request: the round without its ``request_id``."""
+    return request_hash({k: v for k, v in spec.to_json().items() if k != "request_id"})
+
+
+def _check_same_request(stored: str | None, given: str, request_id: str, what: str) -> None:
+    if stored and given and stored != given:
+        raise RequestIdReused(
+            f"request_id {shorten(request_id)} was already used for a different {what}; retry with the same "
+            f"request to get its result, or use a new request_id", field="request_id")
 
 
 class RoundOutcome(StrEnum):
@@ -227,12 +253,14 @@ class JobStore:
         request_id: str = "",
         display_name: str = "",
         job_id: str | None = None,
+        request_hash: str = "",
     ) -> tuple[Job, bool]:
         """Insert a QUEUED job, held by this replica; returns ``(job, created)``.
 
         With a ``request_id`` already used by ``tenant`` (also by another replica, concurrently)
-        nothing is inserted and the original job is returned with ``created=False``, whatever the
-        rest of the request says (AIP-155).
+        nothing is inserted and the original job is returned with ``created=False`` (AIP-155), when
+        ``request_hash`` (the canonical request's sha256) matches the one stored with it;
+        :class:`RequestIdReused` when it differs.
         """
         job_id = job_id or uuid.uuid4().hex
 
@@ -240,28 +268,33 @@ class JobStore:
             now = self._clock()
             inserted = db.execute(
                 "INSERT INTO jobs (id, tenant, request_id, display_name, state, message, options, input_image,"
-                " owner, lease_expiry, create_time, update_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (tenant, request_id) DO NOTHING",
+                " owner, lease_expiry, create_time, update_time, request_hash)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, request_id) DO NOTHING",
                 (job_id, tenant, request_id or None, display_name, JobState.QUEUED.value, "queued",
                  dump_json(options.to_json()), dump_json(artifact_to_json(input_image)), self.owner,
-                 now + self._lease_us, now, now),
+                 now + self._lease_us, now, now, (request_hash or None) if request_id else None),
             ).rowcount
             if not inserted:
-                existing = self._by_request_id(db, tenant, request_id)
+                existing = self._by_request_id(db, tenant, request_id, request_hash)
                 assert existing is not None, "ON CONFLICT skipped the insert but no job holds the request_id"
                 return existing, False
             return self._require(db, job_id), True
 
         return self._tx(create)
 
-    def _by_request_id(self, db: Connection, tenant: str, request_id: str) -> Job | None:
+    def _by_request_id(self, db: Connection, tenant: str, request_id: str, request_hash: str = "") -> Job | None:
         row = db.execute(
-            "SELECT id FROM jobs WHERE tenant = ? AND request_id = ?", (tenant, request_id)
+            "SELECT id, request_hash FROM jobs WHERE tenant = ? AND request_id = ?", (tenant, request_id)
         ).fetchone()
-        return None if row is None else self._load(db, row["id"])
+        if row is None:
+            return None
+        _check_same_request(row["request_hash"], request_hash, request_id, "job")
+        return self._load(db, row["id"])
 
-    def find_by_request_id(self, tenant: str, request_id: str) -> Job | None:
-        return self._tx(lambda db: self._by_request_id(db, tenant, request_id))
+    def find_by_request_id(self, tenant: str, request_id: str, request_hash: str = "") -> Job | None:
+        """The job ``tenant`` created with ``request_id``, or None; :class:`RequestIdReused` when
+        ``request_hash`` differs from the one stored with it (an empty hash matches any)."""
+        return self._tx(lambda db: self._by_request_id(db, tenant, request_id, request_hash))
 
     def get_job(self, tenant: str, job_id: str) -> Job:
         """The job if it belongs to ``tenant``; NotFound otherwise (other tenants' jobs are invisible)."""
@@ -442,9 +475,13 @@ class JobStore:
             job, _, _ = self._locked(db, job_id)
             if job.tenant != tenant:
                 raise NotFound(f"job {job.name} not found", field="name")
-            if spec.request_id and db.execute(
-                "SELECT 1 AS seen FROM enhance_requests WHERE job_id = ? AND request_id = ?", (job_id, spec.request_id)
-            ).fetchone():
+            fingerprint = round_request_hash(spec) if spec.request_id else ""
+            seen = spec.request_id and db.execute(
+                "SELECT request_hash FROM enhance_requests WHERE job_id = ? AND request_id = ?",
+                (job_id, spec.request_id),
+            ).fetchone()
+            if seen:
+                _check_same_request(seen["request_hash"], fingerprint, spec.request_id, "enhancement round")
                 return job, RoundOutcome.DUPLICATE
             if job.state.final:
                 raise FailedPrecondition(f"job {job.name} is {job.state.value}; it cannot be enhanced", field="name")
@@ -459,7 +496,8 @@ class JobStore:
             if job.state is not JobState.RUNNING and not can_start:
                 return job, RoundOutcome.NO_CAPACITY
             if spec.request_id:
-                db.execute("INSERT INTO enhance_requests VALUES (?, ?, ?)", (job_id, spec.request_id, self._clock()))
+                db.execute("INSERT INTO enhance_requests (job_id, request_id, create_time, request_hash)"
+                           " VALUES (?, ?, ?, ?)", (job_id, spec.request_id, self._clock(), fingerprint))
             pending = dump_json([s.to_json() for s in (*job.pending_rounds, spec)])
             if job.state is JobState.RUNNING:
                 return self._write(db, job, pending_rounds=pending), RoundOutcome.APPENDED

@@ -129,7 +129,7 @@ class PostgresDatabase:
         if self._password:
             reason = reason.replace(self._password, "***")
         return DatabaseUnavailable(f"job database {self.name} {what}: {reason}",
-                                   metadata={"database": self.name})
+                                   metadata={"store": "jobs", "database": self.name})
 
     def transaction(self, fn: Callable[[Connection], T], *, migrate: bool = False) -> T:
         def attempt() -> T:
@@ -142,7 +142,9 @@ class PostgresDatabase:
             return self._retrying.copy()(attempt)  # a copy per call: its state is per call
         except _RETRYABLE as err:
             raise self._unavailable(err, f"stayed busy through {self._retries} attempts") from err
-        except psycopg.OperationalError as err:  # includes the pool's PoolTimeout
+        except (psycopg.OperationalError, pg_errors.ReadOnlySqlTransaction) as err:
+            # OperationalError includes the pool's PoolTimeout, a lost connection, a server shutting down
+            # and disk full (class 53); a read-only transaction means a standby answered (failover).
             raise self._unavailable(err) from err
 
     def close(self) -> None:

@@ -6,6 +6,8 @@
   microseconds since the Unix epoch.
 - ``versions``: the splat versions of each job, numbered from 1.
 - ``enhance_requests``: the ``request_id`` of every accepted Enhance call, so a retry starts no second round.
+- ``request_hash`` (jobs, enhance_requests): the sha256 of the canonical request the ``request_id`` came with;
+  the same id with another request is refused (ALREADY_EXISTS) instead of answered with the first one.
 - ``meta``: the secret that signs page tokens, created with the database.
 - ``schema_migrations``: which versions of :data:`MIGRATIONS` have been applied.
 """
@@ -66,6 +68,10 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (2, (  # leases: which replica works on a job, and until when
         "ALTER TABLE jobs ADD COLUMN owner TEXT",
         "ALTER TABLE jobs ADD COLUMN lease_expiry BIGINT",
+    )),
+    (3, (  # the sha256 of the canonical request a request_id was first used with (NULL: not recorded)
+        "ALTER TABLE jobs ADD COLUMN request_hash TEXT",
+        "ALTER TABLE enhance_requests ADD COLUMN request_hash TEXT",
     )),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -10,6 +10,8 @@ See docs/artifacts.md ("The store contract").
 
 from __future__ import annotations
 
+import errno
+import functools
 import hashlib
 import io
 import logging
@@ -17,14 +19,14 @@ import os
 import re
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import BinaryIO, NamedTuple, Protocol, runtime_checkable
+from typing import BinaryIO, NamedTuple, ParamSpec, Protocol, TypeVar, runtime_checkable
 
-from glimpse3d.core.errors import IntegrityError, InvalidInput, NotFound
+from glimpse3d.core.errors import IntegrityError, InvalidInput, NotFound, Unavailable, shorten
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +44,50 @@ _KEY_RE = re.compile(r"(?:tmp/)?sha256/([0-9a-f]{2})/([0-9a-f]{64})")
 # RFC 6838 restricted-name for type and subtype; parameters (";charset=…") are not accepted.
 _MEDIA_TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}")
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class ArtifactStoreUnavailable(Unavailable):
+    """The artifact store cannot be used right now (S3 unreachable, disk full, read-only or failing
+    filesystem); the caller may retry later. Never the caller's fault, never a bug."""
+
+    reason = "ARTIFACT_STORE_UNAVAILABLE"
+
+    def __init__(self, message: str, *, field: str | None = None, metadata: Mapping[str, str] | None = None) -> None:
+        super().__init__(message, field=field, metadata={"store": "artifacts", **(metadata or {})})
+
+
+def storage_unavailable(err: OSError, action: str) -> ArtifactStoreUnavailable:
+    """The error to raise for an ``OSError`` of the store's own storage while it did ``action``; the
+    message names the condition (``ENOSPC``: disk full, ...), not the server's paths (those are logged)."""
+    code = errno.errorcode.get(err.errno, "") if isinstance(err.errno, int) else ""
+    logger.warning("artifact store cannot %s: %s", action, err)
+    what = err.strerror or str(err) or type(err).__name__
+    return ArtifactStoreUnavailable(f"artifact store cannot {action}: {what}" + (f" ({code})" if code else ""),
+                                    metadata={"store": "artifacts", **({"errno": code} if code else {})})
+
+
+def _io_boundary(action: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Turn an ``OSError`` escaping a public store method into :class:`ArtifactStoreUnavailable`."""
+
+    def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(fn)
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return fn(*args, **kwargs)
+            except OSError as err:
+                raise storage_unavailable(err, action) from err
+
+        return guarded
+
+    return decorate
+
 
 def validate_sha256(value: object, *, field: str = "sha256") -> str:
     """Return ``value`` if it is 64 lowercase hex characters, else raise InvalidInput."""
     if not isinstance(value, str) or not _SHA256_RE.fullmatch(value):
-        raise InvalidInput(f"{field} must be 64 lowercase hex characters, got {value!r}", field=field)
+        raise InvalidInput(f"{field} must be 64 lowercase hex characters, got {shorten(value)}", field=field)
     return value
 
 
@@ -54,7 +95,7 @@ def validate_media_type(value: object) -> str:
     """Return ``value`` if it looks like ``type/subtype``, else raise InvalidInput."""
     if not isinstance(value, str) or not _MEDIA_TYPE_RE.fullmatch(value):
         raise InvalidInput(
-            f"media_type must look like 'type/subtype' (e.g. 'image/png'), got {value!r}",
+            f"media_type must look like 'type/subtype' (e.g. 'image/png'), got {shorten(value)}",
             field="media_type",
         )
     return value
@@ -73,7 +114,7 @@ def sha256_of_key(key: str) -> str:
     match = _KEY_RE.fullmatch(key)
     if match is None or match.group(2)[:2] != match.group(1):
         raise InvalidInput(
-            f"artifact key must look like '[tmp/]sha256/<aa>/<64 hex>', got {key!r}", field="uri"
+            f"artifact key must look like '[tmp/]sha256/<aa>/<64 hex>', got {shorten(key)}", field="uri"
         )
     return match.group(2)
 
@@ -94,10 +135,10 @@ class ArtifactRef:
 
     def __post_init__(self) -> None:
         if not isinstance(self.uri, str) or "://" not in self.uri:
-            raise InvalidInput(f"uri must be an absolute URI, got {self.uri!r}", field="uri")
+            raise InvalidInput(f"uri must be an absolute URI, got {shorten(self.uri)}", field="uri")
         validate_sha256(self.sha256)
         if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 0:
-            raise InvalidInput(f"size must be a non-negative int, got {self.size!r}", field="size")
+            raise InvalidInput(f"size must be a non-negative int, got {shorten(self.size)}", field="size")
         validate_media_type(self.media_type)
 
 
@@ -210,6 +251,7 @@ class BaseArtifactStore(ABC):
 
     # ---- public API -----------------------------------------------------------------------------
 
+    @_io_boundary("write")
     def put(
         self, data: bytes | BinaryIO, media_type: str, *, size: int | None = None, temporary: bool = False
     ) -> ArtifactRef:
@@ -238,12 +280,14 @@ class BaseArtifactStore(ABC):
                 logger.debug("stored artifact %s (%d bytes, %s)", key, spooled.size, media_type)
         return ArtifactRef(self._uri_for_key(key), spooled.sha256, spooled.size, media_type)
 
+    @_io_boundary("read")
     def get(self, ref_or_uri: RefOrUri, *, max_bytes: int | None = None) -> bytes:
         """Return the verified bytes of an artifact."""
         buffer = io.BytesIO()
         self._read_verified(ref_or_uri, max_bytes, buffer.write)
         return buffer.getvalue()
 
+    @_io_boundary("read")
     def get_to_file(self, ref_or_uri: RefOrUri, path: Path, *, max_bytes: int | None = None) -> ArtifactRef:
         """Stream a verified artifact to ``path`` (atomically replaced) and return its stored ref.
 
@@ -260,12 +304,14 @@ class BaseArtifactStore(ABC):
             tmp.unlink(missing_ok=True)
         return ref
 
+    @_io_boundary("read")
     def stat(self, ref_or_uri: RefOrUri) -> ArtifactRef:
         """The stored ref (size and media type as stored); the content is not read."""
         key, sha256 = self._resolve(ref_or_uri)
         size, media_type = self._stat_key(key)
         return ArtifactRef(self._uri_for_key(key), sha256, size, media_type)
 
+    @_io_boundary("read")
     def exists(self, ref_or_uri: RefOrUri) -> bool:
         key, _ = self._resolve(ref_or_uri)
         try:
@@ -274,12 +320,14 @@ class BaseArtifactStore(ABC):
             return False
         return True
 
+    @_io_boundary("delete")
     def delete(self, ref_or_uri: RefOrUri) -> None:
         """Remove an artifact; a missing one is not an error."""
         key, _ = self._resolve(ref_or_uri)
         self._delete_key(key)
         logger.debug("deleted artifact %s", key)
 
+    @_io_boundary("read")
     def presign(self, ref_or_uri: RefOrUri, expires: timedelta = DEFAULT_PRESIGN_EXPIRY) -> str:
         """A URL from which a client can download the artifact until ``expires`` has passed."""
         _check_expiry(expires)

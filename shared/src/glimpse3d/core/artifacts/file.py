@@ -37,9 +37,10 @@ from glimpse3d.core.artifacts.base import (
     BaseArtifactStore,
     Blob,
     Spooled,
+    storage_unavailable,
     validate_media_type,
 )
-from glimpse3d.core.errors import IntegrityError, InvalidInput, NotFound, Unavailable
+from glimpse3d.core.errors import IntegrityError, InvalidInput, NotFound, shorten
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class FileArtifactStore(BaseArtifactStore):
             with tempfile.NamedTemporaryFile(prefix="ready-", suffix=".part", dir=self._tmp):
                 pass
         except OSError as exc:
-            raise Unavailable(f"artifact directory {self._root} is not writable: {exc}") from exc
+            raise storage_unavailable(exc, f"write to its directory {self._root}") from exc
 
     # ---- paths and URIs -------------------------------------------------------------------------
 
@@ -93,16 +94,18 @@ class FileArtifactStore(BaseArtifactStore):
     def _key_from_uri(self, uri: str) -> str:
         parts = urlsplit(uri)
         if parts.scheme != "file":
-            raise InvalidInput(f"{self!r} only reads file:// URIs, got {uri!r}", field="uri")
+            raise InvalidInput(f"{self!r} only reads file:// URIs, got {shorten(uri)}", field="uri")
         if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
             raise InvalidInput(
-                f"file URI must be file:///absolute/path without host, query or fragment, got {uri!r}",
+                f"file URI must be file:///absolute/path without host, query or fragment, got {shorten(uri)}",
                 field="uri",
             )
         try:
             relative = Path(unquote(parts.path)).resolve().relative_to(self._root)
         except (ValueError, OSError):
-            raise InvalidInput(f"file URI {uri!r} points outside the artifact root {self._root}", field="uri") from None
+            raise InvalidInput(
+                f"file URI {shorten(uri)} points outside the artifact root {self._root}", field="uri"
+            ) from None
         return relative.as_posix()
 
     # ---- reads ----------------------------------------------------------------------------------
@@ -114,7 +117,9 @@ class FileArtifactStore(BaseArtifactStore):
         except FileNotFoundError:
             logger.warning("artifact %s has no metadata sidecar; assuming %s", key, OCTET_STREAM)
             return OCTET_STREAM
-        except (OSError, ValueError) as exc:
+        except OSError as exc:  # the file system failed, not the data
+            raise storage_unavailable(exc, "read") from exc
+        except ValueError as exc:
             raise IntegrityError(f"metadata sidecar {sidecar} is unreadable: {exc}") from exc
         media_type = meta.get("media_type") if isinstance(meta, dict) else None
         try:

@@ -36,12 +36,13 @@ from glimpse3d.core.artifacts.base import (
     CHUNK_SIZE,
     OCTET_STREAM,
     TEMP_KEY_PREFIX,
+    ArtifactStoreUnavailable,
     BaseArtifactStore,
     Blob,
     Spooled,
     sha256_of_key,
 )
-from glimpse3d.core.errors import IntegrityError, InvalidInput, NotFound, Unavailable
+from glimpse3d.core.errors import IntegrityError, InvalidInput, NotFound, shorten
 
 logger = logging.getLogger(__name__)
 
@@ -217,11 +218,13 @@ class S3ArtifactStore(BaseArtifactStore):
             if exc.code in _NOT_FOUND_CODES:
                 what = "bucket" if exc.code == "NoSuchBucket" else "artifact"
                 raise NotFound(f"{action} {target}: {what} not found (S3 {exc.code})", field="uri") from exc
-            raise Unavailable(f"{action} {target} at {self._endpoint} failed: S3 {exc.code}: {exc.message}") from exc
+            raise ArtifactStoreUnavailable(
+                f"{action} {target} at {self._endpoint} failed: S3 {exc.code}: {exc.message}") from exc
         except MinioException as exc:
-            raise Unavailable(f"{action} {target} at {self._endpoint} failed: {exc}") from exc
+            raise ArtifactStoreUnavailable(f"{action} {target} at {self._endpoint} failed: {exc}") from exc
         except urllib3.exceptions.HTTPError as exc:
-            raise Unavailable(f"S3 endpoint {self._endpoint} is unreachable ({action} {target}): {exc}") from exc
+            raise ArtifactStoreUnavailable(
+                f"S3 endpoint {self._endpoint} is unreachable ({action} {target}): {exc}") from exc
 
     # ---- bucket ---------------------------------------------------------------------------------
 
@@ -311,15 +314,15 @@ class S3ArtifactStore(BaseArtifactStore):
     def _key_from_uri(self, uri: str) -> str:
         parts = urlsplit(uri)
         if parts.scheme != "s3":
-            raise InvalidInput(f"{self!r} only reads s3:// URIs, got {uri!r}", field="uri")
+            raise InvalidInput(f"{self!r} only reads s3:// URIs, got {shorten(uri)}", field="uri")
         if parts.netloc != self._bucket:
-            raise InvalidInput(f"URI {uri!r} is not in this store's bucket {self._bucket!r}", field="uri")
+            raise InvalidInput(f"URI {shorten(uri)} is not in this store's bucket {self._bucket!r}", field="uri")
         if parts.query or parts.fragment:
-            raise InvalidInput(f"s3 URI must not have a query or fragment: {uri!r}", field="uri")
+            raise InvalidInput(f"s3 URI must not have a query or fragment: {shorten(uri)}", field="uri")
         name = parts.path.lstrip("/")
         head = f"{self._prefix}/" if self._prefix else ""
         if not name.startswith(head):
-            raise InvalidInput(f"URI {uri!r} is not under this store's prefix {self._prefix!r}", field="uri")
+            raise InvalidInput(f"URI {shorten(uri)} is not under this store's prefix {self._prefix!r}", field="uri")
         return name[len(head) :]
 
     def _check_sha_metadata(self, key: str, headers: Mapping[str, str]) -> None:
@@ -351,7 +354,7 @@ class S3ArtifactStore(BaseArtifactStore):
             self._check_sha_metadata(key, response.headers)
             length = response.headers.get("content-length")
             if length is None:
-                raise Unavailable(f"S3 at {self._endpoint} sent {uri} without a Content-Length")
+                raise ArtifactStoreUnavailable(f"S3 at {self._endpoint} sent {uri} without a Content-Length")
             media_type = _media_type(response.headers.get("content-type"))
             yield Blob(int(length), media_type, self._stream(response, uri))
         finally:

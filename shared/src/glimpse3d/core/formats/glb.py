@@ -3,23 +3,22 @@
 One POINTS primitive whose attributes hold the means, unit quaternions in glTF order (x, y, z, w),
 linear scales, opacities and the raw SH coefficients, plus a ``COLOR_0`` point-cloud fallback; the
 extension is used but not required. No coordinate conversion is needed (both are right-handed, +y
-up, front +z). pygltflib is imported on first use. The layout in detail: docs/formats.md.
+up, front +z). pygltflib writes the file (imported on first use); the reader parses the container and
+its JSON itself, checking every index, offset and length before use. The layout: docs/formats.md.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import struct
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
 from glimpse3d.core.errors import FailedPrecondition, InvalidInput
 from glimpse3d.core.formats.registry import SplatFormat, register_format
 from glimpse3d.core.splat import Splat
-
-if TYPE_CHECKING:
-    import pygltflib
 
 EXTENSION = "KHR_gaussian_splatting"
 PREFIX = f"{EXTENSION}:"
@@ -28,6 +27,8 @@ MEDIA_TYPE = "model/gltf-binary"
 
 _TYPE_WIDTHS = {"SCALAR": 1, "VEC3": 3, "VEC4": 4}
 _GLB_MAGIC = b"glTF"
+_JSON_CHUNK, _BIN_CHUNK = b"JSON", b"BIN\x00"
+_FLOAT = 5126  # glTF componentType FLOAT
 _SH_NAME_RE = re.compile(rf"{re.escape(PREFIX)}SH_DEGREE_([0-3])_COEF_([0-6])")
 
 
@@ -103,22 +104,80 @@ def splat_to_glb_bytes(splat: Splat) -> bytes:
     return b"".join(gltf.save_to_bytes())
 
 
-def _read_accessor(gltf: pygltflib.GLTF2, blob: bytes, index: int) -> np.ndarray:
-    import pygltflib
+def _bad(message: str) -> InvalidInput:
+    return InvalidInput(message, field="glb")
 
-    accessor = gltf.accessors[index]
-    if accessor.componentType != pygltflib.FLOAT or accessor.type not in _TYPE_WIDTHS:
-        raise InvalidInput(f"accessor {index} is not a FLOAT SCALAR/VEC3/VEC4 accessor", field="glb")
-    if accessor.bufferView is None:
-        raise InvalidInput(f"accessor {index} has no buffer view", field="glb")
-    width = _TYPE_WIDTHS[accessor.type]
-    view = gltf.bufferViews[accessor.bufferView]
-    stride = view.byteStride or 4 * width
-    start = (view.byteOffset or 0) + (accessor.byteOffset or 0)
-    needed = stride * (accessor.count - 1) + 4 * width if accessor.count else 0
-    if start + needed > len(blob) or needed > view.byteLength:
-        raise InvalidInput(f"accessor {index} reaches past the end of its buffer view", field="glb")
-    rows = np.ndarray((accessor.count, width), dtype="<f4", buffer=blob, offset=start, strides=(stride, 4))
+
+def _chunks(data: bytes) -> tuple[bytes, bytes]:
+    """(JSON chunk, BIN chunk or b"") of a GLB container, every length checked against the data."""
+    if len(data) < 12 or data[:4] != _GLB_MAGIC or struct.unpack_from("<I", data, 4)[0] != 2:
+        raise _bad("data is not a glTF 2.0 binary (GLB) file")
+    (length,) = struct.unpack_from("<I", data, 8)
+    if length > len(data):
+        raise _bad(f"the GLB header declares {length} bytes but the data has only {len(data)}")
+    chunks: list[tuple[bytes, bytes]] = []
+    pos = 12
+    while pos < length:
+        if pos + 8 > length:
+            raise _bad(f"the GLB chunk header at byte {pos} is truncated")
+        size, kind = struct.unpack_from("<I4s", data, pos)
+        if pos + 8 + size > length:
+            raise _bad(f"the GLB chunk at byte {pos} declares {size} bytes, past the end of the file")
+        chunks.append((kind, data[pos + 8 : pos + 8 + size]))
+        pos += 8 + size
+    if not chunks or chunks[0][0] != _JSON_CHUNK:
+        raise _bad("the GLB has no JSON chunk first")
+    binary = chunks[1][1] if len(chunks) > 1 and chunks[1][0] == _BIN_CHUNK else b""
+    return chunks[0][1], binary
+
+
+def _int(obj: dict[str, Any], key: str, where: str, default: int | None = None, minimum: int = 0) -> int:
+    value = obj.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise _bad(f"{where}.{key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _item(doc: dict[str, Any], array: str, index: object) -> dict[str, Any]:
+    items = doc.get(array)
+    if (
+        not isinstance(items, list)
+        or isinstance(index, bool)
+        or not isinstance(index, int)
+        or not 0 <= index < len(items)
+        or not isinstance(items[index], dict)
+    ):
+        raise _bad(f"{array}[{index!r}] does not exist")
+    return items[index]
+
+
+def _read_accessor(doc: dict[str, Any], blob: bytes, index: object) -> np.ndarray:
+    accessor = _item(doc, "accessors", index)
+    where = f"accessors[{index}]"
+    kind = accessor.get("type")
+    if accessor.get("componentType") != _FLOAT or not isinstance(kind, str) or kind not in _TYPE_WIDTHS:
+        raise _bad(f"accessor {index} is not a FLOAT SCALAR/VEC3/VEC4 accessor")
+    if "bufferView" not in accessor:
+        raise _bad(f"accessor {index} has no buffer view")
+    width = _TYPE_WIDTHS[kind]
+    view = _item(doc, "bufferViews", accessor["bufferView"])
+    view_where = f"bufferViews[{accessor['bufferView']}]"
+    if _int(view, "buffer", view_where) != 0:
+        raise _bad(f"{view_where} refers to a buffer other than the GLB's binary chunk")
+    stride = _int(view, "byteStride", view_where, default=4 * width, minimum=4 * width)
+    if stride % 4:
+        raise _bad(f"{view_where}.byteStride must be a multiple of 4, got {stride}")
+    view_start = _int(view, "byteOffset", view_where, default=0)
+    view_length = _int(view, "byteLength", view_where, minimum=1)
+    offset = _int(accessor, "byteOffset", where, default=0)
+    count = _int(accessor, "count", where, minimum=1)
+    start = view_start + offset
+    needed = stride * (count - 1) + 4 * width
+    if start % 4:
+        raise _bad(f"accessor {index} starts at byte {start}, which is not 4-byte aligned")
+    if view_start + view_length > len(blob) or offset + needed > view_length:
+        raise _bad(f"accessor {index} reaches past the end of its buffer view")
+    rows = np.ndarray((count, width), dtype="<f4", buffer=blob, offset=start, strides=(stride, 4))
     return np.array(rows, dtype=np.float32)
 
 
@@ -126,33 +185,54 @@ def read_glb_gaussians(data: bytes) -> dict[str, np.ndarray]:
     """The Gaussian attributes of the first KHR_gaussian_splatting primitive of a GLB, keyed by
     glTF semantic (``POSITION``, ``COLOR_0``, ``KHR_gaussian_splatting:ROTATION``, ...), each a
     float32 [N, width] array. Only FLOAT accessors (what :func:`splat_to_glb_bytes` writes) are read.
-    """
-    if len(data) < 12 or data[:4] != _GLB_MAGIC or struct.unpack_from("<I", data, 4)[0] != 2:
-        raise InvalidInput("data is not a glTF 2.0 binary (GLB) file", field="glb")
-    import pygltflib
 
-    gltf = pygltflib.GLTF2.load_from_bytes(data)
-    if gltf is None:  # no JSON chunk
-        raise InvalidInput("the GLB has no JSON chunk", field="glb")
-    blob = gltf.binary_blob() or b""
-    for mesh in gltf.meshes:
-        for primitive in mesh.primitives:
-            if EXTENSION in (primitive.extensions or {}):
-                semantics = {k: v for k, v in vars(primitive.attributes).items() if v is not None}
-                return {name: _read_accessor(gltf, blob, index) for name, index in semantics.items()}
-    raise InvalidInput(f"the GLB has no primitive with the {EXTENSION} extension", field="glb")
+    The container and its JSON are read here, every index, offset and length checked against the
+    data before use: any malformed file is an :class:`InvalidInput` (field ``glb``).
+    """
+    text, blob = _chunks(bytes(data))
+    try:
+        doc = json.loads(text.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise _bad(f"the GLB's JSON chunk is not valid UTF-8 JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise _bad("the GLB's JSON chunk is not a JSON object")
+    meshes = doc.get("meshes", [])
+    for mesh in meshes if isinstance(meshes, list) else []:
+        primitives = mesh.get("primitives", []) if isinstance(mesh, dict) else []
+        for primitive in primitives if isinstance(primitives, list) else []:
+            extensions = primitive.get("extensions") if isinstance(primitive, dict) else None
+            if isinstance(extensions, dict) and EXTENSION in extensions:
+                semantics = primitive.get("attributes")
+                if not isinstance(semantics, dict):
+                    raise _bad(f"the {EXTENSION} primitive has no attributes object")
+                return {str(name): _read_accessor(doc, blob, index) for name, index in semantics.items()}
+    raise _bad(f"the GLB has no primitive with the {EXTENSION} extension")
+
+
+_REQUIRED_WIDTHS = {"POSITION": 3, f"{PREFIX}ROTATION": 4, f"{PREFIX}SCALE": 3, f"{PREFIX}OPACITY": 1}
 
 
 def gaussians_to_splat(attributes: dict[str, np.ndarray]) -> Splat:
     """A :class:`Splat` back from :func:`read_glb_gaussians` output (inverse of the GLB export up
     to float32 rounding; opacities of exactly 0 or 1 are clamped to keep the logit finite)."""
+    for name, width in _REQUIRED_WIDTHS.items():
+        if name not in attributes:
+            raise _bad(f"the GLB has no {name} attribute")
+        if attributes[name].shape[1] != width:
+            raise _bad(f"the GLB's {name} attribute has {attributes[name].shape[1]} components, not {width}")
     sh_names = [name for name in attributes if _SH_NAME_RE.fullmatch(name)]
     if not sh_names:
-        raise InvalidInput(f"the GLB has no {PREFIX}SH_DEGREE_0_COEF_0 attribute", field="glb")
+        raise _bad(f"the GLB has no {PREFIX}SH_DEGREE_0_COEF_0 attribute")
     degree = max(int(_SH_NAME_RE.fullmatch(name).group(1)) for name in sh_names)  # type: ignore[union-attr]
     expected = _sh_attribute_names(degree)
     if sorted(sh_names) != sorted(expected):
-        raise InvalidInput(f"spherical harmonics of degree {degree} are only partially defined", field="glb")
+        raise _bad(f"spherical harmonics of degree {degree} are only partially defined")
+    bad = next((name for name in expected if attributes[name].shape[1] != 3), None)
+    if bad is not None:
+        raise _bad(f"the GLB's {bad} attribute is not a VEC3")
+    counts = {len(a) for name, a in attributes.items() if name in _REQUIRED_WIDTHS or name in expected}
+    if len(counts) != 1:
+        raise _bad(f"the GLB's Gaussian attributes have different counts: {sorted(counts)}")
     opacity = np.clip(attributes[f"{PREFIX}OPACITY"][:, 0].astype(np.float64), 1e-7, 1 - 1e-7)
     return Splat(
         means=attributes["POSITION"],

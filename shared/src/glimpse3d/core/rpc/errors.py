@@ -33,12 +33,25 @@ from glimpse3d.core.errors import (
     NotFound,
     NotReady,
     Overloaded,
+    PermissionDenied,
+    Unauthenticated,
     Unavailable,
 )
 
 DOMAIN = "glimpse3d.v1"
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 INTERNAL_MESSAGE = "internal error"
+# A status travels in trailing metadata: grpc-message (percent-encoded, so up to 3 bytes per byte of
+# non-ASCII text) and grpc-status-details-bin (base64 of the Status, which repeats the message in a
+# BadRequest). gRPC clients refuse metadata over 8 KiB by default (RESOURCE_EXHAUSTED instead of the
+# real status); these caps keep the worst case near 4 KiB. Messages echo caller values through
+# glimpse3d.core.errors.shorten, so real messages stay far below them.
+MAX_MESSAGE_BYTES = 512
+MAX_DESCRIPTION_BYTES = 256
+MAX_FIELD_BYTES = 128
+MAX_METADATA_ENTRIES = 8
+MAX_METADATA_KEY_BYTES = 64
+MAX_METADATA_VALUE_BYTES = 128
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +67,8 @@ STATUS_CODES: dict[type[Glimpse3DError], grpc.StatusCode] = {
     Cancelled: grpc.StatusCode.CANCELLED,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     IntegrityError: grpc.StatusCode.DATA_LOSS,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
 _BY_REASON = {cls.reason: cls for cls in STATUS_CODES}
 _BY_CODE = {code: cls for cls, code in reversed(STATUS_CODES.items())}
@@ -120,14 +135,24 @@ def to_rpc_status(error: BaseException, *, method: str = "") -> status_pb2.Statu
             message=f"{INTERNAL_MESSAGE} (ref {ref})",
             details=[_pack(info)],
         )
-    metadata = {str(key): str(value) for key, value in error.metadata.items()}
+    metadata = {clip(str(key), MAX_METADATA_KEY_BYTES): clip(str(value), MAX_METADATA_VALUE_BYTES)
+                for key, value in list(error.metadata.items())[:MAX_METADATA_ENTRIES]}
     details = [_pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=metadata))]
     if error.field:
         violation = error_details_pb2.BadRequest.FieldViolation(
-            field=error.field, description=error.message, reason=error.reason
+            field=clip(error.field, MAX_FIELD_BYTES), description=clip(error.message, MAX_DESCRIPTION_BYTES),
+            reason=error.reason,
         )
         details.append(_pack(error_details_pb2.BadRequest(field_violations=[violation])))
-    return status_pb2.Status(code=code.value[0], message=error.message, details=details)
+    return status_pb2.Status(code=code.value[0], message=clip(error.message, MAX_MESSAGE_BYTES), details=details)
+
+
+def clip(text: str, max_bytes: int) -> str:
+    """``text`` cut to at most ``max_bytes`` bytes of UTF-8 (on a character boundary, ``...`` marking a cut)."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= max_bytes:
+        return text
+    return data[: max(0, max_bytes - 3)].decode("utf-8", "ignore") + "..."
 
 
 def rich_status_of(err: grpc.RpcError) -> status_pb2.Status | None:

@@ -8,7 +8,9 @@ Lifecycle, the same in every service::
 Health (``grpc.health.v1``): the overall status ``""`` and every listed service are NOT_SERVING
 from start until :meth:`Server.set_serving` (call it once the backend has loaded), and NOT_SERVING
 again, for good, as soon as shutdown begins. SIGTERM/SIGINT (after :meth:`install_signal_handlers`)
-start a graceful stop: new calls are refused, calls in flight get ``grace_seconds`` to finish.
+start a graceful stop: health turns NOT_SERVING, the :meth:`Server.on_drain` hook (if any) runs while
+calls are still accepted, then new calls are refused and calls in flight get what is left of
+``grace_seconds`` to finish.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class Server:
         self._metrics: tuple[WSGIServer, threading.Thread] | None = None
         self._grace_seconds = grace_seconds
         self._stop_task: asyncio.Task[None] | None = None
+        self._drain: Callable[[float], Awaitable[object]] | None = None
 
     @property
     def port(self) -> int:
@@ -102,6 +105,12 @@ class Server:
             await self._health.set(name, status)
         logger.info("health changed", extra={"health": health_pb2.HealthCheckResponse.ServingStatus.Name(status)})
 
+    def on_drain(self, drain: Callable[[float], Awaitable[object]]) -> None:
+        """Run ``await drain(grace)`` when shutdown begins, after health turns NOT_SERVING and while
+        calls are still accepted (the application refuses new work and finishes what is in flight),
+        bounded by the grace; calls in flight then get what is left of it."""
+        self._drain = drain
+
     async def stop(self, grace: float | None = None) -> None:
         """Stop once (later calls wait for the first): NOT_SERVING, refuse new calls, let calls
         in flight run for ``grace`` seconds (default: the server's grace), then cancel them."""
@@ -114,7 +123,16 @@ class Server:
     async def _shutdown(self, grace: float) -> None:
         logger.info("grpc server stopping", extra={"grace_seconds": grace})
         await self._health.enter_graceful_shutdown()
-        await self._server.stop(grace)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        if self._drain is not None and grace > 0:
+            try:
+                await asyncio.wait_for(self._drain(grace), grace)
+            except TimeoutError:
+                logger.warning("drain did not finish within the grace period")
+            except Exception:
+                logger.exception("drain failed")
+        await self._server.stop(max(0.0, grace - (loop.time() - began)))
         if self._metrics is not None:
             await asyncio.to_thread(_stop_http_server, *self._metrics)
         logger.info("grpc server stopped")
@@ -182,17 +200,19 @@ def create_server(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     grace_seconds: float = 10.0,
     options: Sequence[tuple[str, Any]] = (),
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> tuple[Server, int]:
     """Build a server (call inside a running event loop) and bind it; returns it and its port.
 
     ``register`` is ``fn(grpc_server)`` or a list of ``(add_XServicer_to_server, servicer)``.
     ``service_names`` are the full names listed by health and reflection. ``metrics_port`` 0
     picks a free port, ``None`` disables ``/metrics``. ``options`` are extra grpc channel args.
+    ``interceptors`` run inside the observing one (their errors are mapped, counted and logged).
     """
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
     server = grpc.aio.server(
-        interceptors=[ObservingInterceptor(RpcMetrics(registry))],
+        interceptors=[ObservingInterceptor(RpcMetrics(registry)), *interceptors],
         options=[
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -216,11 +236,12 @@ def create_server(
 
 
 def create_server_from_config(
-    register: Registration, service_names: Sequence[str], config: ServerConfig
+    register: Registration, service_names: Sequence[str], config: ServerConfig,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> tuple[Server, int]:
     """:func:`create_server` with address, metrics, limits and grace taken from ``config``."""
     return create_server(
         register, service_names, address=config.address, metrics_host=config.metrics_host,
         metrics_port=config.metrics_port_or_none, max_message_bytes=config.max_message_bytes,
-        grace_seconds=config.grace_seconds,
+        grace_seconds=config.grace_seconds, interceptors=interceptors,
     )
