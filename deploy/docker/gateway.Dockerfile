@@ -44,6 +44,12 @@ COPY --from=builder /opt/venv /opt/venv
 COPY --from=web /src/web/dist /opt/glimpse3d/web
 # The chart's ports on every interface; SQLite (when no PostgreSQL is configured) in /data, which the
 # chart mounts; the workspace served at / from the image.
+# On every interface the gateway starts only with authentication (docs/auth.md), which the image
+# leaves to run time: no key, secret or switch is baked in. Mount a keys file and name it, e.g.
+#   docker run -v "$PWD/api-keys.json:/etc/glimpse3d/api-keys/api-keys.json:ro" \
+#     -e GLIMPSE3D_AUTH_API_KEYS_FILE=/etc/glimpse3d/api-keys/api-keys.json glimpse3d-gateway:0.1.0
+# or set GLIMPSE3D_AUTH_JWKS, GLIMPSE3D_AUTH_ISSUER and GLIMPSE3D_AUTH_AUDIENCE; the Helm chart does
+# this from gateway.auth. Without either it refuses to start and says which settings are missing.
 ENV PATH=/opt/venv/bin:${PATH} \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -54,7 +54,7 @@ FORMATS = {"ply": pb.ExportRequest.PLY, "splat": pb.ExportRequest.SPLAT, "glb": 
 MEDIA_TYPES = {"ply": "application/x-glimpse3d-splat+ply", "splat": "application/x-glimpse3d-splat",
                "glb": "model/gltf-binary"}
 REASONS = {Code.INVALID_ARGUMENT: "INVALID_INPUT", Code.NOT_FOUND: "NOT_FOUND",
-           Code.FAILED_PRECONDITION: "FAILED_PRECONDITION"}
+           Code.FAILED_PRECONDITION: "FAILED_PRECONDITION", Code.ALREADY_EXISTS: "REQUEST_ID_REUSED"}
 THREEDGS_PREFIX = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
 THREEDGS_SUFFIX = ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
 # A camera on the -x axis, 2.7 from the centre, looking at it (+y up): x_cam = +z, y_cam = -y,
@@ -295,11 +295,14 @@ def test_create_job_streams_progress_until_succeeded(client, first):
 
 def test_create_job_is_idempotent(client, first):
     before = client.list_all()
-    retry = pb.CreateJobRequest(image_data=encoded("JPEG"), options=pb.JobOptions(resolution=96),
-                                request_id=first.request.request_id, display_name="retry")
-    again = client.CreateJob(retry)
+    # The same request again (a client retry after a lost answer): the first job, nothing new.
+    again = client.CreateJob(first.request)
     assert (again.name, again.create_time, again.display_name) == (first.name, first.created.create_time, "sample")
     assert again.options.resolution == RES
+    # The same request_id with another body is a client bug: refused, naming request_id.
+    other = pb.CreateJobRequest(image_data=encoded("JPEG"), options=pb.JobOptions(resolution=96),
+                                request_id=first.request.request_id, display_name="retry")
+    expect_error(client, "CreateJob", other, Code.ALREADY_EXISTS, "request_id", field="request_id")
     assert client.list_all() == before
 
 

@@ -367,6 +367,10 @@ def component(name: str) -> dict[str, Any]:
 def test_network_policies(renders, values, profile):
     docs = renders[profile]
     policies = of_kind(docs, "NetworkPolicy")
+    # A default-deny policy for the whole namespace: every pod, both directions, no rule.
+    deny = policies.pop("glimpse3d-default-deny")["spec"]
+    assert deny == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+    assert all(p["spec"]["podSelector"] for p in policies.values()), "a second namespace-wide policy"
     for name, labels in pod_labels(docs).items():
         assert any(selects(p["spec"]["podSelector"], labels) for p in policies.values()), f"{name} has no NetworkPolicy"
     configs = of_kind(docs, "ConfigMap")
@@ -381,8 +385,12 @@ def test_network_policies(renders, values, profile):
             if "metrics" in ports:
                 assert ports == {"metrics"} and rule["from"] == values["networkPolicy"]["prometheusFrom"], name
     metrics_only = [{"port": "metrics", "protocol": "TCP"}]
+    # The gateway's API admits only the ingress controller's namespace (networkPolicy.gatewayFrom).
+    ingress_controller = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]
+    assert values["networkPolicy"]["gatewayFrom"] == ingress_controller
     gateway_api = [r for r in policies["glimpse3d-gateway"]["spec"]["ingress"] if r["ports"] != metrics_only]
-    assert gateway_api == [{"ports": [{"port": "grpc", "protocol": "TCP"}, {"port": "http", "protocol": "TCP"}]}]
+    assert gateway_api == [{"from": ingress_controller,
+                            "ports": [{"port": "grpc", "protocol": "TCP"}, {"port": "http", "protocol": "TCP"}]}]
     for service in SERVICES:
         rules = [r for r in policies[f"glimpse3d-{service}"]["spec"]["ingress"] if r["ports"] != metrics_only]
         assert rules == [{"from": [component("gateway")], "ports": [{"port": "grpc", "protocol": "TCP"}]}], service
@@ -397,6 +405,138 @@ def test_network_policies(renders, values, profile):
                                                                   {"port": "http", "protocol": "TCP"}]}], name
     if "glimpse3d-postgresql" in policies:
         assert policies["glimpse3d-postgresql"]["spec"]["ingress"][0]["from"] == [component("gateway")]
+
+
+def test_network_policy_options(tmp_path):
+    """defaultDeny off drops the namespace-wide policy; gatewayFrom [] opens the API to anyone; a JWKS
+    URL gets the gateway an egress rule on the URL's port, to networkPolicy.jwksTo."""
+    (tmp_path / "open.yaml").write_text("networkPolicy: {gatewayFrom: []}\n")
+    docs = chart.load_docs(chart.helm_template([tmp_path / "open.yaml"], [
+        "networkPolicy.defaultDeny=false",
+        "gateway.auth.jwks.url=https://login.example.com:8443/certs", "gateway.auth.issuer=https://login.example.com",
+        "gateway.auth.audience=glimpse3d", "networkPolicy.jwksTo[0].ipBlock.cidr=203.0.113.0/24"]))
+    policies = of_kind(docs, "NetworkPolicy")
+    assert "glimpse3d-default-deny" not in policies
+    gateway = policies["glimpse3d-gateway"]["spec"]
+    assert {"ports": [{"port": "grpc", "protocol": "TCP"}, {"port": "http", "protocol": "TCP"}]} in gateway["ingress"]
+    jwks_rule = {"to": [{"ipBlock": {"cidr": "203.0.113.0/24"}}], "ports": [{"port": 8443, "protocol": "TCP"}]}
+    assert jwks_rule in gateway["egress"]
+    default = of_kind(chart.load_docs(chart.helm_template()), "NetworkPolicy")["glimpse3d-gateway"]["spec"]
+    assert not any(p["port"] in (443, 8443) for rule in default["egress"] for p in rule["ports"])
+
+
+# ---- gateway authentication ----------------------------------------------------------------------
+
+def gateway_pod(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    spec = of_kind(docs, "Deployment")["glimpse3d-gateway"]["spec"]["template"]["spec"]
+    return spec, spec["containers"][0]
+
+
+def mounted_file(spec: dict[str, Any], container: dict[str, Any], path: str) -> tuple[dict[str, Any], str]:
+    """The volume a file path of the container lies in, and the key of that volume it is."""
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    for mount in container["volumeMounts"]:
+        if path.startswith(mount["mountPath"] + "/"):
+            assert mount.get("readOnly") is True and "subPath" not in mount, mount
+            volume = volumes[mount["name"]]
+            source = volume.get("secret") or volume["configMap"]
+            item = next(i for i in source["items"] if i["path"] == path[len(mount["mountPath"]) + 1:])
+            return volume, item["key"]
+    raise AssertionError(f"{path} is on no volume of the gateway")
+
+
+@pytest.mark.parametrize("profile", list(chart.PROFILES))
+def test_gateway_auth_is_wired(renders, profile):
+    """The API-keys file is a read-only Secret volume named by GLIMPSE3D_AUTH_API_KEYS_FILE, the ticket
+    key comes from a Secret shared by every replica, and nothing turns the checks off."""
+    docs = renders[profile]
+    env = of_kind(docs, "ConfigMap")["glimpse3d-gateway"]["data"]
+    spec, container = gateway_pod(docs)
+    volume, key = mounted_file(spec, container, env["GLIMPSE3D_AUTH_API_KEYS_FILE"])
+    assert volume["secret"]["secretName"] == "glimpse3d-gateway-api-keys" and key == "api-keys.json"
+    ticket = next(e for e in container["env"] if e["name"] == "GLIMPSE3D_AUTH_TICKET_SECRET")
+    assert ticket["valueFrom"]["secretKeyRef"] == {"name": "glimpse3d-gateway-auth", "key": "ticket-secret"}
+    assert "GLIMPSE3D_AUTH_TICKET_SECRET" not in env
+    assert env["GLIMPSE3D_AUTH_INSECURE_ALLOW_UNAUTHENTICATED"] == "false"
+    assert env["GLIMPSE3D_HTTP_HOST"] == env["GLIMPSE3D_HOST"] == "0.0.0.0"
+
+
+def test_default_gateway_starts_with_authentication_on(renders, tmp_path):
+    """The default render, read the way the gateway reads it: with the chart's own (empty) keys
+    Secret mounted, it starts on 0.0.0.0 with API keys checked and refuses every key; without the keys
+    file the same settings refuse to start."""
+    import base64
+
+    from glimpse3d.core.config import ConfigError, ServerConfig, load_config
+    from glimpse3d.core.errors import Unauthenticated
+    from glimpse3d.gateway.auth import authenticator_from_config, create_key, gateway_hosts
+    from glimpse3d.gateway.config import GatewayConfig
+
+    docs = renders["default"]
+    env = of_kind(docs, "ConfigMap")["glimpse3d-gateway"]["data"]
+    secrets = of_kind(docs, "Secret")
+    keys_file = tmp_path / "api-keys.json"
+    keys_file.write_bytes(base64.b64decode(secrets["glimpse3d-gateway-api-keys"]["data"]["api-keys.json"]))
+    ticket = base64.b64decode(secrets["glimpse3d-gateway-auth"]["data"]["ticket-secret"]).decode()
+    assert len(ticket) == 48 and ticket.isalnum()
+    env = env | {"GLIMPSE3D_AUTH_API_KEYS_FILE": str(keys_file), "GLIMPSE3D_AUTH_TICKET_SECRET": ticket}
+    server, config = load_config(ServerConfig, env), load_config(GatewayConfig, env)
+    hosts = gateway_hosts(server, config)
+    authenticator = authenticator_from_config(config, hosts)
+    assert hosts == ["0.0.0.0", "0.0.0.0"] and authenticator is not None
+    with pytest.raises(Unauthenticated):
+        authenticator.authenticate({"x-api-key": "g3d_" + "x" * 43})
+    key = create_key(keys_file, "acme", "ci")  # what an operator then loads into the Secret
+    assert authenticator.authenticate({"x-api-key": key}).tenant == "acme"
+    without = load_config(GatewayConfig, {k: v for k, v in env.items() if k != "GLIMPSE3D_AUTH_API_KEYS_FILE"})
+    with pytest.raises(ConfigError, match=r"refusing to start without authentication on 0\.0\.0\.0"):
+        authenticator_from_config(without, hosts)
+
+
+def test_gateway_auth_options_render(tmp_path):
+    """Existing Secrets are used and not created; a JWKS ConfigMap is mounted read-only where
+    GLIMPSE3D_AUTH_JWKS points; API keys can be switched off when tokens are checked."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from jwt.algorithms import ECAlgorithm
+
+    from glimpse3d.core.config import load_config
+    from glimpse3d.gateway.auth import authenticator_from_config
+    from glimpse3d.gateway.config import GatewayConfig
+
+    docs = chart.load_docs(chart.helm_template(set_values=[
+        "gateway.auth.apiKeys.enabled=false", "gateway.auth.ticketSecret.existingSecret=shared-ticket",
+        "gateway.auth.ticketSecret.key=key", "gateway.auth.jwks.configMap=idp-jwks",
+        "gateway.auth.issuer=https://login.example.com", "gateway.auth.audience=glimpse3d",
+        "gateway.auth.tenantClaim=org"]))
+    assert chart.validate_docs(docs) == []
+    assert not {"glimpse3d-gateway-api-keys", "glimpse3d-gateway-auth"} & set(of_kind(docs, "Secret"))
+    env = of_kind(docs, "ConfigMap")["glimpse3d-gateway"]["data"]
+    spec, container = gateway_pod(docs)
+    assert "GLIMPSE3D_AUTH_API_KEYS_FILE" not in env
+    assert not any(v.get("secret") for v in spec["volumes"])
+    volume, key = mounted_file(spec, container, env["GLIMPSE3D_AUTH_JWKS"])
+    assert (volume["configMap"]["name"], key) == ("idp-jwks", "jwks.json")
+    assert (env["GLIMPSE3D_AUTH_ISSUER"], env["GLIMPSE3D_AUTH_AUDIENCE"], env["GLIMPSE3D_AUTH_TENANT_CLAIM"]) == (
+        "https://login.example.com", "glimpse3d", "org")
+    ticket = next(e for e in container["env"] if e["name"] == "GLIMPSE3D_AUTH_TICKET_SECRET")
+    assert ticket["valueFrom"]["secretKeyRef"] == {"name": "shared-ticket", "key": "key"}
+    jwks = tmp_path / "jwks.json"
+    public = ec.generate_private_key(ec.SECP256R1()).public_key()
+    jwks.write_text(json.dumps({"keys": [ECAlgorithm.to_jwk(public, as_dict=True) | {"kid": "k1"}]}))
+    config = load_config(GatewayConfig, env | {"GLIMPSE3D_AUTH_JWKS": str(jwks)})
+    assert authenticator_from_config(config, ["0.0.0.0"]) is not None
+
+
+def test_kustomize_base_takes_auth_from_existing_secrets():
+    """The committed base renders no Secret (no credential is committed) and names the Secrets
+    docs/deploy.md says to create."""
+    docs = chart.load_docs(chart.BASE_RENDER.read_text())
+    assert not of_kind(docs, "Secret")
+    spec, container = gateway_pod(docs)
+    env = of_kind(docs, "ConfigMap")["glimpse3d-gateway"]["data"]
+    volume, _ = mounted_file(spec, container, env["GLIMPSE3D_AUTH_API_KEYS_FILE"])
+    assert volume["secret"]["secretName"] == "glimpse3d-gateway-api-keys"
+    assert "glimpse3d-default-deny" in of_kind(docs, "NetworkPolicy")
 
 
 # ---- GPU placement -------------------------------------------------------------------------------
@@ -446,6 +586,8 @@ def test_own_node_selector_and_tolerations_add_to_the_pool():
     ("autoscaling.engine=hpa2", "at '/autoscaling/engine'"),
     ("gateway.config.workers=2", "'workers' does not match pattern '^[A-Z][A-Z0-9_]*$'"),
     ("artifacts.tempExpiryDays=-1", "at '/artifacts/tempExpiryDays': minimum: got -1, want 0"),
+    ("gateway.auth.jwks.url=http://login.example.com/certs", "at '/gateway/auth/jwks/url'"),
+    ("gateway.auth.apiKeys.key=../keys", "at '/gateway/auth/apiKeys/key'"),
 ])
 def test_schema_rejects_bad_values(setting, message):
     error = template_fails(setting)
@@ -464,6 +606,15 @@ def test_schema_rejects_bad_values(setting, message):
     (("services.diffusion.mountModels=true",), "services.diffusion.mountModels needs models.persistence.enabled"),
     (("autoscaling.engine=hpa", "gateway.autoscaling.enabled=true", "gateway.autoscaling.minReplicas=0"),
      "gateway.autoscaling.minReplicas is 0, which only the keda engine supports"),
+    (("gateway.auth.apiKeys.enabled=false",),
+     "the gateway listens on 0.0.0.0 and refuses to start without authentication"),
+    (("gateway.auth.jwks.url=https://login.example.com/certs",),
+     "gateway.auth.jwks needs gateway.auth.issuer and gateway.auth.audience"),
+    (("gateway.auth.jwks.url=https://login.example.com/certs", "gateway.auth.jwks.configMap=jwks",
+      "gateway.auth.issuer=i", "gateway.auth.audience=a"),
+     "gateway.auth.jwks.url and gateway.auth.jwks.configMap are both set"),
+    (("gateway.config.AUTH_API_KEYS_FILE=/x",),
+     "gateway.config.AUTH_API_KEYS_FILE: GLIMPSE3D_AUTH_API_KEYS_FILE is set by the chart"),
 ])
 def test_inconsistent_values_fail_with_a_clear_message(settings, message):
     assert message in template_fails(*settings)

@@ -393,6 +393,10 @@ def test_images_match_the_chart_settings():
         assert int(env["GLIMPSE3D_METRICS_PORT"]) == server["metricsPort"]
         ports = {server["grpcPort"], server["metricsPort"]}
         if name == "gateway":
+            # It listens on every interface, so it needs authentication, which comes at run time
+            # (the chart's gateway.auth): no credential and no switch that turns the checks off.
+            assert env["GLIMPSE3D_HTTP_HOST"] == "0.0.0.0"
+            assert not [k for k in env if k.startswith("GLIMPSE3D_AUTH_")], "the gateway image bakes auth settings"
             assert int(env["GLIMPSE3D_HTTP_PORT"]) == v["gateway"]["httpPort"]
             ports.add(v["gateway"]["httpPort"])
             assert env["GLIMPSE3D_DB_PATH"].startswith("/data/")  # the chart mounts /data for SQLite

@@ -120,6 +120,19 @@ ports:
 {{- .Values.postgresql.auth.existingSecret | default (printf "%s-postgresql" (include "glimpse3d.fullname" .)) -}}
 {{- end -}}
 
+{{/* The gateway's auth Secrets (gateway.auth) and where their files are mounted. */}}
+{{- define "glimpse3d.apiKeysSecretName" -}}
+{{- .Values.gateway.auth.apiKeys.existingSecret | default (printf "%s-gateway-api-keys" (include "glimpse3d.fullname" .)) -}}
+{{- end -}}
+
+{{- define "glimpse3d.ticketSecretName" -}}
+{{- .Values.gateway.auth.ticketSecret.existingSecret | default (printf "%s-gateway-auth" (include "glimpse3d.fullname" .)) -}}
+{{- end -}}
+
+{{- define "glimpse3d.apiKeysDir" -}}/etc/glimpse3d/api-keys{{- end -}}
+
+{{- define "glimpse3d.jwksDir" -}}/etc/glimpse3d/jwks{{- end -}}
+
 {{/* env entries with the S3 keys, for the gateway and the services. */}}
 {{- define "glimpse3d.s3SecretEnv" -}}
 {{- if .Values.minio.enabled }}
@@ -173,6 +186,21 @@ Keys in the workload's `config` that the chart sets itself fail the render.
 {{- $_ := set $env "GLIMPSE3D_HTTP_HOST" $v.server.bindHost -}}
 {{- $_ := set $env "GLIMPSE3D_HTTP_PORT" (toString (int $v.gateway.httpPort)) -}}
 {{- $_ := set $env "GLIMPSE3D_REPLICA_ID" "(the pod name)" -}}
+{{- $auth := $v.gateway.auth -}}
+{{- $jwks := $auth.jwks.url -}}
+{{- if $auth.jwks.configMap -}}{{- $jwks = printf "%s/%s" (include "glimpse3d.jwksDir" $root) $auth.jwks.configMapKey -}}{{- end -}}
+{{- $_ := set $env "GLIMPSE3D_AUTH_MODE" "auto" -}}
+{{- $_ := set $env "GLIMPSE3D_AUTH_JWKS" $jwks -}}
+{{- $_ := set $env "GLIMPSE3D_AUTH_ISSUER" $auth.issuer -}}
+{{- $_ := set $env "GLIMPSE3D_AUTH_AUDIENCE" $auth.audience -}}
+{{- $_ := set $env "GLIMPSE3D_AUTH_TENANT_CLAIM" $auth.tenantClaim -}}
+{{- if $auth.apiKeys.enabled -}}
+{{- $_ := set $env "GLIMPSE3D_AUTH_API_KEYS_FILE" (printf "%s/%s" (include "glimpse3d.apiKeysDir" $root) $auth.apiKeys.key) -}}
+{{- else -}}
+{{- $_ := set $env "GLIMPSE3D_AUTH_API_KEYS_FILE" "(set by gateway.auth.apiKeys)" -}}
+{{- end -}}
+{{- $_ := set $env "GLIMPSE3D_AUTH_TICKET_SECRET" "(from the Secret)" -}}
+{{- $_ := set $env "GLIMPSE3D_AUTH_INSECURE_ALLOW_UNAUTHENTICATED" (toString $auth.insecureAllowUnauthenticated) -}}
 {{- range $key := keys $v.services | sortAlpha -}}
 {{- $_ := set $env (printf "GLIMPSE3D_%s_ADDR" (upper $key)) (printf "%s-%s:%d" $fullname $key (int $v.server.grpcPort)) -}}
 {{- end -}}

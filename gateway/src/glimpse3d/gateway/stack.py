@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -27,7 +26,6 @@ from glimpse3d.core.backends import SERVICES_GROUP, plugins
 
 log = logging.getLogger(__name__)
 
-PR_SET_PDEATHSIG = 1
 # The services the gateway calls; each is found through its ``glimpse3d.services`` entry point.
 REQUIRED_SERVICES = ("depth", "reconstruction", "multiview", "diffusion", "backprojection")
 DEFAULT_HTTP_PORT = 8080
@@ -98,26 +96,17 @@ class Stack:
         self.processes.clear()
 
 
-def _die_with_parent() -> None:
-    """Child-side: ask Linux to SIGTERM this process when its parent dies, so that a launcher that
-    is killed outright never leaves services running. A no-op where prctl is unavailable."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
-
-
 def _spawn(name: str, module: str, env: dict[str, str], state_dir: Path) -> tuple[subprocess.Popen, Path]:
     ready = state_dir / f"{name}.ready.json"
     with contextlib.suppress(FileNotFoundError):
         ready.unlink()
     env = {**env, "GLIMPSE3D_READY_FILE": str(ready), "GLIMPSE3D_PORT": "0", "GLIMPSE3D_METRICS_PORT": "0"}
     logfile = open(state_dir / f"{name}.log", "ab")  # the child process inherits it
-    # preexec_fn only calls prctl, which is async-signal-safe.
+    # No preexec_fn: Python code between fork and exec can crash in a multi-threaded launcher. The
+    # child asks to die with its parent itself, after exec (glimpse3d.core.childproc).
     proc = subprocess.Popen(
-        [sys.executable, "-m", module], env=env, stdout=logfile, stderr=subprocess.STDOUT,
-        preexec_fn=_die_with_parent,  # noqa: PLW1509
+        [sys.executable, "-m", "glimpse3d.core.childproc", str(os.getpid()), module], env=env, stdout=logfile,
+        stderr=subprocess.STDOUT,
     )
     logfile.close()
     return proc, ready
