@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
+from scipy import ndimage
 from torch import Tensor
 
 from glimpse3d.core.cameras import Camera
@@ -24,7 +25,7 @@ from glimpse3d.core.errors import Glimpse3DError, InvalidInput
 from glimpse3d.core.feedback import background_colour
 from glimpse3d.core.images import resize_longest
 from glimpse3d.core.render import GaussianTensors, from_tensors, rasterize, to_tensors
-from glimpse3d.core.splat import SH_C0, Splat
+from glimpse3d.core.splat import MAX_GAUSSIANS, SH_C0, Splat
 from glimpse3d.services.backprojection import normals as nrm
 from glimpse3d.services.backprojection.api import (
     DEFAULT_LEARNING_RATE,
@@ -49,6 +50,16 @@ EMPTY_ALPHA = 0.02  # rendered alpha below which a pixel shows only background
 MIN_BACKGROUND_PIXELS = 16
 _VIEW_RANGE_SLACK = 0.01  # float views may overshoot [0, 1] by this much (then clipped)
 CLIP_SKIPPED_NOTE = "CLIP check skipped: no CLIP model is configured (the weight-free default)"
+# Densification (see :func:`grow`): object pixels of the view that the splat leaves uncovered get new Gaussians.
+GROW_MIN_ACCEPTED = 0.6  # the view's depth must agree with the splat on this fraction of its object pixels
+GROW_MAX_ALPHA = 0.1  # rendered alpha below which a pixel the view shows as object is uncovered
+GROW_MAX_OVERHANG = 0.05  # the view must show object on all but this share of the rendered object's inner pixels
+GROW_EDGE_PX = 2.0  # ... and at least this far from the rendered object (soft edges and matte edges are not gaps)
+GROW_MIN_PIXELS = 4  # fewer uncovered pixels than this: nothing is grown
+GROW_MAX_FRACTION = 0.25  # at most this many new Gaussians per round, as a fraction of the splat
+GROW_DEPTH_MARGIN = 0.25  # new points must lie within the rendered object's depth range, widened by this share
+GROW_OPACITY = 0.7
+GROW_SCALE = 0.7  # standard deviation of a new Gaussian, in units of the spacing of the pixels it stands for
 
 @dataclass(frozen=True)
 class Ablation:
@@ -59,7 +70,8 @@ class Ablation:
     normal_smoothing: no normal terms; clip_check: no CLIP check; anchor: no pull towards the
     parameters earlier rounds confirmed; footprint_weighting: every Gaussian's step is scaled by its
     trusted share only, not by how well the view shows it; confidence_accumulation: the round adds
-    nothing to the per-Gaussian confidence (later rounds' anchors stay where they were).
+    nothing to the per-Gaussian confidence (later rounds' anchors stay where they were); densification:
+    object pixels of the view that the splat does not cover grow no Gaussians (:func:`grow`).
     """
 
     depth_consistency: bool = True
@@ -68,6 +80,7 @@ class Ablation:
     anchor: bool = True
     footprint_weighting: bool = True
     confidence_accumulation: bool = True
+    densification: bool = True
 
     @classmethod
     def without(cls, component: str) -> Ablation:
@@ -278,6 +291,85 @@ def observation_strength(cov: Tensor, relative_to: float = 1.0) -> Tensor:
     return cov / (cov + typical * relative_to)
 
 
+def grow(
+    g: GaussianTensors,
+    camera: Camera,
+    view: np.ndarray,
+    view_depth: np.ndarray,
+    rendered_depth: np.ndarray,
+    rendered_alpha: np.ndarray,
+    trust: Trust,
+) -> GaussianTensors | None:
+    """New Gaussians for the view's object pixels that the splat leaves uncovered (None: none).
+
+    Fusion can only recolour and nudge Gaussians that already cover a pixel: where the splat's
+    silhouette is too small (a box lifted from one photo as a rounded slab, a missing part), the view's
+    object pixels get no weight, and no number of rounds fixes the outline. Here each uncovered object
+    pixel (the view has depth there, one pixel in from its edge; the render's alpha is below
+    ``GROW_MAX_ALPHA``, ``GROW_EDGE_PX`` or more from the rendered object) becomes an isotropic
+    Gaussian of the view's colour, placed on its ray at the view's depth mapped into the splat's frame by
+    the scale and shift that :func:`.confidence.align_depth` fitted on the covered pixels.
+
+    Only views that agree with the splat and extend it grow it: the depth alignment must have succeeded,
+    the view's depth must be consistent on at least ``GROW_MIN_ACCEPTED`` of the covered object pixels,
+    and the view must show object on all but ``GROW_MAX_OVERHANG`` of the rendered object (away from its
+    edge): a view whose outline only partly overlaps the splat's (shifted, turned, another object) is
+    not an extension of it. Points outside the rendered object's depth range, widened by
+    ``GROW_DEPTH_MARGIN``, are dropped. At most ``GROW_MAX_FRACTION`` of the splat is added per round (on a
+    coarser pixel grid when there are more), and never past :data:`MAX_GAUSSIANS`. The new Gaussians
+    start with no confidence, so the fusion that follows fits them freely, and the trusted photo pulls
+    back any that would show where the photo's matte says there is nothing.
+    """
+    align = trust.alignment
+    if align is None or not align.ok or trust.accepted_fraction < GROW_MIN_ACCEPTED:
+        return None
+    covered_depth = rendered_depth[trust.object_mask & (rendered_depth > 0)]
+    if covered_depth.size < GROW_MIN_PIXELS:
+        return None
+    aligned = align.scale * view_depth.astype(np.float64) + align.shift  # [H, W] in the splat's depth units
+    near, far = float(covered_depth.min()), float(covered_depth.max())
+    margin = GROW_DEPTH_MARGIN * max(far - near, 1e-3 * far)
+    inner = ndimage.distance_transform_edt(trust.object_mask) > GROW_EDGE_PX  # [H, W] the render's object, edge off
+    overhang = float((view_depth[inner] <= 0).mean()) if inner.any() else 1.0
+    logger.debug("grow: accepted %.3f, overhang %.3f", trust.accepted_fraction, overhang)
+    if overhang > GROW_MAX_OVERHANG:
+        return None
+    inside_view = ndimage.binary_erosion(view_depth > 0)  # [H, W]
+    away = ndimage.distance_transform_edt(~trust.object_mask) >= GROW_EDGE_PX  # [H, W]
+    uncovered = inside_view & away & (rendered_alpha < GROW_MAX_ALPHA) & (aligned > max(near - margin, 1e-6)) \
+        & (aligned < far + margin)  # [H, W]
+    count = int(uncovered.sum())
+    n = g.num_gaussians
+    budget = min(int(GROW_MAX_FRACTION * n), MAX_GAUSSIANS - n)
+    if count < GROW_MIN_PIXELS or budget < GROW_MIN_PIXELS:
+        return None
+    stride = max(1, math.ceil(math.sqrt(count / budget)))
+    rows, cols = np.nonzero(uncovered)
+    pick = (rows % stride == 0) & (cols % stride == 0)
+    if int(pick.sum()) < GROW_MIN_PIXELS:
+        return None
+    rows, cols = rows[pick][:budget], cols[pick][:budget]
+    z = aligned[rows, cols]  # [M]
+    uv = np.stack([cols + 0.5, rows + 0.5], axis=1)
+    means = camera.unproject(uv, z)  # [M, 3]
+    sigma = GROW_SCALE * stride * z / math.sqrt(camera.fx * camera.fy)  # [M] world units
+    opacity = GROW_OPACITY
+    m = len(z)
+    dev, dt = g.device, g.means.dtype
+    sh = torch.zeros((m, g.sh.shape[1], 3), dtype=dt, device=dev)
+    sh[:, 0, :] = torch.as_tensor((view[rows, cols] - 0.5) / SH_C0, dtype=dt, device=dev)
+    new = GaussianTensors(
+        means=torch.as_tensor(means, dtype=dt, device=dev),
+        quats=torch.tensor([[1.0, 0.0, 0.0, 0.0]], dtype=dt, device=dev).expand(m, 4).clone(),
+        log_scales=torch.as_tensor(np.log(sigma), dtype=dt, device=dev)[:, None].expand(m, 3).clone(),
+        opacity_logits=torch.full((m,), math.log(opacity / (1.0 - opacity)), dtype=dt, device=dev),
+        sh=sh,
+    )
+    return GaussianTensors(*(torch.cat([a, b]) for a, b in zip(
+        (g.means, g.quats, g.log_scales, g.opacity_logits, g.sh),
+        (new.means, new.quats, new.log_scales, new.opacity_logits, new.sh), strict=True)))
+
+
 def _normal_terms(
     g: GaussianTensors, camera: Camera, depth: np.ndarray, alpha: np.ndarray, share: Tensor, opts: RefineOptions
 ) -> NormalTerms | None:
@@ -410,6 +502,16 @@ def refine(
         report = RefineReport(trust.accepted_fraction, before, before, score, note, True, 0, float(conf.mean()))
         return RefineResult(splat, conf, report)
     terms = tuple(_trusted_term(t, g0.device) for t in trusted_views)
+    grown = grow(g0, camera, target, depth_in, depth0, alpha0, trust) \
+        if ablation.densification and depth_in is not None else None
+    if grown is not None:  # the fusion sees the grown splat, its new pixels trusted like any other
+        added = grown.num_gaussians - g0.num_gaussians
+        logger.info("MVCRM round: %d Gaussians grown on uncovered object pixels", added)
+        g0, conf = grown, np.concatenate([conf, np.zeros(added, np.float32)])
+        _, depth0, alpha0 = _render_np(g0, camera, bg)
+        regrown = pixel_trust(depth0, alpha0, trust_depth, opts.depth_tolerance, opts.seed)
+        trust = trust._replace(weight=regrown.weight, object_mask=regrown.object_mask)  # the view's verdict stays
+        before = weighted_mae(rgb0, target, trust.weight)  # the splat before the round, on the pixels fused
     g, share, seen = _fuse_round(g0, camera, target, trust, conf, opts, bg, depth0, alpha0, ablation, terms)
     rgb1, _, _ = _render_np(g, camera, bg)
     after = weighted_mae(rgb1, target, trust.weight)
