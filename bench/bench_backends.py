@@ -29,10 +29,11 @@ import grpc
 import numpy as np
 
 from glimpse3d.core import convert
-from glimpse3d.core.artifacts import FileArtifactStore
+from glimpse3d.core.artifacts import LEGACY_TENANT, FileArtifactStore, tenant_scope
 from glimpse3d.core.cameras import orbit_camera, turned_about_up
 from glimpse3d.core.formats import splat_to_ply_bytes
 from glimpse3d.core.images import encode_npy, encode_png
+from glimpse3d.core.rpc import create_channel
 from glimpse3d.core.service import ServiceSettings, running_in_process
 from glimpse3d.core.synthetic import render_depth_alpha, render_image, textured_object
 from glimpse3d.core.tinymodels import write_all
@@ -176,7 +177,9 @@ async def _measure(case: Case, scene: Scene, model_dir: Path) -> tuple[float, fl
                                backend_options=json.dumps(case.options))
     async with running_in_process(module.build, [module.SERVICE_NAME], settings, scene.store) as (port, reg):
         backend = reg[0][1].backend
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        # Services act only for a tenant: the calls name the loopback default one (the scene's keys are its).
+        with tenant_scope(LEGACY_TENANT):
+            ch = create_channel(f"127.0.0.1:{port}", default_timeout_s=None)
             case.direct(backend, scene)  # warm up both paths once
             await case.remote(ch, scene)
             direct, remote = [], []
@@ -187,6 +190,7 @@ async def _measure(case: Case, scene: Scene, model_dir: Path) -> tuple[float, fl
                 t0 = time.perf_counter()
                 await case.remote(ch, scene)
                 remote.append(time.perf_counter() - t0)
+            await ch.close()
     return _median(direct), _median(remote)
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import grpc
 
-from glimpse3d.core.artifacts import FileArtifactStore
+from glimpse3d.core.artifacts import TENANT_METADATA_KEY, FileArtifactStore
 from glimpse3d.core.service import ServiceSettings, running_in_process
 from glimpse3d.services.backprojection import server as bp_server
 from glimpse3d.services.depth import server as depth_server
@@ -31,6 +31,22 @@ MODULES = {
     "backprojection": (bp_server, backprojection_pb2_grpc.BackprojectionStub),
 }
 
+TENANT = "default"
+"""The tenant the harness's calls work for: the one keys without a tenant (what tests put) belong to."""
+
+
+class _NamesTenant(grpc.aio.UnaryUnaryClientInterceptor):
+    """Sends ``x-glimpse3d-tenant`` as the gateway does (services refuse calls without one)."""
+
+    def __init__(self, tenant: str) -> None:
+        self.tenant = tenant
+
+    async def intercept_unary_unary(self, continuation, details, request):
+        metadata = [*(details.metadata or ()), (TENANT_METADATA_KEY, self.tenant)]
+        return await continuation(grpc.aio.ClientCallDetails(
+            details.method, details.timeout, grpc.aio.Metadata(*metadata), details.credentials,
+            details.wait_for_ready), request)
+
 
 def run_service(
     name: str, store: FileArtifactStore, scenario: Callable, settings: ServiceSettings | None = None
@@ -42,7 +58,7 @@ def run_service(
     async def main() -> None:
         settings_ = settings or ServiceSettings(backend="", max_concurrency=1, max_waiting=4)
         async with running_in_process(module.build, [module.SERVICE_NAME], settings_, store) as (port, _):
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", interceptors=[_NamesTenant(TENANT)]) as ch:
                 await scenario(stub_cls(ch))
 
     asyncio.run(asyncio.wait_for(main(), 300))

@@ -91,11 +91,16 @@ def encoded(fmt: str) -> bytes:
     return buf.getvalue()
 
 
+HTTP_BASE: list[str] = []  # the stack's HTTP facade, set by the channel fixture
+
+
 def download(url: str) -> bytes:
-    """The bytes behind an Export download URL (file:// on the embedded store, http(s) on S3)."""
+    """The bytes behind an Export download URL: a link to the HTTP facade's download route (the file
+    store, which has no URL of its own; relative to the facade) or a pre-signed http(s) URL (S3)."""
+    if url.startswith("/api/v1/"):
+        assert HTTP_BASE, "the stack serves no HTTP facade"
+        url = HTTP_BASE[0] + url
     parsed = urllib.parse.urlparse(url)
-    if parsed.scheme == "file":
-        return Path(urllib.request.url2pathname(parsed.path)).read_bytes()
     assert parsed.scheme in ("http", "https"), url
     with urllib.request.urlopen(url, timeout=RPC_TIMEOUT_S) as resp:
         return resp.read()
@@ -200,6 +205,7 @@ NAMED_METHODS = list(name_requests(""))
 @pytest.fixture(scope="module")
 def channel(stack):
     options = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+    HTTP_BASE[:] = [stack.http_url] if stack.http_url else []
     with grpc.insecure_channel(stack.gateway_addr, options=options) as ch:
         grpc.channel_ready_future(ch).result(timeout=RPC_TIMEOUT_S)
         yield ch

@@ -539,6 +539,92 @@ def test_kustomize_base_takes_auth_from_existing_secrets():
     assert "glimpse3d-default-deny" in of_kind(docs, "NetworkPolicy")
 
 
+# ---- TLS and mTLS --------------------------------------------------------------------------------
+
+APP_PODS = ["glimpse3d-gateway", *(f"glimpse3d-{s}" for s in SERVICES)]
+
+
+def check_tls_pods(docs: list[dict[str, Any]], secret_of: dict[str, str]) -> None:
+    """Every app pod mounts its TLS Secret read-only where GLIMPSE3D_TLS_* point, probes with the image's
+    health check (the kubelet's gRPC probe cannot do TLS), and the services alone require client
+    certificates of the internal CA; the settings parse as the code reads them."""
+    from glimpse3d.core.config import ServerConfig, load_config
+
+    maps, deployments = of_kind(docs, "ConfigMap"), of_kind(docs, "Deployment")
+    for name in APP_PODS:
+        env = maps[name]["data"]
+        spec = deployments[name]["spec"]["template"]["spec"]
+        container = spec["containers"][0]
+        files = {"GLIMPSE3D_TLS_CERT_FILE": "tls.crt", "GLIMPSE3D_TLS_KEY_FILE": "tls.key",
+                 "GLIMPSE3D_TLS_CA_FILE": "ca.crt", "GLIMPSE3D_TLS_CLIENT_CERT_FILE": "tls.crt",
+                 "GLIMPSE3D_TLS_CLIENT_KEY_FILE": "tls.key"}
+        if name != "glimpse3d-gateway":
+            files["GLIMPSE3D_TLS_CLIENT_CA_FILE"] = "ca.crt"
+        else:
+            assert "GLIMPSE3D_TLS_CLIENT_CA_FILE" not in env  # public callers authenticate with tokens or keys
+        for variable, key in files.items():
+            volume, item = mounted_file(spec, container, env[variable])
+            assert (volume["secret"]["secretName"], item) == (secret_of[name], key), (name, variable)
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert "grpc" not in container[probe], (name, probe)
+            command = container[probe]["exec"]["command"]
+            assert command[:3] == ["python", "-m", "glimpse3d.core.healthcheck"], (name, probe)
+            assert float(command[command.index("--timeout") + 1]) < container[probe]["timeoutSeconds"]
+        server = load_config(ServerConfig, env)
+        assert (server.tls_client_ca_file is not None) == (name != "glimpse3d-gateway")
+
+
+def test_tls_with_cert_manager_issues_a_certificate_per_component():
+    docs = chart.load_docs(chart.helm_template(set_values=[
+        "tls.enabled=true", "tls.certManager.gatewayDnsNames={glimpse3d.example.com}"]))
+    assert chart.validate_docs(docs) == []
+    certificates, issuers = of_kind(docs, "Certificate"), of_kind(docs, "Issuer")
+    # The internal CA: a self-signed Issuer signs the CA certificate, a CA Issuer issues from its Secret.
+    assert issuers["glimpse3d-selfsigned"]["spec"] == {"selfSigned": {}}
+    ca = certificates["glimpse3d-ca"]["spec"]
+    assert ca["isCA"] is True and ca["issuerRef"]["name"] == "glimpse3d-selfsigned"
+    assert issuers["glimpse3d-ca"]["spec"] == {"ca": {"secretName": ca["secretName"]}}
+    gateway_env = of_kind(docs, "ConfigMap")["glimpse3d-gateway"]["data"]
+    for name in APP_PODS:
+        cert = certificates[f"{name}-tls"]["spec"]
+        assert cert["secretName"] == f"{name}-tls"
+        assert cert["issuerRef"] == {"name": "glimpse3d-ca", "kind": "Issuer", "group": "cert-manager.io"}
+        assert {"server auth", "client auth"} <= set(cert["usages"])
+        assert cert["dnsNames"][0] == name and f"{name}.glimpse3d.svc.cluster.local" in cert["dnsNames"]
+    for service in SERVICES:  # the gateway dials each service by a name its certificate carries
+        host = gateway_env[f"GLIMPSE3D_{service.upper()}_ADDR"].rpartition(":")[0]
+        assert host in certificates[f"glimpse3d-{service}-tls"]["spec"]["dnsNames"]
+    assert "glimpse3d.example.com" in certificates["glimpse3d-gateway-tls"]["spec"]["dnsNames"]
+    assert len(certificates) == len(APP_PODS) + 1
+    check_tls_pods(docs, {name: f"{name}-tls" for name in APP_PODS})
+
+
+def test_tls_with_an_issuer_or_existing_secrets():
+    docs = chart.load_docs(chart.helm_template(set_values=[
+        "tls.enabled=true", "tls.mutual=false", "tls.certManager.issuerRef.name=corp-ca",
+        "tls.certManager.issuerRef.kind=ClusterIssuer"]))
+    assert chart.validate_docs(docs) == []
+    assert not of_kind(docs, "Issuer")
+    certificates = of_kind(docs, "Certificate")
+    assert set(certificates) == {f"{name}-tls" for name in APP_PODS}
+    assert all(c["spec"]["issuerRef"]["name"] == "corp-ca" for c in certificates.values())
+    assert not any("GLIMPSE3D_TLS_CLIENT_CA_FILE" in m["data"] for m in of_kind(docs, "ConfigMap").values())
+
+    secrets = {name: f"{name.removeprefix('glimpse3d-')}-pki" for name in APP_PODS}
+    docs = chart.load_docs(chart.helm_template(set_values=[
+        "tls.enabled=true", *(f"tls.existingSecret.{n.removeprefix('glimpse3d-')}={s}" for n, s in secrets.items())]))
+    assert chart.validate_docs(docs) == []
+    assert not of_kind(docs, "Certificate") and not of_kind(docs, "Issuer")
+    check_tls_pods(docs, secrets)
+
+
+def test_tls_is_off_by_default(renders):
+    for profile, docs in renders.items():
+        assert not of_kind(docs, "Certificate") and not of_kind(docs, "Issuer"), profile
+        for name in APP_PODS:
+            assert not any(k.startswith("GLIMPSE3D_TLS_") for k in of_kind(docs, "ConfigMap")[name]["data"])
+
+
 # ---- GPU placement -------------------------------------------------------------------------------
 
 def test_gpu_workloads_are_placed_by_their_node_pool(renders, values):
@@ -588,6 +674,8 @@ def test_own_node_selector_and_tolerations_add_to_the_pool():
     ("artifacts.tempExpiryDays=-1", "at '/artifacts/tempExpiryDays': minimum: got -1, want 0"),
     ("gateway.auth.jwks.url=http://login.example.com/certs", "at '/gateway/auth/jwks/url'"),
     ("gateway.auth.apiKeys.key=../keys", "at '/gateway/auth/apiKeys/key'"),
+    ("tls.existingSecret.triton=x", "at '/tls/existingSecret': additional properties 'triton' not allowed"),
+    ("tls.certManager.issuerRef.kind=Vault", "at '/tls/certManager/issuerRef/kind'"),
 ])
 def test_schema_rejects_bad_values(setting, message):
     error = template_fails(setting)
@@ -615,6 +703,9 @@ def test_schema_rejects_bad_values(setting, message):
      "gateway.auth.jwks.url and gateway.auth.jwks.configMap are both set"),
     (("gateway.config.AUTH_API_KEYS_FILE=/x",),
      "gateway.config.AUTH_API_KEYS_FILE: GLIMPSE3D_AUTH_API_KEYS_FILE is set by the chart"),
+    (("tls.enabled=true", "tls.existingSecret.gateway=gw"), "tls.existingSecret names no Secret for backprojection"),
+    (("services.depth.config.TLS_CERT_FILE=/x",),
+     "services.depth.config.TLS_CERT_FILE: GLIMPSE3D_TLS_CERT_FILE is set by the chart"),
 ])
 def test_inconsistent_values_fail_with_a_clear_message(settings, message):
     assert message in template_fails(*settings)

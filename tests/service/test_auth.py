@@ -139,15 +139,16 @@ async def gateway(config: GatewayConfig, tickets: TicketSigner | None = None) ->
     artifacts = FileArtifactStore(Path(config.artifacts_url))
     app = GatewayApp(config, store, artifacts, TestPipeline(artifacts))
     await app.start()
+    tickets = tickets or TicketSigner()
     server, port = create_server(
-        [(glimpse3d_pb2_grpc.add_Glimpse3DServicer_to_server, Glimpse3DServicer(app))],
+        [(glimpse3d_pb2_grpc.add_Glimpse3DServicer_to_server, Glimpse3DServicer(app, tickets))],
         [SERVICE_NAME],
         metrics_port=None,
         interceptors=[AuthInterceptor(auth)] if auth is not None else [],
     )
     await server.start()
     await server.set_serving()
-    context = HttpContext(app, artifacts, heartbeat_s=0.2, auth=auth, tickets=tickets or TicketSigner())
+    context = HttpContext(app, artifacts, heartbeat_s=0.2, auth=auth, tickets=tickets)
     http = HttpServer(
         create_app(context, web_dir=Path(config.db_path).parent / "no-web"),
         "127.0.0.1",
@@ -418,7 +419,7 @@ def test_event_stream_tickets(tmp_path: Path, keys: Keys) -> None:
             assert wrong_job.status_code == 403
             other_tenant = await c.get(f"{API}/jobs/{first_id}/events?ticket={ticket}&tenant=globex")
             assert other_tenant.status_code == 403
-            forged = TicketSigner(ttl_s=60).mint("acme", first_id)  # another process's secret
+            forged = TicketSigner("another replica's secret, 32 bytes or more", ttl_s=60).mint("acme", first_id)
             assert (await c.get(f"{API}/jobs/{first_id}/events?ticket={forged}")).status_code == 401
             await asyncio.sleep(2.1)
             expired = await c.get(f"{API}/jobs/{first_id}/events?ticket={ticket}")

@@ -259,6 +259,8 @@ SERVICE_RPCS: dict[str, list[tuple[str, type[Any]]]] = {
     "diffusion": [("Enhance", diffusion_pb2.EnhanceViewRequest)],
     "backprojection": [("Refine", backprojection_pb2.RefineRequest)],
 }
+# The tenant the gateway names on every stage call; the fixture's artifacts (stored without a tenant) are its.
+SERVICE_TENANT = (("x-glimpse3d-tenant", "default"),)
 SERVICE_EXAMPLES = {"depth": 80, "reconstruction": 80, "multiview": 60, "diffusion": 60, "backprojection": 50}
 
 
@@ -301,7 +303,7 @@ def _fuzz_service(name: str, stub: Any, refs: dict[str, Any]) -> None:
     @given(service_requests(SERVICE_RPCS[name], refs))
     def fuzz_service(case: tuple[str, Any]) -> None:
         method, request = case
-        check_call(lambda: getattr(stub, method)(request, timeout=CALL_TIMEOUT_S))
+        check_call(lambda: getattr(stub, method)(request, metadata=SERVICE_TENANT, timeout=CALL_TIMEOUT_S))
 
     fuzz_service()
     # Still serving, and a valid request still works after all that.
@@ -333,4 +335,4 @@ def _fuzz_service(name: str, stub: Any, refs: dict[str, Any]) -> None:
             ),
         ),
     }[name]
-    assert getattr(stub, valid[0])(valid[1], timeout=CALL_TIMEOUT_S) is not None
+    assert getattr(stub, valid[0])(valid[1], metadata=SERVICE_TENANT, timeout=CALL_TIMEOUT_S) is not None

@@ -13,14 +13,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 import grpc
 import numpy as np
 import pytest
 from google.rpc import error_details_pb2
 
-from glimpse3d.core.artifacts import ArtifactRef, FileArtifactStore
+from glimpse3d.core.artifacts import ArtifactRef, FileArtifactStore, content_key, tenant_scope
 from glimpse3d.core.cameras import orbit_camera
 from glimpse3d.core.convert import artifact_to_proto
 from glimpse3d.core.errors import RoundRejected, Unavailable
@@ -67,6 +66,14 @@ class TestPipeline:
         return self.artifacts.put(splat_to_ply_bytes(splat), PLY)
 
     async def run_initial(self, job: Job, report: ProgressReporter) -> VersionResult:
+        with tenant_scope(job.tenant):  # as the real pipeline: the job's artifacts are its tenant's
+            return await self._run_initial(job, report)
+
+    async def run_round(self, job: Job, round_spec: RoundSpec, report: ProgressReporter) -> VersionResult:
+        with tenant_scope(job.tenant):
+            return await self._run_round(job, round_spec, report)
+
+    async def _run_initial(self, job: Job, report: ProgressReporter) -> VersionResult:
         self.calls.append(("initial", job.id))
         await report("matting_depth", 0.3, "depth estimated")
         await self._hold()
@@ -79,7 +86,7 @@ class TestPipeline:
         await report("reconstruct", 1.0, "splat fitted")
         return VersionResult(splat=self._put(splat), metrics={"num_gaussians": n, "input_view_psnr_db": 21.5})
 
-    async def run_round(self, job: Job, round_spec: RoundSpec, report: ProgressReporter) -> VersionResult:
+    async def _run_round(self, job: Job, round_spec: RoundSpec, report: ProgressReporter) -> VersionResult:
         self.calls.append(("round", job.id))
         await report("enhance", 0.5, "view enhanced")
         await self._hold()
@@ -231,7 +238,8 @@ def test_job_lifecycle_with_watch(tmp_path: Path) -> None:
 def test_create_from_artifact_ref_and_idempotency(tmp_path: Path) -> None:
     async def body() -> None:
         async with gateway(tmp_path) as env:
-            ref = env.artifacts.put(png(3), "image/png")
+            with tenant_scope("acme"):
+                ref = env.artifacts.put(png(3), "image/png")
             job = await create(env, image_data=None, image=artifact_to_proto(ref), request_id="same")
             assert job.input_image.sha256 == ref.sha256
             # A retry of the same request returns the original job (AIP-155); another payload is refused.
@@ -296,13 +304,14 @@ def test_bad_requests_and_names(tmp_path: Path) -> None:
             await expect_error(create(env, request_id="r" * 129), invalid, "request_id")
             await expect_error(create(env, display_name="d" * 201), invalid, "display_name")
             absent = "0" * 64
-            missing = common_pb2.ArtifactRef(uri=(env.artifacts.root / "sha256" / "00" / absent).as_uri(),
+            missing = common_pb2.ArtifactRef(uri=f"artifact:///{content_key(absent, tenant='acme')}",
                                              sha256=absent, size=1, media_type="image/png")
             await expect_error(create(env, image_data=None, image=missing), grpc.StatusCode.NOT_FOUND, "image.uri")
             foreign = common_pb2.ArtifactRef(uri=f"s3://elsewhere/sha256/00/{absent}", sha256=absent, size=1,
                                              media_type="image/png")
             await expect_error(create(env, image_data=None, image=foreign), invalid, "image")
-            not_image = artifact_to_proto(env.artifacts.put(b"just text", "text/plain"))
+            with tenant_scope("acme"):
+                not_image = artifact_to_proto(env.artifacts.put(b"just text", "text/plain"))
             await expect_error(create(env, image_data=None, image=not_image), invalid, "image")
             await expect_error(create(env, tenant="bad tenant!"), invalid, "x-glimpse3d-tenant")
             for bad_name in ("job/abc", "jobs/", "abc", "jobs/a b"):
@@ -490,8 +499,13 @@ def test_a_rejected_round_adds_no_version_and_the_rounds_behind_it_still_run(tmp
 # ---- export ---------------------------------------------------------------------------------------
 
 
-def read_url(url: str) -> bytes:
-    return Path(unquote(urlsplit(url).path)).read_bytes()
+def read_export(env: Env, export: PB.ExportResponse) -> bytes:
+    """The exported bytes (the file store's download_url is a link to the HTTP facade, which
+    tests/service/test_tenant_artifacts.py follows)."""
+    assert export.download_url.startswith("/api/v1/jobs/") and "sig=" not in export.download_url  # no auth here
+    with tenant_scope("acme"):
+        return env.artifacts.get(ArtifactRef(export.artifact.uri, export.artifact.sha256, export.artifact.size,
+                                             export.artifact.media_type))
 
 
 def test_export_formats(tmp_path: Path) -> None:
@@ -509,10 +523,10 @@ def test_export_formats(tmp_path: Path) -> None:
             assert [r.version for r in results.values()] == [f"{job.name}/versions/1"] * 3
             assert ply.artifact.media_type == PLY and web.artifact.media_type == "application/x-glimpse3d-splat"
             assert glb.artifact.media_type == "model/gltf-binary"
-            assert read_ply(read_url(ply.download_url)).allclose(v1)
-            assert np.allclose(np.sort(read_splat(read_url(web.download_url)).means, axis=0),
+            assert read_ply(read_export(env, ply)).allclose(v1)
+            assert np.allclose(np.sort(read_splat(read_export(env, web)).means, axis=0),
                                np.sort(v1.means, axis=0))
-            from_glb = gaussians_to_splat(read_glb_gaussians(read_url(glb.download_url)))
+            from_glb = gaussians_to_splat(read_glb_gaussians(read_export(env, glb)))
             assert np.allclose(from_glb.means, v1.means) and np.allclose(from_glb.sh, v1.sh)
             assert abs(glb.expire_time.seconds - (before + 600)) < 5
             latest = await env.stub.Export(PB.ExportRequest(name=job.name, format=PB.ExportRequest.PLY),

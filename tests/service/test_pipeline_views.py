@@ -114,7 +114,7 @@ def _run_initial(services: FakeServices, views: int):
     config = GatewayConfig(reconstruction_views=views)
     pipeline = ServicePipeline(config, services, services.store)
     photo = synthetic.render_image(services.obj, services.photo)
-    job = SimpleNamespace(id="j", options=JobOptions(resolution=SIZE, seed=5),
+    job = SimpleNamespace(id="j", tenant="default", options=JobOptions(resolution=SIZE, seed=5),
                           input_image=services.store.put(encode_png(photo), "image/png"))
     stages: list[str] = []
 
@@ -266,7 +266,7 @@ def _round_job(services: RoundServices) -> tuple[ServicePipeline, SimpleNamespac
     photo = np.clip(synthetic.render_image(services.obj, services.photo).astype(int) + noise, 0, 255).astype(np.uint8)
     splat = services.store.put(splat_to_ply_bytes(services.obj), "application/x-glimpse3d-splat+ply")
     version = SimpleNamespace(splat=splat, confidence=None, camera=None, metrics={})
-    job = SimpleNamespace(id="j", options=JobOptions(resolution=SIZE, seed=5), versions=[version],
+    job = SimpleNamespace(id="j", tenant="default", options=JobOptions(resolution=SIZE, seed=5), versions=[version],
                           input_image=services.store.put(encode_png(photo), "image/png"))
     return pipeline, job
 
@@ -370,7 +370,7 @@ def test_novel_views_take_the_photos_frame(tmp_path):
     services = FakeServices(store, photo)
     pipeline = ServicePipeline(GatewayConfig(), services, store)
     image = synthetic.render_image(services.obj, photo)
-    job = SimpleNamespace(id="j", options=JobOptions(resolution=96, seed=5, num_views=2),
+    job = SimpleNamespace(id="j", tenant="default", options=JobOptions(resolution=96, seed=5, num_views=2),
                           input_image=store.put(encode_png(image), "image/png"))
     asyncio.run(pipeline.run_initial(job, _no_report))
     (_, generate), = [c for c in services.calls if c[0] == "multiview"]

@@ -9,7 +9,7 @@ import math
 import grpc
 import numpy as np
 import pytest
-from service_harness import run_service
+from service_harness import TENANT, run_service
 
 from glimpse3d.core import convert
 from glimpse3d.core.artifacts import FileArtifactStore, content_key
@@ -49,7 +49,7 @@ def put(store: FileArtifactStore, data: bytes, media: str) -> common_pb2.Artifac
 def temporary(ref: common_pb2.ArtifactRef) -> bool:
     """Whether a service stored ``ref`` as a temporary artifact (which the S3 lifecycle rule expires):
     intermediate results are temporary, splats and confidences (what job versions keep) are not."""
-    return ref.uri.endswith(f"/{content_key(ref.sha256, temporary=True)}")
+    return ref.uri.endswith(f"/{content_key(ref.sha256, temporary=True, tenant=TENANT)}")
 
 
 async def expect_invalid(call, field_fragment: str) -> None:

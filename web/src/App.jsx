@@ -14,6 +14,7 @@ import Viewer from "./components/Viewer.jsx";
 import { advanceTimeline, startsNewWork } from "./progress.js";
 
 const defaultApi = createApi();
+const LINK_REFRESH_MS = 5 * 60 * 1000;
 
 function jobIdFromHash(hash) {
   const match = /^#\/jobs\/([A-Za-z0-9][A-Za-z0-9_-]{0,63})$/.exec(hash || "");
@@ -97,6 +98,24 @@ export default function App({ api = defaultApi }) {
       stopWatching.current();
     };
   }, [openJob]);
+
+  // With authentication on, the photo and download links are signed for 10 to 15 minutes: while a job is
+  // open, fetch it again every 5 minutes so that its links stay valid (the splat is not loaded again).
+  const openId = job?.id ?? null;
+  useEffect(() => {
+    if (!openId || !api.signsLinks) return undefined;
+    const timer = setInterval(() => {
+      api.getJob(openId).then(
+        (fresh) => {
+          if (jobRef.current && jobRef.current.id === fresh.id && fresh.revision >= jobRef.current.revision) {
+            applyJob(fresh);
+          }
+        },
+        () => {}, // the event stream or the next refresh reports a gateway that went away
+      );
+    }, LINK_REFRESH_MS);
+    return () => clearInterval(timer);
+  }, [api, openId, applyJob]);
 
   const previewMatte = useCallback((file, points) => api.previewMatte(file, points), [api]);
   const canPreviewMatte = typeof api.previewMatte === "function";

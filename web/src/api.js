@@ -144,6 +144,9 @@ export function createApi({ base = API_BASE, fetch: fetchImpl, EventSource: Even
     cancel(id) {
       return postJson(`${jobPath(id)}/cancel`, {});
     },
+    /** Whether the gateway signs this client's photo and download links (it authenticates the client):
+     * they then expire after minutes, and an open job is fetched again now and then to renew them. */
+    signsLinks: Boolean(bearer),
     photoUrl(id) {
       return `${base}${jobPath(id)}/photo`;
     },

@@ -133,6 +133,15 @@ ports:
 
 {{- define "glimpse3d.jwksDir" -}}/etc/glimpse3d/jwks{{- end -}}
 
+{{- define "glimpse3d.tlsDir" -}}/etc/glimpse3d/tls{{- end -}}
+
+{{/* The TLS Secret of a workload (tls.existingSecret.<component>, else the one its Certificate fills);
+call with (dict "root" $ "w" item). */}}
+{{- define "glimpse3d.tlsSecretName" -}}
+{{- $existing := .root.Values.tls.existingSecret | default dict -}}
+{{- if $existing -}}{{ index $existing .w.component | default "" }}{{- else -}}{{ printf "%s-tls" .w.name }}{{- end -}}
+{{- end -}}
+
 {{/* env entries with the S3 keys, for the gateway and the services. */}}
 {{- define "glimpse3d.s3SecretEnv" -}}
 {{- if .Values.minio.enabled }}
@@ -235,6 +244,15 @@ Keys in the workload's `config` that the chart sets itself fail the render.
 {{- $_ := set $env "GLIMPSE3D_MODEL_DIR" "(set by mountModels)" -}}
 {{- end -}}
 {{- end -}}
+{{- $tlsDir := include "glimpse3d.tlsDir" $root -}}
+{{- $tlsOn := $v.tls.enabled -}}
+{{- $_ := set $env "GLIMPSE3D_TLS_CERT_FILE" (ternary (printf "%s/tls.crt" $tlsDir) "(set by tls)" $tlsOn) -}}
+{{- $_ := set $env "GLIMPSE3D_TLS_KEY_FILE" (ternary (printf "%s/tls.key" $tlsDir) "(set by tls)" $tlsOn) -}}
+{{- $_ := set $env "GLIMPSE3D_TLS_CA_FILE" (ternary (printf "%s/ca.crt" $tlsDir) "(set by tls)" $tlsOn) -}}
+{{- $_ := set $env "GLIMPSE3D_TLS_CLIENT_CERT_FILE" (ternary (printf "%s/tls.crt" $tlsDir) "(set by tls)" $tlsOn) -}}
+{{- $_ := set $env "GLIMPSE3D_TLS_CLIENT_KEY_FILE" (ternary (printf "%s/tls.key" $tlsDir) "(set by tls)" $tlsOn) -}}
+{{- $mutual := and $tlsOn $v.tls.mutual (ne $w.kind "gateway") -}}
+{{- $_ := set $env "GLIMPSE3D_TLS_CLIENT_CA_FILE" (ternary (printf "%s/ca.crt" $tlsDir) "(set by tls.mutual)" $mutual) -}}
 {{- $reserved := keys $env -}}
 {{- /* placeholders "(...)" only reserve their names; they are not part of the ConfigMap */ -}}
 {{- range $key, $value := $env -}}
@@ -310,23 +328,22 @@ capabilities:
 {{- toYaml $res -}}
 {{- end -}}
 
-{{/* The gRPC probes of a gateway or service container; call with (dict "probes" .. "port" ..). */}}
+{{/* The gRPC probes of a gateway or service container; call with (dict "probes" .. "port" .. "tls" bool). */}}
 {{- define "glimpse3d.grpcProbes" -}}
-startupProbe:
-  grpc: {port: {{ .port }}}
-  periodSeconds: {{ int .probes.startup.periodSeconds }}
-  failureThreshold: {{ int .probes.startup.failureThreshold }}
-  timeoutSeconds: {{ int .probes.startup.timeoutSeconds }}
-readinessProbe:
-  grpc: {port: {{ .port }}}
-  periodSeconds: {{ int .probes.readiness.periodSeconds }}
-  failureThreshold: {{ int .probes.readiness.failureThreshold }}
-  timeoutSeconds: {{ int .probes.readiness.timeoutSeconds }}
-livenessProbe:
-  grpc: {port: {{ .port }}}
-  periodSeconds: {{ int .probes.liveness.periodSeconds }}
-  failureThreshold: {{ int .probes.liveness.failureThreshold }}
-  timeoutSeconds: {{ int .probes.liveness.timeoutSeconds }}
+{{- range $probe := list "startup" "readiness" "liveness" }}
+{{- $p := index $.probes $probe }}
+{{ $probe }}Probe:
+  {{- if $.tls }}
+  {{- /* the kubelet's gRPC probe cannot do TLS; the image's health check can (it reads GLIMPSE3D_TLS_*) */}}
+  exec:
+    command: [python, -m, glimpse3d.core.healthcheck, --timeout, {{ max 1 (sub (int $p.timeoutSeconds) 1) | quote }}]
+  {{- else }}
+  grpc: {port: {{ $.port }}}
+  {{- end }}
+  periodSeconds: {{ int $p.periodSeconds }}
+  failureThreshold: {{ int $p.failureThreshold }}
+  timeoutSeconds: {{ int $p.timeoutSeconds }}
+{{- end }}
 {{- end -}}
 
 {{/* Rendered query of an autoscaling signal; call with (dict "root" $ "w" item "query" ..). */}}

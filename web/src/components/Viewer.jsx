@@ -9,16 +9,30 @@ function loadViewerModule() {
   return import("../viewer/SplatViewer.js");
 }
 
+/**
+ * The splat a URL names: the URL without its `sig` (with authentication on, a job's links are signed for
+ * minutes and re-signed now and then; the splat behind them stays the same and is not loaded again).
+ */
+export function splatKey(url) {
+  if (!url) return url;
+  const [path, query = ""] = url.split("?", 2);
+  const kept = query.split("&").filter((part) => part && !part.startsWith("sig="));
+  return kept.length ? `${path}?${kept.join("&")}` : path;
+}
+
 function useSplat(viewer, url) {
   const [state, setState] = useState({ status: "empty", error: "", count: 0 });
+  const latest = useRef(url);
+  latest.current = url;
+  const key = splatKey(url);
   useEffect(() => {
-    if (!viewer || !url) {
+    if (!viewer || !key) {
       setState({ status: "empty", error: "", count: 0 });
       return undefined;
     }
     let live = true;
     setState((s) => ({ ...s, status: "loading", error: "" }));
-    viewer.load(url).then(
+    viewer.load(latest.current).then(
       (count) => {
         if (live && count !== null) setState({ status: "ready", error: "", count });
       },
@@ -29,7 +43,7 @@ function useSplat(viewer, url) {
     return () => {
       live = false;
     };
-  }, [viewer, url]);
+  }, [viewer, key]);
   return state;
 }
 

@@ -47,11 +47,13 @@ from urllib.parse import urlsplit
 import grpc
 import jwt
 
-from glimpse3d.core.config import ConfigError, ServerConfig
-from glimpse3d.core.errors import InvalidInput, PermissionDenied, Unauthenticated
+from glimpse3d.core.artifacts import ArtifactStore, store_from_env
+from glimpse3d.core.config import ConfigError, ServerConfig, load_config
+from glimpse3d.core.errors import FailedPrecondition, InvalidInput, PermissionDenied, Unauthenticated, Unavailable
 from glimpse3d.core.rpc.interceptors import UNOBSERVED_PREFIXES
 from glimpse3d.gateway.config import GatewayConfig
 from glimpse3d.gateway.jobs import DEFAULT_TENANT, TENANT_HEADER, check_tenant
+from glimpse3d.gateway.store import JobStore, open_job_store
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,10 @@ API_KEY_PREFIX = "g3d_"
 KEY_BYTES = 32  # 256 random bits per API key
 TICKET_TTL_S = 60.0
 TICKET_AUDIENCE = "glimpse3d-event-stream"
+LINK_TTL_S = 900.0
+LINK_AUDIENCE = "glimpse3d-download"
+LINK_PARAM = "sig"
+"""Query parameter of a signed link (a job's photo or a version's download), see :meth:`TicketSigner.mint_link`."""
 CHALLENGE = 'Bearer realm="glimpse3d"'
 _LOOPBACK_NAMES = ("localhost", "localhost.", "ip6-localhost")
 
@@ -386,40 +392,62 @@ class Authenticator:
 # ---- event-stream tickets -------------------------------------------------------------------------
 
 
+_PROCESS_TICKET_KEY = secrets.token_bytes(32)
+"""The key of signers made without a secret: random per process, shared by its gRPC and HTTP sides."""
+
+
 class TicketSigner:
-    """Short-lived HS256 tickets bound to one tenant and job, for ``EventSource`` URLs."""
+    """Short-lived HS256 tokens bound to one tenant and job: tickets for ``EventSource`` URLs (``ttl_s``)
+    and signed links to a job's photo and downloads (``link_ttl_s``), for ``<img src>`` and download
+    links, which cannot send headers either. The two have different audiences, so neither passes for
+    the other."""
 
-    def __init__(self, secret: str = "", ttl_s: float = TICKET_TTL_S) -> None:
-        self._key = secret.encode("utf-8") if secret else secrets.token_bytes(32)
+    def __init__(self, secret: str = "", ttl_s: float = TICKET_TTL_S, link_ttl_s: float = LINK_TTL_S) -> None:
+        self._key = secret.encode("utf-8") if secret else _PROCESS_TICKET_KEY
         self.ttl_s = ttl_s
+        self.link_ttl_s = link_ttl_s
 
-    def mint(self, tenant: str, job_id: str, subject: str = "") -> str:
-        now = int(time.time())
-        return jwt.encode(
-            {
-                "aud": TICKET_AUDIENCE,
-                "tenant": tenant,
-                "job": job_id,
-                "sub": subject,
-                "iat": now,
-                "exp": now + int(self.ttl_s),
-            },
-            self._key,
-            algorithm="HS256",
-        )
+    def _encode(self, audience: str, tenant: str, job_id: str, subject: str, ttl_s: float, step_s: int = 1) -> str:
+        """``step_s``: ``iat`` is rounded down to a multiple of it, so that tokens minted within one step
+        are the same string (HS256 is deterministic) and live between ``ttl_s - step_s`` and ``ttl_s``."""
+        now = int(time.time()) // step_s * step_s
+        claims = {"aud": audience, "tenant": tenant, "job": job_id, "sub": subject, "iat": now,
+                  "exp": now + int(ttl_s)}
+        return jwt.encode(claims, self._key, algorithm="HS256")
 
-    def verify(self, ticket: str, job_id: str) -> Principal:
+    def _decode(self, token: str, audience: str, job_id: str, what: str, field: str) -> Principal:
         try:
             claims = jwt.decode(
-                ticket, self._key, algorithms=["HS256"], audience=TICKET_AUDIENCE, options={"require": ["exp", "aud"]}
+                token, self._key, algorithms=["HS256"], audience=audience, options={"require": ["exp", "aud"]}
             )
         except jwt.ExpiredSignatureError:
-            raise Unauthenticated("the event-stream ticket has expired; ask for a new one") from None
+            raise Unauthenticated(f"the {what} has expired; ask for a new one") from None
         except jwt.PyJWTError:
-            raise Unauthenticated("the event-stream ticket is not valid") from None
+            raise Unauthenticated(f"the {what} is not valid") from None
         if claims.get("job") != job_id:
-            raise PermissionDenied("the event-stream ticket is for another job", field="ticket")
+            raise PermissionDenied(f"the {what} is for another job", field=field)
         return Principal(tenant=str(claims["tenant"]), subject=str(claims.get("sub", "")), method="ticket")
+
+    def mint(self, tenant: str, job_id: str, subject: str = "") -> str:
+        return self._encode(TICKET_AUDIENCE, tenant, job_id, subject, self.ttl_s)
+
+    def verify(self, ticket: str, job_id: str) -> Principal:
+        return self._decode(ticket, TICKET_AUDIENCE, job_id, "event-stream ticket", "ticket")
+
+    def mint_link(self, tenant: str, job_id: str) -> str:
+        """The ``sig`` of links to the job's photo and downloads: valid for two thirds to all of
+        ``link_ttl_s`` seconds, and the same for a third of it, so that a job's links (and the browser's
+        cache of the splat behind them) do not change with every progress event."""
+        step = max(1, int(self.link_ttl_s) // 3)
+        return self._encode(LINK_AUDIENCE, tenant, job_id, "", self.link_ttl_s, step)
+
+    @staticmethod
+    def expiry(token: str) -> datetime:
+        """When a token this signer minted expires (read without checking it: only for tokens it just made)."""
+        return datetime.fromtimestamp(int(jwt.decode(token, options={"verify_signature": False})["exp"]), UTC)
+
+    def verify_link(self, sig: str, job_id: str) -> Principal:
+        return self._decode(sig, LINK_AUDIENCE, job_id, "signed link", LINK_PARAM)
 
 
 # ---- gRPC -----------------------------------------------------------------------------------------
@@ -581,6 +609,43 @@ def gateway_hosts(server_config: ServerConfig, config: GatewayConfig) -> list[st
     return [server_config.host, *([config.http_host] if config.http_port >= 0 else [])]
 
 
+# ---- tenant deletion ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TenantDeletion:
+    jobs: list[str]  # ids of the deleted jobs
+    artifacts: int  # blobs removed from the artifact store
+
+
+def delete_tenant_data(jobs: JobStore, artifacts: ArtifactStore, tenant: str) -> TenantDeletion:
+    """Delete ``tenant``'s jobs (FailedPrecondition while any is queued or running), then every artifact
+    under the tenant (its photos, splats, exports and intermediates). Jobs go first, so that no job is
+    left pointing at a deleted artifact; running it again finishes an interrupted deletion."""
+    check_tenant(tenant)
+    deleted = jobs.delete_tenant(tenant)
+    removed = artifacts.delete_tenant(tenant)
+    logger.warning("deleted the data of tenant %s: %d jobs, %d artifacts", tenant, len(deleted), removed)
+    return TenantDeletion(deleted, removed)
+
+
+def _delete_tenant_command(tenant: str, confirm: str | None) -> int:
+    """``delete-tenant``: the gateway's job store and artifact store from its configuration (GLIMPSE3D_*)."""
+    check_tenant(tenant)
+    if confirm != tenant:
+        print(f"error: this deletes every job and artifact of tenant {tenant!r}; repeat the tenant with "
+              f"--confirm {tenant} to go ahead", file=sys.stderr)
+        return 2
+    config = load_config(GatewayConfig)
+    store = open_job_store(config)
+    try:
+        result = delete_tenant_data(store, store_from_env(url=config.artifacts_url), tenant)
+    finally:
+        store.close()
+    print(f"deleted tenant {tenant!r}: {len(result.jobs)} jobs, {result.artifacts} artifacts")
+    return 0
+
+
 # ---- command line ---------------------------------------------------------------------------------
 
 
@@ -595,8 +660,14 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--keys-file", required=True, type=Path, help="the JSON keys file (auth_api_keys_file)")
     listing = sub.add_parser("list-keys", help="tenants and names of the stored keys (never the keys)")
     listing.add_argument("--keys-file", required=True, type=Path)
+    delete = sub.add_parser("delete-tenant", help="delete every job and artifact of a tenant (the gateway's "
+                            "job and artifact stores, from GLIMPSE3D_* settings); its API keys stay")
+    delete.add_argument("--tenant", required=True)
+    delete.add_argument("--confirm", help="the tenant again, to confirm")
     ns = parser.parse_args(argv)
     try:
+        if ns.command == "delete-tenant":
+            return _delete_tenant_command(ns.tenant, ns.confirm)
         if ns.command == "create-key":
             key = create_key(ns.keys_file, ns.tenant, ns.name)
             print(key)
@@ -608,9 +679,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             for entry in read_keys_file(ns.keys_file):
                 print(f"{entry.tenant}\t{entry.name}\t{entry.sha256[:12]}")
-    except (ConfigError, InvalidInput) as err:
+    except (ConfigError, InvalidInput, FailedPrecondition) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Unavailable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

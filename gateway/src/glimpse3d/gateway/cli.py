@@ -6,7 +6,10 @@
     glimpse3d jobs
 
 The gateway address comes from --addr or GLIMPSE3D_GATEWAY_ADDR; credentials from --token
-(GLIMPSE3D_TOKEN, an OIDC access token) or --api-key (GLIMPSE3D_API_KEY), see docs/auth.md. Errors are
+(GLIMPSE3D_TOKEN, an OIDC access token) or --api-key (GLIMPSE3D_API_KEY), see docs/auth.md. A gateway serving
+TLS is reached with --tls (the system's CA roots) or --ca FILE (GLIMPSE3D_GATEWAY_CA_FILE, a PEM CA bundle),
+presenting --cert/--key (GLIMPSE3D_GATEWAY_CERT_FILE/GLIMPSE3D_GATEWAY_KEY_FILE) when it asks for a client
+certificate; see docs/deploy.md. Errors are
 one line on stderr (exit status 2 for bad input, 1 for everything else). ``generate`` prints a table of every version's
 figures against the photo; when a requested round failed or was rejected it still exports the
 latest version, then prints the error and exits with status 1.
@@ -27,6 +30,8 @@ from typing import cast
 import grpc
 from tqdm import tqdm
 
+from glimpse3d.core import tls
+from glimpse3d.core.config import ConfigError
 from glimpse3d.core.formats import format_names, formats
 from glimpse3d.core.images import MAX_IMAGE_BYTES
 from glimpse3d.v1 import common_pb2, glimpse3d_pb2, glimpse3d_pb2_grpc
@@ -244,6 +249,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an access token (JWT) sent as 'authorization: Bearer'; env GLIMPSE3D_TOKEN")
     p.add_argument("--api-key", default=os.environ.get("GLIMPSE3D_API_KEY") or None,
                    help="a service account's API key sent as 'x-api-key'; env GLIMPSE3D_API_KEY")
+    p.add_argument("--tls", action="store_true",
+                   help="connect over TLS, verifying the gateway with the system's CA roots")
+    p.add_argument("--ca", type=Path, default=os.environ.get("GLIMPSE3D_GATEWAY_CA_FILE") or None,
+                   help="connect over TLS, verifying the gateway against this PEM CA bundle; "
+                   "env GLIMPSE3D_GATEWAY_CA_FILE")
+    p.add_argument("--cert", type=Path, default=os.environ.get("GLIMPSE3D_GATEWAY_CERT_FILE") or None,
+                   help="with TLS, the PEM client certificate to present (mutual TLS); env GLIMPSE3D_GATEWAY_CERT_FILE")
+    p.add_argument("--key", type=Path, default=os.environ.get("GLIMPSE3D_GATEWAY_KEY_FILE") or None,
+                   help="the private key of --cert; env GLIMPSE3D_GATEWAY_KEY_FILE")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="photo -> splat, exported into --out")
@@ -278,9 +292,22 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"generate": cmd_generate, "enhance": cmd_enhance, "export": cmd_export, "jobs": cmd_jobs}
 
 
+def channel_credentials(ns: argparse.Namespace) -> grpc.ChannelCredentials | None:
+    """TLS credentials from --tls/--ca/--cert/--key (None: plaintext); CliError (status 2) naming a bad flag."""
+    if not (ns.tls or ns.ca or ns.cert or ns.key):
+        return None
+    try:
+        return tls.channel_credentials(ns.ca, ns.cert, ns.key, settings=("--ca", "--cert", "--key"))
+    except ConfigError as err:
+        raise CliError(str(err), status=2) from None
+
+
 async def run(ns: argparse.Namespace) -> None:
-    async with grpc.aio.insecure_channel(ns.addr, options=[("grpc.max_send_message_length", 64 << 20),
-                                                           ("grpc.max_receive_message_length", 64 << 20)]) as ch:
+    credentials = channel_credentials(ns)
+    options = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+    channel = (grpc.aio.insecure_channel(ns.addr, options=options) if credentials is None
+               else grpc.aio.secure_channel(ns.addr, credentials, options=options))
+    async with channel as ch:
         stub = glimpse3d_pb2_grpc.Glimpse3DStub(ch)
         stub = cast(glimpse3d_pb2_grpc.Glimpse3DStub, _MetadataStub(stub, call_metadata(ns)))  # forwards every method
         await COMMANDS[ns.command](stub, ns)

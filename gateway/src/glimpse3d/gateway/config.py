@@ -69,6 +69,9 @@ class GatewayConfig(Settings):
     ready_file: when set, a JSON file {"port", "metrics_port", "http_port", "pid"} written once the gateway serves.
     http_host / http_port: where the HTTP/JSON facade (and the web workspace) listens; port 0 picks a free
         port, -1 disables HTTP.
+    http_public_url: the facade's address as clients reach it (``https://glimpse3d.example.com``), the base of the
+        download links that gRPC Export returns for the file store; empty: ``http(s)://127.0.0.1:<port>`` when
+        the facade listens on loopback, else the links are relative (``/api/v1/...``).
     web_dir: the built web workspace served at ``/`` when the folder exists (relative to the working directory).
     http_heartbeat_s: seconds between comment lines on an idle server-sent-events stream.
     http_header_timeout_s / http_body_timeout_s: a connection whose request headers (body) have not all
@@ -116,6 +119,7 @@ class GatewayConfig(Settings):
     ready_file: Path | None = None
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    http_public_url: str = ""
     web_dir: Path = Path("web/dist")
     http_heartbeat_s: float = 15.0
     http_header_timeout_s: float = 10.0

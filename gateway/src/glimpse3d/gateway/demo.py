@@ -30,6 +30,7 @@ from glimpse3d.core.artifacts import open_store
 from glimpse3d.core.images import decode_image
 from glimpse3d.core.rpc.errors import reason_and_field
 from glimpse3d.gateway.cli import FORMATS, download, summary_table, watch
+from glimpse3d.gateway.jobs import DEFAULT_TENANT, TENANT_HEADER
 from glimpse3d.gateway.stack import Stack, raise_on_sigterm, start_stack
 from glimpse3d.v1 import common_pb2, glimpse3d_pb2, glimpse3d_pb2_grpc, reconstruction_pb2, reconstruction_pb2_grpc
 
@@ -44,7 +45,8 @@ async def _turntable_row(stack: Stack, artifacts_url: str, splat: common_pb2.Art
              for i in range(TURNTABLE_VIEWS)]
     async with grpc.aio.insecure_channel(stack.addr("reconstruction")) as ch:
         resp = await reconstruction_pb2_grpc.ReconstructionStub(ch).Render(
-            reconstruction_pb2.RenderRequest(splat=splat, views=views, background=[1.0, 1.0, 1.0]), timeout=300)
+            reconstruction_pb2.RenderRequest(splat=splat, views=views, background=[1.0, 1.0, 1.0]), timeout=300,
+            metadata=((TENANT_HEADER, DEFAULT_TENANT),))  # the demo's job runs as the loopback default tenant
     store = open_store(artifacts_url)
     tiles = [decode_image(store.get(convert.artifact_from_proto(v.rgb)))[..., :3] for v in resp.views]
     return np.concatenate(tiles, axis=1)

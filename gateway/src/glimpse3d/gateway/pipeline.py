@@ -7,6 +7,10 @@ service went away (UNAVAILABLE, connection cut) is retried until the service is 
 finished it answers from memory (:mod:`glimpse3d.gateway.stageretry`). Cancelling the job's task
 cancels the call in flight, which the service sees as a cancelled RPC. Downstream errors come back
 as the domain error the service raised (same type, message and field).
+
+A job's work runs in the artifact store's ``tenant_scope`` of the job's tenant: what it stores lands
+under that tenant, and every stage call names the tenant in its metadata (``x-glimpse3d-tenant``, added
+by the channels), for the services to act only on that tenant's artifacts.
 """
 
 from __future__ import annotations
@@ -25,9 +29,9 @@ import numpy as np
 from grpc_health.v1 import health_pb2_grpc
 
 from glimpse3d.core import convert
-from glimpse3d.core.artifacts import ArtifactStore
+from glimpse3d.core.artifacts import ArtifactStore, current_tenant, tenant_scope
 from glimpse3d.core.cameras import Camera, orbit_angles, orbit_camera, turned_about_up
-from glimpse3d.core.errors import RoundRejected
+from glimpse3d.core.errors import FailedPrecondition, RoundRejected
 from glimpse3d.core.feedback import (
     PHOTO_RETRY_WEIGHT,
     background_colour,
@@ -101,7 +105,7 @@ class ServiceClients:
 
 
 def stage_key(request: Any) -> str | None:
-    """The idempotency key of a stage call made for a job: "<job id>/v<version>/<request type>/<digest>"
+    """The idempotency key of a stage call made for a job: "<tenant>/<job id>/v<version>/<request type>/<digest>"
     (None outside a job, e.g. a matte preview). The same call retried, or the same round requested
     again, carries the same key; two different calls of one round never do."""
     scope = _VERSION_SCOPE.get()
@@ -170,11 +174,12 @@ class ServicePipeline:
         self.config = config
         self.clients = clients
         self.artifacts = artifacts
-        # (input sha256, side) -> working image; every round of a job needs the same one.
-        self._working: OrderedDict[tuple[str, int], common_pb2.ArtifactRef] = OrderedDict()
+        # (tenant, input sha256, side) -> working image; every round of a job needs the same one.
+        self._working: OrderedDict[tuple[str, str, int], common_pb2.ArtifactRef] = OrderedDict()
         # job id -> cameras of its rounds that were rejected ("auto" looks elsewhere; kept in memory only).
         self._rejected: OrderedDict[str, list[Camera]] = OrderedDict()
-        # (input sha256, side, matte points) -> the photo's depth estimate (camera, matte), for the photo figures.
+        # (tenant, input sha256, side, matte points) -> the photo's depth estimate (camera, matte), for the
+        # photo figures.
         self._photo_depth: OrderedDict[tuple[Any, ...], depth_pb2.EstimateDepthResponse] = OrderedDict()
         self.retry = StageRetryPolicy(budget_s=config.stage_retry_budget_s,
                                       max_backoff_s=config.stage_retry_max_backoff_s)
@@ -188,7 +193,7 @@ class ServicePipeline:
     async def _working_image(self, job: Job) -> tuple[common_pb2.ArtifactRef, int]:
         """The input photo resized to the job's working resolution, made once per photo and size."""
         side = job.options.effective_resolution
-        key = (job.input_image.sha256, side)
+        key = (job.tenant, job.input_image.sha256, side)
         if key in self._working:
             self._working.move_to_end(key)
         else:
@@ -207,7 +212,7 @@ class ServicePipeline:
         """The depth service's estimate for the job's working image (camera, matte), kept per photo for
         the rounds' photo figures; ``fresh`` asks the service again (a job's first version always does)."""
         points = tuple((p.x, p.y, p.keep) for p in job.options.matte_points)
-        key = (job.input_image.sha256, side, points)
+        key = (job.tenant, job.input_image.sha256, side, points)
         if key in self._photo_depth and not fresh:
             self._photo_depth.move_to_end(key)
         else:
@@ -257,7 +262,10 @@ class ServicePipeline:
 
     async def preview_matte(self, image: bytes, points: Sequence[MattePoint], side: int,
                             ) -> tuple[np.ndarray, depth_pb2.MatteCheck]:
-        """The matte a job would use for ``image`` at working size ``side`` with the user's ``points``."""
+        """The matte a job would use for ``image`` at working size ``side`` with the user's ``points``
+        (called in the caller's ``tenant_scope``: the services refuse calls without a tenant)."""
+        if current_tenant() is None:
+            raise FailedPrecondition("a matte preview must run for a tenant (in the artifact store's tenant_scope)")
         def working() -> bytes:
             return encode_png(resize_longest(decode_image(image, field="image_data"), side))
 
@@ -302,7 +310,15 @@ class ServicePipeline:
                                 self.config.refine_deadline_s)
 
     async def run_initial(self, job: Job, report: ProgressReporter) -> VersionResult:
-        _VERSION_SCOPE.set(f"{job.id}/v1")  # the job's task runs one version at a time
+        with tenant_scope(job.tenant):
+            return await self._run_initial(job, report)
+
+    async def run_round(self, job: Job, round_spec: RoundSpec, report: ProgressReporter) -> VersionResult:
+        with tenant_scope(job.tenant):
+            return await self._run_round(job, round_spec, report)
+
+    async def _run_initial(self, job: Job, report: ProgressReporter) -> VersionResult:
+        _VERSION_SCOPE.set(f"{job.tenant}/{job.id}/v1")  # the job's task runs one version at a time
         start = time.perf_counter()
         image, side = await self._working_image(job)
         await report(Stage.MATTING_DEPTH, 0.0, "matting and depth")
@@ -399,8 +415,8 @@ class ServicePipeline:
         used = [v.camera for v in job.versions if v.camera is not None]
         return pick_least_confident_view(splat.means, conf, photo, used, self._rejected.get(job.id, []))
 
-    async def run_round(self, job: Job, round_spec: RoundSpec, report: ProgressReporter) -> VersionResult:
-        _VERSION_SCOPE.set(f"{job.id}/v{len(job.versions) + 1}")
+    async def _run_round(self, job: Job, round_spec: RoundSpec, report: ProgressReporter) -> VersionResult:
+        _VERSION_SCOPE.set(f"{job.tenant}/{job.id}/v{len(job.versions) + 1}")
         start = time.perf_counter()
         latest = job.versions[-1]
         image, side = await self._working_image(job)

@@ -15,6 +15,7 @@ import math
 import os
 import typing
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pydantic import ValidationError, field_validator, model_validator
@@ -146,6 +147,14 @@ class ServerConfig(Settings):
     grace_seconds: how long calls in flight may run after SIGTERM before they are cancelled.
     max_message_bytes: limit on every gRPC message sent or received (default 64 MiB).
     log_level / log_json: passed to :func:`glimpse3d.core.logs.configure_logging`.
+    tls_cert_file / tls_key_file: PEM server certificate (chain) and private key; when set, gRPC (and the
+        gateway's HTTP facade) accept TLS only; unset: plaintext (see :mod:`glimpse3d.core.tls`).
+    tls_client_ca_file: PEM CA bundle; when set (with tls_cert_file), every caller must present a client
+        certificate signed by it (mutual TLS).
+    tls_ca_file / tls_client_cert_file / tls_client_key_file: what this process uses when it calls other
+        servers (the gateway's stage calls, the health probe): the CA bundle that verifies their
+        certificates and the certificate it presents to a server that requires one; setting either
+        tls_ca_file or tls_client_cert_file makes those calls use TLS.
     """
 
     host: str = "127.0.0.1"
@@ -156,8 +165,20 @@ class ServerConfig(Settings):
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     log_level: LogLevel = "INFO"
     log_json: bool = True
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    tls_ca_file: Path | None = None
+    tls_client_cert_file: Path | None = None
+    tls_client_key_file: Path | None = None
 
     def check(self) -> None:
+        for cert, key in (("tls_cert_file", "tls_key_file"), ("tls_client_cert_file", "tls_client_key_file")):
+            if (getattr(self, cert) is None) != (getattr(self, key) is None):
+                raise ConfigError(f"{cert} and {key} must be set together", field=cert)
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ConfigError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file",
+                              field="tls_client_ca_file")
         if not self.host.strip():
             raise ConfigError("host must not be empty", field="host")
         if not self.metrics_host.strip():

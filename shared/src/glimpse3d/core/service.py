@@ -6,6 +6,14 @@ once. CPU/GPU work runs in worker threads through :class:`ComputeLimiter`, which
 work in progress and the calls waiting for it (a full queue answers RESOURCE_EXHAUSTED). When a
 call is cancelled (the client went away or the gateway cancelled the job), the running work sees
 it at its next :func:`check_cancelled` and stops.
+
+Tenancy: every call works for the tenant its ``x-glimpse3d-tenant`` metadata names (the gateway sends
+the job's tenant; the gateway-to-service hop is mutually authenticated, so the metadata is trusted).
+:class:`TenantInterceptor`, installed on every service, is the one place that checks it: a call without
+a tenant is UNAUTHENTICATED, and one with a reference (any ``ArtifactRef`` field of the request, at any
+depth) outside its tenant is PERMISSION_DENIED naming the field (``views[2].rgb.uri``), both before the
+response cache or the servicer run. The servicer then runs in :func:`tenant_scope`, so its outputs are
+stored under the tenant and the store itself refuses any other tenant's key.
 """
 
 from __future__ import annotations
@@ -16,27 +24,38 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
 import numpy as np
+from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry, Gauge
 
 from glimpse3d.core import convert
-from glimpse3d.core.artifacts import ArtifactRef, ArtifactStore, store_from_env
+from glimpse3d.core.artifacts import (
+    TENANT_METADATA_KEY,
+    ArtifactRef,
+    ArtifactStore,
+    check_tenant_name,
+    outside_tenant,
+    store_from_env,
+    tenant_scope,
+)
 from glimpse3d.core.backend import METRICS, Backend, check_device
 from glimpse3d.core.backends import BackendRegistry
 from glimpse3d.core.cancel import cancel_scope
 from glimpse3d.core.config import ConfigError, ServerConfig, Settings, load_config
-from glimpse3d.core.errors import InvalidInput, Overloaded
+from glimpse3d.core.errors import InvalidInput, Overloaded, PermissionDenied, Unauthenticated
 from glimpse3d.core.formats import read_ply, splat_to_ply_bytes
 from glimpse3d.core.images import decode_image, decode_npy, encode_npy, encode_png
 from glimpse3d.core.logs import configure_logging
 from glimpse3d.core.models import DEFAULT_MODEL_DIR
 from glimpse3d.core.rpc import Registration, create_server, create_server_from_config
 from glimpse3d.core.rpc.idempotency import IdempotencyInterceptor
+from glimpse3d.core.rpc.interceptors import UNOBSERVED_PREFIXES
 from glimpse3d.core.splat import Splat
 from glimpse3d.v1 import common_pb2
 
@@ -182,11 +201,15 @@ class ArtifactIO:
         self.max_bytes = max_bytes
 
     async def _get(self, msg: common_pb2.ArtifactRef, field: str) -> bytes:
+        """The bytes of a request's reference; the store refuses (PERMISSION_DENIED) one outside the
+        call's tenant scope, which :class:`TenantInterceptor` has normally refused already."""
         ref = convert.artifact_from_proto(msg, field)
         try:
             return await asyncio.to_thread(self.store.get, ref, max_bytes=self.max_bytes)
         except InvalidInput as err:
             raise InvalidInput(f"{field}: {err.message}", field=field) from None
+        except PermissionDenied as err:
+            raise PermissionDenied(f"{field}: {err.message}", field=f"{field}.uri") from None
 
     async def image(self, msg: common_pb2.ArtifactRef, field: str) -> np.ndarray:
         """uint8 [H, W, 3|4]."""
@@ -224,6 +247,87 @@ class ArtifactIO:
 
     async def put_splat(self, splat: Splat, *, temporary: bool = False) -> common_pb2.ArtifactRef:
         return await self._put(await asyncio.to_thread(splat_to_ply_bytes, splat), MEDIA_PLY, temporary)
+
+
+def artifact_fields(message: Message, path: str = "") -> Iterator[tuple[str, common_pb2.ArtifactRef]]:
+    """Every set ``ArtifactRef`` in ``message`` (nested messages and repeated fields included), with its
+    field path in the services' error style (``image``, ``views[0].rgb``)."""
+    for descriptor, value in message.ListFields():
+        if descriptor.message_type is None:
+            continue
+        name = f"{path}.{descriptor.name}" if path else descriptor.name
+        is_repeated = descriptor.is_repeated
+        if descriptor.message_type.GetOptions().map_entry:
+            continue  # the services' messages have no maps of artifacts
+        items = [(f"{name}[{i}]", item) for i, item in enumerate(value)] if is_repeated else [(name, value)]
+        for item_path, item in items:
+            if descriptor.message_type.full_name == common_pb2.ArtifactRef.DESCRIPTOR.full_name:
+                if item.uri:
+                    yield item_path, item
+            else:
+                yield from artifact_fields(item, item_path)
+
+
+def call_tenant(metadata: Any) -> str:
+    """The tenant named by a call's ``x-glimpse3d-tenant`` metadata; UNAUTHENTICATED without one."""
+    for key, value in metadata or ():
+        if key == TENANT_METADATA_KEY:
+            text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+            return check_tenant_name(text)
+    raise Unauthenticated(
+        f"the call names no tenant ({TENANT_METADATA_KEY} metadata); services act only on behalf of a tenant",
+        field=TENANT_METADATA_KEY,
+    )
+
+
+def check_request_tenant(store: ArtifactStore, request: Message, tenant: str) -> None:
+    """PERMISSION_DENIED naming the first field of ``request`` whose reference is outside ``tenant``."""
+    for path, msg in artifact_fields(request):
+        ref = convert.artifact_from_proto(msg, path)  # the same validation (and field names) as reading it
+        try:
+            owner = store.tenant_of(ref)
+        except InvalidInput as err:
+            raise InvalidInput(f"{path}: {err.message}", field=f"{path}.uri") from None
+        if owner != tenant:
+            raise outside_tenant(ref.uri, tenant, f"{path}.uri")
+
+
+class TenantInterceptor(grpc.aio.ServerInterceptor):
+    """Runs every call of a service (health and reflection aside) for the tenant in its metadata, after
+    checking that all the request's artifact references are that tenant's (see the module docstring).
+    Install it before the response cache, so that a stored answer is only ever given to its tenant."""
+
+    def __init__(self, store: ArtifactStore) -> None:
+        self._store = store
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(UNOBSERVED_PREFIXES):
+            return handler
+        behavior = handler.unary_unary
+        if handler.request_streaming or handler.response_streaming or not asyncio.iscoroutinefunction(behavior):
+            raise TypeError(f"{handler_call_details.method}: services serve unary async calls only")
+        metadata = tuple(handler_call_details.invocation_metadata or ())
+        store = self._store
+
+        async def scoped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            tenant = call_tenant(metadata)
+            check_request_tenant(store, request, tenant)
+            with tenant_scope(tenant):
+                return await behavior(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            scoped, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        )
+
+
+def service_interceptors(store: ArtifactStore) -> list[grpc.aio.ServerInterceptor]:
+    """The interceptors of every service, outermost first: tenancy, then the response cache."""
+    return [TenantInterceptor(store), IdempotencyInterceptor()]
 
 
 @dataclass
@@ -288,7 +392,7 @@ async def serve(
     _label_backend(runtime, load)
     # A stage call the gateway repeats (same idempotency key and request) is answered from memory.
     server, port = create_server_from_config(registration, service_names, server_config,
-                                             interceptors=[IdempotencyInterceptor()])
+                                             interceptors=service_interceptors(store))
     runtime.limiter.register_metrics(server.registry)
     log.info("%s listening", name, extra={"port": port, "metrics_port": server.metrics_port})
 
@@ -317,7 +421,7 @@ async def running_in_process(
     _label_backend(runtime, load)
     await asyncio.to_thread(load)
     server, port = create_server(registration, service_names, metrics_port=None,
-                                 interceptors=[IdempotencyInterceptor()])
+                                 interceptors=service_interceptors(store))
     await server.start()
     await server.set_serving()
     try:

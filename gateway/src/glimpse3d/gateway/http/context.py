@@ -82,5 +82,10 @@ class HttpContext:
     def __post_init__(self) -> None:
         self.counts = GaussianCounts(self.artifacts)
 
+    def link_sig(self, job: Job) -> str | None:
+        """The ``sig`` of the job's photo and download links: signed when the gateway authenticates
+        (a browser's ``<img src>`` and download links cannot send the Authorization header)."""
+        return None if self.auth is None else self.tickets.mint_link(job.tenant, job.id)
+
     async def job_json(self, job: Job) -> JobOut:
-        return job_to_json(job, await self.counts.for_job(job))
+        return job_to_json(job, await self.counts.for_job(job), self.link_sig(job))

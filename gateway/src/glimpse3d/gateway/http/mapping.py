@@ -19,6 +19,7 @@ from google.rpc import code_pb2
 from glimpse3d.core.cameras import Camera, intrinsics_from_fov, look_at
 from glimpse3d.core.errors import InvalidInput
 from glimpse3d.core.formats import format_names, get_format
+from glimpse3d.gateway.auth import LINK_PARAM
 from glimpse3d.gateway.http.schemas import (
     CameraOut,
     CameraView,
@@ -98,17 +99,21 @@ def job_error_to_json(error: JobError) -> ErrorDetail:
 # ---- jobs and versions ----------------------------------------------------------------------------
 
 
-def tenant_query(tenant: str) -> str:
-    """``tenant=...`` for links a browser follows without headers; empty for the default tenant."""
-    return "" if tenant == DEFAULT_TENANT else f"tenant={quote(tenant)}"
+def tenant_query(tenant: str, sig: str | None = None) -> str:
+    """``tenant=...`` for links a browser follows without headers (empty for the default tenant), and
+    ``sig=...`` when the link is signed (a gateway that authenticates: see ``TicketSigner.mint_link``)."""
+    parts = ([] if tenant == DEFAULT_TENANT else [f"tenant={quote(tenant)}"]) + (
+        [] if sig is None else [f"{LINK_PARAM}={quote(sig)}"])
+    return "&".join(parts)
 
 
 def job_url(job_id: str) -> str:
     return f"{API_PREFIX}/jobs/{job_id}"
 
 
-def download_url(job_id: str, number: int | str, fmt: str, tenant: str = DEFAULT_TENANT) -> str:
-    query = "&".join(q for q in (f"format={fmt}", tenant_query(tenant)) if q)
+def download_url(job_id: str, number: int | str, fmt: str, tenant: str = DEFAULT_TENANT, sig: str | None = None,
+                 ) -> str:
+    query = "&".join(q for q in (f"format={fmt}", tenant_query(tenant, sig)) if q)
     return f"{job_url(job_id)}/versions/{number}/download?{query}"
 
 
@@ -129,9 +134,10 @@ def _finite_or_none(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def version_to_json(version: Version, tenant: str, num_gaussians: int | None = None) -> VersionOut:
+def version_to_json(version: Version, tenant: str, num_gaussians: int | None = None, sig: str | None = None,
+                    ) -> VersionOut:
     """``num_gaussians``: the count when known otherwise (the splat's header); the version's own
-    ``num_gaussians`` metric wins."""
+    ``num_gaussians`` metric wins. ``sig``: signs the download links."""
     metrics = {**_report_metrics(version), **version.metrics}
     if "num_gaussians" in metrics and math.isfinite(metrics["num_gaussians"]):
         num_gaussians = int(metrics["num_gaussians"])
@@ -145,15 +151,16 @@ def version_to_json(version: Version, tenant: str, num_gaussians: int | None = N
         num_gaussians=num_gaussians,
         report=None if report is None else RoundReportOut(**dataclasses.asdict(report)),
         create_time=version.create_time,
-        downloads=Downloads(**{fmt: download_url(version.job_id, version.number, fmt, tenant)
+        downloads=Downloads(**{fmt: download_url(version.job_id, version.number, fmt, tenant, sig)
                                for fmt in format_names()}),
     )
 
 
-def job_to_json(job: Job, counts: Mapping[str, int] | None = None) -> JobOut:
-    """``counts``: Gaussian counts by splat sha256, for versions whose metrics lack one."""
+def job_to_json(job: Job, counts: Mapping[str, int] | None = None, sig: str | None = None) -> JobOut:
+    """``counts``: Gaussian counts by splat sha256, for versions whose metrics lack one; ``sig``: signs
+    the photo and download links."""
     counts = counts or {}
-    photo_query = tenant_query(job.tenant)
+    photo_query = tenant_query(job.tenant, sig)
     options = job.options
     return JobOut(
         id=job.id,
@@ -163,7 +170,7 @@ def job_to_json(job: Job, counts: Mapping[str, int] | None = None) -> JobOut:
         done=job.done,
         progress=ProgressOut(stage=job.progress.stage, fraction=job.progress.fraction, message=job.progress.message),
         error=None if job.error is None else job_error_to_json(job.error),
-        versions=[version_to_json(v, job.tenant, counts.get(v.splat.sha256)) for v in job.versions],
+        versions=[version_to_json(v, job.tenant, counts.get(v.splat.sha256), sig) for v in job.versions],
         pending_rounds=len(job.pending_rounds),
         create_time=job.create_time,
         update_time=job.update_time,

@@ -1,7 +1,9 @@
 """The ``/api/v1`` routes: thin adapters from HTTP requests to :class:`GatewayApp` calls.
 
 Each route authenticates the caller (``Authorization: Bearer <jwt>``, ``X-API-Key``; the job watch also
-takes a short-lived ``?ticket=``) and works in its tenant; ``X-Glimpse3D-Tenant`` (else the ``tenant``
+takes a short-lived ``?ticket=``, the photo and downloads a short-lived signed ``?sig=``) and works in its
+tenant, inside the artifact store's ``tenant_scope`` (no other tenant's artifact can be read or written);
+``X-Glimpse3D-Tenant`` (else the ``tenant``
 query parameter) may name that tenant and no other. Without authentication (a loopback-only gateway)
 the named tenant is used (``default`` when none). It calls the application layer and maps the result
 with :mod:`.mapping`. Errors raised by the application layer keep their type; :class:`ApiRoute` turns
@@ -27,11 +29,11 @@ from fastapi.security import APIKeyHeader, HTTPBearer
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from glimpse3d.core.artifacts import ArtifactRef
+from glimpse3d.core.artifacts import ArtifactRef, tenant_scope
 from glimpse3d.core.errors import FailedPrecondition, Glimpse3DError, InvalidInput, NotFound, Unavailable
 from glimpse3d.core.formats import DEFAULT_FORMAT, formats, get_format
 from glimpse3d.core.images import MAX_IMAGE_BYTES, encode_png
-from glimpse3d.gateway.auth import Principal, resolve_tenant
+from glimpse3d.gateway.auth import LINK_PARAM, Principal, resolve_tenant
 from glimpse3d.gateway.events import JobEvent
 from glimpse3d.gateway.http.context import HttpContext
 from glimpse3d.gateway.http.errors import error_response
@@ -165,8 +167,25 @@ async def stream_tenant_of(
     return resolve_tenant(principal, requested)
 
 
+async def link_tenant_of(
+    job_id: str, request: Request, ctx: Context, _bearer: Annotated[object, Depends(_BEARER)],
+    _key: Annotated[object, Depends(_API_KEY)], x_glimpse3d_tenant: RequestedTenant = None,
+    tenant: TenantQuery = None,
+    sig: Annotated[str | None, Query(alias=LINK_PARAM, description=(
+        "the signature of a link from a Job (photo_url, downloads), for <img src> and download links "
+        "(which cannot send the Authorization header); valid for minutes"))] = None,
+) -> str:
+    """The tenant of a photo or download: from the link's signature for this job, else as for every route."""
+    requested = x_glimpse3d_tenant if x_glimpse3d_tenant is not None else tenant
+    if sig is not None:
+        return resolve_tenant(ctx.tickets.verify_link(sig, job_id), requested)
+    principal = None if ctx.auth is None else await ctx.auth.authenticate_async(request.headers)
+    return resolve_tenant(principal, requested)
+
+
 Tenant = Annotated[str, Depends(tenant_of)]
 StreamTenant = Annotated[str, Depends(stream_tenant_of)]
+LinkTenant = Annotated[str, Depends(link_tenant_of)]
 
 
 def job_name_of(job_id: str) -> str:
@@ -260,7 +279,7 @@ def api_router() -> APIRouter:
         form = await read_photo_form(request)
         if form.transcoded_from:
             logger.info("photo converted from %s to PNG", form.transcoded_from, extra={"tenant": tenant})
-        with renamed_fields(_CREATE_FIELDS):
+        with renamed_fields(_CREATE_FIELDS), tenant_scope(tenant):
             points = tuple(MattePoint(*p) for p in parse_matte_points(form.text.get("matte_points", "")))
             options = JobOptions(num_views=form.ints.get("novel_views", 0),
                                  enhance_rounds=form.ints.get("enhance_rounds", 0),
@@ -270,7 +289,8 @@ def api_router() -> APIRouter:
                                                request_id=form.text.get("request_id", ""),
                                                display_name=form.text.get("display_name", ""), mask=form.mask)
         response.headers["Location"] = job_url(job.id)
-        return await ctx.job_json(job)
+        with tenant_scope(tenant):
+            return await ctx.job_json(job)
 
     @router.post("/matte", tags=["jobs"], response_model=MattePreviewOut, openapi_extra=_UPLOAD_BODY,
                  responses=_errors(400, 413, 415))
@@ -279,7 +299,7 @@ def api_router() -> APIRouter:
         to show and correct it before creating the job. Only ``photo``, ``matte_points`` and ``resolution``
         are read."""
         form = await read_photo_form(request)
-        with renamed_fields(_CREATE_FIELDS):
+        with renamed_fields(_CREATE_FIELDS), tenant_scope(tenant):
             points = tuple(MattePoint(*p) for p in parse_matte_points(form.text.get("matte_points", "")))
             preview = await ctx.gateway.preview_matte(tenant, form.photo, points, form.ints.get("resolution", 0))
         mask = np.round(np.clip(preview.mask, 0.0, 1.0) * 255.0).astype(np.uint8)
@@ -296,14 +316,15 @@ def api_router() -> APIRouter:
         page_token: Annotated[str, Query(description="next_page_token of the previous page")] = "",
     ) -> JobList:
         """The tenant's jobs, newest first."""
-        jobs, token = await ctx.gateway.list_jobs(tenant, page_size, page_token)
-        return JobList(jobs=[await ctx.job_json(job) for job in jobs], next_page_token=token)
+        with tenant_scope(tenant):
+            jobs, token = await ctx.gateway.list_jobs(tenant, page_size, page_token)
+            return JobList(jobs=[await ctx.job_json(job) for job in jobs], next_page_token=token)
 
     @router.get("/jobs/{job_id}", response_model=JobOut, tags=["jobs"], responses=_errors(400, 404))
     async def get_job(job_id: str, ctx: Context, tenant: Tenant) -> JobOut:
-        with renamed_fields(_JOB_FIELDS):
+        with renamed_fields(_JOB_FIELDS), tenant_scope(tenant):
             job = await ctx.gateway.get_job(tenant, job_name_of(job_id))
-        return await ctx.job_json(job)
+            return await ctx.job_json(job)
 
     @router.get("/jobs/{job_id}/events", response_class=EventSourceResponse, tags=["jobs"],
                 responses={**_EVENTS, **_errors(400, 404)})
@@ -318,7 +339,8 @@ def api_router() -> APIRouter:
                 raise
 
         async def encode(event: JobEvent) -> ServerSentEvent:
-            job = await ctx.job_json(event.job)
+            with tenant_scope(tenant):
+                job = await ctx.job_json(event.job)
             return job_event("job", job.model_dump_json(), str(event.job.revision))
 
         return event_response(first, events, encode, heartbeat_s=ctx.heartbeat_s, registry=ctx.streams)
@@ -343,29 +365,31 @@ def api_router() -> APIRouter:
         if body.camera is None and not body.auto:
             raise InvalidInput("set camera (a look-at view) or auto: true", field="camera")
         camera = None if body.camera is None else camera_from_view(body.camera)
-        with renamed_fields(_ENHANCE_FIELDS):
+        with renamed_fields(_ENHANCE_FIELDS), tenant_scope(tenant):
             job = await ctx.gateway.enhance(tenant, job_name_of(job_id), camera=camera, prompt=body.prompt,
                                             strength=body.strength, seed=body.seed, request_id=body.request_id)
-        return await ctx.job_json(job)
+            return await ctx.job_json(job)
 
     @router.post("/jobs/{job_id}/cancel", response_model=JobOut, tags=["jobs"], responses=_errors(400, 404))
     async def cancel(job_id: str, ctx: Context, tenant: Tenant) -> JobOut:
         """Cancel the running work; a no-op for a done job."""
-        with renamed_fields(_JOB_FIELDS):
+        with renamed_fields(_JOB_FIELDS), tenant_scope(tenant):
             job = await ctx.gateway.cancel_job(tenant, job_name_of(job_id))
-        return await ctx.job_json(job)
+            return await ctx.job_json(job)
 
     @router.get("/jobs/{job_id}/versions", response_model=VersionList, tags=["versions"], responses=_errors(400, 404))
     async def list_versions(job_id: str, ctx: Context, tenant: Tenant) -> VersionList:
-        with renamed_fields(_JOB_FIELDS):
+        with renamed_fields(_JOB_FIELDS), tenant_scope(tenant):
             job = await ctx.gateway.get_job(tenant, job_name_of(job_id))
-        counts = await ctx.counts.for_job(job)
-        return VersionList(versions=[version_to_json(v, tenant, counts.get(v.splat.sha256)) for v in job.versions])
+            counts = await ctx.counts.for_job(job)
+        sig = ctx.link_sig(job)
+        return VersionList(versions=[version_to_json(v, tenant, counts.get(v.splat.sha256), sig)
+                                     for v in job.versions])
 
     @router.get("/jobs/{job_id}/versions/{number}/download", response_class=Response, tags=["versions"],
                 responses={**_DOWNLOAD, **_errors(400, 404, 409)})
     async def download(
-        job_id: str, number: str, ctx: Context, tenant: Tenant,
+        job_id: str, number: str, ctx: Context, tenant: LinkTenant,
         fmt: Annotated[ExportFormatName, Query(alias="format", description=_FORMAT_HELP)] = DEFAULT_FORMAT,
     ) -> Response:
         """A version (a number, or ``latest``) as a file to save."""
@@ -377,8 +401,9 @@ def api_router() -> APIRouter:
         if wanted is not None and wanted > len(job.versions):
             raise NotFound(f"version {version_name(job.id, wanted)} not found", field="number")
         resolved = wanted or len(job.versions)
-        result = await ctx.gateway.export(tenant, version_name(job.id, resolved), fmt)
-        data = await _read(ctx, result.artifact)
+        with tenant_scope(tenant):
+            result = await ctx.gateway.export(tenant, version_name(job.id, resolved), fmt)
+            data = await _read(ctx, result.artifact)
         headers = {
             "Content-Disposition": f'attachment; filename="{download_filename(job.id, resolved, fmt)}"',
             "ETag": f'"{result.artifact.sha256}"',
@@ -389,7 +414,7 @@ def api_router() -> APIRouter:
 
     @router.get("/jobs/{job_id}/photo", response_class=Response, tags=["jobs"],
                 responses={**_PHOTO, **_errors(400, 404)})
-    async def photo(job_id: str, ctx: Context, tenant: Tenant) -> Response:
+    async def photo(job_id: str, ctx: Context, tenant: LinkTenant) -> Response:
         """The photo the job was created from."""
         with renamed_fields(_JOB_FIELDS):
             job = await ctx.gateway.get_job(tenant, job_name_of(job_id))
@@ -397,7 +422,9 @@ def api_router() -> APIRouter:
         extension = "png" if ref.media_type == "image/png" else "jpg"
         headers = {"Content-Disposition": f'inline; filename="{job.id}-photo.{extension}"',
                    "ETag": f'"{ref.sha256}"', "Cache-Control": _IMMUTABLE}
-        return Response(await _read(ctx, ref), media_type=ref.media_type, headers=headers)
+        with tenant_scope(tenant):
+            data = await _read(ctx, ref)
+        return Response(data, media_type=ref.media_type, headers=headers)
 
     return router
 

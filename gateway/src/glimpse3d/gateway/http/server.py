@@ -20,7 +20,11 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypedDict
 
 import h11
 import uvicorn
@@ -146,14 +150,44 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+@dataclass(frozen=True)
+class HttpTLS:
+    """HTTPS for the facade: PEM certificate chain and key; with ``client_ca_file`` every client must
+    present a certificate signed by it. Check the files first (:mod:`glimpse3d.core.tls`)."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+
+
+class _SslOptions(TypedDict, total=False):
+    ssl_certfile: str
+    ssl_keyfile: str
+    ssl_ca_certs: str
+    ssl_cert_reqs: int
+
+
+def _ssl_options(tls: HttpTLS | None) -> _SslOptions:
+    """uvicorn's ssl_* arguments for ``tls`` (none: plain HTTP)."""
+    if tls is None:
+        return {}
+    options = _SslOptions(ssl_certfile=str(tls.cert_file), ssl_keyfile=str(tls.key_file))
+    if tls.client_ca_file is not None:
+        options.update(ssl_ca_certs=str(tls.client_ca_file), ssl_cert_reqs=ssl.CERT_REQUIRED)
+    return options
+
+
 class HttpServer:
-    """``await start()`` -> the bound port; ``await stop()`` ends streams and waits for uvicorn."""
+    """``await start()`` -> the bound port; ``await stop()`` ends streams and waits for uvicorn
+    (over HTTPS when given ``tls``)."""
 
     def __init__(self, app: FastAPI, host: str, port: int, *, streams: StreamRegistry | None = None,
                  grace_s: float = 5.0, header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
                  body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
-                 max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS, tls: HttpTLS | None = None) -> None:
         self._app = app
+        self._tls = tls
         self._protocol = type("ConfiguredH11Protocol", (GuardedH11Protocol,),
                               {"header_timeout_s": header_timeout_s, "body_timeout_s": body_timeout_s})
         self._max_connections = max_connections
@@ -173,7 +207,8 @@ class HttpServer:
             uvicorn_log.setLevel(logging.WARNING)
         config = uvicorn.Config(self._app, lifespan="off", log_config=None, access_log=False,
                                 timeout_graceful_shutdown=max(1, round(self._grace_s)), server_header=False,
-                                http=self._protocol, limit_concurrency=self._max_connections)
+                                http=self._protocol, limit_concurrency=self._max_connections,
+                                **_ssl_options(self._tls))
         self._server = _EmbeddedServer(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="http-server")
         while not self._server.started:

@@ -303,6 +303,31 @@ class JobStore:
             raise NotFound(f"job {job_name(job_id)} not found", field="name")
         return job
 
+    def delete_tenant(self, tenant: str) -> list[str]:
+        """Delete every job of ``tenant`` (with its versions and queued rounds) in one transaction and
+        return their ids. FailedPrecondition naming them while any is QUEUED or RUNNING: cancel those
+        first (CancelJob), so that no replica's worker writes to a job being deleted."""
+        def delete(db: Connection) -> list[str]:
+            rows = db.execute(f"SELECT id, state FROM jobs WHERE tenant = ?{self._db.lock_clause}",
+                              (tenant,)).fetchall()
+            active = sorted(row["id"] for row in rows if row["state"] in {s.value for s in ACTIVE_STATES})
+            if active:
+                shown = ", ".join(job_name(job_id) for job_id in active[:5]) + (" ..." if len(active) > 5 else "")
+                raise FailedPrecondition(
+                    f"tenant {tenant!r} has {len(active)} job(s) queued or running ({shown}); cancel them first",
+                    field="tenant")
+            ids = [row["id"] for row in rows]
+            for start in range(0, len(ids), 500):
+                chunk = tuple(ids[start:start + 500])
+                db.execute(f"DELETE FROM enhance_requests WHERE job_id IN ({marks(chunk)})", chunk)
+                db.execute(f"DELETE FROM versions WHERE job_id IN ({marks(chunk)})", chunk)
+                db.execute(f"DELETE FROM jobs WHERE id IN ({marks(chunk)})", chunk)
+            return ids
+
+        deleted = self._tx(delete)
+        logger.info("deleted the jobs of a tenant", extra={"tenant": tenant, "jobs": len(deleted)})
+        return deleted
+
     def load_job(self, job_id: str) -> Job | None:
         """The job regardless of tenant (for the runner), or None."""
         return self._tx(lambda db: self._load(db, job_id))

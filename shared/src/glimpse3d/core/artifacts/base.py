@@ -2,14 +2,24 @@
 
 An artifact is an immutable blob addressed by the sha256 of its bytes; services pass
 :class:`ArtifactRef` values to each other instead of the bytes. Every backend keys blobs as
-``sha256/<aa>/<hex>`` (``tmp/sha256/...`` for ``put(..., temporary=True)``), so a bare URI is as good
-as a ref for reading. :class:`BaseArtifactStore` implements the contract once: idempotent ``put``,
-sha256-verified reads, idempotent ``delete``, ``presign`` up to 7 days, ``ensure_ready`` at start-up.
+``tenants/<tenant>/sha256/<aa>/<hex>`` (``tmp/tenants/...`` for ``put(..., temporary=True)``), so a
+bare URI is as good as a ref for reading, and content addressing (dedup) works within a tenant.
+
+Tenant scope: inside :func:`tenant_scope` every operation of every store works for that tenant only
+(``put`` writes under its prefix; reading, presigning or deleting another tenant's key is
+PermissionDenied, decided from the key alone, before the store is asked, so it tells nothing about
+whether the artifact exists). Outside a scope (tools, tests) nothing is checked and ``put`` writes the
+legacy layout ``sha256/<aa>/<hex>``: keys without a tenant, stored before tenant scoping, belong to
+the ``default`` tenant (:data:`LEGACY_TENANT`).
+
+:class:`BaseArtifactStore` implements the contract once: idempotent ``put``, sha256-verified
+reads, idempotent ``delete``, ``presign`` up to 7 days, ``ensure_ready`` at start-up.
 See docs/artifacts.md ("The store contract").
 """
 
 from __future__ import annotations
 
+import contextvars
 import errno
 import functools
 import hashlib
@@ -26,7 +36,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, ParamSpec, Protocol, TypeVar, runtime_checkable
 
-from glimpse3d.core.errors import IntegrityError, InvalidInput, NotFound, Unavailable, shorten
+from glimpse3d.core.errors import IntegrityError, InvalidInput, NotFound, PermissionDenied, Unavailable, shorten
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +49,18 @@ OCTET_STREAM = "application/octet-stream"
 TEMP_KEY_PREFIX = "tmp/"
 """Relative keys of temporary artifacts start with this (``tmp/sha256/<aa>/<hex>``)."""
 
+TENANT_KEY_PREFIX = "tenants/"
+"""Keys of a tenant's artifacts start with ``tenants/<tenant>/`` (after ``tmp/`` for temporary ones)."""
+LEGACY_TENANT = "default"
+"""The tenant of keys without one (stored before tenant scoping, when every call was ``default``'s)."""
+TENANT_METADATA_KEY = "x-glimpse3d-tenant"
+"""The gRPC metadata key naming the tenant a call works for (gateway -> services)."""
+
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
-_KEY_RE = re.compile(r"(?:tmp/)?sha256/([0-9a-f]{2})/([0-9a-f]{64})")
+_TENANT_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}"
+_TENANT_RE = re.compile(_TENANT_PATTERN)
+_KEY_RE = re.compile(rf"(?:tmp/)?(?:tenants/({_TENANT_PATTERN})/)?sha256/([0-9a-f]{{2}})/([0-9a-f]{{64}})")
+_SCOPE: contextvars.ContextVar[str | None] = contextvars.ContextVar("glimpse3d_artifact_tenant", default=None)
 # RFC 6838 restricted-name for type and subtype; parameters (";charset=…") are not accepted.
 _MEDIA_TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}")
 
@@ -101,22 +121,68 @@ def validate_media_type(value: object) -> str:
     return value
 
 
-def content_key(sha256: str, *, temporary: bool = False) -> str:
-    """The relative, content-addressed key of a blob: ``sha256/<aa>/<full hex>``, with ``tmp/`` in
-    front for a temporary artifact."""
+def check_tenant_name(tenant: object, *, field: str = TENANT_METADATA_KEY) -> str:
+    """``tenant`` if it is 1..63 letters, digits, '.', '_' or '-' starting with a letter or digit."""
+    if not isinstance(tenant, str) or not _TENANT_RE.fullmatch(tenant):
+        raise InvalidInput(
+            f"{field} must be 1..63 letters, digits, '.', '_' or '-' starting with a letter or digit, "
+            f"got {shorten(tenant)}",
+            field=field,
+        )
+    return tenant
+
+
+def content_key(sha256: str, *, temporary: bool = False, tenant: str | None = None) -> str:
+    """The relative, content-addressed key of a blob: ``tenants/<tenant>/sha256/<aa>/<full hex>``
+    (``sha256/<aa>/<hex>`` without a tenant: the legacy layout), with ``tmp/`` in front for a
+    temporary artifact."""
     validate_sha256(sha256)
     key = f"sha256/{sha256[:2]}/{sha256}"
+    if tenant is not None:
+        key = f"{TENANT_KEY_PREFIX}{check_tenant_name(tenant, field='tenant')}/{key}"
     return TEMP_KEY_PREFIX + key if temporary else key
 
 
-def sha256_of_key(key: str) -> str:
-    """Inverse of :func:`content_key` (either kind of key); raises InvalidInput for anything else."""
+def _match_key(key: str) -> re.Match[str]:
     match = _KEY_RE.fullmatch(key)
-    if match is None or match.group(2)[:2] != match.group(1):
+    if match is None or match.group(3)[:2] != match.group(2):
         raise InvalidInput(
-            f"artifact key must look like '[tmp/]sha256/<aa>/<64 hex>', got {shorten(key)}", field="uri"
+            f"artifact key must look like '[tmp/][tenants/<tenant>/]sha256/<aa>/<64 hex>', got {shorten(key)}",
+            field="uri",
         )
-    return match.group(2)
+    return match
+
+
+def sha256_of_key(key: str) -> str:
+    """Inverse of :func:`content_key` (any kind of key); raises InvalidInput for anything else."""
+    return _match_key(key).group(3)
+
+
+def tenant_of_key(key: str) -> str:
+    """The tenant a key belongs to (:data:`LEGACY_TENANT` for a key without one)."""
+    return _match_key(key).group(1) or LEGACY_TENANT
+
+
+def current_tenant() -> str | None:
+    """The tenant of the enclosing :func:`tenant_scope` (None outside one)."""
+    return _SCOPE.get()
+
+
+@contextmanager
+def tenant_scope(tenant: str) -> Iterator[str]:
+    """Work for ``tenant`` inside the block: stores write under its prefix and refuse other tenants'
+    keys. Threads started with ``asyncio.to_thread`` and tasks created inside inherit the scope."""
+    token = _SCOPE.set(check_tenant_name(tenant, field="tenant"))
+    try:
+        yield tenant
+    finally:
+        _SCOPE.reset(token)
+
+
+def outside_tenant(uri: str, tenant: str, field: str) -> PermissionDenied:
+    """The error for a reference to another tenant's artifact: it tells the caller nothing beyond the
+    reference it sent (not whether the artifact exists)."""
+    return PermissionDenied(f"{field} is not an artifact of tenant {tenant!r}: {shorten(uri)}", field=field)
 
 
 def is_temporary_key(key: str) -> bool:
@@ -162,6 +228,10 @@ class ArtifactStore(Protocol):
     def exists(self, ref_or_uri: RefOrUri) -> bool: ...
 
     def delete(self, ref_or_uri: RefOrUri) -> None: ...
+
+    def delete_tenant(self, tenant: str) -> int: ...
+
+    def tenant_of(self, ref_or_uri: RefOrUri) -> str: ...
 
     def presign(self, ref_or_uri: RefOrUri, expires: timedelta = DEFAULT_PRESIGN_EXPIRY) -> str: ...
 
@@ -274,7 +344,7 @@ class BaseArtifactStore(ABC):
                 field="data",
             )
         with spool(data, self._spool_dir(), size) as spooled:
-            key = content_key(spooled.sha256, temporary=temporary)
+            key = self._scoped_key(spooled.sha256, temporary)
             if self._needs_write(key, spooled.size):
                 self._write_spooled(key, spooled, media_type)
                 logger.debug("stored artifact %s (%d bytes, %s)", key, spooled.size, media_type)
@@ -327,6 +397,25 @@ class BaseArtifactStore(ABC):
         self._delete_key(key)
         logger.debug("deleted artifact %s", key)
 
+    @_io_boundary("delete")
+    def delete_tenant(self, tenant: str) -> int:
+        """Remove every artifact of ``tenant`` (durable and temporary; for :data:`LEGACY_TENANT` also the
+        keys without a tenant) and return how many blobs were removed. Inside a tenant scope only that
+        tenant's own artifacts may be removed."""
+        check_tenant_name(tenant, field="tenant")
+        scope = _SCOPE.get()
+        if scope is not None and scope != tenant:
+            raise PermissionDenied(f"a call of tenant {scope!r} cannot delete another tenant's artifacts",
+                                   field="tenant")
+        prefixes = [f"{TENANT_KEY_PREFIX}{tenant}/", f"{TEMP_KEY_PREFIX}{TENANT_KEY_PREFIX}{tenant}/"]
+        if tenant == LEGACY_TENANT:
+            prefixes += ["sha256/", f"{TEMP_KEY_PREFIX}sha256/"]
+        removed = 0
+        for prefix in prefixes:
+            removed += self._delete_prefix(prefix)
+        logger.info("deleted %d artifacts of tenant %s", removed, tenant)
+        return removed
+
     @_io_boundary("read")
     def presign(self, ref_or_uri: RefOrUri, expires: timedelta = DEFAULT_PRESIGN_EXPIRY) -> str:
         """A URL from which a client can download the artifact until ``expires`` has passed."""
@@ -341,8 +430,30 @@ class BaseArtifactStore(ABC):
 
     # ---- shared helpers -------------------------------------------------------------------------
 
+    def tenant_of(self, ref_or_uri: RefOrUri) -> str:
+        """The tenant a ref or URI of this store belongs to (InvalidInput for one of no store's form)."""
+        uri = ref_or_uri.uri if isinstance(ref_or_uri, ArtifactRef) else ref_or_uri
+        if not isinstance(uri, str):
+            raise InvalidInput(f"expected an ArtifactRef or a URI string, got {type(uri).__name__}", field="uri")
+        try:
+            key = self._key_from_uri(uri)
+        except ValueError as err:  # urlsplit's own refusals (a malformed IPv6 host, ...)
+            raise InvalidInput(f"malformed artifact URI {shorten(uri)}: {err}", field="uri") from None
+        return tenant_of_key(key)
+
     def _resolve(self, ref_or_uri: RefOrUri) -> tuple[str, str]:
-        """(relative key, sha256) of a ref or URI that belongs to this store."""
+        """(relative key, sha256) of a ref or URI that belongs to this store and to the current tenant
+        scope (PermissionDenied otherwise, before the store is asked)."""
+        key, sha256 = self._resolve_any(ref_or_uri)
+        scope = _SCOPE.get()
+        if scope is not None and tenant_of_key(key) != scope:
+            raise outside_tenant(self._uri_for_key(key), scope, "uri")
+        return key, sha256
+
+    def _scoped_key(self, sha256: str, temporary: bool) -> str:
+        return content_key(sha256, temporary=temporary, tenant=_SCOPE.get())
+
+    def _resolve_any(self, ref_or_uri: RefOrUri) -> tuple[str, str]:
         if isinstance(ref_or_uri, ArtifactRef):
             key = self._key_from_uri(ref_or_uri.uri)
             sha256 = sha256_of_key(key)
@@ -381,7 +492,7 @@ class BaseArtifactStore(ABC):
         if size is not None and size != len(data):
             raise InvalidInput(f"size says {size} bytes but data holds {len(data)}", field="size")
         sha256 = hashlib.sha256(data).hexdigest()
-        key = content_key(sha256, temporary=temporary)
+        key = self._scoped_key(sha256, temporary)
         if self._needs_write(key, len(data)):
             self._write_bytes(key, data, media_type)
             logger.debug("stored artifact %s (%d bytes, %s)", key, len(data), media_type)
@@ -453,3 +564,8 @@ class BaseArtifactStore(ABC):
 
     @abstractmethod
     def _presign_key(self, key: str, expires: timedelta) -> str: ...
+
+    @abstractmethod
+    def _delete_prefix(self, prefix: str) -> int:
+        """Remove every blob whose key starts with ``prefix`` (a directory-like prefix ending in '/');
+        the number removed."""

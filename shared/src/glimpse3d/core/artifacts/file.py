@@ -2,25 +2,30 @@
 
 Layout under ``root``::
 
-    sha256/<aa>/<hex>        the blob
-    sha256/<aa>/<hex>.json   sidecar: {"sha256", "size", "media_type"}
-    tmp/sha256/<aa>/<hex>    a temporary artifact (``put(..., temporary=True)``), with its sidecar
-    .tmp/                    files being written; same filesystem, so os.replace is atomic
+    tenants/<tenant>/sha256/<aa>/<hex>        the blob
+    tenants/<tenant>/sha256/<aa>/<hex>.json   sidecar: {"sha256", "size", "media_type"}
+    tmp/tenants/<tenant>/sha256/<aa>/<hex>    a temporary artifact (``put(..., temporary=True)``), with its sidecar
+    sha256/<aa>/<hex>                         legacy layout (before tenant scoping; tenant ``default``)
+    .tmp/                                     files being written; same filesystem, so os.replace is atomic
 
 The sidecar is written before the blob, so a visible blob always has its media type recorded;
 both are written to a temporary file, fsync'ed and moved into place with ``os.replace``, so
-readers never see partial files. URIs are ``file://`` URIs of the blob path; a URI that resolves
-outside ``root`` (``..``, percent-encoded or not, or a symlink) is rejected with InvalidInput.
+readers never see partial files. URIs are ``artifact:///<key>``, relative to ``root``, so that no
+reference, download URL or error shows where the store lives on the server (and every process may
+mount it elsewhere). ``file://`` URIs of a blob path, which the store handed out before, are still
+read; one that resolves outside ``root`` (``..``, percent-encoded or not, or a symlink) is rejected
+with InvalidInput.
 
 Nothing here expires: temporary artifacts only live apart, under ``tmp/``, where an operator may
 prune them by age (each temporary put rewrites its file, so the modification time is its age).
 
-``presign`` returns the blob's ``file://`` URI: only clients that share the filesystem can use it,
-and the expiry is validated but not enforced.
+``presign`` returns the blob's ``artifact:///`` URI, which is not a download URL: the gateway's HTTP
+facade serves the file store's downloads behind short-lived signed links instead (docs/auth.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -37,6 +42,7 @@ from glimpse3d.core.artifacts.base import (
     BaseArtifactStore,
     Blob,
     Spooled,
+    sha256_of_key,
     storage_unavailable,
     validate_media_type,
 )
@@ -46,6 +52,8 @@ logger = logging.getLogger(__name__)
 
 _TMP_DIR = ".tmp"
 _FILE_MODE = 0o644
+URI_SCHEME = "artifact"
+"""Scheme of the file store's URIs: ``artifact:///<key relative to the store's root>``."""
 
 
 def _fsync_file(path: Path) -> None:
@@ -89,12 +97,24 @@ class FileArtifactStore(BaseArtifactStore):
         return self._root / f"{key}.json"
 
     def _uri_for_key(self, key: str) -> str:
-        return self._blob_path(key).as_uri()
+        return f"{URI_SCHEME}:///{key}"
 
     def _key_from_uri(self, uri: str) -> str:
         parts = urlsplit(uri)
+        if parts.scheme == URI_SCHEME:
+            if parts.netloc or parts.query or parts.fragment:
+                raise InvalidInput(
+                    f"artifact URI must be {URI_SCHEME}:///<key> without host, query or fragment, got {shorten(uri)}",
+                    field="uri",
+                )
+            key = parts.path.lstrip("/")
+            sha256_of_key(key)  # the key grammar admits no '..', no '%' and no absolute path
+            return key
         if parts.scheme != "file":
-            raise InvalidInput(f"{self!r} only reads file:// URIs, got {shorten(uri)}", field="uri")
+            raise InvalidInput(
+                f"the file artifact store reads {URI_SCHEME}:/// (and legacy file://) URIs, got {shorten(uri)}",
+                field="uri",
+            )
         if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
             raise InvalidInput(
                 f"file URI must be file:///absolute/path without host, query or fragment, got {shorten(uri)}",
@@ -103,9 +123,7 @@ class FileArtifactStore(BaseArtifactStore):
         try:
             relative = Path(unquote(parts.path)).resolve().relative_to(self._root)
         except (ValueError, OSError):
-            raise InvalidInput(
-                f"file URI {shorten(uri)} points outside the artifact root {self._root}", field="uri"
-            ) from None
+            raise InvalidInput(f"file URI {shorten(uri)} points outside the artifact store", field="uri") from None
         return relative.as_posix()
 
     # ---- reads ----------------------------------------------------------------------------------
@@ -120,12 +138,12 @@ class FileArtifactStore(BaseArtifactStore):
         except OSError as exc:  # the file system failed, not the data
             raise storage_unavailable(exc, "read") from exc
         except ValueError as exc:
-            raise IntegrityError(f"metadata sidecar {sidecar} is unreadable: {exc}") from exc
+            raise IntegrityError(f"metadata sidecar of {self._uri_for_key(key)} is unreadable: {exc}") from exc
         media_type = meta.get("media_type") if isinstance(meta, dict) else None
         try:
             return validate_media_type(media_type)
         except InvalidInput as exc:
-            raise IntegrityError(f"metadata sidecar {sidecar} is invalid: {exc.message}") from exc
+            raise IntegrityError(f"metadata sidecar of {self._uri_for_key(key)} is invalid: {exc.message}") from exc
 
     def _stat_key(self, key: str) -> tuple[int, str]:
         try:
@@ -183,3 +201,24 @@ class FileArtifactStore(BaseArtifactStore):
 
     def _presign_key(self, key: str, expires: timedelta) -> str:
         return self._uri_for_key(key)
+
+    def _delete_prefix(self, prefix: str) -> int:
+        top = self._root / prefix
+        if not top.is_dir():
+            return 0
+        removed = 0
+        for path in sorted(top.rglob("*")):
+            if path.is_file() and not path.is_symlink() and path.suffix != ".json":
+                key = path.relative_to(self._root).as_posix()
+                try:
+                    sha256_of_key(key)
+                except InvalidInput:
+                    continue  # not an artifact; left alone
+                self._delete_key(key)
+                removed += 1
+        for directory in sorted((p for p in top.rglob("*") if p.is_dir()), reverse=True):
+            with contextlib.suppress(OSError):  # a directory someone is writing into again stays
+                directory.rmdir()
+        with contextlib.suppress(OSError):
+            top.rmdir()
+        return removed

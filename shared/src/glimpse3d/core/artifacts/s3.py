@@ -27,6 +27,7 @@ import certifi
 import urllib3
 from minio import Minio
 from minio.commonconfig import ENABLED, Filter
+from minio.deleteobjects import DeleteObject
 from minio.error import MinioException, S3Error
 from minio.helpers import MAX_PART_SIZE, MIN_PART_SIZE
 from minio.lifecycleconfig import Expiration, LifecycleConfig, Rule
@@ -394,6 +395,25 @@ class S3ArtifactStore(BaseArtifactStore):
                 self._client.remove_object(self._bucket, self._object_name(key))
         except NotFound:
             logger.debug("delete of %s: bucket %s does not exist", key, self._bucket)
+
+    def _delete_prefix(self, prefix: str) -> int:
+        target = f"s3://{self._bucket}/{self._object_name(prefix)}"
+        with self._translate("list", target):
+            try:
+                names = [obj.object_name for obj in self._client.list_objects(
+                    self._bucket, prefix=self._object_name(prefix), recursive=True) if obj.object_name]
+            except S3Error as exc:
+                if exc.code == "NoSuchBucket":
+                    return 0
+                raise
+        with self._translate("delete", target):
+            for start in range(0, len(names), 1000):  # S3 takes at most 1000 keys per DeleteObjects
+                batch = [DeleteObject(name) for name in names[start:start + 1000]]
+                errors = list(self._client.remove_objects(self._bucket, batch))
+                if errors:
+                    raise ArtifactStoreUnavailable(
+                        f"delete under {target} failed for {len(errors)} objects: {errors[0].message}")
+        return len(names)
 
     def _presign_key(self, key: str, expires: timedelta) -> str:
         with self._translate("presign", self._uri_for_key(key)):

@@ -4,20 +4,40 @@
 "nothing happened, try again": connection refused, server draining, backend still loading) is
 retried with exponential backoff by gRPC itself; every other code reaches the caller at once.
 Calls that set no ``timeout`` get ``default_timeout_s``, so that no call can hang forever.
+
+Channels are plaintext unless given TLS credentials (:mod:`glimpse3d.core.tls`): explicitly, or for
+every channel created inside ``with channel_credentials(creds):`` (how the gateway gives its stage
+channels its client certificate).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
 
+from glimpse3d.core.artifacts.base import TENANT_METADATA_KEY, current_tenant
 from glimpse3d.core.config import DEFAULT_MAX_MESSAGE_BYTES
 
 MAX_RETRY_ATTEMPTS = 5  # gRPC caps maxAttempts at 5
 Continuation = Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]]
+# The credentials of channels created without explicit ones (None: plaintext); see channel_credentials.
+_CREDENTIALS: contextvars.ContextVar[grpc.ChannelCredentials | None] = contextvars.ContextVar(
+    "glimpse3d_channel_credentials", default=None)
+
+
+@contextlib.contextmanager
+def channel_credentials(credentials: grpc.ChannelCredentials | None) -> Iterator[None]:
+    """Inside the block, :func:`create_channel` without ``credentials`` uses these (None: plaintext)."""
+    token = _CREDENTIALS.set(credentials)
+    try:
+        yield
+    finally:
+        _CREDENTIALS.reset(token)
 
 
 def retry_service_config(
@@ -100,6 +120,27 @@ class _StreamStreamTimeout(_DefaultTimeout, grpc.aio.StreamStreamClientIntercept
         return await continuation(self._with_deadline(client_call_details), request_iterator)
 
 
+class _UnaryUnaryTenant(grpc.aio.UnaryUnaryClientInterceptor):
+    """Names the tenant of the enclosing ``tenant_scope`` (glimpse3d.core.artifacts) in the call's
+    ``x-glimpse3d-tenant`` metadata, unless the call names one itself: how the gateway's stage calls
+    carry their job's tenant to the services."""
+
+    async def intercept_unary_unary(
+        self, continuation: Continuation, client_call_details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
+        tenant = current_tenant()
+        metadata = list(client_call_details.metadata or ())
+        if tenant is not None and not any(key == TENANT_METADATA_KEY for key, _ in metadata):
+            client_call_details = grpc.aio.ClientCallDetails(
+                method=client_call_details.method,
+                timeout=client_call_details.timeout,
+                metadata=grpc.aio.Metadata(*metadata, (TENANT_METADATA_KEY, tenant)),
+                credentials=client_call_details.credentials,
+                wait_for_ready=client_call_details.wait_for_ready,
+            )
+        return await continuation(client_call_details, request)
+
+
 def default_timeout_interceptors(timeout_s: float) -> list[grpc.aio.ClientInterceptor]:
     """Client interceptors (one per call kind) giving ``timeout_s`` to calls made without one."""
     kinds = (_UnaryUnaryTimeout, _UnaryStreamTimeout, _StreamUnaryTimeout, _StreamStreamTimeout)
@@ -115,13 +156,15 @@ def create_channel(
     max_backoff_s: float = 2.0,
     default_timeout_s: float | None = 30.0,
     options: Sequence[tuple[str, Any]] = (),
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> grpc.aio.Channel:
-    """An insecure ``grpc.aio`` channel to ``target`` (``host:port``); call inside a running loop.
+    """A ``grpc.aio`` channel to ``target`` (``host:port``); call inside a running loop.
 
     ``retry_attempts`` counts every attempt, the first included (1 disables retries, at most 5).
     ``default_timeout_s`` applies to calls made without ``timeout`` (``None``: no default; give
     long-lived streams such as health watches an explicit timeout). ``options`` are extra
-    channel args appended last.
+    channel args appended last. ``credentials``: TLS (see :mod:`glimpse3d.core.tls`); None: those set by
+    :func:`channel_credentials` around this call, else plaintext.
     """
     if retry_attempts < 1:
         raise ValueError(f"retry attempts must be >= 1, got {retry_attempts}")
@@ -134,6 +177,12 @@ def create_channel(
         config = retry_service_config(retry_attempts, initial_backoff_s, max_backoff_s)
         channel_options.append(("grpc.service_config", config))
     interceptors = [] if default_timeout_s is None else default_timeout_interceptors(default_timeout_s)
+    interceptors.append(_UnaryUnaryTenant())
+    credentials = credentials if credentials is not None else _CREDENTIALS.get()
+    if credentials is not None:
+        return grpc.aio.secure_channel(
+            target, credentials, options=[*channel_options, *options], interceptors=interceptors
+        )
     return grpc.aio.insecure_channel(
         target, options=[*channel_options, *options], interceptors=interceptors
     )

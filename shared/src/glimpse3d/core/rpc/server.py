@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector, start_http_se
 
 from glimpse3d.core.config import DEFAULT_MAX_MESSAGE_BYTES, ServerConfig
 from glimpse3d.core.rpc.interceptors import ObservingInterceptor, RpcMetrics
+from glimpse3d.core.tls import server_credentials_from_config
 
 logger = logging.getLogger("glimpse3d.rpc")
 
@@ -201,6 +202,7 @@ def create_server(
     grace_seconds: float = 10.0,
     options: Sequence[tuple[str, Any]] = (),
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[Server, int]:
     """Build a server (call inside a running event loop) and bind it; returns it and its port.
 
@@ -208,6 +210,7 @@ def create_server(
     ``service_names`` are the full names listed by health and reflection. ``metrics_port`` 0
     picks a free port, ``None`` disables ``/metrics``. ``options`` are extra grpc channel args.
     ``interceptors`` run inside the observing one (their errors are mapped, counted and logged).
+    ``credentials`` (:mod:`glimpse3d.core.tls`): the port accepts TLS (or mutual TLS) only; None: plaintext.
     """
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
@@ -226,7 +229,10 @@ def create_server(
     reflection.enable_server_reflection(
         (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(address)
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     wrapper = Server(
         server, port=port, service_names=service_names, health_servicer=health_servicer,
         registry=registry, grace_seconds=grace_seconds,
@@ -239,9 +245,11 @@ def create_server_from_config(
     register: Registration, service_names: Sequence[str], config: ServerConfig,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> tuple[Server, int]:
-    """:func:`create_server` with address, metrics, limits and grace taken from ``config``."""
+    """:func:`create_server` with address, metrics, limits, grace and TLS taken from ``config``; a TLS
+    file that is missing or not what its setting asks for is a ConfigError naming the setting."""
     return create_server(
         register, service_names, address=config.address, metrics_host=config.metrics_host,
         metrics_port=config.metrics_port_or_none, max_message_bytes=config.max_message_bytes,
         grace_seconds=config.grace_seconds, interceptors=interceptors,
+        credentials=server_credentials_from_config(config),
     )
