@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx2 as httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from test_gateway_app import TestPipeline, expect_error, md, png
 
@@ -23,6 +24,7 @@ from glimpse3d.core.errors import Unavailable
 from glimpse3d.core.rpc import Server, create_server
 from glimpse3d.gateway.app import GatewayApp
 from glimpse3d.gateway.config import GatewayConfig
+from glimpse3d.gateway.http import HttpContext, create_app
 from glimpse3d.gateway.servicer import SERVICE_NAME, Glimpse3DServicer
 from glimpse3d.gateway.store import JobStore
 from glimpse3d.v1 import glimpse3d_pb2 as pb
@@ -74,14 +76,25 @@ async def wait_for(stub: glimpse3d_pb2_grpc.Glimpse3DStub, name: str, predicate,
     return job
 
 
+@asynccontextmanager
+async def http_client(app: GatewayApp) -> AsyncIterator[httpx.AsyncClient]:
+    """The HTTP facade over ``app``, in process."""
+    context = HttpContext(app, app._artifacts)  # the app's own store
+    transport = httpx.ASGITransport(app=create_app(context, web_dir=None))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        yield client
+
+
 def run(body) -> None:
     asyncio.run(asyncio.wait_for(body(), 60))
 
 
 def test_sigterm_refuses_new_work_finishes_the_version_in_flight_and_hands_the_rest_on(tmp_path: Path) -> None:
     async def body() -> None:
-        async with gateway(tmp_path, workers=1) as (_app, server, stub, channel, pipeline):
+        async with gateway(tmp_path, workers=1) as (app, server, stub, channel, pipeline):
             pipeline.gate.clear()
+            async with http_client(app) as http:
+                assert (await http.get("/api/v1/healthz")).json() == {"status": "ok"}
             running = await stub.CreateJob(
                 pb.CreateJobRequest(image_data=png(), options=pb.JobOptions(enhance_rounds=1)),
                 metadata=md(),
@@ -94,6 +107,9 @@ def test_sigterm_refuses_new_work_finishes_the_version_in_flight_and_hands_the_r
             await asyncio.sleep(0.2)
             status = await health.Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)  # pyright: ignore
             assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            async with http_client(app) as http:  # the HTTP facade's health says so too
+                answer = await http.get("/api/v1/healthz")
+                assert (answer.status_code, answer.json()) == (503, {"status": "draining"})
             err = await expect_error(
                 stub.CreateJob(pb.CreateJobRequest(image_data=png(2)), metadata=md(), timeout=TIMEOUT),
                 grpc.StatusCode.UNAVAILABLE,

@@ -194,6 +194,12 @@ class GatewayApp:
     def events(self) -> EventHub:
         return self._events
 
+    @property
+    def draining(self) -> bool:
+        """True once :meth:`drain` began (SIGTERM): the HTTP health answers 503 so load balancers stop
+        sending work, as the gRPC health says NOT_SERVING."""
+        return self._draining
+
     async def __aenter__(self) -> GatewayApp:
         await self.start()
         return self

@@ -268,8 +268,13 @@ def _operation_id(route: APIRoute) -> str:
 def api_router() -> APIRouter:
     router = APIRouter(prefix=API_PREFIX, route_class=ApiRoute, generate_unique_id_function=_operation_id)
 
-    @router.get("/healthz", response_model=Health, tags=["health"])
-    async def healthz() -> Health:
+    @router.get("/healthz", response_model=Health, tags=["health"], responses={503: {"model": Health}})
+    async def healthz(ctx: Context, response: Response) -> Health:
+        """200 while the gateway takes work; 503 ``draining`` after SIGTERM (readiness probes and load
+        balancers then send new work to another replica; reads are still answered)."""
+        if ctx.gateway.draining:
+            response.status_code = 503
+            return Health(status="draining")
         return Health(status="ok")
 
     @router.post("/jobs", status_code=201, tags=["jobs"], response_model=JobOut, openapi_extra=_UPLOAD_BODY,

@@ -153,7 +153,9 @@ class VersionList(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"]
+    """``ok`` (200); ``draining`` (503) once the gateway is shutting down and takes no new work."""
+
+    status: Literal["ok", "draining"]
 
 
 class EventTicket(BaseModel):
