@@ -12,7 +12,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from glimpse3d.core.errors import Glimpse3DError, InvalidInput, Unavailable
+from glimpse3d.core.errors import Cancelled, Glimpse3DError, InvalidInput, Unavailable
 from glimpse3d.core.rpc import create_server, to_rpc_status
 from glimpse3d.core.rpc.idempotency import IDEMPOTENCY_KEY, IdempotencyInterceptor, ResponseCache
 from glimpse3d.gateway.config import GatewayConfig
@@ -95,7 +95,8 @@ def run(coro):
         (rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "bad image"), False),
         (rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"), False),
         (rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "busy"), False),
-        (rpc_error(grpc.StatusCode.CANCELLED, "Socket closed"), False),
+        (rpc_error(grpc.StatusCode.CANCELLED, "CANCELLED"), True),  # a call caught by the server's shutdown
+        (rich_error(Cancelled("the job was cancelled")), False),  # the service's own answer, with a status
         (ValueError("not an rpc error"), False),
     ],
 )
@@ -347,3 +348,83 @@ def test_a_repeated_call_is_answered_from_memory() -> None:
             await server.stop(0)
 
     run(body())
+
+
+def test_the_response_cache_is_per_tenant(tmp_path) -> None:
+    """Behind the services' tenancy interceptor, the same key and request from another tenant is
+    computed afresh: one tenant is never answered with a response stored for another."""
+    from glimpse3d.core.artifacts import FileArtifactStore
+    from glimpse3d.core.artifacts.base import TENANT_METADATA_KEY, current_tenant
+    from glimpse3d.core.service import TenantInterceptor
+
+    computed: list[str | None] = []
+
+    async def count(request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext):
+        computed.append(current_tenant())
+        return health_pb2.HealthCheckResponse(status=SERVING)
+
+    handler = grpc.method_handlers_generic_handler("test.Counter", {"Count": grpc.unary_unary_rpc_method_handler(
+        count, request_deserializer=health_pb2.HealthCheckRequest.FromString,
+        response_serializer=health_pb2.HealthCheckResponse.SerializeToString)})
+
+    async def body() -> None:
+        server, port = create_server(lambda s: s.add_generic_rpc_handlers((handler,)), ["test.Counter"],
+                                     metrics_port=None, interceptors=[TenantInterceptor(FileArtifactStore(tmp_path)),
+                                                                      IdempotencyInterceptor(ResponseCache(8))])
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                call = channel.unary_unary("/test.Counter/Count",
+                                           request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                                           response_deserializer=health_pb2.HealthCheckResponse.FromString)
+                for tenant in ("acme", "acme", "globex", "globex"):
+                    md = ((IDEMPOTENCY_KEY, "job/v1/x"), (TENANT_METADATA_KEY, tenant))
+                    await call(health_pb2.HealthCheckRequest(service="same"), metadata=md, timeout=5)
+                assert computed == ["acme", "globex"]  # once per tenant, each repeat from its own entry
+        finally:
+            await server.stop(0)
+
+    run(body())
+
+
+@pytest.mark.service
+def test_calls_caught_by_a_server_shutdown_are_restart_errors() -> None:
+    """A call that reaches a server as its graceful shutdown (SIGTERM) begins is not answered: it ends
+    CANCELLED without a status from the service, or UNAVAILABLE. Either way the gateway retries it; a
+    job failed on a rolling restart when CANCELLED was taken for an answer."""
+
+    async def slow(request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext):
+        await asyncio.sleep(0.2)
+        return health_pb2.HealthCheckResponse(status=SERVING)
+
+    handler = grpc.method_handlers_generic_handler("test.Slow", {"Check": grpc.unary_unary_rpc_method_handler(
+        slow, request_deserializer=health_pb2.HealthCheckRequest.FromString,
+        response_serializer=health_pb2.HealthCheckResponse.SerializeToString)})
+
+    async def storm() -> list[BaseException | None]:
+        server, port = create_server(lambda s: s.add_generic_rpc_handlers((handler,)), ["test.Slow"],
+                                     metrics_port=None)
+        await server.start()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary(
+                "/test.Slow/Check", request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                response_deserializer=health_pb2.HealthCheckResponse.FromString)
+            await call(health_pb2.HealthCheckRequest(), timeout=5)  # connected
+
+            async def one(delay: float) -> BaseException | None:
+                await asyncio.sleep(delay)
+                try:
+                    await call(health_pb2.HealthCheckRequest(), timeout=5)
+                except grpc.aio.AioRpcError as err:
+                    return err
+                return None
+
+            calls = [asyncio.create_task(one(i * 0.0005)) for i in range(60)]
+            await asyncio.sleep(0.01)
+            await server.stop(1.0)
+            return await asyncio.gather(*calls)
+
+    outcomes = [o for _ in range(3) for o in run(storm())]
+    failed = [o for o in outcomes if o is not None]
+    assert failed, "no call was caught by the shutdown"
+    assert all(is_restart_error(err) for err in failed), {str(e)[:120] for e in failed if not is_restart_error(e)}

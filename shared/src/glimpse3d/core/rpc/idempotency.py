@@ -4,8 +4,9 @@ The gateway sends every stage call with an idempotency key in the ``x-glimpse3d-
 metadata (job, round and stage). When a call completed but its response was lost (the connection
 broke, the gateway restarted the call after a timeout of the transport), the retry carries the same
 key and the same request; :class:`IdempotencyInterceptor` then returns the stored response instead of
-computing it again. Entries are keyed by (method, key, SHA-256 of the serialized request), so a key
-reused with a different request is computed afresh, never answered with another request's result.
+computing it again. Entries are keyed by (method, tenant, key, SHA-256 of the serialized request), so a
+key reused with a different request, or by another tenant, is computed afresh, never answered with
+another request's (or tenant's) result.
 
 The cache is small and in memory (:class:`ResponseCache`: least recently used first out, each entry
 kept at most ``ttl_s`` seconds); responses of the services are artifact references and figures, a
@@ -24,12 +25,14 @@ from typing import Any
 
 import grpc
 
+from glimpse3d.core.artifacts.base import current_tenant
+
 IDEMPOTENCY_KEY = "x-glimpse3d-request-id"
 MAX_KEY_CHARS = 256
 DEFAULT_CACHE_ENTRIES = 512
 DEFAULT_CACHE_TTL_S = 900.0
 
-CacheKey = tuple[str, str, bytes]
+CacheKey = tuple[str, str, str, bytes]  # method, tenant ('' outside a tenant scope), key, request digest
 
 
 class ResponseCache:
@@ -112,7 +115,7 @@ class IdempotencyInterceptor(grpc.aio.ServerInterceptor):
             key = idempotency_key(context)
             if key is None:
                 return await behavior(request, context)
-            cache_key = (method, key, request_digest(request))
+            cache_key = (method, current_tenant() or "", key, request_digest(request))
             stored = cache.get(cache_key)
             if stored is not None:
                 return stored
