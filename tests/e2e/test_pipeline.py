@@ -66,8 +66,8 @@ def test_cli_generate_enhance_export_jobs(stack, tmp_path):
     assert exp.returncode == 0, exp.stderr
     v1 = read_ply(tmp_path / "v1.ply")
     v3 = read_ply(cli_export(stack, job, tmp_path / "v3.ply"))
-    assert v1.num_gaussians == v3.num_gaussians
-    assert not np.allclose(v1.sh, v3.sh)  # the rounds changed the splat; version 1 stayed readable
+    assert v3.num_gaussians >= v1.num_gaussians  # a round may grow Gaussians (MVCRM densification), at the end
+    assert not np.allclose(v1.sh, v3.sh[:v1.num_gaussians])  # the rounds changed the splat; version 1 stayed readable
 
     jobs = cli(stack, "jobs")
     assert jobs.returncode == 0 and job in jobs.stdout
