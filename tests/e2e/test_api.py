@@ -421,7 +421,7 @@ def test_enhance_orbit_camera_and_auto_add_versions(client, first):
     assert job.versions[0] == first.events[-1].job.versions[0]
     latest, latest_bytes = client.export(name, "ply")
     assert latest.version == f"{name}/versions/4" and latest.artifact == job.versions[3].splat
-    assert read_ply(latest_bytes).num_gaussians == read_ply(v1_bytes).num_gaussians
+    assert read_ply(latest_bytes).num_gaussians >= read_ply(v1_bytes).num_gaussians  # rounds may grow Gaussians
     assert latest.artifact.sha256 != v1_export.artifact.sha256
 
 

@@ -334,7 +334,7 @@ def test_enhance_camera_and_auto_add_versions(http, first):
         assert 0.0 <= metrics["accepted_fraction"] <= 1.0
         assert 0.0 <= metrics["enhanced_view_error_after"] <= metrics["enhanced_view_error_before"] + 1e-6
         assert version["report"]["accepted_fraction"] == metrics["accepted_fraction"]
-        assert version["num_gaussians"] == v1["num_gaussians"]  # read from the splat's header
+        assert version["num_gaussians"] >= v1["num_gaussians"]  # read from the splat's header; rounds may grow it
         assert (version["camera"]["width"], version["camera"]["height"]) == (RES, RES)
     np.testing.assert_allclose(v2["camera"]["position"], EAST, atol=1e-9)
     np.testing.assert_allclose(v2["camera"]["target"], [0, 0, 0], atol=1e-9)
