@@ -43,8 +43,9 @@ protos-check: $(STAMP)
 test: setup web chromium postgres k8s-tools triton research-assets
 	$(BIN)/python -m pytest -q tests
 
-# Jobs and rounds while every model service is killed (SIGKILL) and restarted in turn (tests/e2e/chaos.py):
-# every job must succeed. CHAOS_ARGS="--jobs 2 --rounds 1" for a short run.
+# Jobs and rounds while every model service, then the gateway, is stopped mid-stage and restarted 5 s later
+# (tests/e2e/chaos.py; tests/e2e/test_chaos.py runs it in `make test`): every job must succeed with all its
+# rounds. CHAOS_ARGS="--signal TERM" for a rolling restart, "--jobs 2 --rounds 1" for a short run.
 .PHONY: chaos
 chaos: setup
 	$(BIN)/python tests/e2e/chaos.py $(CHAOS_ARGS)
@@ -89,8 +90,10 @@ lint: setup
 	$(BIN)/ruff check .
 	PYRIGHT_PYTHON_IGNORE_WARNINGS=1 $(BIN)/pyright
 
+# Every suite of bench/, one table of ratios and figures; bench_load: p50/p99 of GetJob, ListJobs and health
+# under locust users while jobs run, and job throughput. BENCH_ARGS="--only bench.bench_load" for one suite.
 bench: setup
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # The fuzz tier for longer: the property tests of the parsers, the gRPC requests and the HTTP API with
 # 20 times the examples (GLIMPSE3D_FUZZ=long), then coverage-guided atheris runs (fuzz/) of the photo

@@ -20,6 +20,7 @@ SUITES = (
     "bench.bench_backends",
     "bench.bench_triton",
     "bench.bench_decode",
+    "bench.bench_load",
 )
 
 

@@ -18,13 +18,13 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import grpc
 import pytest
 
-from glimpse3d.gateway.stack import Stack, service_packages, start_stack
+from glimpse3d.gateway.stack import REQUIRED_SERVICES, Stack, service_packages, start_stack
 from glimpse3d.v1 import glimpse3d_pb2 as pb
 from glimpse3d.v1 import glimpse3d_pb2_grpc
 
@@ -38,13 +38,14 @@ BUDGET_S = 60.0  # the gateway's stage retry budget in these tests
 RECONSTRUCT_STEPS = 40  # twice the default fitting: a few seconds, for the kill to land while Reconstruct runs
 
 
-def start_service(stack: Stack, name: str, port: int) -> subprocess.Popen:
-    """Start service ``name`` again on ``port`` (as the stack started it), returning once it is SERVING."""
+def start_service(stack: Stack, name: str, port: int, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start service ``name`` again on ``port`` (as the stack started it, with ``extra_env``: this file's
+    :func:`service_env` when None), returning once it is SERVING."""
     ready = stack.state_dir / f"{name}.restart.ready.json"
     ready.unlink(missing_ok=True)
     env = {
         **os.environ,
-        **service_env(stack.state_dir).get(name, {}),
+        **(service_env(stack.state_dir).get(name, {}) if extra_env is None else extra_env),
         "GLIMPSE3D_ARTIFACTS_URL": (stack.state_dir / "artifacts").as_uri(),
         "GLIMPSE3D_LOG_JSON": "true",
         "OMP_WAIT_POLICY": "PASSIVE",
@@ -64,6 +65,44 @@ def start_service(stack: Stack, name: str, port: int) -> subprocess.Popen:
     stack.processes[name] = proc  # the stack stops it with the rest
     stack.metrics_ports[name] = int(json.loads(ready.read_text())["metrics_port"])
     return proc
+
+
+def gateway_env(stack: Stack, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment :func:`start_stack` gives the gateway (its services, database, artifacts), with ``env``."""
+    out = {**os.environ, **(env or {})}
+    out.setdefault("GLIMPSE3D_ARTIFACTS_URL", (stack.state_dir / "artifacts").as_uri())
+    out.setdefault("GLIMPSE3D_LOG_JSON", "true")
+    out.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    out.setdefault("GLIMPSE3D_DB_PATH", str(stack.state_dir / "jobs.sqlite3"))
+    out.setdefault("GLIMPSE3D_HTTP_PORT", "-1")
+    out.update({f"GLIMPSE3D_{s.upper()}_ADDR": stack.addr(s) for s in REQUIRED_SERVICES})
+    return out
+
+
+def start_gateway(stack: Stack, env: Mapping[str, str], port: int = 0, name: str = "gateway",
+                  timeout_s: float = 90.0) -> tuple[subprocess.Popen, int]:
+    """Start a gateway process with ``env`` (see :func:`gateway_env`) on ``port`` (0: a free one), as
+    ``stack.processes[name]`` (the stack stops the one named "gateway" with the rest; the caller stops any
+    other); returns it and its port once it serves."""
+    ready = stack.state_dir / f"{name}.restart.ready.json"
+    ready.unlink(missing_ok=True)
+    full = {**env, "GLIMPSE3D_READY_FILE": str(ready), "GLIMPSE3D_PORT": str(port), "GLIMPSE3D_METRICS_PORT": "0"}
+    with open(stack.state_dir / f"{name}.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "glimpse3d.gateway"], env=full, stdout=log,
+                                stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout_s
+    while not ready.exists():
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode} while starting (log: {name}.log)")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"{name} not ready {timeout_s:.0f} s after its start")
+        time.sleep(0.05)
+    announced = json.loads(ready.read_text())
+    stack.processes[name] = proc
+    stack.ports[name] = int(announced["port"])
+    stack.metrics_ports[name] = int(announced["metrics_port"])
+    return proc, int(announced["port"])
 
 
 def service_env(_state: Path) -> dict[str, dict[str, str]]:
@@ -177,3 +216,47 @@ def test_a_job_submitted_while_a_service_is_down_succeeds_once_it_is_back(stack:
     done = wait_done(client, job.name, 1)
     assert done.state == pb.Job.SUCCEEDED and not done.HasField("error"), done.error
     assert retries_logged(stack, "depth") > before
+
+
+def test_a_round_that_fails_after_the_retry_budget_can_be_retried(stack: Stack) -> None:
+    """A service away for longer than the retry budget (2 s on a gateway of its own here) fails the round
+    with UNAVAILABLE naming it; the job keeps its versions, the same request_id answers without running
+    again, and a new Enhance, once the service is back, adds the version."""
+    env = gateway_env(stack, {"GLIMPSE3D_STAGE_RETRY_BUDGET_S": "2", "GLIMPSE3D_STAGE_RETRY_MAX_BACKOFF_S": "0.5",
+                              "GLIMPSE3D_DB_PATH": str(stack.state_dir / "short-budget.sqlite3")})
+    gateway, port = start_gateway(stack, env, name="gateway-short-budget")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            client = glimpse3d_pb2_grpc.Glimpse3DStub(channel)
+            job = wait_done(client, create(client).name, 1)
+            assert job.state == pb.Job.SUCCEEDED and len(job.versions) == 1
+            down = kill(stack, "diffusion")
+            try:
+                started = time.monotonic()
+                client.Enhance(pb.EnhanceRequest(name=job.name, auto=True, request_id="round-1"), metadata=TENANT,
+                               timeout=RPC_TIMEOUT_S)
+                failed = wait_done(client, job.name, 2)
+                assert time.monotonic() - started >= 2.0  # retried for the budget, not failed at once
+            finally:
+                start_service(stack, "diffusion", down)
+            assert failed.state == pb.Job.SUCCEEDED  # the job keeps what it has
+            assert failed.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
+            assert "diffusion" in failed.error.message, failed.error.message
+            assert [v.splat.sha256 for v in failed.versions] == [job.versions[0].splat.sha256]
+
+            same = client.Enhance(pb.EnhanceRequest(name=job.name, auto=True, request_id="round-1"), metadata=TENANT,
+                                  timeout=RPC_TIMEOUT_S)
+            assert same.state == pb.Job.SUCCEEDED and same.error.code == failed.error.code  # answered, not rerun
+
+            client.Enhance(pb.EnhanceRequest(name=job.name, auto=True, request_id="round-1-again"), metadata=TENANT,
+                           timeout=RPC_TIMEOUT_S)
+            done = wait_done(client, job.name, 2)
+            assert done.state == pb.Job.SUCCEEDED and not done.HasField("error"), done.error
+            assert len(done.versions) == 2 and done.versions[0].splat.sha256 == job.versions[0].splat.sha256
+            exported = client.Export(pb.ExportRequest(name=done.versions[0].name, format=pb.ExportRequest.PLY),
+                                     metadata=TENANT,
+                                     timeout=RPC_TIMEOUT_S)
+            assert exported.artifact.sha256 == job.versions[0].splat.sha256  # version 1 is still there to download
+    finally:
+        gateway.terminate()
+        gateway.wait(30)

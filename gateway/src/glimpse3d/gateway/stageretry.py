@@ -83,19 +83,24 @@ class StageRetryPolicy:
 
 def is_restart_error(err: BaseException) -> bool:
     """True for the failures a service restart causes: UNAVAILABLE (connection refused, server
-    draining or gone, a call cut by the peer's death: "Socket closed", connection reset), and an
-    INTERNAL/UNKNOWN call that ended on a transport cut without any status from the service. Every
-    other code (bad input, deadline, a service's own fault) is the answer and is not retried."""
+    draining or gone, a call cut by the peer's death: "Socket closed", connection reset), an
+    INTERNAL/UNKNOWN call that ended on a transport cut without any status from the service, and a
+    CANCELLED one without a status from the service: a call that reached a server as its shutdown
+    began (SIGTERM) is cancelled by the server, not answered. The gateway's own cancellation (a
+    cancelled job) never comes back as a status: the awaiting task gets ``asyncio.CancelledError``.
+    Every other code (bad input, deadline, a service's own fault) is the answer and is not retried."""
     if not isinstance(err, grpc.aio.AioRpcError):
         return False
     code = err.code()
     if code == grpc.StatusCode.UNAVAILABLE:
         return True
-    if code not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+    if code not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED):
         return False
     trailing = err.trailing_metadata() or ()
     if any(key == _STATUS_DETAILS_KEY for key, _ in trailing):
         return False  # the service itself answered with a rich status
+    if code == grpc.StatusCode.CANCELLED:
+        return True
     details = (err.details() or "").lower()
     return any(marker in details for marker in TRANSPORT_CUT_MARKERS)
 
