@@ -21,6 +21,8 @@ from glimpse3d.core.models import DEFAULT_MODEL_DIR, resolve_device
 from glimpse3d.core.splat import Splat
 from glimpse3d.services.backprojection.api import (
     DEFAULT_CLIP_THRESHOLD,
+    DEFAULT_STEPS,
+    MAX_STEPS,
     BackprojectionBackend,
     ClipScorer,
     RefineOptions,
@@ -33,11 +35,12 @@ from glimpse3d.services.backprojection.mvcrm import refine
 
 class MVCRMRoundOptions(BackendOptions):
     """Options of every backend that runs MVCRM here. device: where MVCRM runs. max_side: working
-    resolution cap (None: the view's size; see :func:`.mvcrm.refine`). clip_check, clip_threshold:
-    what a request's unset fields mean."""
+    resolution cap (None: the view's size; see :func:`.mvcrm.refine`). steps, clip_check, clip_threshold:
+    what a request's unset fields mean (fewer steps: cheaper, less converged rounds)."""
 
     device: Device = "cpu"
     max_side: int | None = Field(default=256, ge=16)
+    steps: int = Field(default=DEFAULT_STEPS, ge=1, le=MAX_STEPS)
     clip_check: bool = True
     clip_threshold: float = Field(default=DEFAULT_CLIP_THRESHOLD, ge=0.0, le=1.0)
 
@@ -67,7 +70,8 @@ class MVCRMBackend(BackprojectionBackend):
     options: MVCRMOptions
 
     def _setup(self) -> None:
-        self.defaults = RefineOptions(clip_check=self.options.clip_check, clip_threshold=self.options.clip_threshold)
+        self.defaults = RefineOptions(steps=self.options.steps, clip_check=self.options.clip_check,
+                                      clip_threshold=self.options.clip_threshold)
         self.clip: ClipScorer | None = self._clip_scorer()
         self.device: Any = None  # torch.device once loaded
 
