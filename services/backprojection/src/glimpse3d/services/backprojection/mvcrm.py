@@ -291,6 +291,11 @@ def observation_strength(cov: Tensor, relative_to: float = 1.0) -> Tensor:
     return cov / (cov + typical * relative_to)
 
 
+def _distance_to(mask: np.ndarray) -> np.ndarray:
+    """[H, W] Euclidean distance of every pixel to the nearest pixel of ``mask`` (0 on it)."""
+    return np.asarray(ndimage.distance_transform_edt(~mask), dtype=np.float64)
+
+
 def grow(
     g: GaussianTensors,
     camera: Camera,
@@ -329,13 +334,13 @@ def grow(
     aligned = align.scale * view_depth.astype(np.float64) + align.shift  # [H, W] in the splat's depth units
     near, far = float(covered_depth.min()), float(covered_depth.max())
     margin = GROW_DEPTH_MARGIN * max(far - near, 1e-3 * far)
-    inner = ndimage.distance_transform_edt(trust.object_mask) > GROW_EDGE_PX  # [H, W] the render's object, edge off
+    inner = _distance_to(~trust.object_mask) > GROW_EDGE_PX  # [H, W] the render's object, edge off
     overhang = float((view_depth[inner] <= 0).mean()) if inner.any() else 1.0
     logger.debug("grow: accepted %.3f, overhang %.3f", trust.accepted_fraction, overhang)
     if overhang > GROW_MAX_OVERHANG:
         return None
-    inside_view = ndimage.binary_erosion(view_depth > 0)  # [H, W]
-    away = ndimage.distance_transform_edt(~trust.object_mask) >= GROW_EDGE_PX  # [H, W]
+    inside_view = np.asarray(ndimage.binary_erosion(view_depth > 0), dtype=bool)  # [H, W]
+    away = _distance_to(trust.object_mask) >= GROW_EDGE_PX  # [H, W]
     uncovered = inside_view & away & (rendered_alpha < GROW_MAX_ALPHA) & (aligned > max(near - margin, 1e-6)) \
         & (aligned < far + margin)  # [H, W]
     count = int(uncovered.sum())
