@@ -269,10 +269,11 @@ def api_router() -> APIRouter:
     router = APIRouter(prefix=API_PREFIX, route_class=ApiRoute, generate_unique_id_function=_operation_id)
 
     @router.get("/healthz", response_model=Health, tags=["health"], responses={503: {"model": Health}})
-    async def healthz(ctx: Context, response: Response) -> Health:
+    async def healthz(request: Request, response: Response) -> Health:
         """200 while the gateway takes work; 503 ``draining`` after SIGTERM (readiness probes and load
         balancers then send new work to another replica; reads are still answered)."""
-        if ctx.gateway.draining:
+        context = request.app.state.context  # None: the facade alone (static files, the spec), which is up
+        if context is not None and context.gateway.draining:
             response.status_code = 503
             return Health(status="draining")
         return Health(status="ok")
