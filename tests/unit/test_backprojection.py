@@ -287,6 +287,21 @@ def test_densification_restores_a_missing_part() -> None:
     moved = refine(cut, shifted(view, 8, 1.0), c0, shifted(depth, 8, 0.0), None, OPTS)
     assert moved.splat.num_gaussians == cut.num_gaussians
 
+    # A trusted view (the photo) bounds the growth: where its mask says "no object", nothing is added.
+    from glimpse3d.services.backprojection.api import TrustedView
+
+    side = cam(60)
+    side_view, _, side_alpha = render(gt, side)
+    agreeing = refine(cut, view, c0, depth, None, OPTS, trusted=[TrustedView(side_view, side, side_alpha)])
+    assert agreeing.splat.num_gaussians - cut.num_gaussians > 0.8 * (grown.splat.num_gaussians - cut.num_gaussians)
+    left_only = side_alpha.copy()
+    left_only[:, SIZE // 2:] = 0.0  # the photo says the right half of its frame is empty
+    bounded = refine(cut, view, c0, depth, None, OPTS, trusted=[TrustedView(side_view, side, left_only)])
+    new_means = bounded.splat.means[cut.num_gaussians:]
+    uv, _ = side.project(new_means.astype(np.float64))
+    assert (uv[:, 0] < SIZE // 2 + 3).all()  # measured: none right of the mask, its 2-pixel margin aside
+    assert bounded.splat.num_gaussians < agreeing.splat.num_gaussians
+
 
 def test_knn_matches_brute_force() -> None:
     points = torch.from_numpy(np.random.default_rng(3).normal(size=(700, 3)).astype(np.float32))

@@ -59,6 +59,7 @@ GROW_MIN_PIXELS = 4  # fewer uncovered pixels than this: nothing is grown
 GROW_MAX_FRACTION = 0.25  # at most this many new Gaussians per round, as a fraction of the splat
 GROW_DEPTH_MARGIN = 0.25  # new points must lie within the rendered object's depth range, widened by this share
 GROW_OPACITY = 0.7
+GROW_TRUSTED_MARGIN_PX = 2.0  # a trusted view's mask, widened by this, bounds where new Gaussians may go
 GROW_SCALE = 0.7  # standard deviation of a new Gaussian, in units of the spacing of the pixels it stands for
 
 @dataclass(frozen=True)
@@ -296,6 +297,20 @@ def _distance_to(mask: np.ndarray) -> np.ndarray:
     return np.asarray(ndimage.distance_transform_edt(~mask), dtype=np.float64)
 
 
+def _seen_as_background(view: TrustedView, points: np.ndarray) -> np.ndarray:
+    """[M] bool: ``points`` that ``view`` sees in front of it, inside its frame, where its mask (widened by
+    ``GROW_TRUSTED_MARGIN_PX``) says there is no object."""
+    uv, z = view.camera.project(points)
+    h, w = view.mask.shape
+    with np.errstate(invalid="ignore"):
+        col, row = np.floor(uv[:, 0]), np.floor(uv[:, 1])
+        inside = (z > 0) & (col >= 0) & (col < w) & (row >= 0) & (row < h)
+    widened = _distance_to(np.asarray(view.mask, np.float32) >= 0.5) <= GROW_TRUSTED_MARGIN_PX  # [H, W]
+    out = np.zeros(len(points), bool)
+    out[inside] = ~widened[row[inside].astype(int), col[inside].astype(int)]
+    return out
+
+
 def grow(
     g: GaussianTensors,
     camera: Camera,
@@ -304,6 +319,7 @@ def grow(
     rendered_depth: np.ndarray,
     rendered_alpha: np.ndarray,
     trust: Trust,
+    trusted: Sequence[TrustedView] = (),
 ) -> GaussianTensors | None:
     """New Gaussians for the view's object pixels that the splat leaves uncovered (None: none).
 
@@ -321,9 +337,10 @@ def grow(
     edge): a view whose outline only partly overlaps the splat's (shifted, turned, another object) is
     not an extension of it. Points outside the rendered object's depth range, widened by
     ``GROW_DEPTH_MARGIN``, are dropped. At most ``GROW_MAX_FRACTION`` of the splat is added per round (on a
-    coarser pixel grid when there are more), and never past :data:`MAX_GAUSSIANS`. The new Gaussians
-    start with no confidence, so the fusion that follows fits them freely, and the trusted photo pulls
-    back any that would show where the photo's matte says there is nothing.
+    coarser pixel grid when there are more), and never past :data:`MAX_GAUSSIANS`. A point that a
+    ``trusted`` view (the photo) sees outside its mask, widened by ``GROW_TRUSTED_MARGIN_PX``, is dropped:
+    the photo is ground truth that nothing is there. The new Gaussians start with no confidence, so the
+    fusion that follows fits them freely.
     """
     align = trust.alignment
     if align is None or not align.ok or trust.accepted_fraction < GROW_MIN_ACCEPTED:
@@ -357,6 +374,12 @@ def grow(
     z = aligned[rows, cols]  # [M]
     uv = np.stack([cols + 0.5, rows + 0.5], axis=1)
     means = camera.unproject(uv, z)  # [M, 3]
+    keep = np.ones(len(z), bool)
+    for photo in trusted:
+        keep &= ~_seen_as_background(photo, means)
+    if int(keep.sum()) < GROW_MIN_PIXELS:
+        return None
+    rows, cols, z, means = rows[keep], cols[keep], z[keep], means[keep]
     sigma = GROW_SCALE * stride * z / math.sqrt(camera.fx * camera.fy)  # [M] world units
     opacity = GROW_OPACITY
     m = len(z)
@@ -507,7 +530,7 @@ def refine(
         report = RefineReport(trust.accepted_fraction, before, before, score, note, True, 0, float(conf.mean()))
         return RefineResult(splat, conf, report)
     terms = tuple(_trusted_term(t, g0.device) for t in trusted_views)
-    grown = grow(g0, camera, target, depth_in, depth0, alpha0, trust) \
+    grown = grow(g0, camera, target, depth_in, depth0, alpha0, trust, trusted_views) \
         if ablation.densification and depth_in is not None else None
     if grown is not None:  # the fusion sees the grown splat, its new pixels trusted like any other
         added = grown.num_gaussians - g0.num_gaussians
