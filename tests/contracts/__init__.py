@@ -25,11 +25,12 @@ from typing import Any, ClassVar
 import grpc
 import pytest
 
-from glimpse3d.core.artifacts import FileArtifactStore
+from glimpse3d.core.artifacts import LEGACY_TENANT, FileArtifactStore, tenant_scope
 from glimpse3d.core.backend import Backend
 from glimpse3d.core.backends import BackendRegistry
 from glimpse3d.core.errors import InvalidInput, NotReady
 from glimpse3d.core.models import ModelMissing
+from glimpse3d.core.rpc import create_channel
 from glimpse3d.core.service import ServiceSettings, running_in_process
 
 # (service, backend) -> the contract class that covers it (filled as test modules are imported).
@@ -181,7 +182,12 @@ class BackendContract:
 
         async def main() -> None:
             async with running_in_process(module.build, [module.SERVICE_NAME], settings, store) as (port, _):
-                async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                    await self.grpc_scenario(self.stub(channel), store)
+                # Services act only for a tenant: the calls name one (the gateway forwards the caller's).
+                with tenant_scope(LEGACY_TENANT):
+                    channel = create_channel(f"127.0.0.1:{port}", default_timeout_s=None)
+                    try:
+                        await self.grpc_scenario(self.stub(channel), store)
+                    finally:
+                        await channel.close()
 
         asyncio.run(asyncio.wait_for(main(), 300))
