@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from glimpse3d.core.artifacts import ArtifactRef
+from glimpse3d.core.artifacts.base import check_tenant_name
 from glimpse3d.core.cameras import Camera
 from glimpse3d.core.errors import InvalidInput, shorten
 from glimpse3d.core.rpc.errors import reason_and_field, to_rpc_status
@@ -32,7 +33,6 @@ MAX_SEED = 2**64 - 1
 
 DEFAULT_TENANT = "default"
 TENANT_HEADER = "x-glimpse3d-tenant"
-_TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 JOB_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
 _JOB_NAME_RE = re.compile(rf"jobs/({JOB_ID_PATTERN})")
@@ -61,13 +61,7 @@ def check_seed(value: int, field_name: str) -> None:
 def check_tenant(tenant: str) -> str:
     """``tenant`` if it is 1..63 characters of letters, digits, '.', '_' or '-' (starting with a
     letter or digit); InvalidInput naming the metadata key otherwise."""
-    if not isinstance(tenant, str) or not _TENANT_RE.fullmatch(tenant):
-        raise InvalidInput(
-            f"{TENANT_HEADER} must be 1..63 letters, digits, '.', '_' or '-' starting with a letter or digit,"
-            f" got {shorten(tenant)}",
-            field=TENANT_HEADER,
-        )
-    return tenant
+    return check_tenant_name(tenant, field=TENANT_HEADER)  # the artifact store's rule: one tenant name everywhere
 
 
 # ---- resource names -------------------------------------------------------------------------------
