@@ -153,6 +153,16 @@ def tenant_of(principal: Annotated[Principal | None, Depends(principal_of)],
     return resolve_tenant(principal, x_glimpse3d_tenant if x_glimpse3d_tenant is not None else tenant)
 
 
+async def _signed_or_caller_tenant(request: Request, ctx: HttpContext, signed: Any, header: str | None,
+                                   query: str | None) -> str:
+    """The tenant of a signed ticket or link (already verified for the job), else of the caller's credentials."""
+    requested = header if header is not None else query
+    if signed is not None:
+        return resolve_tenant(signed, requested)
+    principal = None if ctx.auth is None else await ctx.auth.authenticate_async(request.headers)
+    return resolve_tenant(principal, requested)
+
+
 async def stream_tenant_of(
     job_id: str, request: Request, ctx: Context, x_glimpse3d_tenant: RequestedTenant = None,
     tenant: TenantQuery = None,
@@ -160,11 +170,8 @@ async def stream_tenant_of(
                                                     "(which cannot send the Authorization header)")] = None,
 ) -> str:
     """The job watch's tenant: from a ticket for this job, else as for every route."""
-    requested = x_glimpse3d_tenant if x_glimpse3d_tenant is not None else tenant
-    if ticket is not None:
-        return resolve_tenant(ctx.tickets.verify(ticket, job_id), requested)
-    principal = None if ctx.auth is None else await ctx.auth.authenticate_async(request.headers)
-    return resolve_tenant(principal, requested)
+    signed = ctx.tickets.verify(ticket, job_id) if ticket is not None else None
+    return await _signed_or_caller_tenant(request, ctx, signed, x_glimpse3d_tenant, tenant)
 
 
 async def link_tenant_of(
@@ -176,11 +183,8 @@ async def link_tenant_of(
         "(which cannot send the Authorization header); valid for minutes"))] = None,
 ) -> str:
     """The tenant of a photo or download: from the link's signature for this job, else as for every route."""
-    requested = x_glimpse3d_tenant if x_glimpse3d_tenant is not None else tenant
-    if sig is not None:
-        return resolve_tenant(ctx.tickets.verify_link(sig, job_id), requested)
-    principal = None if ctx.auth is None else await ctx.auth.authenticate_async(request.headers)
-    return resolve_tenant(principal, requested)
+    signed = ctx.tickets.verify_link(sig, job_id) if sig is not None else None
+    return await _signed_or_caller_tenant(request, ctx, signed, x_glimpse3d_tenant, tenant)
 
 
 Tenant = Annotated[str, Depends(tenant_of)]
