@@ -116,6 +116,18 @@ def resolve_device(spec: str = "auto"):  # -> torch.device
     return torch.device(spec)
 
 
+def warm_optimizer() -> None:
+    """Pay torch's one-off optimiser set-up cost now (in a backend's ``load``), not in the first request.
+
+    The first ``torch.optim`` optimiser a process builds imports ``torch._dynamo`` (its constructor is
+    wrapped to disable compilation), which takes about as long as importing torch itself: seconds on a
+    2-core machine. Backends that fit with Adam call this while loading.
+    """
+    import torch
+
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+
+
 def resolve_dtype(spec: str, device):  # -> torch.dtype
     """``auto`` is float16 on CUDA and float32 on CPU (half precision is slow or unsupported there)."""
     import torch

@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import Field, ValidationInfo, field_validator
 
 from glimpse3d.core.backend import BackendOptions, Device
-from glimpse3d.core.models import DEFAULT_MODEL_DIR, resolve_device
+from glimpse3d.core.models import DEFAULT_MODEL_DIR, resolve_device, warm_optimizer
 from glimpse3d.core.splat import Splat
 from glimpse3d.services.backprojection.api import (
     DEFAULT_CLIP_THRESHOLD,
@@ -82,8 +82,10 @@ class MVCRMBackend(BackprojectionBackend):
         return o.clip
 
     def _load(self) -> None:
-        """Nothing to load for MVCRM itself; a CLIP scorer with a ``load()`` is loaded here."""
+        """Nothing to load for MVCRM itself (the optimiser's one-off set-up is paid here); a CLIP scorer
+        with a ``load()`` is loaded here."""
         self.device = resolve_device(self.options.device)
+        warm_optimizer()
         loader = getattr(self.clip, "load", None)
         if callable(loader):
             loader()

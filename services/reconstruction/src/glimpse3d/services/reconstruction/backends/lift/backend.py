@@ -18,6 +18,7 @@ import torch
 from pydantic import Field
 
 from glimpse3d.core.cameras import Camera, orbit_camera
+from glimpse3d.core.models import warm_optimizer
 from glimpse3d.core.render import rasterize
 from glimpse3d.core.splat import Splat
 from glimpse3d.services.reconstruction.api import (
@@ -113,10 +114,12 @@ class LiftBackend(ReconstructionBackend):
     options: LiftOptions
 
     def _load(self) -> None:
-        """Nothing to download; one tiny render warms up torch so the first request is not slower."""
+        """Nothing to download; one tiny render and the optimiser's set-up warm up torch so the first
+        request is not slower."""
         warm = Splat.from_colors(np.array([[0.0, 0.0, 0.0]]), [0.5, 0.5, 0.5], 0.1, 0.5)
         with torch.no_grad():
             rasterize(warm, orbit_camera(0.0, 0.0, 2.7, width=16, height=16))
+        warm_optimizer()
 
     def _reconstruct(self, image: np.ndarray, depth: np.ndarray, mask: np.ndarray | None, camera: Camera,
                      views: Sequence[ExtraView], fit_steps: int, max_gaussians: int, seed: int) -> ReconstructionResult:
