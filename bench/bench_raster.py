@@ -1,30 +1,46 @@
-"""CPU rasterizer benchmark: 100k Gaussians at 512x512, forward and forward+backward.
+"""CPU rasterizer benchmark: the compiled kernel ("cpu" backend) against the pure-torch path.
 
-Everything runs in a fresh child process so that the peak-memory figure belongs to the render
-alone. Peak memory is the growth of the child's peak resident set size (``ru_maxrss``; Linux reports
-KiB) across the first forward call and across the first forward+backward call, measured from the
-same baseline taken after a small warm-up render has paid one-time costs (lazy initialisation,
-allocator pools). It counts everything the render allocated on top of what the process already held:
-projected Gaussians, tile lists, work blocks, the autograd graph and the gradients.
-Times are wall clock, the best of up to three calls (fewer on a slow machine), with torch's default
-thread count; on a machine shared with other jobs they vary widely.
+Two parts, each in a fresh child process:
+
+* comparison: forward+backward (and forward alone) of ``rasterize`` with ``backend="torch"`` (the
+  reference path, ``_blend.BlendChunk``), ``backend="cpu"`` (the C++/OpenMP kernels: screen-space
+  stage, binning and composite), ``cpu_composite`` (the previous CPU path: screen-space stage and
+  binning in torch, only the composite compiled) and, when numba is importable, the composite kernel
+  in numba (``bench/raster_numba.py``, not shipped, torch screen-space stage and binning), at
+  12k Gaussians / 256 px and 100k Gaussians / 512 px. Calls alternate between the backends so that
+  each ratio is measured side by side under the same machine load; times are the best of up to
+  three calls of each (fewer on a slow machine). The backward pass is driven by
+  ``rgb.mean() + depth.mean()``.
+* memory, per backend at 100k / 512 px: the growth of the child's peak resident set size
+  (``ru_maxrss``; Linux reports KiB) across its first forward call and across its first
+  forward+backward call, from a baseline taken after a small warm-up render has paid one-time costs
+  (lazy initialisation, allocator pools). It counts everything the render allocated on top of what
+  the process already held: projected Gaussians, tile lists, work blocks, the autograd graph and the
+  gradients.
+
+Threads: torch's default (``torch.get_num_threads()``; 2 on the reference machine) with
+``OMP_WAIT_POLICY=PASSIVE`` (set by the Makefile). On a machine shared with other jobs times vary
+widely; the ratios much less.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-NUM_GAUSSIANS = 100_000
+NUM_GAUSSIANS = 100_000  # the memory figures' scene
 SIZE = 512
-MAX_SAMPLES = 3  # timed calls of each kind, fewer once TIME_BUDGET_S has passed
-TIME_BUDGET_S = 45.0
+SCENES = ((12_000, 256), (100_000, 512))  # (Gaussians, image side) of the timing comparison
+MAX_SAMPLES = 3  # timed calls of each kind and backend, fewer once TIME_BUDGET_S has passed (per scene)
+TIME_BUDGET_S = 60.0
 _CHILD_TIMEOUT_S = 600
 
 
@@ -52,73 +68,187 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _child() -> dict:
-    """Runs in the child process: memory from the first calls, times as the best of all calls."""
+def _backends() -> list[str]:
+    from glimpse3d.core.render import _cpu_raster
+
+    names = ["torch"]
+    if _cpu_raster.available():
+        names += ["cpu", "cpu_composite"]
+    if importlib.util.find_spec("numba") is not None:
+        names.append("numba")
+    return names
+
+
+def _renderer(backend: str):
+    """backend -> f(g, camera) -> (rgb, depth, alpha)."""
     import torch
 
-    from glimpse3d.core.render import rasterize, to_tensors
+    from glimpse3d.core.render import rasterize
+    from glimpse3d.core.render._rasterize import Backend
+
+    if backend in ("torch", "cpu"):
+        chosen: Backend = "torch" if backend == "torch" else "cpu"
+        return lambda g, camera: tuple(rasterize(g, camera, backend=chosen))
+    if backend == "cpu_composite":
+        return _composite_only_render
+    from bench import raster_numba
+
+    def numba_render(g, camera):
+        viewmat = torch.tensor(camera.world_to_camera, dtype=g.dtype)
+        K = torch.tensor(camera.K, dtype=g.dtype)
+        campos = torch.tensor(camera.position, dtype=g.dtype)
+        return raster_numba.render(g, viewmat, K, campos, (camera.width, camera.height),
+                                   torch.zeros(3, dtype=g.dtype), g.sh_degree)
+
+    return numba_render
+
+
+def _composite_only_render(g, camera):
+    """The CPU path before the screen-space stage and binning were compiled: both in torch (autograd
+    through projection and SH), then the compiled composite kernel."""
+    import torch
+
+    from glimpse3d.core.render import _cpu_raster, _torch_raster
+
+    viewmat, K, campos = (torch.tensor(a, dtype=g.dtype) for a in (camera.world_to_camera, camera.K, camera.position))
+    width, height, tile = camera.width, camera.height, _torch_raster.TILE_SIZE
+    feats, radii = _torch_raster.screen_space(g, viewmat, K, campos, width, height, g.sh_degree)
+    b = _torch_raster.bin_gaussians(feats[:, :2].detach(), radii, feats[:, -1].detach(),
+                                    (-(-height // tile), -(-width // tile)), tile)
+    sums = _cpu_raster.CompositeCPU.apply(feats, b.tiles, b.starts, b.counts, b.ids, width, height, tile)
+    alpha = sums[..., 4]
+    covered = alpha > _torch_raster.MIN_DEPTH_ALPHA
+    depth = torch.where(covered, sums[..., 3] / torch.where(covered, alpha, 1.0), 0.0)
+    return sums[..., :3], depth, alpha
+
+
+def _timers(render):
+    import torch
 
     def forward(g, camera) -> float:
         start = time.perf_counter()
         with torch.no_grad():
-            rasterize(g, camera)
+            render(g, camera)
         return time.perf_counter() - start
 
     def forward_backward(g, camera) -> float:
         for t in (g.means, g.quats, g.log_scales, g.opacity_logits, g.sh):
             t.grad = None
         start = time.perf_counter()
-        out = rasterize(g, camera)
-        (out.rgb.mean() + out.depth.mean()).backward()
+        rgb, depth, _ = render(g, camera)
+        (rgb.mean() + depth.mean()).backward()
         return time.perf_counter() - start
 
+    return forward, forward_backward
+
+
+def _warm_up(renders: dict) -> None:
+    from glimpse3d.core.render import to_tensors
+
     small, small_cam = _scene(2_000, 64, seed=1)
-    forward_backward(to_tensors(small, requires_grad=True), small_cam)  # warm-up
+    for render in renders.values():  # one-time costs: lazy initialisation, numba's compilation
+        _timers(render)[1](to_tensors(small, requires_grad=True), small_cam)
+
+
+def _memory_child(backend: str) -> dict:
+    """First forward and first forward+backward at NUM_GAUSSIANS / SIZE: peak RSS growth and times."""
+    import torch
+
+    from glimpse3d.core.render import to_tensors
+
+    render = _renderer(backend)
+    _warm_up({backend: render})
+    forward, forward_backward = _timers(render)
     splat, camera = _scene(NUM_GAUSSIANS, SIZE)
     g = to_tensors(splat, requires_grad=True)
-    begin = time.perf_counter()
     base = _peak_rss_mib()
-    fwd = [forward(g, camera)]
+    fwd = forward(g, camera)
     peak_forward = _peak_rss_mib() - base
-    fwd_bwd = [forward_backward(g, camera)]
-    peak_train = _peak_rss_mib() - base
-    while len(fwd) < MAX_SAMPLES and time.perf_counter() - begin < TIME_BUDGET_S:
-        fwd.append(forward(g, camera))
-        fwd_bwd.append(forward_backward(g, camera))
-    with torch.no_grad():
-        coverage = float(rasterize(g, camera).alpha.mean())
-    return {
-        "forward_s": min(fwd),
-        "forward_backward_s": min(fwd_bwd),
-        "samples": len(fwd),
-        "peak_forward_mib": peak_forward,
-        "peak_forward_backward_mib": peak_train,
-        "coverage": coverage,
-        "threads": torch.get_num_threads(),
-    }
+    fwd_bwd = forward_backward(g, camera)
+    return {"peak_forward_mib": peak_forward, "peak_forward_backward_mib": _peak_rss_mib() - base,
+            "forward_s": fwd, "forward_backward_s": fwd_bwd, "threads": torch.get_num_threads()}
+
+
+def _compare_child() -> dict:
+    """Best forward and forward+backward times per scene and backend, calls interleaved."""
+    import torch
+
+    from glimpse3d.core.render import to_tensors
+
+    renders = {name: _renderer(name) for name in _backends()}
+    _warm_up(renders)
+    results: dict = {"threads": torch.get_num_threads(), "backends": list(renders), "scenes": {}}
+    for n, size in SCENES:
+        splat, camera = _scene(n, size)
+        g = to_tensors(splat, requires_grad=True)
+        times: dict[str, dict[str, list[float]]] = {name: {"fwd": [], "fwd_bwd": []} for name in renders}
+        begin = time.perf_counter()
+        while True:
+            for name, render in renders.items():
+                forward, forward_backward = _timers(render)
+                times[name]["fwd"].append(forward(g, camera))
+                times[name]["fwd_bwd"].append(forward_backward(g, camera))
+            samples = len(times["torch"]["fwd"])
+            if samples >= MAX_SAMPLES or time.perf_counter() - begin > TIME_BUDGET_S:
+                break
+        with torch.no_grad():
+            coverage = float(renders["torch"](g, camera)[2].mean())
+        results["scenes"][f"{n // 1000}k_{size}"] = {
+            "samples": samples, "coverage": coverage,
+            **{name: {k: min(v) for k, v in t.items()} for name, t in times.items()},
+        }
+    return results
+
+
+def _run_child(*args: str) -> dict:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", *args], capture_output=True, text=True, timeout=_CHILD_TIMEOUT_S,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"rasterizer benchmark child {args} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def run() -> list[dict]:
     """Benchmark rows: {"name", "value", "unit", "note"}."""
     start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, __file__, "--child"], capture_output=True, text=True, timeout=_CHILD_TIMEOUT_S, check=False
-    )
-    logger.info("rasterizer benchmark child finished in %.1f s", time.perf_counter() - start)
-    if proc.returncode != 0:
-        raise RuntimeError(f"rasterizer benchmark child failed:\n{proc.stderr[-4000:]}")
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
-    scene = f"{NUM_GAUSSIANS // 1000}k Gaussians (SH 3), {SIZE}x{SIZE}, CPU torch path, {r['threads']} threads"
-    return [
-        {"name": "raster_cpu_forward", "value": r["forward_s"], "unit": "s",
-         "note": f"{scene}, no grad, best of {r['samples']}; mean alpha {r['coverage']:.2f}"},
-        {"name": "raster_cpu_forward_backward", "value": r["forward_backward_s"], "unit": "s",
-         "note": f"{scene}, best of {r['samples']}"},
-        {"name": "raster_cpu_peak_rss_forward", "value": r["peak_forward_mib"], "unit": "MiB",
-         "note": "growth of ru_maxrss over the forward pass, fresh process after a small warm-up"},
-        {"name": "raster_cpu_peak_rss_forward_backward", "value": r["peak_forward_backward_mib"], "unit": "MiB",
-         "note": "growth of ru_maxrss over forward + backward (same baseline)"},
-    ]
+    cmp = _run_child("compare")
+    rows: list[dict] = []
+    threads = cmp["threads"]
+    if "cpu" not in cmp["backends"]:
+        logger.warning("compiled CPU rasterizer not built (make setup): only the torch path is measured")
+    if "numba" not in cmp["backends"]:
+        logger.info("numba not importable: its comparison rows are left out")
+    for key, r in cmp["scenes"].items():
+        scene = f"{key.replace('_', ' Gaussians (SH 3), ')} px, {threads} threads, best of {r['samples']}"
+        for name in cmp["backends"]:
+            for kind, label in (("fwd", "forward, no grad"), ("fwd_bwd", "forward+backward")):
+                rows.append({"name": f"raster_{name}_{kind}_{key}", "value": r[name][kind], "unit": "s",
+                             "note": f"backend {name}: {label}, {scene}; mean alpha {r['coverage']:.2f}"})
+        for name in cmp["backends"]:
+            if name == "torch":
+                continue
+            for kind in ("fwd", "fwd_bwd"):
+                rows.append({"name": f"raster_speedup_{name}_{kind}_{key}", "value": r["torch"][kind] / r[name][kind],
+                             "unit": "x", "note": f"torch time / {name} time, {kind}, same run, calls interleaved"})
+        if "cpu_composite" in cmp["backends"]:
+            for kind in ("fwd", "fwd_bwd"):
+                rows.append({"name": f"raster_speedup_fused_stages_{kind}_{key}",
+                             "value": r["cpu_composite"][kind] / r["cpu"][kind], "unit": "x",
+                             "note": f"cpu_composite time / cpu time, {kind}: compiling the screen-space stage "
+                                     "and binning, same run, calls interleaved"})
+    for name in [b for b in cmp["backends"] if b in ("torch", "cpu")]:
+        m = _run_child("memory", name)
+        note = f"backend {name}, {NUM_GAUSSIANS // 1000}k Gaussians, {SIZE} px, fresh process after a small warm-up"
+        rows += [
+            {"name": f"raster_{name}_peak_rss_forward", "value": m["peak_forward_mib"], "unit": "MiB",
+             "note": f"growth of ru_maxrss over the first forward pass; {note}"},
+            {"name": f"raster_{name}_peak_rss_forward_backward", "value": m["peak_forward_backward_mib"], "unit": "MiB",
+             "note": f"growth of ru_maxrss over forward + backward (same baseline); {note}"},
+        ]
+    logger.info("rasterizer benchmark finished in %.1f s", time.perf_counter() - start)
+    return rows
 
 
 def _print_table(rows: list[dict]) -> None:
@@ -128,8 +258,10 @@ def _print_table(rows: list[dict]) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--child"]:
-        print(json.dumps(_child()))
+    if sys.argv[1:2] == ["--child"]:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for bench.raster_numba
+        result = _compare_child() if sys.argv[2] == "compare" else _memory_child(sys.argv[3])
+        print(json.dumps(result))
     else:
         logging.basicConfig(level=logging.INFO)
         _print_table(run())

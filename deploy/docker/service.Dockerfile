@@ -17,7 +17,22 @@ ARG CUDA_RUNTIME_IMAGE=nvidia/cuda:13.0.2-base-ubuntu24.04
 
 # ---- bases per variant: where the venv is built and where it runs (same Python at the same path)
 FROM ${PYTHON_IMAGE} AS build-base-cpu
+# g++ compiles the CPU rasterizer kernel in the builder (glimpse3d.core.render.build_ext). Not pinned per
+# package (DL3008): the tagged base image fixes the distribution release, and its archive keeps only the
+# current security-patched version of each package.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends g++ \
+    && rm -rf /var/lib/apt/lists/*
+
 FROM ${PYTHON_IMAGE} AS runtime-base-cpu
+# libgomp1: the OpenMP runtime the compiled CPU rasterizer kernel links. Not pinned per package (DL3008): the
+# tagged base image fixes the distribution release, and its archive keeps only the current security-patched
+# version of each package.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/*
 
 FROM ${CUDA_DEVEL_IMAGE} AS build-base-cuda
 # Not pinned per package (DL3008): the tagged base image fixes the distribution release, and its
@@ -32,7 +47,7 @@ FROM ${CUDA_RUNTIME_IMAGE} AS runtime-base-cuda
 # archive keeps only the current security-patched version of each package.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 \
+    && apt-get install -y --no-install-recommends python3 libgomp1 \
     && rm -rf /var/lib/apt/lists/*
 
 # ---- extra wheels per variant: none on CPU; on CUDA, gsplat with compiled kernels. This stage reads
@@ -76,9 +91,15 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     python3 -m venv /opt/venv \
     && deploy/install.sh --python /opt/venv/bin/python --protos "shared[torch,triton]" "${SERVICE}" \
         -- --find-links /wheels ${TORCH_INDEX_URL:+--extra-index-url "${TORCH_INDEX_URL}"}
-# Fail the build, not the pod: the service imports, and on CUDA gsplat's compiled kernels load.
+# The compiled CPU rasterizer kernel, into the installed package (its _cpu_ext/ travels with /opt/venv); the
+# CPU services would otherwise render on the several times slower pure-torch path (docs/rasterizer.md).
+RUN /opt/venv/bin/python -m glimpse3d.core.render.build_ext
+# Fail the build, not the pod: the service imports, on CUDA gsplat's compiled kernels load, and the
+# reconstruction service has the mesh libraries of its ExportMesh (its dependencies pull shared[mesh]).
 RUN /opt/venv/bin/python -c "import glimpse3d.v1, glimpse3d.services.${SERVICE}.server" \
     && if [ "${VARIANT}" = cuda ]; then /opt/venv/bin/python -c "import torch, gsplat.csrc"; fi \
+    && if [ "${SERVICE}" = reconstruction ]; then \
+        /opt/venv/bin/python -c "import manifold3d, skimage, scipy, trimesh, xatlas"; fi \
     && printf '#!/bin/sh\nexec /opt/venv/bin/python -m glimpse3d.services.%s "$@"\n' "${SERVICE}" \
         > /opt/venv/bin/glimpse3d-service \
     && chmod 0755 /opt/venv/bin/glimpse3d-service

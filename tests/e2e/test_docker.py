@@ -446,7 +446,7 @@ def test_make_setup_runs_install_sh_with_the_same_pip_command():
     args = shlex.split(line.replace("$(BIN)", ".venv/bin").replace("$(SERVICES)", " ".join(services)))
     pip = dry_run(args[1:])
     assert pip == (f"+ {REPO_ROOT}/.venv/bin/python -m pip install -q -c constraints.txt -r requirements-dev.txt "
-                   "-e shared[torch,models,triton] -e gateway " + " ".join(f"-e services/{s}" for s in services)
+                   "-e shared[torch,models,triton,mesh] -e gateway " + " ".join(f"-e services/{s}" for s in services)
                    + " -e research")
 
 
@@ -486,3 +486,18 @@ def test_images_py_prints_one_build_per_image(capsys):
     with pytest.raises(SystemExit) as exit_info:
         images.main(["--only", "glimpse3d-nope"])
     assert exit_info.value.code == 2
+
+
+def test_service_images_build_the_cpu_rasterizer_kernel():
+    """The CPU services render through the compiled kernel (docs/rasterizer.md): the builder has a compiler
+    and builds it into the venv (failing the build if it cannot), every runtime base has its OpenMP runtime."""
+    service = parse(DOCKER_DIR / "service.Dockerfile")
+    builder = service.stage("builder")
+    assert builder is not None
+    builds = [r.args for r in builder.all("RUN") if "glimpse3d.core.render.build_ext" in r.args]
+    assert builds and not any("--optional" in b for b in builds), "the builder must build the kernel or fail"
+    for variant in images.VARIANTS:
+        build_base, runtime_base = service.stage(f"build-base-{variant}"), service.stage(f"runtime-base-{variant}")
+        assert build_base is not None and runtime_base is not None
+        assert any("g++" in r.args for r in build_base.all("RUN")), f"build-base-{variant} has no C++ compiler"
+        assert any("libgomp1" in r.args for r in runtime_base.all("RUN")), f"runtime-base-{variant} lacks libgomp1"

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from glimpse3d.core.cameras import MAX_IMAGE_SIDE, Camera
 from glimpse3d.core.errors import InvalidInput
+from glimpse3d.core.render import _cpu_raster as cpu_raster
 from glimpse3d.core.render._gsplat import render as gsplat_render
 from glimpse3d.core.render._torch_raster import render as torch_render
 from glimpse3d.core.render.gaussians import GaussianTensors, to_tensors
@@ -19,8 +20,8 @@ from glimpse3d.core.splat import Splat
 
 logger = logging.getLogger(__name__)
 
-Backend = Literal["auto", "torch", "gsplat"]
-_BACKENDS = ("auto", "torch", "gsplat")
+Backend = Literal["auto", "cpu", "torch", "gsplat"]
+_BACKENDS = ("auto", "cpu", "torch", "gsplat")
 
 
 class RenderOutput(NamedTuple):
@@ -44,22 +45,25 @@ def rasterize(
     ``width``/``height`` default to the camera's; other sizes rescale the intrinsics. Colour is the
     SH sum in the direction from the camera centre to each mean, + 0.5, clamped at 0 (up to
     ``sh_degree``, default: all bands present). ``rgb = sum(w c) + (1 - alpha) background``.
-    ``backend="auto"`` uses gsplat for CUDA tensors and the differentiable torch rasterizer otherwise.
+    ``backend="auto"`` uses gsplat for CUDA tensors; on CPU, the compiled CPU kernel when it is built
+    (``make setup``) and the dtype is float32/float64, else the differentiable pure-torch rasterizer.
+    ``"cpu"`` requires the compiled kernel, ``"torch"`` forces the pure-torch path (the reference),
+    ``"gsplat"`` requires CUDA tensors.
     """
     g = _as_tensors(gaussians)
     camera = _resized(camera, width, height)
     degree = _check_sh_degree(sh_degree, g)
     bg = _background(background, g)
-    use_gsplat = _use_gsplat(backend, g)
+    chosen = _choose_backend(backend, g)
     viewmat = torch.as_tensor(camera.world_to_camera, dtype=g.dtype, device=g.device)  # [4, 4]
     K = torch.as_tensor(camera.K, dtype=g.dtype, device=g.device)  # [3, 3]
     size = (camera.width, camera.height)
-    logger.debug("rasterize %d Gaussians at %dx%d with %s", g.num_gaussians, *size, "gsplat" if use_gsplat else "torch")
-    if use_gsplat:
+    logger.debug("rasterize %d Gaussians at %dx%d with %s", g.num_gaussians, *size, chosen)
+    if chosen == "gsplat":
         rgb, depth, alpha = gsplat_render(g, viewmat, K, size, bg, degree)
     else:
         campos = torch.as_tensor(camera.position, dtype=g.dtype, device=g.device)  # [3]
-        rgb, depth, alpha = torch_render(g, viewmat, K, campos, size, bg, degree)
+        rgb, depth, alpha = torch_render(g, viewmat, K, campos, size, bg, degree, compiled=chosen == "cpu")
     return RenderOutput(rgb, depth, alpha)
 
 
@@ -113,10 +117,27 @@ def _background(background: Sequence[float] | Tensor, g: GaussianTensors) -> Ten
     return bg
 
 
-def _use_gsplat(backend: str, g: GaussianTensors) -> bool:
+def _choose_backend(backend: str, g: GaussianTensors) -> str:
+    """"gsplat", "cpu" (the compiled CPU kernel) or "torch"."""
     if backend not in _BACKENDS:
         raise InvalidInput(f"backend must be one of {', '.join(_BACKENDS)}, got {backend!r}", field="backend")
     on_cuda = g.device.type == "cuda" and torch.cuda.is_available()
     if backend == "gsplat" and not on_cuda:
         raise InvalidInput(f"backend 'gsplat' needs CUDA tensors, got device {g.device}", field="backend")
-    return backend == "gsplat" or (backend == "auto" and on_cuda)
+    if backend == "cpu":
+        if g.device.type != "cpu" or g.dtype not in cpu_raster.DTYPES:
+            raise InvalidInput(f"backend 'cpu' needs float32 or float64 CPU tensors, got {g.dtype} on {g.device}",
+                               field="backend")
+        if not cpu_raster.available():
+            raise InvalidInput(
+                "backend 'cpu' needs the compiled CPU rasterizer, which is not built: run "
+                "`python -m glimpse3d.core.render.build_ext` (part of `make setup`)", field="backend"
+            )
+        return "cpu"
+    if backend == "auto":
+        if on_cuda:
+            return "gsplat"
+        if g.device.type == "cpu" and g.dtype in cpu_raster.DTYPES and cpu_raster.available():
+            return "cpu"
+        return "torch"
+    return backend

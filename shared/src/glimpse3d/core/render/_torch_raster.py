@@ -202,11 +202,27 @@ def render(
     *,
     tile_size: int = TILE_SIZE,
     max_work: int = MAX_WORK,
+    compiled: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Render (rgb [H, W, 3], expected depth [H, W], alpha [H, W]) of ``size`` (width, height)."""
+    """Render (rgb [H, W, 3], expected depth [H, W], alpha [H, W]) of ``size`` (width, height).
+
+    ``compiled``: use the compiled CPU kernels (:mod:`._cpu_raster`, which must be built): the
+    composite stage always, the screen-space stage unless ``viewmat``, ``K`` or ``campos`` require
+    grad (the kernel has no camera gradients; this function's ``screen_space`` then runs instead).
+    Binning is shared.
+    """
     width, height = size
-    feats, radii = screen_space(g, viewmat, K, campos, width, height, sh_degree)
-    sums = composite(feats, radii, width, height, tile_size=tile_size, max_work=max_work)  # [H, W, 5]
+    if compiled:
+        from glimpse3d.core.render import _cpu_raster  # imports this module
+
+        if _cpu_raster.fused_screen_space_applies(g, viewmat, K, campos):
+            feats, radii = _cpu_raster.screen_space(g, viewmat, K, campos, width, height, sh_degree)
+        else:
+            feats, radii = screen_space(g, viewmat, K, campos, width, height, sh_degree)
+        sums = _cpu_raster.composite(feats, radii, width, height, tile_size=tile_size)  # [H, W, 5]
+    else:
+        feats, radii = screen_space(g, viewmat, K, campos, width, height, sh_degree)
+        sums = composite(feats, radii, width, height, tile_size=tile_size, max_work=max_work)  # [H, W, 5]
     alpha = sums[..., 4]  # [H, W]
     rgb = sums[..., :3] + (1.0 - alpha)[..., None] * background  # [H, W, 3]
     covered = alpha > MIN_DEPTH_ALPHA  # [H, W]

@@ -111,8 +111,8 @@ def charbonnier(diff: Tensor) -> Tensor:
 
 
 def _normal_loss(p: _Params, terms: NormalTerms) -> Tensor:
-    quats = p.leaves["quats"][terms.active]  # [A, 4]
-    n = nrm.gaussian_normals(quats, p.leaves["log_scales"][terms.active])  # [A, 3]
+    quats = p.leaves["quats"].index_select(0, terms.active)  # [A, 4] (deterministic backward, see normals.py)
+    n = nrm.gaussian_normals(quats, p.leaves["log_scales"].index_select(0, terms.active))  # [A, 3]
     loss = nrm.neighbour_loss(n, terms.neighbours, terms.flat)
     w = terms.flat * terms.target_valid  # [A]
     if bool(w.sum() > 0):

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from scipy.spatial import cKDTree
+from scipy.spatial import KDTree
 from torch import Tensor
 
 from glimpse3d.core.render import quat_to_rotmat
@@ -54,7 +54,7 @@ def unoriented_disagreement(a: Tensor, b: Tensor) -> Tensor:
 def knn(points: Tensor, k: int, seed: int = 0) -> Neighbours:
     """k nearest neighbours (excluding the point itself) of each of M points [M, 3], exact.
 
-    scipy's k-d tree (``cKDTree``, built in O(M log M), queried on all cores) replaces a grid hash
+    scipy's k-d tree (``KDTree``, built in O(M log M), queried on all cores) replaces a grid hash
     written here before: it is exact also where density is uneven, and about 20x faster at 10k points.
     ``seed`` is kept for callers; the result does not depend on it.
     """
@@ -66,7 +66,7 @@ def knn(points: Tensor, k: int, seed: int = 0) -> Neighbours:
     kk = min(k, m - 1)
     if kk >= 1:
         pts = points.detach().to(torch.float64).cpu().numpy()
-        _, found = cKDTree(pts).query(pts, k=kk + 1, workers=-1)  # [M, kk + 1], self among them
+        _, found = KDTree(pts).query(pts, k=kk + 1, workers=-1)  # [M, kk + 1], self among them
         found = np.asarray(found, np.int64).reshape(m, kk + 1)
         rows = np.arange(m)[:, None]
         # Drop the row itself; with duplicate points it may not come first, and if it is missing
@@ -84,8 +84,12 @@ def neighbour_loss(normals: Tensor, neighbours: Neighbours, weight: Tensor) -> T
     """Weighted mean of 1 - |n_i . n_j| over neighbour pairs; normals [M, 3], weight [M] (per point)."""
     m = normals.shape[0]
     assert neighbours.index.shape[0] == m and weight.shape == (m,), "neighbours and weight must match normals"
-    pair_w = weight[:, None] * weight[neighbours.index] * neighbours.valid  # [M, k]
-    d = unoriented_disagreement(normals[:, None, :], normals[neighbours.index])  # [M, k]
+    k = neighbours.index.shape[1]
+    flat = neighbours.index.reshape(-1)  # [M k]
+    pair_w = weight[:, None] * weight.index_select(0, flat).view(m, k) * neighbours.valid  # [M, k]
+    # index_select, unlike advanced indexing, has a deterministic backward on CPU (index_add_ rather than
+    # index_put_ with accumulation, whose order varies with the threads): repeated rounds are bit-identical.
+    d = unoriented_disagreement(normals[:, None, :], normals.index_select(0, flat).view(m, k, 3))  # [M, k]
     return (pair_w * d).sum() / pair_w.sum().clamp(min=1e-8)
 
 
