@@ -9,17 +9,23 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import platform
 import sys
 import time
 
+from bench import device
+
 SUITES = (
     "bench.bench_raster",
+    "bench.bench_gsplat",
     "bench.bench_ply",
     "bench.bench_pipeline",
     "bench.bench_backends",
     "bench.bench_triton",
     "bench.bench_decode",
+    "bench.bench_mesh",
+    "bench.bench_formats",
     "bench.bench_load",
 )
 
@@ -34,7 +40,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", nargs="*", help="suite module names to run (default: all)")
     parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--device", choices=device.CHOICES,
+                        help=f"where suites that render place their tensors (sets {device.ENV}; default: "
+                             "auto, CUDA when torch sees a device); suites without CUDA work ignore it")
     ns = parser.parse_args()
+    if ns.device:
+        os.environ[device.ENV] = ns.device  # child processes of the suites read the same choice
+    device.requested()  # a bad GLIMPSE3D_BENCH_DEVICE fails here, before any suite runs
     suites = ns.only or SUITES
     rows: list[dict] = []
     print(f"# Glimpse3D benchmarks on {platform.machine()} / Python {platform.python_version()}")
@@ -44,7 +56,7 @@ def main() -> int:
         for r in results:
             rows.append({"suite": name.rsplit(".", 1)[-1], **r})
         print(f"# {name}: {time.perf_counter() - start:.1f} s", file=sys.stderr)
-    width = max(len(r["name"]) for r in rows)
+    width = max((len(r["name"]) for r in rows), default=4)
     for r in rows:
         print(f"{r['suite']:<14} {r['name']:<{width}}  {_fmt(r['value']):>10} {r['unit']:<6} {r.get('note', '')}")
     if ns.json:
