@@ -17,12 +17,15 @@ export OMP_WAIT_POLICY ?= PASSIVE
 # deploy/install.sh holds the pip command lines; the images (deploy/docker) run the same script.
 $(STAMP): constraints.txt deploy/install.sh shared/pyproject.toml gateway/pyproject.toml $(foreach s,$(SERVICES),services/$(s)/pyproject.toml) research/pyproject.toml requirements-dev.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	deploy/install.sh --python $(BIN)/python --editable --dev -q "shared[torch,models,triton]" gateway $(SERVICES) research
+	deploy/install.sh --python $(BIN)/python --editable --dev -q "shared[torch,models,triton,mesh]" gateway $(SERVICES) research
 	touch $(STAMP)
 
 GEN_STAMP := shared/src/glimpse3d/v1/.generated
 
+# The compiled CPU rasterizer kernel (glimpse3d.core.render.build_ext): cached under a hash of its source and
+# the torch version (a no-op when up to date); without a C++ compiler it says so and the torch path is used.
 setup: $(STAMP) $(GEN_STAMP)
+	$(BIN)/python -m glimpse3d.core.render.build_ext --optional
 
 # Generated code goes into the shared package (shared/src/glimpse3d/v1). It is not committed: this
 # rule regenerates it whenever a .proto is newer, and tests/unit/test_protos.py fails when the code on
@@ -94,6 +97,13 @@ lint: setup
 # under locust users while jobs run, and job throughput. BENCH_ARGS="--only bench.bench_load" for one suite.
 bench: setup
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Everything that needs an NVIDIA GPU in at most 8 minutes (docs/gpu-check.md): gsplat's CUDA build, tests/gpu
+# and the CUDA tests of tests/unit, the GPU bench suites; out/gpu-check/result.json. Without CUDA each GPU
+# step reports "no CUDA device" and it exits 0; GPU_CHECK_ARGS="--require-gpu" makes that exit 2.
+.PHONY: gpu-check
+gpu-check: setup
+	$(BIN)/python -m bench.gpu_check $(GPU_CHECK_ARGS)
 
 # The fuzz tier for longer: the property tests of the parsers, the gRPC requests and the HTTP API with
 # 20 times the examples (GLIMPSE3D_FUZZ=long), then coverage-guided atheris runs (fuzz/) of the photo

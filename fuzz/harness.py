@@ -2,9 +2,9 @@
 
     python fuzz/harness.py TARGET [libFuzzer options] [CORPUS_DIR ...]
 
-TARGET is one of :data:`TARGETS`: ``decode_image`` (photo uploads), ``ply``, ``splat`` and ``glb``
-(splat imports). The property is the one tests/unit/test_fuzz_parsers.py checks: every input either
-parses or raises :class:`~glimpse3d.core.errors.InvalidInput`; any other exception is a crash, which
+TARGET is one of :data:`TARGETS`: ``decode_image`` (photo uploads), ``ply``, ``splat``, ``glb``,
+``spz`` and ``sog`` (splat imports). The property is the one tests/unit/test_fuzz_parsers.py checks:
+every input either parses or raises :class:`~glimpse3d.core.errors.InvalidInput`; any other exception is a crash, which
 libFuzzer reports with the input that caused it (``-artifact_prefix=DIR/`` says where it is written).
 ``fuzz/run.py`` runs every target for a while from a seed corpus (``make fuzz``).
 """
@@ -18,7 +18,7 @@ import atheris
 
 with atheris.instrument_imports(include=["glimpse3d", "PIL", "plyfile"]):  # pyright: ignore[reportAttributeAccessIssue]
     from glimpse3d.core.errors import InvalidInput
-    from glimpse3d.core.formats import read_glb, read_ply, read_splat
+    from glimpse3d.core.formats import read_glb, read_ply, read_sog, read_splat, read_spz
     from glimpse3d.core.images import decode_image
 
 TARGETS: dict[str, Callable[[bytes], object]] = {
@@ -26,6 +26,8 @@ TARGETS: dict[str, Callable[[bytes], object]] = {
     "ply": read_ply,
     "splat": read_splat,
     "glb": read_glb,
+    "spz": read_spz,
+    "sog": read_sog,
 }
 
 

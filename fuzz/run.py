@@ -3,8 +3,8 @@
     python fuzz/run.py [--seconds N] [--out DIR] [--only TARGET ...]
 
 Seeds are written by the project's own encoders and exporters (PNG and JPEG photos in several modes,
-splats of SH degree 0..3 as .ply, .splat and .glb) into ``DIR/<target>/corpus``, where libFuzzer also
-keeps the inputs that reached new code, so a later run goes on from there. A crash leaves
+splats of SH degree 0..3 as .ply, .splat, .glb, .spz and .sog) into ``DIR/<target>/corpus``, where
+libFuzzer also keeps the inputs that reached new code, so a later run goes on from there. A crash leaves
 ``DIR/<target>/crash-*`` (the input) and makes the run exit 1 after the other targets ran.
 """
 
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-TARGETS = ("decode_image", "ply", "splat", "glb")
+TARGETS = ("decode_image", "ply", "splat", "glb", "spz", "sog")
 
 
 def seeds(target: str) -> list[bytes]:
@@ -25,7 +25,13 @@ def seeds(target: str) -> list[bytes]:
     import numpy as np
     from PIL import Image
 
-    from glimpse3d.core.formats import splat_to_glb_bytes, splat_to_ply_bytes, splat_to_splat_bytes
+    from glimpse3d.core.formats import (
+        splat_to_glb_bytes,
+        splat_to_ply_bytes,
+        splat_to_sog_bytes,
+        splat_to_splat_bytes,
+        splat_to_spz_bytes,
+    )
     from glimpse3d.core.splat import Splat
 
     rng = np.random.default_rng(0)
@@ -57,7 +63,8 @@ def seeds(target: str) -> list[bytes]:
         )
         for n, d in ((3, 0), (2, 1), (1, 3))
     ]
-    writer = {"ply": splat_to_ply_bytes, "splat": splat_to_splat_bytes, "glb": splat_to_glb_bytes}[target]
+    writer = {"ply": splat_to_ply_bytes, "splat": splat_to_splat_bytes, "glb": splat_to_glb_bytes,
+              "spz": splat_to_spz_bytes, "sog": splat_to_sog_bytes}[target]
     return [writer(s) for s in splats]
 
 

@@ -180,7 +180,8 @@ def gateway_requests(server: Server) -> st.SearchStrategy[tuple[str, Any, str]]:
         "glimpse3d.v1.Camera": CAMERAS,
         **{
             f"glimpse3d.v1.{m}.name": names
-            for m in ("GetJobRequest", "CancelJobRequest", "EnhanceRequest", "ExportRequest", "WatchJobRequest")
+            for m in ("GetJobRequest", "CancelJobRequest", "EnhanceRequest", "ExportRequest", "WatchJobRequest",
+                      "AddPhotoRequest")
         },
     }
     methods = {
@@ -192,6 +193,7 @@ def gateway_requests(server: Server) -> st.SearchStrategy[tuple[str, Any, str]]:
         "Export": glimpse3d_pb2.ExportRequest,
         "PreviewMatte": glimpse3d_pb2.PreviewMatteRequest,
         "WatchJob": glimpse3d_pb2.WatchJobRequest,
+        "AddPhoto": glimpse3d_pb2.AddPhotoRequest,
     }
     return st.sampled_from(sorted(methods)).flatmap(
         lambda m: st.tuples(st.just(m), messages(methods[m], over), TENANTS)
@@ -257,7 +259,7 @@ SERVICE_RPCS: dict[str, list[tuple[str, type[Any]]]] = {
     ],
     "multiview": [("Generate", multiview_pb2.GenerateViewsRequest)],
     "diffusion": [("Enhance", diffusion_pb2.EnhanceViewRequest)],
-    "backprojection": [("Refine", backprojection_pb2.RefineRequest)],
+    "backprojection": [("Refine", backprojection_pb2.RefineRequest), ("Pose", backprojection_pb2.PoseRequest)],
 }
 # The tenant the gateway names on every stage call; the fixture's artifacts (stored without a tenant) are its.
 SERVICE_TENANT = (("x-glimpse3d-tenant", "default"),)

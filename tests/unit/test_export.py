@@ -133,7 +133,7 @@ def test_glb_empty_and_bad_input() -> None:
     with pytest.raises(InvalidInput):
         read_glb_gaussians(b"not a glb file")
     with pytest.raises(InvalidInput):
-        export_splat(random_splat(2), "obj")
+        export_splat(random_splat(2), "stl")  # a format that is not registered
 
 
 def test_ply_and_splat_exports() -> None:

@@ -53,7 +53,16 @@ def test_built_in_formats_are_registered_in_order() -> None:
     assert get_format("glb").media_type == "model/gltf-binary"
 
 
-@pytest.mark.parametrize("name", format_names())
+# Formats that quantise positions, scales and SH (fixed point, 8-bit logs, codebooks): their round trips
+# are checked against their own documented tolerances in tests/unit/test_compressed_formats.py.
+QUANTISED = ("spz", "sog")
+
+
+def test_quantised_formats_are_registered() -> None:
+    assert set(QUANTISED) <= set(format_names())
+
+
+@pytest.mark.parametrize("name", [f.name for f in formats() if not f.export_only and f.name not in QUANTISED])
 @pytest.mark.parametrize("degree", [0, 3])
 def test_every_format_round_trips(name: str, degree: int) -> None:
     fmt = get_format(name)
@@ -75,17 +84,35 @@ def test_every_format_round_trips(name: str, degree: int) -> None:
 def test_media_types_and_extensions_are_unique() -> None:
     all_formats = formats()
     for field in ("name", "media_type", "extension"):
-        values = [getattr(f, field) for f in all_formats]
+        # an export-only format (a mesh) may share a container's media type: glb and mesh-glb
+        values = [getattr(f, field) for f in all_formats if field != "media_type" or not f.export_only]
         assert len(set(values)) == len(values), field
     for f in all_formats:
         assert f.extension.startswith(".") and f.description and "/" in f.media_type
 
 
+@pytest.mark.parametrize("name", [f.name for f in formats() if f.export_only])
+def test_export_only_formats_cannot_be_read_as_splats(name: str) -> None:
+    fmt = get_format(name)
+    for data in (b"", splat_to_ply_bytes(random_splat(4))):
+        with pytest.raises(InvalidInput, match="export-only") as err:
+            fmt.reader(data)
+        assert err.value.field == "format"
+    glb = get_format("glb")
+    shared = SplatFormat(name="test-mesh", media_type=glb.media_type, extension=".test-mesh", writer=glb.writer,
+                         reader=fmt.reader, proto_enum=None, description="a mesh", export_only=True)
+    register_format(shared)  # the media type of a splat format: allowed for an export-only one
+    unregister_format(shared.name)
+    with pytest.raises(ValueError, match="already registered"):
+        register_format(SplatFormat(name="test-splat", media_type=get_format("ply").media_type, extension=".tsp",
+                                    writer=glb.writer, reader=glb.reader, proto_enum=None, description="dup"))
+
+
 def test_unknown_name_names_the_valid_ones() -> None:
     with pytest.raises(InvalidInput) as err:
-        get_format("obj")
+        get_format("stl")
     assert err.value.field == "format"
-    assert "obj" in err.value.message
+    assert "stl" in err.value.message
     for name in format_names():
         assert name in err.value.message
 

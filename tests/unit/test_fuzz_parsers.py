@@ -12,11 +12,13 @@ Example counts are the ``ci`` profile's; ``GLIMPSE3D_FUZZ=long`` (``make fuzz``)
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import math
 import re
 import struct
+import zipfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -39,10 +41,14 @@ from glimpse3d.core.formats import (
     get_format,
     read_glb,
     read_ply,
+    read_sog,
     read_splat,
+    read_spz,
     splat_to_glb_bytes,
     splat_to_ply_bytes,
+    splat_to_sog_bytes,
     splat_to_splat_bytes,
+    splat_to_spz_bytes,
 )
 from glimpse3d.core.images import MAX_IMAGE_SIDE, decode_image, decode_npy, encode_npy
 from glimpse3d.core.splat import Splat
@@ -193,6 +199,8 @@ SPLATS = (_splat(3, 0, 0), _splat(2, 1, 1), _splat(1, 3, 2))
 PLY_SEEDS = tuple(splat_to_ply_bytes(s) for s in SPLATS)
 SPLAT_SEEDS = tuple(splat_to_splat_bytes(s) for s in SPLATS)
 GLB_SEEDS = tuple(splat_to_glb_bytes(s) for s in SPLATS)
+SPZ_SEEDS = tuple(splat_to_spz_bytes(s) for s in SPLATS)
+SOG_SEEDS = tuple(splat_to_sog_bytes(s) for s in SPLATS)
 
 
 def _check_splat(result: Splat | None) -> None:
@@ -206,6 +214,9 @@ def test_splat_seeds_round_trip() -> None:
         assert np.array_equal(read_ply(ply).means, splat.means)
         assert read_splat(web).num_gaussians == splat.num_gaussians
         assert np.allclose(read_glb(glb).means, splat.means)
+    for splat, spz, sog in zip(SPLATS, SPZ_SEEDS, SOG_SEEDS, strict=True):
+        assert np.allclose(read_spz(spz).means, splat.means, atol=1e-3)
+        assert read_sog(sog).num_gaussians == splat.num_gaussians
 
 
 _PLY_TYPES = ("float", "double", "float32", "uchar", "int", "short", "list uchar float", "bogus")
@@ -360,6 +371,66 @@ def test_read_glb_mutated_json(data: bytes) -> None:
     _check_splat(parses_or_invalid(read_glb, data))
 
 
+# .spz: mutations of the gzip stream mostly fail its CRC, so the inflated payload is mutated too and
+# compressed again (header fields, truncated or extended attribute arrays, any rotation bits).
+SPZ_PAYLOADS = tuple(gzip.decompress(s) for s in SPZ_SEEDS)
+
+
+@fuzz(400)
+@given(st.one_of(mutated(SPZ_SEEDS), mutated(SPZ_PAYLOADS).map(lambda p: gzip.compress(p, mtime=0)),
+                 st.binary(max_size=128)))
+def test_read_spz(data: bytes) -> None:
+    _check_splat(parses_or_invalid(read_spz, data))
+    _check_splat(parses_or_invalid(read_spz, io.BufferedReader(_Unseekable(data))))
+    _check_splat(parses_or_invalid(read_spz, data, max_gaussians=1))
+
+
+def _sog_members(data: bytes) -> dict[str, bytes]:
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        return {name: zf.read(name) for name in zf.namelist()}
+
+
+def _sog(members: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return out.getvalue()
+
+
+@st.composite
+def sog_mutations(draw: st.DrawFn) -> bytes:
+    """A valid .sog whose meta.json has 1..3 values replaced by arbitrary JSON or deleted, or one of
+    whose images is mutated, re-zipped so that the zip's CRCs hold."""
+    members = _sog_members(draw(st.sampled_from(SOG_SEEDS)))
+    if draw(st.booleans()):
+        name = draw(st.sampled_from(sorted(n for n in members if n.endswith(".webp"))))
+        members[name] = draw(mutated([members[name]]))
+        return _sog(members)
+    meta = json.loads(members["meta.json"])
+    for _ in range(draw(st.integers(1, 3))):
+        paths = _paths(meta)
+        if not paths:
+            break
+        path = draw(st.sampled_from(paths))
+        parent = meta
+        for key in path[:-1]:
+            parent = parent[key]
+        if draw(st.booleans()) and isinstance(parent, dict):
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = draw(JSON_VALUES)
+    members["meta.json"] = json.dumps(meta).encode()
+    return _sog(members)
+
+
+@fuzz(300)
+@given(st.one_of(sog_mutations(), mutated(SOG_SEEDS), st.binary(max_size=128)))
+def test_read_sog(data: bytes) -> None:
+    _check_splat(parses_or_invalid(read_sog, data))
+    _check_splat(parses_or_invalid(read_sog, data, max_gaussians=1))
+
+
 def test_glb_json_mutation_catches_dangling_indices() -> None:
     """Known answers for what the JSON mutations aim at (each was an uncaught IndexError, KeyError or
     TypeError before the reader checked them)."""
@@ -385,7 +456,7 @@ def test_glb_json_mutation_catches_dangling_indices() -> None:
 
 @fuzz(200)
 @given(
-    data=st.one_of(mutated(PLY_SEEDS + SPLAT_SEEDS + GLB_SEEDS), st.binary(max_size=128)),
+    data=st.one_of(mutated(PLY_SEEDS + SPLAT_SEEDS + GLB_SEEDS + SPZ_SEEDS + SOG_SEEDS), st.binary(max_size=128)),
     name=st.one_of(st.sampled_from([f.name for f in formats()]), TEXT),
 )
 def test_registry_readers(data: bytes, name: str) -> None:

@@ -46,13 +46,14 @@ def _methods(module, service: str) -> set[str]:
 
 def test_services_and_methods():
     assert _methods(depth_pb2, "Depth") == {"Estimate", "Matte"}
-    assert _methods(reconstruction_pb2, "Reconstruction") == {"Reconstruct", "Render"}
+    assert _methods(reconstruction_pb2, "Reconstruction") == {"Reconstruct", "Render", "ExportMesh"}
     assert _methods(multiview_pb2, "Multiview") == {"Generate"}
     assert _methods(diffusion_pb2, "Diffusion") == {"Enhance"}
-    assert _methods(backprojection_pb2, "Backprojection") == {"Refine"}
+    assert _methods(backprojection_pb2, "Backprojection") == {"Refine", "Pose"}
     api = glimpse3d_pb2.DESCRIPTOR.services_by_name["Glimpse3D"]
     assert set(api.methods_by_name) == {
         "CreateJob", "GetJob", "ListJobs", "WatchJob", "CancelJob", "Enhance", "Export", "PreviewMatte",
+        "DeleteTenantData", "AddPhoto",
     }
     assert api.methods_by_name["WatchJob"].server_streaming
     assert not api.methods_by_name["GetJob"].server_streaming

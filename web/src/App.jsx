@@ -4,6 +4,7 @@
 import { useCallback, useEffect, useRef, useState } from "react";
 
 import { createApi } from "./api.js";
+import AddPhotoPanel from "./components/AddPhotoPanel.jsx";
 import EnhancePanel from "./components/EnhancePanel.jsx";
 import ExportPanel from "./components/ExportPanel.jsx";
 import JobList from "./components/JobList.jsx";
@@ -21,9 +22,11 @@ function jobIdFromHash(hash) {
   return match ? match[1] : null;
 }
 
+// The viewer loads the version's .spz (Niantic's compressed format, read by Spark): about 8% of the .ply and,
+// unlike .splat, with the higher SH bands (docs/formats.md).
 function splatUrl(api, job, version) {
   if (!job || !version) return null;
-  return version.downloads?.splat ?? api.downloadUrl(job.id, version.number, "splat");
+  return version.downloads?.spz ?? api.downloadUrl(job.id, version.number, "spz");
 }
 
 /** @param {{api?: ReturnType<typeof createApi>}} props api: the facade client (tests pass a fake) */
@@ -134,6 +137,14 @@ export default function App({ api = defaultApi }) {
     watch(job.id);
   }
 
+  async function addPhoto(file, hint) {
+    const next = await api.addPhoto(job.id, file, hint);
+    setSelected(null);
+    setCompareWith(null);
+    applyJob(next);
+    watch(job.id);
+  }
+
   async function cancel() {
     try {
       applyJob(await api.cancel(job.id));
@@ -184,6 +195,7 @@ export default function App({ api = defaultApi }) {
             pendingRounds={job.pending_rounds}
           />
         ) : null}
+        {job ? <AddPhotoPanel addPhoto={addPhoto} disabled={!canEnhance} /> : null}
         <VersionsPanel
           versions={versions}
           selected={shown?.number ?? null}

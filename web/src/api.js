@@ -137,6 +137,15 @@ export function createApi({ base = API_BASE, fetch: fetchImpl, EventSource: Even
     getJob(id) {
       return request(jobPath(id));
     },
+    /** POST /jobs/{id}/photos (multipart): another photo of the object, with an optional hint of where it
+     * was taken (azimuthDeg, elevationDeg in degrees; null: searched). It is posed and adds a version. */
+    addPhoto(id, file, { azimuthDeg = null, elevationDeg = null } = {}) {
+      const form = new FormData();
+      form.append("photo", file, file.name || "photo");
+      if (azimuthDeg !== null) form.append("azimuth_deg", String(azimuthDeg));
+      if (azimuthDeg !== null && elevationDeg !== null) form.append("elevation_deg", String(elevationDeg));
+      return request(`${jobPath(id)}/photos`, { method: "POST", body: form });
+    },
     /** POST /jobs/{id}/enhance with {"camera": {...}} (see cameraPayload) or {"auto": true}. */
     enhance(id, body) {
       return postJson(`${jobPath(id)}/enhance`, body);

@@ -72,7 +72,7 @@ describe("App", () => {
 
     act(() => watcher.onJob(job({ state: "SUCCEEDED", done: true, progress: { stage: "reconstruct", fraction: 1, message: "coarse splat ready" }, versions: [initialVersion()] })));
     expect(screen.getByTestId("job-state").textContent).toBe("Ready");
-    expect(screen.getByTestId("viewer").getAttribute("data-url")).toBe("/api/v1/jobs/j1/versions/1/download?format=splat");
+    expect(screen.getByTestId("viewer").getAttribute("data-url")).toBe("/api/v1/jobs/j1/versions/1/download?format=spz");
 
     fireEvent.click(screen.getByRole("button", { name: "Enhance this view" }));
     await waitFor(() => expect(api.enhance).toHaveBeenCalledTimes(1));
@@ -88,14 +88,14 @@ describe("App", () => {
     act(() => second.onJob(job({ state: "RUNNING", progress: { stage: "refine", fraction: 0.75, message: "fusing the enhanced view (MVCRM)" }, pending_rounds: 1, versions: [initialVersion()] })));
     expect(screen.getByTestId("progress-now").textContent).toContain("Fusing (MVCRM) · 75%");
     act(() => second.onJob(job({ state: "SUCCEEDED", done: true, progress: { stage: "refine", fraction: 1, message: "round done" }, versions: [initialVersion(), enhanceVersion()] })));
-    expect(screen.getByTestId("viewer").getAttribute("data-url")).toBe("/api/v1/jobs/j1/versions/2/download?format=splat");
+    expect(screen.getByTestId("viewer").getAttribute("data-url")).toBe("/api/v1/jobs/j1/versions/2/download?format=spz");
     expect(within(screen.getByTestId("metrics")).getByText("83.3%")).toBeTruthy();
     expect(screen.getByRole("link", { name: ".ply" }).getAttribute("href")).toBe("/api/v1/jobs/j1/versions/2/download?format=ply");
 
     fireEvent.change(screen.getByLabelText("Compare v2 with"), { target: { value: "1" } });
-    expect(screen.getByTestId("viewer").getAttribute("data-compare")).toBe("/api/v1/jobs/j1/versions/1/download?format=splat");
+    expect(screen.getByTestId("viewer").getAttribute("data-compare")).toBe("/api/v1/jobs/j1/versions/1/download?format=spz");
     fireEvent.click(screen.getByRole("button", { name: /v1 · initial/ }));
-    expect(screen.getByTestId("viewer").getAttribute("data-url")).toBe("/api/v1/jobs/j1/versions/1/download?format=splat");
+    expect(screen.getByTestId("viewer").getAttribute("data-url")).toBe("/api/v1/jobs/j1/versions/1/download?format=spz");
     expect(screen.getByTestId("viewer").getAttribute("data-compare")).toBe("");
     expect(screen.getByRole("link", { name: ".glb" }).getAttribute("href")).toBe("/api/v1/jobs/j1/versions/1/download?format=glb");
   });

@@ -10,7 +10,7 @@ export function pngFile(name = "sample.png") {
 
 function downloads(id, n) {
   const base = `/api/v1/jobs/${id}/versions/${n}/download?format=`;
-  return { ply: `${base}ply`, splat: `${base}splat`, glb: `${base}glb` };
+  return { ply: `${base}ply`, splat: `${base}splat`, glb: `${base}glb`, spz: `${base}spz`, sog: `${base}sog` };
 }
 
 export function initialVersion(id = "j1") {

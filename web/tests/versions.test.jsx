@@ -105,13 +105,15 @@ describe("VersionsPanel", () => {
 });
 
 describe("ExportPanel", () => {
-  it("links the three downloads of the version with file names", () => {
+  it("links every download of the version with file names", () => {
     render(<ExportPanel job={job({ display_name: "red chair!" })} version={enhanceVersion()} />);
     const links = screen.getAllByRole("link");
     expect(links.map((a) => [a.textContent, a.getAttribute("href"), a.getAttribute("download")])).toEqual([
       [".ply", "/api/v1/jobs/j1/versions/2/download?format=ply", "red_chair-v2.ply"],
       [".splat", "/api/v1/jobs/j1/versions/2/download?format=splat", "red_chair-v2.splat"],
       [".glb", "/api/v1/jobs/j1/versions/2/download?format=glb", "red_chair-v2.glb"],
+      [".spz", "/api/v1/jobs/j1/versions/2/download?format=spz", "red_chair-v2.spz"],
+      [".sog", "/api/v1/jobs/j1/versions/2/download?format=sog", "red_chair-v2.sog"],
     ]);
   });
 });

@@ -1,10 +1,13 @@
-// Step 5: downloads of the version on screen, in the three formats the gateway exports: .ply (3DGS,
-// full spherical harmonics), .splat (compact web format) and .glb (KHR_gaussian_splatting).
+// Step 5: downloads of the version on screen, in the formats the gateway exports: .ply (3DGS, full
+// spherical harmonics), .splat (compact web format), .glb (KHR_gaussian_splatting) and the compressed
+// .spz (Niantic) and .sog (PlayCanvas).
 
 const FORMATS = [
   ["ply", "3DGS point cloud, full quality"],
   ["splat", "compact, for web viewers"],
   ["glb", "glTF with KHR_gaussian_splatting"],
+  ["spz", "compressed (Niantic), ~13x smaller than .ply"],
+  ["sog", "compressed (PlayCanvas SOG), ~13x smaller than .ply"],
 ];
 
 function baseName(job) {

@@ -121,7 +121,7 @@ export class SplatViewer {
   }
 
   /**
-   * Shows the `.splat` file at url in place of the current splat.
+   * Shows the `.splat` or `.spz` file at url in place of the current splat.
    * @returns {Promise<number|null>} the number of Gaussians, or null when a newer load replaced this one
    */
   async load(url) {
@@ -138,7 +138,9 @@ export class SplatViewer {
     }
     const bytes = new Uint8Array(await response.arrayBuffer());
     if (token !== this.loadToken) return null;
-    const mesh = new SplatMesh({ fileBytes: bytes, fileType: "splat" });
+    // A .spz (Niantic's format, a gzip stream) is recognised by its magic; .splat has none.
+    const fileType = bytes[0] === 0x1f && bytes[1] === 0x8b ? "spz" : "splat";
+    const mesh = new SplatMesh({ fileBytes: bytes, fileType });
     await mesh.initialized;
     if (token !== this.loadToken || this.disposed) {
       mesh.dispose();

@@ -12,11 +12,14 @@ docs/http-api.md and docs/deploy-state.md give the full semantics.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import dataclasses
 import hashlib
 import logging
 import math
-from collections import Counter
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections import Counter, OrderedDict
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,6 +28,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 from PIL import Image
 from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import Counter as MetricCounter
 
 from glimpse3d.core.artifacts import ArtifactRef, ArtifactStore
 from glimpse3d.core.cameras import Camera, check_sees, check_view_camera
@@ -36,9 +40,11 @@ from glimpse3d.gateway.config import GatewayConfig
 from glimpse3d.gateway.events import EventHub, JobEvent
 from glimpse3d.gateway.jobs import (
     MAX_DISPLAY_NAME_CHARS,
+    MAX_EXTRA_PHOTOS,
     MAX_REQUEST_ID_CHARS,
     MAX_RESOLUTION,
     MAX_SEED,
+    ExtraPhoto,
     Job,
     JobError,
     JobOptions,
@@ -49,16 +55,21 @@ from glimpse3d.gateway.jobs import (
     VersionResult,
     check_tenant,
     check_text,
+    job_name,
     parse_export_name,
     parse_job_name,
     version_name,
 )
 from glimpse3d.gateway.store import DatabaseUnavailable, JobStore, RoundOutcome, request_hash
+from glimpse3d.gateway.tenants import TenantDeletion, active_job_ids, delete_tenant_data
 from glimpse3d.gateway.workqueue import Slot, WorkQueue
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+EXPORT_CACHE_SIZE = 1024  # (tenant, splat sha256, format) -> exported artifact ref (a few hundred bytes each)
+EXPORT_THREADS = 2  # splat-format conversions (spz, sog: about 1.5 s of CPU each) at once, off the DB threads
 
 ProgressReporter = Callable[[str, float, str], Awaitable[None]]
 """``await report(stage, fraction, message)``: ``stage`` one of :class:`~glimpse3d.gateway.states.Stage`,
@@ -81,6 +92,10 @@ class Pipeline(Protocol):
         """One enhancement round on ``job.latest_version``: render the round's view (the pipeline
         picks it when ``round_spec.camera`` is None and returns it), enhance, depth, refine."""
         ...
+
+    # Optional, looked up with getattr: ``preview_matte(image, points, side)`` and
+    # ``export_mesh(splat, fmt) -> ArtifactRef`` (an export-only format, made by the reconstruction
+    # service in the caller's tenant_scope); without it those formats answer FAILED_PRECONDITION.
 
 
 @dataclass(frozen=True, eq=False)
@@ -189,6 +204,16 @@ class GatewayApp:
         self._closing = False
         self._draining = False
         self._handed_back: set[str] = set()  # jobs whose next round was left for the next holder (drain)
+        # Exports: converted refs by (tenant, splat sha256, format), most recent last; the export being
+        # made per key, shared by concurrent requests; splat conversions on threads of their own.
+        self._exports: OrderedDict[tuple[str, str, str], ArtifactRef] = OrderedDict()
+        self._exporting: dict[tuple[str, str, str], asyncio.Task[ArtifactRef]] = {}
+        self._export_pool = ThreadPoolExecutor(EXPORT_THREADS, thread_name_prefix="gateway-export")
+        self.export_counts: Counter[str] = Counter()  # "<where>" -> exports: cache, gateway, service
+        self._export_metric = MetricCounter(
+            "glimpse3d_gateway_exports", "Exports answered, by format and by where the file came from "
+            "(cache: made before; gateway: converted here; service: meshed by the reconstruction service).",
+            ["format", "source"], registry=None)
 
     @property
     def events(self) -> EventHub:
@@ -243,6 +268,11 @@ class GatewayApp:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         self._workers.clear()
+        exporting = list(self._exporting.values())
+        for task in exporting:
+            task.cancel()
+        await asyncio.gather(*exporting, return_exceptions=True)
+        self._export_pool.shutdown(wait=False, cancel_futures=True)
         try:
             await self._db(self._store.release, held)
         except DatabaseUnavailable as err:
@@ -260,6 +290,7 @@ class GatewayApp:
         Gauge(
             "glimpse3d_gateway_workers", "Jobs this replica works on at once.", registry=registry,
         ).set(self._config.workers)
+        registry.register(self._export_metric)
 
     @staticmethod
     async def _db(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -276,8 +307,12 @@ class GatewayApp:
         request_id: str = "",
         display_name: str = "",
         mask: bytes | None = None,
+        extra_photos: Sequence[ExtraPhoto] = (),
     ) -> Job:
         """Validate and persist a job, queue it and return it QUEUED (see the module docstring).
+
+        ``extra_photos`` (at most MAX_EXTRA_PHOTOS): other photos of the object, each queued as a round
+        that poses and fuses it after version 1 (InvalidInput naming ``extra_photos[i]``).
 
         ``mask``: a matte the user drew (PNG/JPEG, white or opaque = object, any size); it becomes the
         photo's alpha channel, which replaces the estimated matte (:func:`with_matte`)."""
@@ -290,6 +325,10 @@ class GatewayApp:
         if request_id and (existing := await self._db(self._store.find_by_request_id, tenant, request_id,
                                                       fingerprint)):
             return existing
+        if len(extra_photos) > MAX_EXTRA_PHOTOS:
+            raise InvalidInput(f"at most {MAX_EXTRA_PHOTOS} extra photos, got {len(extra_photos)}",
+                               field="extra_photos")
+        rounds = [await self._photo_round(p, f"extra_photos[{i}]") for i, p in enumerate(extra_photos)]
         if mask:
             if isinstance(image, ArtifactRef):
                 image = await self._db(self._artifacts.get, image, max_bytes=MAX_IMAGE_BYTES)
@@ -298,7 +337,7 @@ class GatewayApp:
             input_image = await self._store_image(image)
             job, created = await self._db(
                 self._store.create_job, tenant=tenant, options=options, input_image=input_image,
-                request_id=request_id, display_name=display_name, request_hash=fingerprint,
+                request_id=request_id, display_name=display_name, request_hash=fingerprint, rounds=rounds,
             )
             if created:
                 self._enqueue(job.id, slot)
@@ -361,6 +400,26 @@ class GatewayApp:
         logger.info("job cancelled", extra={"job": job.name, "state": job.state.value})
         return await self._db(self._store.get_job, tenant, job_id)
 
+    async def delete_tenant_data(self, tenant: str, *, delete_api_keys: bool = False) -> TenantDeletion:
+        """Delete every job, version, queued round and artifact of ``tenant`` (and its API keys in the
+        gateway's keys file with ``delete_api_keys``): its queued and running jobs are cancelled first,
+        those this replica runs stopped at once (as CancelJob does), those of other replicas marked
+        cancelled in the store (they stop when they see it). See :mod:`glimpse3d.gateway.tenants`."""
+        check_tenant(tenant)
+        keys_file = self._config.auth_api_keys_file if delete_api_keys else None
+        if delete_api_keys and keys_file is None:
+            raise FailedPrecondition("this gateway has no API keys file (auth_api_keys_file) to revoke keys in",
+                                     field="delete_api_keys")
+        active = await self._db(active_job_ids, self._store, tenant)
+        for job_id in active:
+            try:
+                await self.cancel_job(tenant, job_name(job_id))
+            except NotFound:  # deleted meanwhile
+                pass
+        result = await self._db(delete_tenant_data, self._store, self._artifacts, tenant, cancel=True,
+                                keys_file=keys_file)
+        return dataclasses.replace(result, cancelled=sorted({*active, *result.cancelled}))
+
     async def enhance(
         self,
         tenant: str,
@@ -379,6 +438,28 @@ class GatewayApp:
         self._check_taking_work()
         if camera is not None:
             await self._check_view(tenant, job_id, camera)
+        return await self._request_round(tenant, job_id, spec)
+
+    async def add_photo(self, tenant: str, name: str, photo: ExtraPhoto, *, request_id: str = "") -> Job:
+        """Queue an extra photo of the job's object as a round: posed and fused, it adds a version."""
+        check_tenant(tenant)
+        job_id = parse_job_name(name)
+        self._check_taking_work()
+        spec = await self._photo_round(photo, "photo", request_id)
+        return await self._request_round(tenant, job_id, spec)
+
+    async def _photo_round(self, photo: ExtraPhoto, field: str, request_id: str = "") -> RoundSpec:
+        """The round of an extra photo: its image checked (InvalidInput naming ``field``) and stored."""
+        # the hint is checked first (cheap), then the image is decoded once to refuse a bad one now
+        RoundSpec(photo_field=field, hint_azimuth_deg=photo.azimuth_deg, hint_elevation_deg=photo.elevation_deg)
+        if not photo.image_data:
+            raise InvalidInput(f"{field}.image_data is required (PNG or JPEG bytes)", field=f"{field}.image_data")
+        await self._db(decode_image, photo.image_data, field=f"{field}.image_data")
+        ref = await self._store_image(photo.image_data)
+        return RoundSpec(photo=ref, photo_field=field, hint_azimuth_deg=photo.azimuth_deg,
+                         hint_elevation_deg=photo.elevation_deg, request_id=request_id)
+
+    async def _request_round(self, tenant: str, job_id: str, spec: RoundSpec) -> Job:
         room = self._queue.has_room(tenant, job_id)
         with self._queue.reserve(tenant, job_id) if room else nullcontext() as slot:
             job, outcome = await self._db(
@@ -405,7 +486,7 @@ class GatewayApp:
             stored = await self._db(self._artifacts.stat, version.splat)
             ref = ArtifactRef(stored.uri, stored.sha256, stored.size, spec.media_type)
         else:
-            ref = await self._db(self._export_bytes, version.splat, spec)
+            ref = await self._exported(tenant, version.splat, spec)
         expiry = self._config.presign_expiry
         url = await self._db(self._artifacts.presign, ref, expiry)
         return ExportResult(ref, url, datetime.now(UTC) + expiry, version.name)
@@ -434,6 +515,54 @@ class GatewayApp:
             return image
         await self._db(decode_image, image, field="image_data")
         return await self._db(self._artifacts.put, bytes(image), _image_media_type(bytes(image)))
+
+    async def _exported(self, tenant: str, splat: ArtifactRef, spec: SplatFormat) -> ArtifactRef:
+        """The version ``splat`` as ``spec``, made once per (tenant, splat sha256, format) while this replica
+        remembers it (an LRU of EXPORT_CACHE_SIZE refs; a ref whose artifact is gone, e.g. after a tenant
+        deletion, is made again). Concurrent requests for one key share one export. Export-only (mesh)
+        formats are made by the reconstruction service (the pipeline's ``export_mesh``); the splat formats
+        here, on threads of their own (not the DB threads that every request needs)."""
+        key = (tenant, splat.sha256, spec.name)
+        cached = self._exports.get(key)
+        if cached is not None and await self._db(self._artifacts.exists, cached):
+            self._exports.move_to_end(key)
+            self._count_export(spec, "cache")
+            return cached
+        task = self._exporting.get(key)
+        if task is None:
+            task = asyncio.create_task(self._export_now(splat, spec), name=f"gateway-export-{spec.name}")
+            self._exporting[key] = task
+            task.add_done_callback(lambda done: self._export_done(key, done))
+        # A caller that goes away (cancelled) leaves the export running for the others and the cache.
+        return await asyncio.shield(task)
+
+    async def _export_now(self, splat: ArtifactRef, spec: SplatFormat) -> ArtifactRef:
+        if spec.export_only:
+            export_mesh = getattr(self._pipeline, "export_mesh", None)
+            if export_mesh is None:
+                raise FailedPrecondition(f"this gateway's pipeline cannot make {spec.name!r} meshes", field="format")
+            ref: ArtifactRef = await export_mesh(splat, spec.name)
+            self._count_export(spec, "service")
+            return ref
+        loop = asyncio.get_running_loop()
+        context = contextvars.copy_context()  # the caller's tenant scope, in the thread
+        ref = await loop.run_in_executor(self._export_pool, lambda: context.run(self._export_bytes, splat, spec))
+        self._count_export(spec, "gateway")
+        return ref
+
+    def _export_done(self, key: tuple[str, str, str], task: asyncio.Task[ArtifactRef]) -> None:
+        if self._exporting.get(key) is task:
+            del self._exporting[key]
+        if task.cancelled() or task.exception() is not None:
+            return
+        self._exports[key] = task.result()
+        self._exports.move_to_end(key)
+        while len(self._exports) > EXPORT_CACHE_SIZE:
+            self._exports.popitem(last=False)
+
+    def _count_export(self, spec: SplatFormat, source: str) -> None:
+        self.export_counts[source] += 1
+        self._export_metric.labels(spec.name, source).inc()
 
     def _export_bytes(self, splat_ref: ArtifactRef, spec: SplatFormat) -> ArtifactRef:
         splat = read_ply(self._artifacts.get(splat_ref))

@@ -47,13 +47,18 @@ from urllib.parse import urlsplit
 import grpc
 import jwt
 
-from glimpse3d.core.artifacts import ArtifactStore, store_from_env
+from glimpse3d.core.artifacts import store_from_env
 from glimpse3d.core.config import ConfigError, ServerConfig, load_config
 from glimpse3d.core.errors import FailedPrecondition, InvalidInput, PermissionDenied, Unauthenticated, Unavailable
 from glimpse3d.core.rpc.interceptors import UNOBSERVED_PREFIXES
 from glimpse3d.gateway.config import GatewayConfig
 from glimpse3d.gateway.jobs import DEFAULT_TENANT, TENANT_HEADER, check_tenant
-from glimpse3d.gateway.store import JobStore, open_job_store
+from glimpse3d.gateway.store import open_job_store
+from glimpse3d.gateway.tenants import (
+    TenantDeletion,  # noqa: F401  (re-exported for the admin tools)
+    delete_tenant_data,
+    migrate_legacy_artifacts,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -298,6 +303,50 @@ class ApiKeys:
         return Principal(tenant=found.tenant, subject=found.name, method="api_key")
 
 
+def _write_keys_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def check_keys_writable(path: Path) -> None:
+    """FailedPrecondition naming ``auth_api_keys_file`` unless :func:`delete_keys` can rewrite ``path``
+    (a JSON file in a writable folder), checked before anything is deleted."""
+    if path.suffix == ".toml":
+        raise FailedPrecondition(f"the keys file {path.name} is TOML, which is not rewritten; remove the keys by "
+                                 "hand, or keep them", field="auth_api_keys_file")
+    if path.exists() and not os.access(path.parent, os.W_OK):
+        raise FailedPrecondition(f"the keys file {path.name} is in a read-only folder (a mounted Secret?); keep "
+                                 "the keys, or revoke them where the file is managed", field="auth_api_keys_file")
+
+
+def delete_keys(path: Path, tenant: str) -> int:
+    """Revoke every key of ``tenant`` in the keys file (a JSON file; FailedPrecondition naming
+    ``auth_api_keys_file`` for TOML or one that cannot be written); how many were removed."""
+    check_tenant(tenant)
+    if not path.exists():
+        return 0
+    entries = read_keys_file(path)  # refuse to rewrite a malformed file
+    if not any(entry.tenant == tenant for entry in entries):
+        return 0
+    if path.suffix == ".toml":
+        raise FailedPrecondition(f"the keys file {path.name} is TOML, which is not rewritten; remove the keys of "
+                                 f"tenant {tenant!r} by hand", field="auth_api_keys_file")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    kept = [item for item in data["keys"] if not (isinstance(item, dict) and item.get("tenant") == tenant)]
+    removed = len(data["keys"]) - len(kept)
+    try:
+        _write_keys_json(path, {**data, "keys": kept})
+    except OSError as err:
+        raise FailedPrecondition(f"cannot rewrite the keys file {path.name}: {err.strerror or err}",
+                                 field="auth_api_keys_file") from None
+    logger.warning("revoked %d API keys of tenant %s", removed, tenant)
+    return removed
+
+
 def create_key(path: Path, tenant: str, name: str) -> str:
     """Mint a key for ``tenant``, add its hash to the keys file (JSON, created 0600 when missing), and
     return the key itself, which is stored nowhere."""
@@ -317,12 +366,7 @@ def create_key(path: Path, tenant: str, name: str) -> str:
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    _write_keys_json(path, data)
     return key
 
 
@@ -612,37 +656,45 @@ def gateway_hosts(server_config: ServerConfig, config: GatewayConfig) -> list[st
 # ---- tenant deletion ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class TenantDeletion:
-    jobs: list[str]  # ids of the deleted jobs
-    artifacts: int  # blobs removed from the artifact store
-
-
-def delete_tenant_data(jobs: JobStore, artifacts: ArtifactStore, tenant: str) -> TenantDeletion:
-    """Delete ``tenant``'s jobs (FailedPrecondition while any is queued or running), then every artifact
-    under the tenant (its photos, splats, exports and intermediates). Jobs go first, so that no job is
-    left pointing at a deleted artifact; running it again finishes an interrupted deletion."""
+def _delete_tenant_command(ns: argparse.Namespace) -> int:
+    """``delete-tenant``: the gateway's job store, artifact store and keys file from its configuration
+    (GLIMPSE3D_*), through the same :func:`~glimpse3d.gateway.tenants.delete_tenant_data` as the
+    tenant's own ``DeleteTenantData`` call."""
+    tenant = ns.tenant
     check_tenant(tenant)
-    deleted = jobs.delete_tenant(tenant)
-    removed = artifacts.delete_tenant(tenant)
-    logger.warning("deleted the data of tenant %s: %d jobs, %d artifacts", tenant, len(deleted), removed)
-    return TenantDeletion(deleted, removed)
-
-
-def _delete_tenant_command(tenant: str, confirm: str | None) -> int:
-    """``delete-tenant``: the gateway's job store and artifact store from its configuration (GLIMPSE3D_*)."""
-    check_tenant(tenant)
-    if confirm != tenant:
+    if ns.confirm != tenant:
         print(f"error: this deletes every job and artifact of tenant {tenant!r}; repeat the tenant with "
               f"--confirm {tenant} to go ahead", file=sys.stderr)
         return 2
     config = load_config(GatewayConfig)
+    keys_file = None if ns.keep_keys else (ns.keys_file or config.auth_api_keys_file)
     store = open_job_store(config)
     try:
-        result = delete_tenant_data(store, store_from_env(url=config.artifacts_url), tenant)
+        result = delete_tenant_data(store, store_from_env(url=config.artifacts_url), tenant,
+                                    cancel=ns.cancel_jobs, keys_file=keys_file)
     finally:
         store.close()
-    print(f"deleted tenant {tenant!r}: {len(result.jobs)} jobs, {result.artifacts} artifacts")
+    print(f"deleted tenant {tenant!r}: {len(result.jobs)} jobs, {result.artifacts} artifacts, "
+          f"{result.versions} versions, {len(result.cancelled)} jobs cancelled first, {result.api_keys} API keys")
+    return 0
+
+
+def _migrate_artifacts_command(tenant: str, dry_run: bool) -> int:
+    """``migrate-artifacts``: move the artifacts without a tenant under ``tenant`` (see
+    :func:`~glimpse3d.gateway.tenants.migrate_legacy_artifacts`)."""
+    check_tenant(tenant)
+    config = load_config(GatewayConfig)
+    store = open_job_store(config)
+    try:
+        result = migrate_legacy_artifacts(store, store_from_env(url=config.artifacts_url), tenant, dry_run=dry_run)
+    finally:
+        store.close()
+    if dry_run:
+        print(f"dry run: {result.found} artifacts without a tenant would move under tenants/{tenant}/ "
+              f"({result.copied} to copy), {result.records} job records to rewrite")
+    else:
+        print(f"moved {result.found} artifacts under tenants/{tenant}/ ({result.copied} copied now), "
+              f"rewrote {result.records} job records, deleted {result.deleted} originals")
     return 0
 
 
@@ -660,14 +712,25 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--keys-file", required=True, type=Path, help="the JSON keys file (auth_api_keys_file)")
     listing = sub.add_parser("list-keys", help="tenants and names of the stored keys (never the keys)")
     listing.add_argument("--keys-file", required=True, type=Path)
-    delete = sub.add_parser("delete-tenant", help="delete every job and artifact of a tenant (the gateway's "
-                            "job and artifact stores, from GLIMPSE3D_* settings); its API keys stay")
+    delete = sub.add_parser("delete-tenant", help="delete every job, artifact and API key of a tenant (the "
+                            "gateway's job and artifact stores and keys file, from GLIMPSE3D_* settings)")
     delete.add_argument("--tenant", required=True)
     delete.add_argument("--confirm", help="the tenant again, to confirm")
+    delete.add_argument("--cancel-jobs", action="store_true",
+                        help="cancel the tenant's queued and running jobs first (without it they stop the deletion)")
+    delete.add_argument("--keys-file", type=Path, help="the keys file to revoke its keys in "
+                        "(default: GLIMPSE3D_AUTH_API_KEYS_FILE)")
+    delete.add_argument("--keep-keys", action="store_true", help="leave the tenant's API keys in place")
+    migrate = sub.add_parser("migrate-artifacts", help="move the artifacts stored before tenancy (keys without "
+                             "tenants/<t>/) under a tenant and rewrite the job records that refer to them")
+    migrate.add_argument("--tenant", default=DEFAULT_TENANT, help=f"the tenant they belong to ({DEFAULT_TENANT})")
+    migrate.add_argument("--dry-run", action="store_true", help="count what would move; change nothing")
     ns = parser.parse_args(argv)
     try:
         if ns.command == "delete-tenant":
-            return _delete_tenant_command(ns.tenant, ns.confirm)
+            return _delete_tenant_command(ns)
+        if ns.command == "migrate-artifacts":
+            return _migrate_artifacts_command(ns.tenant, ns.dry_run)
         if ns.command == "create-key":
             key = create_key(ns.keys_file, ns.tenant, ns.name)
             print(key)

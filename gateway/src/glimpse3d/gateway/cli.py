@@ -1,7 +1,9 @@
 """``glimpse3d``: the command-line client of the public API.
 
-    glimpse3d generate PHOTO [--enhance N] [--views K] [--keep X,Y] [--remove X,Y] [--mask FILE] --out DIR
+    glimpse3d generate PHOTO [--extra PHOTO[@AZ[,EL]] ...] [--enhance N] [--views K] [--keep X,Y] [--remove X,Y]
+                       [--mask FILE] --out DIR
     glimpse3d enhance JOB [--azimuth A --elevation E] [--prompt P] [--strength S]
+    glimpse3d add-photo JOB PHOTO [--azimuth A [--elevation E]]
     glimpse3d export JOB --format ply|splat|glb [--out FILE]
     glimpse3d jobs
 
@@ -32,7 +34,7 @@ from tqdm import tqdm
 
 from glimpse3d.core import tls
 from glimpse3d.core.config import ConfigError
-from glimpse3d.core.formats import format_names, formats
+from glimpse3d.core.formats import formats
 from glimpse3d.core.images import MAX_IMAGE_BYTES
 from glimpse3d.v1 import common_pb2, glimpse3d_pb2, glimpse3d_pb2_grpc
 
@@ -41,6 +43,9 @@ DEFAULT_ADDR = "127.0.0.1:50060"
 FORMATS = {
     f.name: cast(glimpse3d_pb2.ExportRequest.Format, f.proto_value) for f in formats() if f.proto_enum is not None
 }
+# What `generate` (and `make demo`) download unless told: the splat formats. The meshes (obj, mesh-glb) are
+# made by the reconstruction service in 3-15 s of CPU each: ask for them with `--formats obj mesh-glb`.
+SPLAT_FORMATS = tuple(f.name for f in formats() if f.name in FORMATS and not f.export_only)
 STATE = glimpse3d_pb2.Job.State
 
 
@@ -64,6 +69,23 @@ def read_photo(path: Path) -> bytes:
         return path.read_bytes()
     except OSError as err:
         raise CliError(f"{path}: unreadable ({err.strerror})", 2) from None
+
+
+def extra_photo(text: str) -> glimpse3d_pb2.ExtraPhoto:
+    """``PATH`` or ``PATH@AZIMUTH`` or ``PATH@AZIMUTH,ELEVATION`` (degrees, the hint of where it was taken)."""
+    path, _, hint = text.rpartition("@") if "@" in text else (text, "", "")
+    photo = glimpse3d_pb2.ExtraPhoto(image_data=read_photo(Path(path)))
+    if hint:
+        try:
+            angles = [float(v) for v in hint.split(",")]
+        except ValueError:
+            raise CliError(f"{text}: the hint after @ must be AZIMUTH or AZIMUTH,ELEVATION in degrees", 2) from None
+        if len(angles) > 2:
+            raise CliError(f"{text}: the hint after @ must be AZIMUTH or AZIMUTH,ELEVATION in degrees", 2)
+        photo.azimuth_deg = angles[0]
+        if len(angles) == 2:
+            photo.elevation_deg = angles[1]
+    return photo
 
 
 def _job_name(job: str) -> str:
@@ -163,9 +185,10 @@ async def cmd_generate(stub: glimpse3d_pb2_grpc.Glimpse3DStub, ns: argparse.Name
     points += [common_pb2.MattePoint(x=x, y=y, keep=False) for x, y in ns.remove]
     options = glimpse3d_pb2.JobOptions(num_views=ns.views, enhance_rounds=ns.enhance, prompt=ns.prompt,
                                        seed=ns.seed, resolution=ns.resolution, matte_points=points)
+    extras = [extra_photo(text) for text in ns.extra]
     job = await stub.CreateJob(glimpse3d_pb2.CreateJobRequest(
         image_data=data, options=options, request_id=str(uuid.uuid4()), display_name=ns.photo.name,
-        mask_data=mask))
+        mask_data=mask, extra_photos=extras))
     print(job.name)
     job = await watch(stub, job.name, quiet=ns.quiet)
     _check_done(job)
@@ -181,7 +204,8 @@ async def cmd_generate(stub: glimpse3d_pb2_grpc.Glimpse3DStub, ns: argparse.Name
               "or correct it (--keep X,Y / --remove X,Y, or --mask FILE)", file=sys.stderr)
     if job.error.message:  # a requested round failed or was rejected: the exports hold the last good version
         done = len(job.versions) - 1
-        raise CliError(f"{job.name}: {done} of {ns.enhance} rounds done; a round failed: {job.error.message}")
+        total = ns.enhance + len(extras)
+        raise CliError(f"{job.name}: {done} of {total} rounds done; a round failed: {job.error.message}")
 
 
 def _enhance_request(ns: argparse.Namespace) -> glimpse3d_pb2.EnhanceRequest:
@@ -211,6 +235,25 @@ async def cmd_enhance(stub: glimpse3d_pb2_grpc.Glimpse3DStub, ns: argparse.Names
         if "input_view_ssim" in v.metrics:
             line += f" (SSIM {v.metrics['input_view_ssim']:.3f})"
     print(line)
+
+
+async def cmd_add_photo(stub: glimpse3d_pb2_grpc.Glimpse3DStub, ns: argparse.Namespace) -> None:
+    photo = glimpse3d_pb2.ExtraPhoto(image_data=read_photo(ns.photo))
+    if ns.azimuth is not None:
+        photo.azimuth_deg = ns.azimuth
+    if ns.elevation is not None:
+        photo.elevation_deg = ns.elevation
+    job = await stub.AddPhoto(glimpse3d_pb2.AddPhotoRequest(name=_job_name(ns.job), photo=photo,
+                                                            request_id=str(uuid.uuid4())))
+    job = await watch(stub, job.name, quiet=ns.quiet)
+    _check_done(job)
+    if job.error.message:
+        raise CliError(f"{job.name}: the photo was not added: {job.error.message}")
+    v = job.versions[-1]
+    m = v.metrics
+    print(f"{v.name}: posed at azimuth {m.get('pose_azimuth_deg', float('nan')):.1f}, elevation "
+          f"{m.get('pose_elevation_deg', float('nan')):.1f} degrees (silhouette IoU "
+          f"{m.get('pose_silhouette_iou', float('nan')):.3f}); fused as a real view")
 
 
 async def cmd_export(stub: glimpse3d_pb2_grpc.Glimpse3DStub, ns: argparse.Namespace) -> None:
@@ -268,12 +311,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", default="")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", type=Path, required=True)
-    g.add_argument("--formats", nargs="+", choices=sorted(FORMATS), default=[n for n in format_names() if n in FORMATS])
+    g.add_argument("--formats", nargs="+", choices=sorted(FORMATS), default=list(SPLAT_FORMATS),
+                   help="formats to download (default: the splat formats; the meshes obj and mesh-glb take seconds "
+                        "of CPU in the reconstruction service each)")
     g.add_argument("--keep", type=_fraction_point, action="append", default=[], metavar="X,Y",
                    help="matte correction: the object is at X,Y (fractions of the photo's width and height)")
     g.add_argument("--remove", type=_fraction_point, action="append", default=[], metavar="X,Y",
                    help="matte correction: background is at X,Y")
     g.add_argument("--mask", type=Path, help="a matte drawn for the photo (PNG, white = object); replaces the estimate")
+    g.add_argument("--extra", nargs="+", default=[], metavar="PHOTO[@AZ[,EL]]",
+                   help="up to 8 more photos of the object, each with an optional hint of where it was taken "
+                        "(azimuth and elevation in degrees, e.g. back.jpg@180)")
     e = sub.add_parser("enhance", help="one enhancement round (auto view unless --azimuth is given)")
     e.add_argument("job")
     e.add_argument("--azimuth", type=float)
@@ -281,6 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--prompt", default="")
     e.add_argument("--strength", type=float, default=0.0)
     e.add_argument("--seed", type=int, default=0)
+    a = sub.add_parser("add-photo", help="add another photo of the object to a job (posed, fused as a real view)")
+    a.add_argument("job")
+    a.add_argument("photo", type=Path)
+    a.add_argument("--azimuth", type=float, help="hint: where it was taken, degrees (0 = the first photo's side)")
+    a.add_argument("--elevation", type=float, help="hint: elevation in degrees (needs --azimuth)")
     x = sub.add_parser("export", help="download a version in a file format")
     x.add_argument("job", help="job id, jobs/ID or jobs/ID/versions/N")
     x.add_argument("--format", required=True, choices=sorted(FORMATS))
@@ -289,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-COMMANDS = {"generate": cmd_generate, "enhance": cmd_enhance, "export": cmd_export, "jobs": cmd_jobs}
+COMMANDS = {"generate": cmd_generate, "enhance": cmd_enhance, "add-photo": cmd_add_photo, "export": cmd_export,
+            "jobs": cmd_jobs}
 
 
 def channel_credentials(ns: argparse.Namespace) -> grpc.ChannelCredentials | None:

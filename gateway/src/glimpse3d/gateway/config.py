@@ -17,7 +17,7 @@ from glimpse3d.core.config import ConfigError, Settings
 
 _ADDRESS_FIELDS = ("depth_addr", "reconstruction_addr", "multiview_addr", "diffusion_addr", "backprojection_addr")
 _DEADLINE_FIELDS = ("depth_deadline_s", "reconstruct_deadline_s", "render_deadline_s", "multiview_deadline_s",
-                    "enhance_deadline_s", "refine_deadline_s")
+                    "enhance_deadline_s", "refine_deadline_s", "mesh_export_deadline_s")
 MAX_DEADLINE_S = 3600.0
 MAX_RECONSTRUCTION_VIEWS = 15
 MAX_REPLICA_ID_CHARS = 128
@@ -57,7 +57,8 @@ class GatewayConfig(Settings):
     max_pending_rounds: enhancement rounds one job may have queued (the running one included).
     watch_queue_size: events buffered per WatchJob stream; a slow reader skips intermediate events.
     *_addr: ``host:port`` of the five model services.
-    *_deadline_s: deadline of each downstream call, by stage.
+    *_deadline_s: deadline of each downstream call, by stage (mesh_export_deadline_s: the reconstruction
+        service's ExportMesh, which meshes a version for the obj and mesh-glb exports).
     stage_retry_budget_s: how long a stage call whose service went away (UNAVAILABLE, connection cut) is
         retried, counted from its first failure (0: never); covers a pod being rescheduled. Each retry
         waits for the service's gRPC health to say SERVING first.
@@ -112,6 +113,7 @@ class GatewayConfig(Settings):
     multiview_deadline_s: float = 600.0
     enhance_deadline_s: float = 600.0
     refine_deadline_s: float = 600.0
+    mesh_export_deadline_s: float = 300.0
     stage_retry_budget_s: float = 120.0
     stage_retry_max_backoff_s: float = 5.0
     presign_expiry_s: float = 3600.0

@@ -2,10 +2,13 @@
 
 Starts the five services and the gateway as local processes on free ports, runs the photo through
 generate (with novel views), two "auto" enhancement clicks and export, then writes into --out:
-model.ply, model.splat, model.glb, turntable.png (rows: version 1 and the final version, seen from
-eight orbit views) and metrics.json. A round the gateway rejects (it would have made the model worse
-against the photo) is logged with its reason and leaves the model as it was; any other failure stops
-the demo. Stops every process and prints where the files are, and a table of each version's figures.
+model.<format> for each splat format (ply, splat, glb, ...), turntable.png (rows: version 1 and the
+final version, seen from eight orbit views) and metrics.json. The mesh formats (obj, mesh-glb) are left
+out: the reconstruction service spends 10-15 s of CPU meshing even a small splat on a loaded 2-core
+machine (docs/mesh.md); `glimpse3d generate --formats obj mesh-glb` downloads them. A round the
+gateway rejects (it would have made the model worse against the photo) is logged with its reason and
+leaves the model as it was; any other failure stops the demo. Stops every process and prints where the
+files are, and a table of each version's figures.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from glimpse3d.core import convert
 from glimpse3d.core.artifacts import open_store
 from glimpse3d.core.images import decode_image
 from glimpse3d.core.rpc.errors import reason_and_field
-from glimpse3d.gateway.cli import FORMATS, download, summary_table, watch
+from glimpse3d.gateway.cli import FORMATS, SPLAT_FORMATS, download, summary_table, watch
 from glimpse3d.gateway.jobs import DEFAULT_TENANT, TENANT_HEADER
 from glimpse3d.gateway.stack import Stack, raise_on_sigterm, start_stack
 from glimpse3d.v1 import common_pb2, glimpse3d_pb2, glimpse3d_pb2_grpc, reconstruction_pb2, reconstruction_pb2_grpc
@@ -77,8 +80,8 @@ async def run_demo(stack: Stack, photo: Path, out: Path, artifacts_url: str, rou
                 job.ClearField("error")
         if job.state != glimpse3d_pb2.Job.SUCCEEDED or job.error.message:
             raise RuntimeError(f"{job.name} ended {glimpse3d_pb2.Job.State.Name(job.state)}: {job.error.message}")
-        for fmt, code in FORMATS.items():
-            resp = await stub.Export(glimpse3d_pb2.ExportRequest(name=job.name, format=code))
+        for fmt in SPLAT_FORMATS:
+            resp = await stub.Export(glimpse3d_pb2.ExportRequest(name=job.name, format=FORMATS[fmt]))
             download(resp.download_url, out / f"model.{fmt}")
         size = job.versions[0].camera.intrinsics.width or 160
         rows = [await _turntable_row(stack, artifacts_url, v.splat, min(size, 160))
@@ -108,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics = asyncio.run(run_demo(stack, ns.photo, ns.out, artifacts_url, ns.rounds, ns.views, ns.resolution))
     (ns.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     log.info("all processes stopped. Files written:")
-    for name in ("model.ply", "model.splat", "model.glb", "turntable.png", "metrics.json"):
+    for name in (*(f"model.{fmt}" for fmt in SPLAT_FORMATS), "turntable.png", "metrics.json"):
         log.info("  %s", (ns.out / name).resolve())
     return 0
 

@@ -223,15 +223,35 @@ def artifact_from_json(data: Mapping[str, Any]) -> ArtifactRef:
     return ArtifactRef(**data)
 
 
+MAX_EXTRA_PHOTOS = 8  # extra photos one CreateJob may carry
+
+
+@dataclass(frozen=True)
+class ExtraPhoto:
+    """An extra photo of the job's object as a request gives it: image bytes and an optional hint (degrees)."""
+
+    image_data: bytes
+    azimuth_deg: float | None = None
+    elevation_deg: float | None = None
+
+
 @dataclass(frozen=True)
 class RoundSpec:
-    """One requested enhancement round. ``camera`` None means "auto": the pipeline picks the view."""
+    """One requested enhancement round. ``camera`` None means "auto": the pipeline picks the view.
+
+    With ``photo`` (an extra photo of the object, stored) the round fuses that photo instead of an
+    enhanced view, posed from the hint (``hint_azimuth_deg``/``hint_elevation_deg``, None: searched);
+    ``photo_field`` is how errors name it (``extra_photos[i]`` or ``photo``)."""
 
     camera: Camera | None = None
     prompt: str = ""
     strength: float = 0.0  # [0, 1]; 0 = the pipeline's default
     seed: int = 0
     request_id: str = ""
+    photo: ArtifactRef | None = None
+    photo_field: str = "photo"
+    hint_azimuth_deg: float | None = None
+    hint_elevation_deg: float | None = None
 
     def __post_init__(self) -> None:
         check_text(self.prompt, MAX_PROMPT_CHARS, "prompt")
@@ -240,17 +260,34 @@ class RoundSpec:
             raise InvalidInput(f"strength must be in [0, 1], got {shorten(self.strength)}", field="strength")
         check_seed(self.seed, "seed")
         check_text(self.request_id, MAX_REQUEST_ID_CHARS, "request_id")
+        for name in ("hint_azimuth_deg", "hint_elevation_deg"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, int | float) and math.isfinite(v)):
+                raise InvalidInput(f"{self.photo_field}.{name.removeprefix('hint_')} must be finite, got {shorten(v)}",
+                                   field=f"{self.photo_field}.{name.removeprefix('hint_')}")
+        if self.hint_elevation_deg is not None and not -80.0 <= self.hint_elevation_deg <= 80.0:
+            raise InvalidInput(f"{self.photo_field}.elevation_deg must be in [-80, 80], got "
+                               f"{self.hint_elevation_deg:g}", field=f"{self.photo_field}.elevation_deg")
+        if self.hint_elevation_deg is not None and self.hint_azimuth_deg is None:
+            raise InvalidInput(f"{self.photo_field}: an elevation hint needs an azimuth hint too",
+                               field=f"{self.photo_field}.azimuth_deg")
 
     def to_json(self) -> dict[str, Any]:
         return {"camera": None if self.camera is None else camera_to_json(self.camera),
                 "prompt": self.prompt, "strength": self.strength, "seed": self.seed,
-                "request_id": self.request_id}
+                "request_id": self.request_id,
+                "photo": None if self.photo is None else artifact_to_json(self.photo), "photo_field": self.photo_field,
+                "hint_azimuth_deg": self.hint_azimuth_deg, "hint_elevation_deg": self.hint_elevation_deg}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RoundSpec:
         camera = data.get("camera")
+        photo = data.get("photo")  # absent in rounds stored before extra photos
         return cls(camera=None if camera is None else camera_from_json(camera), prompt=data["prompt"],
-                   strength=data["strength"], seed=data["seed"], request_id=data["request_id"])
+                   strength=data["strength"], seed=data["seed"], request_id=data["request_id"],
+                   photo=None if photo is None else artifact_from_json(photo),
+                   photo_field=data.get("photo_field", "photo"), hint_azimuth_deg=data.get("hint_azimuth_deg"),
+                   hint_elevation_deg=data.get("hint_elevation_deg"))
 
 
 @dataclass(frozen=True)

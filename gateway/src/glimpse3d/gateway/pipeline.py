@@ -21,15 +21,17 @@ import hashlib
 import logging
 import math
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2_grpc
 
 from glimpse3d.core import convert
-from glimpse3d.core.artifacts import ArtifactStore, current_tenant, tenant_scope
+from glimpse3d.core.artifacts import ArtifactRef, ArtifactStore, current_tenant, tenant_scope
 from glimpse3d.core.cameras import Camera, orbit_angles, orbit_camera, turned_about_up
 from glimpse3d.core.errors import FailedPrecondition, RoundRejected
 from glimpse3d.core.feedback import (
@@ -43,6 +45,7 @@ from glimpse3d.core.feedback import (
 from glimpse3d.core.formats import read_ply
 from glimpse3d.core.images import decode_image, decode_npy, encode_png, resize_longest
 from glimpse3d.core.rpc import create_channel
+from glimpse3d.core.tls import ReloadingChannelCredentials
 from glimpse3d.gateway.app import ProgressReporter
 from glimpse3d.gateway.config import GatewayConfig
 from glimpse3d.gateway.convert import points_to_proto, report_from_proto
@@ -72,36 +75,98 @@ AUTO_ELEVATIONS_DEG = (0.0, 25.0)
 # "auto" never looks from within this angle of the photo's own viewpoint (the photo already shows it).
 AUTO_MIN_SEPARATION_DEG = 30.0
 WORKING_IMAGE_CACHE = 256  # refs kept (a few hundred bytes each)
+RETIRED_CHANNEL_GRACE_S = 3600.0  # a stage call still running on channels replaced after a TLS renewal
 SERVICES = ("depth", "reconstruction", "multiview", "diffusion", "backprojection")
 # The job and version a stage call works for ("<job id>/v<n>"); part of its idempotency key.
 _VERSION_SCOPE: contextvars.ContextVar[str | None] = contextvars.ContextVar("glimpse3d_version_scope", default=None)
 
 
 class ServiceClients:
-    """One channel, stub and health check per downstream service."""
+    """One channel, stub and health check per downstream service.
 
-    def __init__(self, config: GatewayConfig) -> None:
+    With ``credentials`` (renewable TLS files, :class:`~glimpse3d.core.tls.ReloadingChannelCredentials`)
+    the channels are opened again, lazily at the next stage call, once the client certificate, key or CA
+    files changed; calls already running finish on the old channels, which close when they are done
+    (or after :data:`RETIRED_CHANNEL_GRACE_S`). Without it the channels use the credentials of the
+    enclosing ``channel_credentials`` block (or plaintext) for good."""
+
+    def __init__(self, config: GatewayConfig, credentials: ReloadingChannelCredentials | None = None) -> None:
         # Reconnect soon after a restarted service is back (gRPC's default backoff grows to 120 s).
         backoff_ms = int(config.stage_retry_max_backoff_s * 1000)
-        reconnect = [("grpc.initial_reconnect_backoff_ms", min(250, backoff_ms)),
-                     ("grpc.min_reconnect_backoff_ms", min(250, backoff_ms)),
-                     ("grpc.max_reconnect_backoff_ms", backoff_ms)]
-        addresses = (config.depth_addr, config.reconstruction_addr, config.multiview_addr,
-                     config.diffusion_addr, config.backprojection_addr)
-        self._channels = [create_channel(addr, default_timeout_s=None, options=reconnect) for addr in addresses]
-        self.depth = depth_pb2_grpc.DepthStub(self._channels[0])
-        self.reconstruction = reconstruction_pb2_grpc.ReconstructionStub(self._channels[1])
-        self.multiview = multiview_pb2_grpc.MultiviewStub(self._channels[2])
-        self.diffusion = diffusion_pb2_grpc.DiffusionStub(self._channels[3])
-        self.backprojection = backprojection_pb2_grpc.BackprojectionStub(self._channels[4])
+        self._options = [("grpc.initial_reconnect_backoff_ms", min(250, backoff_ms)),
+                         ("grpc.min_reconnect_backoff_ms", min(250, backoff_ms)),
+                         ("grpc.max_reconnect_backoff_ms", backoff_ms)]
+        self._addresses = (config.depth_addr, config.reconstruction_addr, config.multiview_addr,
+                           config.diffusion_addr, config.backprojection_addr)
+        self._credentials = credentials
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._retired: list[grpc.aio.Channel] = []
+        self._channels: list[grpc.aio.Channel] = []
+        self._generation = -1
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Open the channels (again, when the TLS files were renewed since they were opened)."""
+        credentials, generation = (None, 0) if self._credentials is None else self._credentials.current()
+        if generation == self._generation:
+            return
+        old, self._generation = self._channels, generation
+        self._channels = [create_channel(addr, default_timeout_s=None, options=self._options,
+                                         credentials=credentials) for addr in self._addresses]
+        self._depth = depth_pb2_grpc.DepthStub(self._channels[0])
+        self._reconstruction = reconstruction_pb2_grpc.ReconstructionStub(self._channels[1])
+        self._multiview = multiview_pb2_grpc.MultiviewStub(self._channels[2])
+        self._diffusion = diffusion_pb2_grpc.DiffusionStub(self._channels[3])
+        self._backprojection = backprojection_pb2_grpc.BackprojectionStub(self._channels[4])
         # typeshed's HealthStub declares no methods (the generated __init__ assigns them).
-        self.health: dict[str, HealthCheck] = {
+        self._health: dict[str, HealthCheck] = {
             name: health_pb2_grpc.HealthStub(channel).Check  # pyright: ignore[reportAttributeAccessIssue]
             for name, channel in zip(SERVICES, self._channels, strict=True)
         }
+        if old:
+            log.info("stage channels opened again with renewed TLS files", extra={"generation": generation})
+            self._retired += old
+            for channel in old:
+                task = asyncio.get_running_loop().create_task(channel.close(grace=RETIRED_CHANNEL_GRACE_S))
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
+
+    @property
+    def depth(self) -> depth_pb2_grpc.DepthStub:
+        self._refresh()
+        return self._depth
+
+    @property
+    def reconstruction(self) -> reconstruction_pb2_grpc.ReconstructionStub:
+        self._refresh()
+        return self._reconstruction
+
+    @property
+    def multiview(self) -> multiview_pb2_grpc.MultiviewStub:
+        self._refresh()
+        return self._multiview
+
+    @property
+    def diffusion(self) -> diffusion_pb2_grpc.DiffusionStub:
+        self._refresh()
+        return self._diffusion
+
+    @property
+    def backprojection(self) -> backprojection_pb2_grpc.BackprojectionStub:
+        self._refresh()
+        return self._backprojection
+
+    @property
+    def health(self) -> dict[str, HealthCheck]:
+        self._refresh()
+        return self._health
 
     async def close(self) -> None:
-        await asyncio.gather(*(c.close() for c in self._channels))
+        retiring = list(self._retiring)
+        for task in retiring:
+            task.cancel()
+        await asyncio.gather(*retiring, return_exceptions=True)
+        await asyncio.gather(*(c.close() for c in [*self._retired, *self._channels]))
 
 
 def stage_key(request: Any) -> str | None:
@@ -276,6 +341,22 @@ class ServicePipeline:
         mask = await asyncio.to_thread(lambda: decode_npy(self._get(response.mask, "mask"), field="mask"))
         return mask, response.check
 
+    async def export_mesh(self, splat: ArtifactRef, fmt: str) -> ArtifactRef:
+        """``splat`` as the export-only mesh format ``fmt`` (``obj``, ``mesh-glb``), made by the reconstruction
+        service's ExportMesh (meshing needs torch and seconds of CPU, which the gateway has not) and stored
+        there under the tenant of the caller's ``tenant_scope``. The attempts of one export share one
+        idempotency key (a service that finished it answers from memory); another export gets a new one, so
+        a file deleted since (e.g. with the tenant's data) is made again, not answered from memory."""
+        tenant = current_tenant()
+        if tenant is None:
+            raise FailedPrecondition("a mesh export must run for a tenant (in the artifact store's tenant_scope)")
+        request = reconstruction_pb2.ExportMeshRequest(splat=convert.artifact_to_proto(splat), format=fmt)
+        response = await call_stage(self.clients.reconstruction.ExportMesh, request,
+                                    self.config.mesh_export_deadline_s, policy=self.retry, service="reconstruction",
+                                    health=self.clients.health.get("reconstruction"),
+                                    key=f"{tenant}/export/{type(request).__name__}/{uuid.uuid4().hex}")
+        return convert.artifact_from_proto(response.mesh, "mesh")
+
     async def _input_view(self, splat: common_pb2.ArtifactRef, image: common_pb2.ArtifactRef,
                           depth: depth_pb2.EstimateDepthResponse) -> dict[str, float]:
         """:func:`input_view_figures` of ``splat`` (rendered at the photo's camera only)."""
@@ -298,13 +379,13 @@ class ServicePipeline:
     async def _refine(self, splat: common_pb2.ArtifactRef, confidence: common_pb2.ArtifactRef | None,
                       view: common_pb2.ArtifactRef, camera: common_pb2.Camera, reference: common_pb2.ArtifactRef,
                       seed: int, rendered_depth: common_pb2.ArtifactRef | None = None,
-                      trusted: list[backprojection_pb2.TrustedView] | None = None,
+                      trusted: list[backprojection_pb2.TrustedView] | None = None, observed: bool = False,
                       ) -> backprojection_pb2.RefineResponse:
         depth = await self._depth(view, camera)
         request = backprojection_pb2.RefineRequest(
             splat=splat, view=view, camera=camera, view_depth=depth.depth, reference=reference,
             confidence=confidence, rendered_depth=rendered_depth,
-            options=backprojection_pb2.RefineOptions(seed=seed), trusted_views=trusted or [],
+            options=backprojection_pb2.RefineOptions(seed=seed, observed=observed), trusted_views=trusted or [],
         )
         return await self._call("backprojection", self.clients.backprojection.Refine, request,
                                 self.config.refine_deadline_s)
@@ -415,8 +496,61 @@ class ServicePipeline:
         used = [v.camera for v in job.versions if v.camera is not None]
         return pick_least_confident_view(splat.means, conf, photo, used, self._rejected.get(job.id, []))
 
+    async def _run_photo_round(self, job: Job, spec: RoundSpec, report: ProgressReporter) -> VersionResult:
+        """An extra photo as a round: its matte from the depth service, its camera from the backprojection
+        service's Pose (INVALID_ARGUMENT naming ``spec.photo_field`` when it cannot be posed), then one MVCRM
+        round with ``observed`` set (a real view: no trust discount), fused together with the input photo
+        and with the extra photo itself inside its matte as trusted views (docs/extra-photos.md)."""
+        assert spec.photo is not None, "a photo round needs its photo"
+        start = time.perf_counter()
+        latest = job.versions[-1]
+        image, side = await self._working_image(job)
+        photo_depth = await self._photo_depth_of(job, image, side)
+        field = spec.photo_field
+        stored = spec.photo
+
+        def working() -> bytes:
+            return encode_png(resize_longest(decode_image(self.artifacts.get(stored), field=field), side))
+
+        extra = convert.artifact_to_proto(
+            await asyncio.to_thread(self.artifacts.put, await asyncio.to_thread(working), "image/png"))
+        await report(Stage.MATTING_DEPTH, 0.0, f"matting {field}")
+        extra_depth = await self._depth(extra)
+        await report(Stage.REFINE, 0.2, f"finding where {field} was taken from")
+        splat = convert.artifact_to_proto(latest.splat)
+        pose = backprojection_pb2.PoseRequest(splat=splat, image=extra, mask=extra_depth.mask, field=field)
+        if spec.hint_azimuth_deg is not None:
+            pose.azimuth_deg = spec.hint_azimuth_deg
+        if spec.hint_elevation_deg is not None:
+            pose.elevation_deg = spec.hint_elevation_deg
+        posed = await self._call("backprojection", self.clients.backprojection.Pose, pose,
+                                 self.config.refine_deadline_s)
+        await report(Stage.REFINE, 0.5, f"fusing {field} as a real view (MVCRM)")
+        trusted = [*self._trusted_photo(image, photo_depth),
+                   backprojection_pb2.TrustedView(image=extra, camera=posed.camera, mask=extra_depth.mask)]
+        confidence = convert.artifact_to_proto(latest.confidence) if latest.confidence else None
+        refined = await self._refine(splat, confidence, extra, posed.camera, image, spec.seed, trusted=trusted,
+                                     observed=True)
+        photo_metrics = await self._photo_metrics(refined.splat, image, photo_depth)
+        await report(Stage.REFINE, 1.0, f"{field} fused")
+        rep = report_from_proto(refined.report)
+        return VersionResult(
+            splat=convert.artifact_from_proto(refined.splat, "splat"),
+            confidence=convert.artifact_from_proto(refined.confidence, "confidence"),
+            camera=convert.camera_from_proto(posed.camera, "camera"), report=rep,
+            metrics={"accepted_fraction": rep.accepted_fraction, "extra_photo": 1.0,
+                     "pose_azimuth_deg": posed.azimuth_deg, "pose_elevation_deg": posed.elevation_deg,
+                     "pose_roll_deg": posed.roll_deg, "pose_distance": posed.distance,
+                     "pose_silhouette_iou": posed.silhouette_iou, "pose_photometric_error": posed.photometric_error,
+                     "extra_photo_error_before": rep.photometric_error_before,
+                     "extra_photo_error_after": rep.photometric_error_after,
+                     **photo_metrics, "seconds": time.perf_counter() - start},
+        )
+
     async def _run_round(self, job: Job, round_spec: RoundSpec, report: ProgressReporter) -> VersionResult:
         _VERSION_SCOPE.set(f"{job.tenant}/{job.id}/v{len(job.versions) + 1}")
+        if round_spec.photo is not None:
+            return await self._run_photo_round(job, round_spec, report)
         start = time.perf_counter()
         latest = job.versions[-1]
         image, side = await self._working_image(job)

@@ -13,9 +13,8 @@ from glimpse3d.core.artifacts import ArtifactStore, store_from_env
 from glimpse3d.core.config import ServerConfig, load_config
 from glimpse3d.core.logs import configure_logging
 from glimpse3d.core.rpc import create_server_from_config
-from glimpse3d.core.rpc.client import channel_credentials
-from glimpse3d.core.tls import channel_credentials_from_config
 from glimpse3d.core.tls import check_server_files as check_tls_files
+from glimpse3d.core.tls import reloading_channel_credentials_from_config
 from glimpse3d.gateway.app import GatewayApp
 from glimpse3d.gateway.auth import (
     Authenticator,
@@ -81,14 +80,14 @@ async def serve(server_config: ServerConfig, config: GatewayConfig) -> None:
     configured it starts only on loopback (ConfigError otherwise; see docs/auth.md). With TLS configured
     (``GLIMPSE3D_TLS_*``, docs/deploy.md) the gRPC port and the HTTP facade serve TLS with the same
     certificate, and the stage channels verify the services against ``tls_ca_file`` and present
-    ``tls_client_cert_file``; a TLS file that cannot be used stops the start with a ConfigError naming it."""
+    ``tls_client_cert_file``; a TLS file that cannot be used stops the start with a ConfigError naming it.
+    Renewed TLS files are taken without a restart (new connections and new stage channels use them)."""
     check_tls_files(server_config)
     auth = authenticator_from_config(config, gateway_hosts(server_config, config))
     artifacts = store_from_env(url=config.artifacts_url)
     await asyncio.to_thread(artifacts.ensure_ready)
     store = open_job_store(config)
-    with channel_credentials(channel_credentials_from_config(server_config)):
-        clients = ServiceClients(config)
+    clients = ServiceClients(config, reloading_channel_credentials_from_config(server_config))
     app = GatewayApp(config, store, artifacts, ServicePipeline(config, clients, artifacts))
     tickets = TicketSigner(config.auth_ticket_secret)  # one signer: the facade accepts the links Export makes
     tls = http_tls(server_config)

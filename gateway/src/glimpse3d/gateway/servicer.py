@@ -38,10 +38,16 @@ from glimpse3d.gateway.convert import (
     points_from_proto,
 )
 from glimpse3d.gateway.http.mapping import download_url
-from glimpse3d.gateway.jobs import TENANT_HEADER, parse_export_name
+from glimpse3d.gateway.jobs import TENANT_HEADER, ExtraPhoto, parse_export_name
+from glimpse3d.gateway.tenants import check_deletion_confirmed
 from glimpse3d.v1 import glimpse3d_pb2, glimpse3d_pb2_grpc
 
 SERVICE_NAME = glimpse3d_pb2.DESCRIPTOR.services_by_name["Glimpse3D"].full_name
+
+
+def extra_photo_from_proto(msg: glimpse3d_pb2.ExtraPhoto) -> ExtraPhoto:
+    return ExtraPhoto(msg.image_data, msg.azimuth_deg if msg.HasField("azimuth_deg") else None,
+                      msg.elevation_deg if msg.HasField("elevation_deg") else None)
 
 
 def tenant_of(context: grpc.aio.ServicerContext) -> str:
@@ -83,11 +89,21 @@ class Glimpse3DServicer(glimpse3d_pb2_grpc.Glimpse3DServicer):
                 job = await self._app.create_job(
                     tenant, image, options_from_proto(request.options),
                     request_id=request.request_id, display_name=request.display_name, mask=request.mask_data or None,
+                    extra_photos=[extra_photo_from_proto(p) for p in request.extra_photos],
                 )
         except PermissionDenied as err:  # the store refused the image's key before reading anything
             if isinstance(image, ArtifactRef) and err.field == "uri":
                 raise outside_tenant(image.uri, tenant, "image.uri") from None
             raise
+        return job_to_proto(job)
+
+    async def AddPhoto(
+        self, request: glimpse3d_pb2.AddPhotoRequest, context: grpc.aio.ServicerContext
+    ) -> glimpse3d_pb2.Job:
+        tenant = tenant_of(context)
+        with tenant_scope(tenant):
+            job = await self._app.add_photo(tenant, request.name, extra_photo_from_proto(request.photo),
+                                            request_id=request.request_id)
         return job_to_proto(job)
 
     async def PreviewMatte(
@@ -132,6 +148,17 @@ class Glimpse3DServicer(glimpse3d_pb2_grpc.Glimpse3DServicer):
         self, request: glimpse3d_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
     ) -> glimpse3d_pb2.Job:
         return job_to_proto(await self._app.cancel_job(tenant_of(context), request.name))
+
+    async def DeleteTenantData(
+        self, request: glimpse3d_pb2.DeleteTenantDataRequest, context: grpc.aio.ServicerContext
+    ) -> glimpse3d_pb2.DeleteTenantDataResponse:
+        """The caller's own tenant only (the authenticated one), confirmed by naming it in ``confirm``."""
+        tenant = tenant_of(context)
+        check_deletion_confirmed(tenant, request.confirm)
+        result = await self._app.delete_tenant_data(tenant, delete_api_keys=request.delete_api_keys)
+        return glimpse3d_pb2.DeleteTenantDataResponse(
+            tenant=tenant, jobs_cancelled=len(result.cancelled), jobs_deleted=len(result.jobs),
+            versions_deleted=result.versions, artifacts_deleted=result.artifacts, api_keys_deleted=result.api_keys)
 
     async def Enhance(
         self, request: glimpse3d_pb2.EnhanceRequest, context: grpc.aio.ServicerContext

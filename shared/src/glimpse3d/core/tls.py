@@ -12,10 +12,21 @@ With :class:`~glimpse3d.core.config.ServerConfig`:
 * ``tls_ca_file`` / ``tls_client_cert_file`` + ``tls_client_key_file``: the channels this process opens
   to other servers verify them against that CA and present that certificate
   (:func:`channel_credentials_from_config`).
+
+Renewed files (cert-manager rewrites the mounted Secret) are taken without a restart:
+:class:`ReloadingServerCredentials` (gRPC servers, through ``grpc.dynamic_ssl_server_credentials``),
+:class:`ReloadingSSLContext` (the HTTPS facade) and :class:`ReloadingChannelCredentials` (channels to
+other servers, opened again by their holder). A renewed file that cannot be used is logged as an error
+naming its setting and the certificate read before stays in use.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import ssl
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +38,7 @@ from cryptography.x509.oid import NameOID
 
 from glimpse3d.core.config import DEFAULT_PREFIX, ConfigError, ServerConfig
 
+logger = logging.getLogger(__name__)
 MAX_PEM_BYTES = 1 << 20  # a certificate bundle is a few KiB; refuse to read anything huge
 
 
@@ -127,13 +139,26 @@ def channel_credentials(ca_file: Path | str | None = None, cert_file: Path | str
     return grpc.ssl_channel_credentials(root_certificates=roots, private_key=pair.key, certificate_chain=pair.chain)
 
 
+SERVER_SETTINGS = (setting_name("tls_cert_file"), setting_name("tls_key_file"), setting_name("tls_client_ca_file"))
+CHANNEL_SETTINGS = (setting_name("tls_ca_file"), setting_name("tls_client_cert_file"),
+                    setting_name("tls_client_key_file"))
+
+
 def server_credentials_from_config(config: ServerConfig) -> grpc.ServerCredentials | None:
-    """The credentials of a server started with ``config``; None when it serves plaintext."""
+    """The credentials of a server started with ``config``, re-reading renewed files
+    (:class:`ReloadingServerCredentials`); None when it serves plaintext."""
     if config.tls_cert_file is None or config.tls_key_file is None:
         return None
-    return server_credentials(config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file,
-                              settings=(setting_name("tls_cert_file"), setting_name("tls_key_file"),
-                                        setting_name("tls_client_ca_file")))
+    return ReloadingServerCredentials(config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file,
+                                      settings=SERVER_SETTINGS).credentials()
+
+
+def reloading_channel_credentials_from_config(config: ServerConfig) -> ReloadingChannelCredentials | None:
+    """Like :func:`channel_credentials_from_config`, re-read when the files are renewed."""
+    if config.tls_ca_file is None and config.tls_client_cert_file is None:
+        return None
+    return ReloadingChannelCredentials(config.tls_ca_file, config.tls_client_cert_file, config.tls_client_key_file,
+                                       settings=CHANNEL_SETTINGS)
 
 
 def channel_credentials_from_config(config: ServerConfig) -> grpc.ChannelCredentials | None:
@@ -142,8 +167,7 @@ def channel_credentials_from_config(config: ServerConfig) -> grpc.ChannelCredent
     if config.tls_ca_file is None and config.tls_client_cert_file is None:
         return None
     return channel_credentials(config.tls_ca_file, config.tls_client_cert_file, config.tls_client_key_file,
-                               settings=(setting_name("tls_ca_file"), setting_name("tls_client_cert_file"),
-                                         setting_name("tls_client_key_file")))
+                               settings=CHANNEL_SETTINGS)
 
 
 def check_server_files(config: ServerConfig) -> None:
@@ -168,3 +192,196 @@ def certificate_host_name(cert_file: Path | str, setting: str = setting_name("tl
         pass
     common = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(common[0].value) if common else None
+
+
+# ---- reloading renewed certificates ----------------------------------------------------------------
+#
+# cert-manager (or any renewal) rewrites the mounted files in place; these classes notice a change by
+# the files' (mtime, size, inode) and re-read them, so new connections get the new certificate without
+# a restart. A renewed file that cannot be used is logged as an error naming its setting and the
+# material read before stays in use: a bad renewal never takes a serving process down.
+
+
+_Stamp = tuple[tuple[int, int, int] | None, ...]
+
+
+def _stamp(paths: Sequence[Path | None]) -> _Stamp:
+    """What tells that one of ``paths`` changed (None for a file that cannot be stat'ed right now)."""
+    stamps: list[tuple[int, int, int] | None] = []
+    for path in paths:
+        if path is None:
+            stamps.append(None)
+            continue
+        try:
+            info = os.stat(path)
+        except OSError:
+            stamps.append(None)
+            continue
+        stamps.append((info.st_mtime_ns, info.st_size, info.st_ino))
+    return tuple(stamps)
+
+
+class _Watched:
+    """TLS files re-read when their stamps change; ``_load`` reads them (ConfigError for a bad one)."""
+
+    def __init__(self, paths: Sequence[Path | None], what: str) -> None:
+        self._paths = list(paths)
+        self._what = what
+        self._lock = threading.Lock()
+        self._seen = _stamp(self._paths)
+        self.reloads = 0  # how many times renewed files were taken into use
+
+    def _changed(self) -> _Stamp | None:
+        stamp = _stamp(self._paths)
+        return None if stamp == self._seen else stamp
+
+    def _failed(self, err: ConfigError | ssl.SSLError, setting: str) -> None:
+        logger.error("%s: the renewed TLS files cannot be used (%s); still serving the certificate read before",
+                     setting, err, extra={"setting": setting, "tls": self._what})
+
+    def _taken(self) -> None:
+        self.reloads += 1
+        logger.info("reloaded renewed TLS files", extra={"tls": self._what, "reloads": self.reloads})
+
+
+class ReloadingServerCredentials(_Watched):
+    """gRPC server credentials whose certificate, key and client CA are re-read when their files change
+    (``grpc.dynamic_ssl_server_credentials``: gRPC asks :meth:`fetch` before every new handshake).
+    With ``client_ca_file`` every caller must present a certificate signed by it, also after a reload."""
+
+    def __init__(self, cert_file: Path | str, key_file: Path | str, client_ca_file: Path | str | None = None, *,
+                 settings: tuple[str, str, str] = ("tls_cert_file", "tls_key_file", "tls_client_ca_file")) -> None:
+        self._files = (Path(cert_file), Path(key_file), None if client_ca_file is None else Path(client_ca_file))
+        self._settings = settings
+        super().__init__(self._files, "grpc server")
+        self._material = self._read()  # a bad file at start-up is a ConfigError naming its setting
+
+    def _read(self) -> tuple[bytes, bytes, bytes | None]:
+        cert_file, key_file, ca_file = self._files
+        pair = KeyPair.load(cert_file, key_file, self._settings[0], self._settings[1])
+        client_ca = read_certificates(ca_file, self._settings[2], "client CA")[0] if ca_file is not None else None
+        return pair.key, pair.chain, client_ca
+
+    @staticmethod
+    def _configuration(material: tuple[bytes, bytes, bytes | None]) -> grpc.ServerCertificateConfiguration:
+        key, chain, client_ca = material
+        return grpc.ssl_server_certificate_configuration([(key, chain)], root_certificates=client_ca)
+
+    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        """The new configuration when the files changed and can be used, else None (keep the current)."""
+        if self._changed() is None:
+            return None
+        with self._lock:
+            stamp = self._changed()
+            if stamp is None:
+                return None
+            self._seen = stamp  # a bad file is reported once, not at every handshake
+            try:
+                material = self._read()
+            except ConfigError as err:
+                self._failed(err, err.field or self._settings[0])
+                return None
+            if material == self._material:
+                return None
+            self._material = material
+            self._taken()
+            return self._configuration(material)
+
+    def credentials(self) -> grpc.ServerCredentials:
+        # grpc documents a fetcher's None as "keep the current configuration"; typeshed omits it.
+        return grpc.dynamic_ssl_server_credentials(
+            self._configuration(self._material), self.fetch,  # pyright: ignore[reportArgumentType]
+            require_client_authentication=self._files[2] is not None)
+
+
+class ReloadingChannelCredentials(_Watched):
+    """Channel credentials (CA to verify servers, client certificate to present) rebuilt when their files
+    change. gRPC channels cannot swap credentials, so a holder of channels compares :attr:`generation`
+    after :meth:`current` and opens new channels when it moved (``ServiceClients`` does)."""
+
+    def __init__(self, ca_file: Path | str | None = None, cert_file: Path | str | None = None,
+                 key_file: Path | str | None = None, *,
+                 settings: tuple[str, str, str] = ("tls_ca_file", "tls_client_cert_file", "tls_client_key_file"),
+                 ) -> None:
+        self._files = tuple(None if f is None else Path(f) for f in (ca_file, cert_file, key_file))
+        self._settings = settings
+        super().__init__(self._files, "grpc client")
+        self._credentials = channel_credentials(*self._files, settings=settings)
+        self.generation = 0
+
+    def current(self) -> tuple[grpc.ChannelCredentials, int]:
+        """The credentials to open channels with, and their generation (it moves at every reload)."""
+        if self._changed() is not None:
+            with self._lock:
+                stamp = self._changed()
+                if stamp is not None:
+                    self._seen = stamp
+                    try:
+                        self._credentials = channel_credentials(*self._files, settings=self._settings)
+                    except ConfigError as err:
+                        self._failed(err, err.field or self._settings[1])
+                    else:
+                        self.generation += 1
+                        self._taken()
+        return self._credentials, self.generation
+
+
+class ReloadingSSLContext(_Watched):
+    """The certificate of an ``ssl`` server context (the HTTPS facade) re-read when its files change.
+
+    :meth:`install` hooks the context's ``sni_callback``, which OpenSSL runs at every ClientHello (with or
+    without SNI); when the files changed it builds a context with the new chain and switches the
+    handshake to it (``SSLObject.context``, the ``ssl`` module's documented way to pick a certificate
+    per handshake), so that every new connection gets the new certificate at once. The client CA
+    and verify mode stay those of the installed context."""
+
+    def __init__(self, cert_file: Path | str, key_file: Path | str, client_ca_file: Path | str | None = None, *,
+                 settings: tuple[str, str, str] = ("tls_cert_file", "tls_key_file", "tls_client_ca_file")) -> None:
+        self._files = (Path(cert_file), Path(key_file), None if client_ca_file is None else Path(client_ca_file))
+        self._settings = settings
+        super().__init__(self._files, "https server")
+        self._current: ssl.SSLContext | None = None
+
+    def install(self, context: ssl.SSLContext) -> ssl.SSLContext:
+        """Reload into ``context`` from now on (its certificate was loaded from the same files)."""
+        self._current = context
+        self._seen = _stamp(self._paths)
+        context.sni_callback = self._on_client_hello
+        return context
+
+    def _build(self) -> ssl.SSLContext:
+        cert_file, key_file, ca_file = self._files
+        KeyPair.load(cert_file, key_file, self._settings[0], self._settings[1])  # errors naming the setting
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(cert_file, key_file)
+            if ca_file is not None:
+                read_certificates(ca_file, self._settings[2], "client CA")
+                context.load_verify_locations(cafile=ca_file)
+                context.verify_mode = ssl.CERT_REQUIRED
+        except (ssl.SSLError, OSError) as err:  # the files changed again since they were checked
+            raise ConfigError(f"{self._settings[0]}: cannot load {str(cert_file)!r}: {err}",
+                              field=self._settings[0]) from None
+        return context
+
+    def current(self) -> ssl.SSLContext | None:
+        """The context new handshakes should use (None before :meth:`install`)."""
+        if self._changed() is not None:
+            with self._lock:
+                stamp = self._changed()
+                if stamp is not None:
+                    self._seen = stamp
+                    try:
+                        self._current = self._build()
+                    except ConfigError as err:
+                        self._failed(err, err.field or self._settings[0])
+                    else:
+                        self._taken()
+        return self._current
+
+    def _on_client_hello(self, connection: ssl.SSLObject | ssl.SSLSocket, server_name: str | None,
+                         context: ssl.SSLContext) -> None:
+        del server_name
+        current = self.current()
+        if current is not None and current is not context:
+            connection.context = current

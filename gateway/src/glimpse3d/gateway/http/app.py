@@ -10,6 +10,7 @@ the API routes answer 503.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,8 @@ def create_app(context: HttpContext | None = None, *, web_dir: Path | None = Non
     app.add_api_route("/api/{rest:path}", no_such_endpoint, include_in_schema=False,
                       methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"])
     app.add_api_route("/{path:path}", WebFiles(web_dir).serve, methods=["GET", "HEAD"], include_in_schema=False)
-    app.add_middleware(BodyLimit, upload_path=(f"{API_PREFIX}/jobs", f"{API_PREFIX}/matte"))
+    app.add_middleware(BodyLimit, upload_path=(f"{API_PREFIX}/jobs", f"{API_PREFIX}/matte"),
+                       upload_pattern=re.escape(f"{API_PREFIX}/jobs/") + r"[^/]+/photos")
     app.openapi = lambda: _openapi_schema(app)  # type: ignore[method-assign]
     return app
 

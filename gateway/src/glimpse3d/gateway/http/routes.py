@@ -53,25 +53,35 @@ from glimpse3d.gateway.http.schemas import (
     JobList,
     JobOut,
     MattePreviewOut,
+    TenantDeletionOut,
     VersionList,
 )
 from glimpse3d.gateway.http.sse import event_response, job_event
-from glimpse3d.gateway.http.uploads import PHOTO_FIELD, parse_matte_points, read_photo_form
+from glimpse3d.gateway.http.uploads import (
+    EXTRA_FIELD,
+    PHOTO_FIELD,
+    parse_extra_hints,
+    parse_matte_points,
+    read_photo_form,
+)
 from glimpse3d.gateway.jobs import (
     JOB_ID_PATTERN,
     MAX_DISPLAY_NAME_CHARS,
     MAX_ENHANCE_ROUNDS,
+    MAX_EXTRA_PHOTOS,
     MAX_NUM_VIEWS,
     MAX_PROMPT_CHARS,
     MAX_REQUEST_ID_CHARS,
     MAX_RESOLUTION,
     MAX_SEED,
     MIN_RESOLUTION,
+    ExtraPhoto,
     JobOptions,
     MattePoint,
     job_name,
     version_name,
 )
+from glimpse3d.gateway.tenants import check_deletion_confirmed
 
 logger = logging.getLogger(__name__)
 
@@ -81,9 +91,13 @@ _CREATE_FIELDS = {"image_data": PHOTO_FIELD, "image": PHOTO_FIELD, "options.num_
                   "options.prompt": "prompt", "options.resolution": "resolution",
                   "options.matte_points": "matte_points", "options.matte_points.x": "matte_points",
                   "options.matte_points.y": "matte_points", "options.matte_points.keep": "matte_points",
-                  "mask_data": "mask"}
+                  "mask_data": "mask",
+                  **{f"extra_photos[{i}].{name}": f"extra_hints[{i}]" if name != "image_data" else f"extra_photos[{i}]"
+                     for i in range(MAX_EXTRA_PHOTOS) for name in ("image_data", "azimuth_deg", "elevation_deg")}}
 _JOB_FIELDS = {"name": "job_id"}
 _ENHANCE_FIELDS = {"name": "job_id", "view": "camera"}
+_ADD_PHOTO_FIELDS = {"name": "job_id", "photo.image_data": PHOTO_FIELD, "photo.azimuth_deg": "azimuth_deg",
+                     "photo.elevation_deg": "elevation_deg"}
 _IMMUTABLE = "private, max-age=31536000, immutable"
 
 
@@ -247,6 +261,30 @@ _UPLOAD_BODY: dict[str, Any] = {
                 "mask": {"type": "string", "format": "binary", "description":
                          "optional matte drawn by the user (PNG, white or opaque = object); replaces the "
                          "estimated one"},
+                EXTRA_FIELD: {"type": "array", "maxItems": MAX_EXTRA_PHOTOS,
+                              "items": {"type": "string", "format": "binary"}, "description":
+                              "more photos of the object (PNG, JPEG or WebP; together at most "
+                              f"{MAX_IMAGE_BYTES} bytes), each posed and fused as a version after the first"},
+                "extra_hints": {"type": "string", "description":
+                                "where each extra photo was taken, JSON [[azimuth, elevation] or [azimuth] or "
+                                "null, ...] in degrees (azimuth 0 = the photo's side); absent: searched"},
+            },
+        }}},
+    }
+}
+_ADD_PHOTO_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object",
+            "required": [PHOTO_FIELD],
+            "properties": {
+                PHOTO_FIELD: {"type": "string", "format": "binary",
+                              "description": f"PNG, JPEG or WebP, at most {MAX_IMAGE_BYTES} bytes"},
+                "azimuth_deg": {"type": "number", "description": "hint: where it was taken (0 = the photo's side)"},
+                "elevation_deg": {"type": "number", "description": "hint: its elevation (needs azimuth_deg)"},
+                "request_id": {"type": "string", "maxLength": MAX_REQUEST_ID_CHARS,
+                               "description": "idempotency key: a repeat does not add the photo twice"},
             },
         }}},
     }
@@ -295,9 +333,12 @@ def api_router() -> APIRouter:
                                  enhance_rounds=form.ints.get("enhance_rounds", 0),
                                  prompt=form.text.get("prompt", ""), seed=form.ints.get("seed", 0),
                                  resolution=form.ints.get("resolution", 0), matte_points=points)
+            hints = parse_extra_hints(form.text.get("extra_hints", ""), len(form.extras))
+            extras = [ExtraPhoto(data, az, el) for data, (az, el) in zip(form.extras, hints, strict=True)]
             job = await ctx.gateway.create_job(tenant, form.photo, options,
                                                request_id=form.text.get("request_id", ""),
-                                               display_name=form.text.get("display_name", ""), mask=form.mask)
+                                               display_name=form.text.get("display_name", ""), mask=form.mask,
+                                               extra_photos=extras)
         response.headers["Location"] = job_url(job.id)
         with tenant_scope(tenant):
             return await ctx.job_json(job)
@@ -380,12 +421,39 @@ def api_router() -> APIRouter:
                                             strength=body.strength, seed=body.seed, request_id=body.request_id)
             return await ctx.job_json(job)
 
+    @router.post("/jobs/{job_id}/photos", status_code=202, response_model=JobOut, tags=["jobs"],
+                 openapi_extra=_ADD_PHOTO_BODY, responses=_errors(400, 404, 409, 413, 415, 429))
+    async def add_photo(job_id: str, request: Request, ctx: Context, tenant: Tenant) -> JobOut:
+        """Add another photo of the object: posed against the latest version (from the hint when given)
+        and fused as a real view; it adds a version. Only ``photo``, ``azimuth_deg``, ``elevation_deg`` and
+        ``request_id`` are read."""
+        form = await read_photo_form(request)
+        photo = ExtraPhoto(form.photo, form.floats.get("azimuth_deg"), form.floats.get("elevation_deg"))
+        with renamed_fields(_ADD_PHOTO_FIELDS), tenant_scope(tenant):
+            job = await ctx.gateway.add_photo(tenant, job_name_of(job_id), photo,
+                                              request_id=form.text.get("request_id", ""))
+            return await ctx.job_json(job)
+
     @router.post("/jobs/{job_id}/cancel", response_model=JobOut, tags=["jobs"], responses=_errors(400, 404))
     async def cancel(job_id: str, ctx: Context, tenant: Tenant) -> JobOut:
         """Cancel the running work; a no-op for a done job."""
         with renamed_fields(_JOB_FIELDS), tenant_scope(tenant):
             job = await ctx.gateway.cancel_job(tenant, job_name_of(job_id))
             return await ctx.job_json(job)
+
+    @router.delete("/tenant", response_model=TenantDeletionOut, tags=["tenant"], responses=_errors(400, 409))
+    async def delete_tenant_data(
+        ctx: Context, tenant: Tenant,
+        confirm: Annotated[str, Query(description="the caller's tenant name again, to confirm")] = "",
+        delete_api_keys: Annotated[bool, Query(description="also revoke the tenant's API keys")] = False,
+    ) -> TenantDeletionOut:
+        """Delete every job, version, queued round and artifact of the caller's own tenant (queued and
+        running jobs are cancelled first); its API keys stay unless ``delete_api_keys``. Cannot be undone."""
+        check_deletion_confirmed(tenant, confirm)
+        result = await ctx.gateway.delete_tenant_data(tenant, delete_api_keys=delete_api_keys)
+        return TenantDeletionOut(tenant=tenant, jobs_cancelled=len(result.cancelled), jobs_deleted=len(result.jobs),
+                                 versions_deleted=result.versions, artifacts_deleted=result.artifacts,
+                                 api_keys_deleted=result.api_keys)
 
     @router.get("/jobs/{job_id}/versions", response_model=VersionList, tags=["versions"], responses=_errors(400, 404))
     async def list_versions(job_id: str, ctx: Context, tenant: Tenant) -> VersionList:

@@ -158,6 +158,17 @@ class Health(BaseModel):
     status: Literal["ok", "draining"]
 
 
+class TenantDeletionOut(BaseModel):
+    """What ``DELETE /tenant`` deleted of the caller's tenant."""
+
+    tenant: str
+    jobs_cancelled: int = Field(description="queued or running jobs cancelled before the deletion")
+    jobs_deleted: int
+    versions_deleted: int
+    artifacts_deleted: int = Field(description="blobs removed from the artifact store")
+    api_keys_deleted: int = Field(description="API keys revoked (only with delete_api_keys=true)")
+
+
 class EventTicket(BaseModel):
     """A short-lived ticket to watch one job with ``EventSource`` (which cannot send headers)."""
 

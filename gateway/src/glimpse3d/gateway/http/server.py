@@ -21,7 +21,7 @@ import contextlib
 import logging
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
@@ -32,6 +32,7 @@ from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from glimpse3d.core.config import ConfigError
+from glimpse3d.core.tls import SERVER_SETTINGS, ReloadingSSLContext
 from glimpse3d.gateway.http.sse import StreamRegistry
 
 logger = logging.getLogger(__name__)
@@ -153,7 +154,8 @@ def bind_socket(host: str, port: int) -> socket.socket:
 @dataclass(frozen=True)
 class HttpTLS:
     """HTTPS for the facade: PEM certificate chain and key; with ``client_ca_file`` every client must
-    present a certificate signed by it. Check the files first (:mod:`glimpse3d.core.tls`)."""
+    present a certificate signed by it. Check the files first (:mod:`glimpse3d.core.tls`); renewed files
+    are taken for new connections without a restart."""
 
     cert_file: Path
     key_file: Path
@@ -166,13 +168,22 @@ class _SslOptions(TypedDict, total=False):
     ssl_keyfile: str
     ssl_ca_certs: str
     ssl_cert_reqs: int
+    ssl_context_factory: Callable[[uvicorn.Config, Callable[[], ssl.SSLContext]], ssl.SSLContext]
 
 
 def _ssl_options(tls: HttpTLS | None) -> _SslOptions:
-    """uvicorn's ssl_* arguments for ``tls`` (none: plain HTTP)."""
+    """uvicorn's ssl_* arguments for ``tls`` (none: plain HTTP). The context uvicorn builds from the files
+    reloads its certificate when they are renewed (:class:`~glimpse3d.core.tls.ReloadingSSLContext`)."""
     if tls is None:
         return {}
-    options = _SslOptions(ssl_certfile=str(tls.cert_file), ssl_keyfile=str(tls.key_file))
+    reloader = ReloadingSSLContext(tls.cert_file, tls.key_file, tls.client_ca_file, settings=SERVER_SETTINGS)
+
+    def factory(config: uvicorn.Config, default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+        del config
+        return reloader.install(default())
+
+    options = _SslOptions(ssl_certfile=str(tls.cert_file), ssl_keyfile=str(tls.key_file),
+                          ssl_context_factory=factory)
     if tls.client_ca_file is not None:
         options.update(ssl_ca_certs=str(tls.client_ca_file), ssl_cert_reqs=ssl.CERT_REQUIRED)
     return options

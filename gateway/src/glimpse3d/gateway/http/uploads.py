@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
+import math
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,13 +38,16 @@ from glimpse3d.gateway.http.errors import PayloadTooLarge, UnsupportedMediaType,
 
 PHOTO_FIELD = "photo"
 MASK_FIELD = "mask"  # optional: a matte the user drew (white or opaque = object)
+EXTRA_FIELD = "extra_photos"  # optional, repeated: more photos of the object (docs/extra-photos.md)
+MAX_EXTRA_FILES = 8  # the gateway's MAX_EXTRA_PHOTOS; together at most MAX_IMAGE_BYTES over HTTP
 MAX_MASK_BYTES = 8 * 1024 * 1024
 FORM_OVERHEAD_BYTES = 64 * 1024  # the other fields and the multipart boundaries and headers
 MAX_FIELD_BYTES = 16 * 1024
 MAX_JSON_BODY_BYTES = 1024 * 1024
-TEXT_FIELDS = ("display_name", "prompt", "request_id", "matte_points")
+TEXT_FIELDS = ("display_name", "prompt", "request_id", "matte_points", "extra_hints")
 INT_FIELDS = ("novel_views", "seed", "enhance_rounds", "resolution")
-_MAX_FORM_FIELDS = 2 + len(TEXT_FIELDS) + len(INT_FIELDS)
+FLOAT_FIELDS = ("azimuth_deg", "elevation_deg")  # the hint of an added photo
+_MAX_FORM_FIELDS = 2 + MAX_EXTRA_FILES + len(TEXT_FIELDS) + len(INT_FIELDS) + len(FLOAT_FIELDS)
 
 _FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")  # the latter cannot carry a file
 _PNG = b"\x89PNG\r\n\x1a\n"
@@ -54,11 +60,13 @@ class PhotoForm:
     mask: bytes | None = None  # PNG or JPEG, when sent
     text: dict[str, str] = field(default_factory=dict)
     ints: dict[str, int] = field(default_factory=dict)
+    floats: dict[str, float] = field(default_factory=dict)
+    extras: list[bytes] = field(default_factory=list)  # PNG or JPEG, in the order sent
     transcoded_from: str | None = None  # "WebP" when the upload was converted to PNG
 
 
 def body_limit() -> int:
-    return MAX_IMAGE_BYTES + MAX_MASK_BYTES + FORM_OVERHEAD_BYTES
+    return 2 * MAX_IMAGE_BYTES + MAX_MASK_BYTES + FORM_OVERHEAD_BYTES
 
 
 def _too_large(size: int | None = None) -> PayloadTooLarge:
@@ -92,19 +100,24 @@ def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
 
 
 class BodyLimit:
-    """ASGI middleware: bodies of requests other than ``upload_path`` are at most ``limit`` bytes
+    """ASGI middleware: bodies of requests other than ``upload_path`` (or paths matching ``upload_pattern``,
+    a regular expression) are at most ``limit`` bytes
     (413 when the announced length is larger; a chunked body fails once past the limit)."""
 
-    def __init__(self, app: ASGIApp, upload_path: str | tuple[str, ...], limit: int = MAX_JSON_BODY_BYTES) -> None:
+    def __init__(self, app: ASGIApp, upload_path: str | tuple[str, ...], limit: int = MAX_JSON_BODY_BYTES,
+                 upload_pattern: str | None = None) -> None:
         self.app = app
         self.upload_paths = (upload_path,) if isinstance(upload_path, str) else tuple(upload_path)
+        self.upload_pattern = None if upload_pattern is None else re.compile(upload_pattern)
         self.limit = limit
 
     def _error(self) -> PayloadTooLarge:
         return PayloadTooLarge(f"the request body is larger than {self.limit} bytes", field="body")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.upload_paths:
+        uploads = scope["type"] == "http" and (scope["path"] in self.upload_paths or (
+            self.upload_pattern is not None and self.upload_pattern.fullmatch(scope["path"]) is not None))
+        if scope["type"] != "http" or uploads:
             await self.app(scope, receive, send)
             return
         length = _content_length(scope.get("headers", []))
@@ -126,21 +139,28 @@ async def read_photo_form(request: Request) -> PhotoForm:
     if length is not None and length.isascii() and length.isdigit() and int(length) > body_limit():
         raise _too_large(int(length))
     bounded = Request(request.scope, receive=_counting(request.receive, body_limit()))
-    form = await bounded.form(max_files=2, max_fields=_MAX_FORM_FIELDS, max_part_size=MAX_FIELD_BYTES)
+    form = await bounded.form(max_files=2 + MAX_EXTRA_FILES, max_fields=_MAX_FORM_FIELDS,
+                              max_part_size=MAX_FIELD_BYTES)
     try:
         result = PhotoForm(photo=b"")
+        extras: list[bytes] = []
         for key, value in form.multi_items():
             if key in (PHOTO_FIELD, MASK_FIELD):
                 continue
-            if key not in TEXT_FIELDS and key not in INT_FIELDS:
+            if key == EXTRA_FIELD:
+                extras.append(await _extra_file(value, len(extras), sum(map(len, extras))))
+                continue
+            if key not in TEXT_FIELDS and key not in INT_FIELDS and key not in FLOAT_FIELDS:
                 raise InvalidInput(f"unknown form field {key!r}; the fields are {PHOTO_FIELD}, {MASK_FIELD}, "
-                                   f"{', '.join(TEXT_FIELDS + INT_FIELDS)}", field=key)
+                                   f"{EXTRA_FIELD}, {', '.join(TEXT_FIELDS + INT_FIELDS + FLOAT_FIELDS)}", field=key)
             if not isinstance(value, str):
                 raise InvalidInput(f"{key} must be a plain form field, not a file", field=key)
             if key in TEXT_FIELDS:
                 result.text[key] = value
-            else:
+            elif key in INT_FIELDS:
                 result.ints[key] = _parse_int(key, value)
+            else:
+                result.floats[key] = _parse_float(key, value)
         upload = form.get(PHOTO_FIELD)
         if upload is None:
             raise InvalidInput(f"{PHOTO_FIELD} is required: a PNG, JPEG or WebP file field", field=PHOTO_FIELD)
@@ -168,7 +188,47 @@ async def read_photo_form(request: Request) -> PhotoForm:
     finally:
         await form.close()
     result.photo, result.transcoded_from = await _accepted_image(data)
+    for i, extra in enumerate(extras):
+        result.extras.append((await _accepted_image(extra, f"{EXTRA_FIELD}[{i}]"))[0])
     return result
+
+
+async def _extra_file(value: Any, index: int, so_far: int) -> bytes:
+    """The bytes of the ``index``-th extra photo file field (all of them together at most MAX_IMAGE_BYTES)."""
+    name = f"{EXTRA_FIELD}[{index}]"
+    if index >= MAX_EXTRA_FILES:
+        raise InvalidInput(f"at most {MAX_EXTRA_FILES} {EXTRA_FIELD}", field=EXTRA_FIELD)
+    if not isinstance(value, UploadFile):
+        raise InvalidInput(f"{name} must be a file field, not text", field=name)
+    data = await value.read(MAX_IMAGE_BYTES - so_far + 1)
+    if so_far + len(data) > MAX_IMAGE_BYTES:
+        raise PayloadTooLarge(f"{EXTRA_FIELD} are too large together; the limit is {MAX_IMAGE_BYTES} bytes",
+                              field=EXTRA_FIELD)
+    return data
+
+
+def parse_extra_hints(text: str, count: int) -> list[tuple[float | None, float | None]]:
+    """``extra_hints``: JSON ``[hint, ...]`` for the extra photos in order, each ``null``, ``[azimuth]`` or
+    ``[azimuth, elevation]`` in degrees; missing trailing entries are ``null``."""
+    if not text.strip():
+        return [(None, None)] * count
+    try:
+        hints = json.loads(text)
+    except ValueError:
+        raise InvalidInput("extra_hints must be JSON: [[azimuth, elevation] or [azimuth] or null, ...]",
+                           field="extra_hints") from None
+    if not isinstance(hints, list) or len(hints) > count:
+        raise InvalidInput(f"extra_hints must be a JSON list of at most {count} hints (one per extra photo)",
+                           field="extra_hints")
+    out: list[tuple[float | None, float | None]] = []
+    for i, hint in enumerate(hints):
+        ok = hint is None or (isinstance(hint, list) and 1 <= len(hint) <= 2 and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in hint))
+        if not ok:
+            raise InvalidInput(f"extra_hints[{i}] must be null, [azimuth] or [azimuth, elevation] in degrees",
+                               field=f"extra_hints[{i}]")
+        out.append((None, None) if hint is None else (float(hint[0]), float(hint[1]) if len(hint) == 2 else None))
+    return out + [(None, None)] * (count - len(out))
 
 
 def parse_matte_points(text: str) -> tuple[tuple[float, float, bool], ...]:
@@ -189,6 +249,16 @@ def parse_matte_points(text: str) -> tuple[tuple[float, float, bool], ...]:
     return tuple((float(p[0]), float(p[1]), p[2]) for p in data)
 
 
+def _parse_float(key: str, value: str) -> float:
+    try:
+        number = float(value.strip())
+    except ValueError:
+        raise InvalidInput(f"{key} must be a number, got {value[:40]!r}", field=key) from None
+    if not math.isfinite(number):
+        raise InvalidInput(f"{key} must be finite, got {value[:40]!r}", field=key)
+    return number
+
+
 def _parse_int(key: str, value: str) -> int:
     text = value.strip()
     if not text:
@@ -199,14 +269,14 @@ def _parse_int(key: str, value: str) -> int:
         raise InvalidInput(f"{key} must be an integer, got {value[:40]!r}", field=key) from None
 
 
-async def _accepted_image(data: bytes) -> tuple[bytes, str | None]:
+async def _accepted_image(data: bytes, name: str = PHOTO_FIELD) -> tuple[bytes, str | None]:
     if not data:
-        raise InvalidInput(f"{PHOTO_FIELD} is empty", field=PHOTO_FIELD)
+        raise InvalidInput(f"{name} is empty", field=name)
     if data.startswith(_PNG) or data.startswith(_JPEG):
         return data, None
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return await asyncio.to_thread(webp_to_png, data), "WebP"
-    raise UnsupportedMediaType(f"{PHOTO_FIELD} is not a PNG, JPEG or WebP image", field=PHOTO_FIELD)
+    raise UnsupportedMediaType(f"{name} is not a PNG, JPEG or WebP image", field=name)
 
 
 def webp_to_png(data: bytes) -> bytes:

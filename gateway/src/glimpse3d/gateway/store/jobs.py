@@ -254,8 +254,10 @@ class JobStore:
         display_name: str = "",
         job_id: str | None = None,
         request_hash: str = "",
+        rounds: Sequence[RoundSpec] = (),
     ) -> tuple[Job, bool]:
-        """Insert a QUEUED job, held by this replica; returns ``(job, created)``.
+        """Insert a QUEUED job, held by this replica; returns ``(job, created)``. ``rounds`` (the extra
+        photos of the request) are queued to run after version 1, before its automatic rounds.
 
         With a ``request_id`` already used by ``tenant`` (also by another replica, concurrently)
         nothing is inserted and the original job is returned with ``created=False`` (AIP-155), when
@@ -268,11 +270,12 @@ class JobStore:
             now = self._clock()
             inserted = db.execute(
                 "INSERT INTO jobs (id, tenant, request_id, display_name, state, message, options, input_image,"
-                " owner, lease_expiry, create_time, update_time, request_hash)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, request_id) DO NOTHING",
+                " owner, lease_expiry, create_time, update_time, request_hash, pending_rounds)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, request_id) DO NOTHING",
                 (job_id, tenant, request_id or None, display_name, JobState.QUEUED.value, "queued",
                  dump_json(options.to_json()), dump_json(artifact_to_json(input_image)), self.owner,
-                 now + self._lease_us, now, now, (request_hash or None) if request_id else None),
+                 now + self._lease_us, now, now, (request_hash or None) if request_id else None,
+                 dump_json([spec.to_json() for spec in rounds])),
             ).rowcount
             if not inserted:
                 existing = self._by_request_id(db, tenant, request_id, request_hash)
@@ -307,7 +310,11 @@ class JobStore:
         """Delete every job of ``tenant`` (with its versions and queued rounds) in one transaction and
         return their ids. FailedPrecondition naming them while any is QUEUED or RUNNING: cancel those
         first (CancelJob), so that no replica's worker writes to a job being deleted."""
-        def delete(db: Connection) -> list[str]:
+        return self.delete_tenant_jobs(tenant)[0]
+
+    def delete_tenant_jobs(self, tenant: str) -> tuple[list[str], int]:
+        """:meth:`delete_tenant`, also returning how many versions were deleted with the jobs."""
+        def delete(db: Connection) -> tuple[list[str], int]:
             rows = db.execute(f"SELECT id, state FROM jobs WHERE tenant = ?{self._db.lock_clause}",
                               (tenant,)).fetchall()
             active = sorted(row["id"] for row in rows if row["state"] in {s.value for s in ACTIVE_STATES})
@@ -317,16 +324,51 @@ class JobStore:
                     f"tenant {tenant!r} has {len(active)} job(s) queued or running ({shown}); cancel them first",
                     field="tenant")
             ids = [row["id"] for row in rows]
+            versions = 0
             for start in range(0, len(ids), 500):
                 chunk = tuple(ids[start:start + 500])
+                versions += int(db.execute(f"SELECT COUNT(*) AS n FROM versions WHERE job_id IN ({marks(chunk)})",
+                                           chunk).fetchone()["n"])
                 db.execute(f"DELETE FROM enhance_requests WHERE job_id IN ({marks(chunk)})", chunk)
                 db.execute(f"DELETE FROM versions WHERE job_id IN ({marks(chunk)})", chunk)
                 db.execute(f"DELETE FROM jobs WHERE id IN ({marks(chunk)})", chunk)
-            return ids
+            return ids, versions
 
-        deleted = self._tx(delete)
-        logger.info("deleted the jobs of a tenant", extra={"tenant": tenant, "jobs": len(deleted)})
-        return deleted
+        deleted, versions = self._tx(delete)
+        logger.info("deleted the jobs of a tenant",
+                    extra={"tenant": tenant, "jobs": len(deleted), "versions": versions})
+        return deleted, versions
+
+    # The columns that hold artifact references (inside their JSON), rewritten by rewrite_artifact_uris.
+    _URI_COLUMNS = (("jobs", ("id",), ("input_image", "options", "pending_rounds", "error")),
+                    ("versions", ("job_id", "number"), ("splat", "confidence", "camera", "report", "metrics")))
+
+    def rewrite_artifact_uris(self, rewrite: Callable[[str], str], *, dry_run: bool = False) -> int:
+        """Apply ``rewrite`` (old text -> new text, the same when nothing is to change) to every column
+        of every job and version that may hold an artifact URI, in one transaction per table; the number
+        of rows changed (counted, not written, with ``dry_run``). Used to move artifact references (see
+        ``glimpse3d.gateway.tenants.migrate_legacy_artifacts``)."""
+        changed = 0
+        for table, keys, columns in self._URI_COLUMNS:
+            def apply(db: Connection, table: str = table, keys: tuple[str, ...] = keys,
+                      columns: tuple[str, ...] = columns) -> int:
+                rows = db.execute(f"SELECT {', '.join(keys + columns)} FROM {table}{self._db.lock_clause}").fetchall()
+                count = 0
+                for row in rows:
+                    updates = {c: rewrite(row[c]) for c in columns if row[c] is not None}
+                    updates = {c: v for c, v in updates.items() if v != row[c]}
+                    if not updates:
+                        continue
+                    count += 1
+                    if not dry_run:
+                        sets = ", ".join(f"{c} = ?" for c in updates)
+                        where = " AND ".join(f"{k} = ?" for k in keys)
+                        db.execute(f"UPDATE {table} SET {sets} WHERE {where}",
+                                   (*updates.values(), *(row[k] for k in keys)))
+                return count
+
+            changed += self._tx(apply)
+        return changed
 
     def load_job(self, job_id: str) -> Job | None:
         """The job regardless of tenant (for the runner), or None."""

@@ -36,7 +36,15 @@ from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, ParamSpec, Protocol, TypeVar, runtime_checkable
 
-from glimpse3d.core.errors import IntegrityError, InvalidInput, NotFound, PermissionDenied, Unavailable, shorten
+from glimpse3d.core.errors import (
+    FailedPrecondition,
+    IntegrityError,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+    shorten,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -416,6 +424,84 @@ class BaseArtifactStore(ABC):
         logger.info("deleted %d artifacts of tenant %s", removed, tenant)
         return removed
 
+    # ---- moving keys written before tenancy ------------------------------------------------------
+
+    def _outside_scope(self, what: str) -> None:
+        scope = _SCOPE.get()
+        if scope is not None:
+            raise PermissionDenied(f"a call of tenant {scope!r} cannot {what}", field="tenant")
+
+    @_io_boundary("read")
+    def legacy_keys(self) -> list[str]:
+        """The keys without a tenant (``sha256/...`` and ``tmp/sha256/...``, written before tenancy), sorted."""
+        self._outside_scope("list artifacts without a tenant")
+        return sorted(self._list_prefix("sha256/") + self._list_prefix(f"{TEMP_KEY_PREFIX}sha256/"))
+
+    @staticmethod
+    def legacy_key_target(key: str, tenant: str) -> str:
+        """Where a key without a tenant moves to under ``tenant`` (InvalidInput for a key that has one)."""
+        check_tenant_name(tenant, field="tenant")
+        if _match_key(key).group(1) is not None:
+            raise InvalidInput(f"artifact key {shorten(key)} already names its tenant", field="uri")
+        return content_key(sha256_of_key(key), temporary=is_temporary_key(key), tenant=tenant)
+
+    def legacy_uri_target(self, uri: str, tenant: str) -> str | None:
+        """The URI a reference to an artifact without a tenant must become once it moved under ``tenant``
+        (:meth:`copy_legacy_key`); None for a URI that is not such a reference of this store."""
+        try:
+            key = self._key_from_uri(uri)
+            if _match_key(key).group(1) is not None:
+                return None
+            return self._uri_for_key(self.legacy_key_target(key, tenant))
+        except (InvalidInput, ValueError):
+            return None
+
+    @_io_boundary("write")
+    def copy_legacy_key(self, key: str, tenant: str, *, dry_run: bool = False) -> bool:
+        """Copy the blob of a key without a tenant to its place under ``tenant``, its sha256 verified on
+        the way; False when a blob of the same size is already there (a copy done before: resumable).
+        ``dry_run``: only say whether it would copy."""
+        self._outside_scope("move artifacts without a tenant")
+        target = self.legacy_key_target(key, tenant)
+        size, _ = self._stat_key(key)
+        try:
+            if self._stat_key(target)[0] == size:
+                return False
+        except NotFound:
+            pass
+        if dry_run:
+            return True
+        fd, name = tempfile.mkstemp(prefix="migrate-", suffix=".part", dir=self._spool_dir())
+        tmp = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                ref = self._read_verified(self._uri_for_key(key), None, out.write)
+            with tmp.open("rb") as stream, spool(stream, self._spool_dir(), ref.size) as spooled:
+                self._write_spooled(target, spooled, ref.media_type)
+        finally:
+            tmp.unlink(missing_ok=True)
+        logger.info("copied artifact %s to %s", key, target)
+        return True
+
+    @_io_boundary("delete")
+    def delete_legacy_key(self, key: str, tenant: str) -> None:
+        """Remove a key without a tenant once its copy under ``tenant`` is in place (FailedPrecondition
+        otherwise: nothing is deleted that was not copied)."""
+        self._outside_scope("delete artifacts without a tenant")
+        target = self.legacy_key_target(key, tenant)
+        try:
+            size, _ = self._stat_key(key)
+        except NotFound:
+            return
+        try:
+            copied = self._stat_key(target)[0] == size
+        except NotFound:
+            copied = False
+        if not copied:
+            raise FailedPrecondition(f"artifact {self._uri_for_key(key)} has no copy at {self._uri_for_key(target)}; "
+                                     "copy it first", field="uri")
+        self._delete_key(key)
+
     @_io_boundary("read")
     def presign(self, ref_or_uri: RefOrUri, expires: timedelta = DEFAULT_PRESIGN_EXPIRY) -> str:
         """A URL from which a client can download the artifact until ``expires`` has passed."""
@@ -564,6 +650,10 @@ class BaseArtifactStore(ABC):
 
     @abstractmethod
     def _presign_key(self, key: str, expires: timedelta) -> str: ...
+
+    @abstractmethod
+    def _list_prefix(self, prefix: str) -> list[str]:
+        """The keys of every blob whose key starts with ``prefix`` (a directory-like prefix ending in '/')."""
 
     @abstractmethod
     def _delete_prefix(self, prefix: str) -> int:

@@ -202,6 +202,21 @@ class FileArtifactStore(BaseArtifactStore):
     def _presign_key(self, key: str, expires: timedelta) -> str:
         return self._uri_for_key(key)
 
+    def _list_prefix(self, prefix: str) -> list[str]:
+        top = self._root / prefix
+        if not top.is_dir():
+            return []
+        keys = []
+        for path in sorted(top.rglob("*")):
+            if path.is_file() and not path.is_symlink() and path.suffix != ".json":
+                key = path.relative_to(self._root).as_posix()
+                try:
+                    sha256_of_key(key)
+                except InvalidInput:
+                    continue  # not an artifact
+                keys.append(key)
+        return keys
+
     def _delete_prefix(self, prefix: str) -> int:
         top = self._root / prefix
         if not top.is_dir():

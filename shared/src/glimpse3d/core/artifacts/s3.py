@@ -396,6 +396,18 @@ class S3ArtifactStore(BaseArtifactStore):
         except NotFound:
             logger.debug("delete of %s: bucket %s does not exist", key, self._bucket)
 
+    def _list_prefix(self, prefix: str) -> list[str]:
+        head = f"{self._prefix}/" if self._prefix else ""
+        with self._translate("list", f"s3://{self._bucket}/{self._object_name(prefix)}"):
+            try:
+                names = [obj.object_name for obj in self._client.list_objects(
+                    self._bucket, prefix=self._object_name(prefix), recursive=True) if obj.object_name]
+            except S3Error as exc:
+                if exc.code == "NoSuchBucket":
+                    return []
+                raise
+        return [name[len(head):] for name in names if name.startswith(head)]
+
     def _delete_prefix(self, prefix: str) -> int:
         target = f"s3://{self._bucket}/{self._object_name(prefix)}"
         with self._translate("list", target):

@@ -3,7 +3,8 @@ gateway's exports, the HTTP API (and so its OpenAPI spec), the gRPC ``ExportRequ
 mapping and the CLI read.
 
 A format is one module that builds its :class:`SplatFormat` and calls :func:`register_format` at
-import time. The built-in modules (``ply``, ``splatfile``, ``glb``) are imported, in that order, by
+import time. The built-in modules (``ply``, ``splatfile``, ``glb``, ..., then ``mesh`` with the
+export-only ``obj`` and ``mesh-glb``) are imported, in that order, by
 the package's ``__init__`` (which runs before this module can be imported), so the registry always
 holds them; their order is the order of :func:`format_names`.
 
@@ -32,7 +33,8 @@ class SplatFormat:
     :class:`InvalidInput` for anything malformed). ``proto_enum`` is the name of the
     ``glimpse3d.v1.ExportRequest.Format`` member that asks for the format over gRPC (``None``: not
     reachable over gRPC). ``sh_degree`` is the highest spherical-harmonics degree the format keeps:
-    higher bands are dropped on writing.
+    higher bands are dropped on writing. ``export_only`` formats (the meshes) hold no Gaussians:
+    their reader raises :class:`InvalidInput` (field ``format``) for any data.
     """
 
     name: str  # the API's name: the HTTP ``format`` query value, the CLI's --format choice
@@ -43,6 +45,7 @@ class SplatFormat:
     proto_enum: str | None
     description: str
     sh_degree: int = 3
+    export_only: bool = False
 
     @property
     def proto_value(self) -> int:
@@ -58,11 +61,15 @@ _REGISTRY: dict[str, SplatFormat] = {}
 
 
 def register_format(fmt: SplatFormat) -> SplatFormat:
-    """Add ``fmt``; ValueError when its name, media type, extension or proto member is taken."""
+    """Add ``fmt``; ValueError when its name, extension or proto member is taken, or its media type
+    by a format that is not export-only (an export-only format may share a container's media type:
+    the splat ``glb`` and the ``mesh-glb`` are both ``model/gltf-binary``)."""
     if not fmt.name or not fmt.extension.startswith("."):
         raise ValueError(f"format needs a name and an extension starting with '.': {fmt!r}")
     for other in _REGISTRY.values():
         for field in ("name", "media_type", "extension", "proto_enum"):
+            if field == "media_type" and (fmt.export_only or other.export_only):
+                continue
             value = getattr(fmt, field)
             if value is not None and value == getattr(other, field):
                 raise ValueError(f"format {fmt.name!r}: {field} {value!r} is already registered by {other.name!r}")
@@ -76,7 +83,7 @@ def unregister_format(name: str) -> SplatFormat:
 
 
 def format_names() -> tuple[str, ...]:
-    """Every registered name, built-ins first in the order ply, splat, glb."""
+    """Every registered name, built-ins first in the package's import order."""
     return tuple(_REGISTRY)
 
 

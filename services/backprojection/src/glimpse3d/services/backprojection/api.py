@@ -68,7 +68,9 @@ class RefineOptions:
     relative depth residual at which trust halves. normal_weight (>= 0): normal smoothing.
     clip_check: run the CLIP check when a scorer is configured (a proto request's false means the
     service's default, see :meth:`from_proto`). clip_threshold in [0, 1]: cosine
-    similarity below which the round is rejected. seed: makes the round deterministic.
+    similarity below which the round is rejected. seed: makes the round deterministic. observed: the
+    view is a real photo (an extra photo, posed), not an enhanced render: its pixels are trusted
+    wherever the splat covers them, whatever the depth says, and it gets no CLIP check.
     """
 
     steps: int = DEFAULT_STEPS
@@ -79,6 +81,7 @@ class RefineOptions:
     clip_check: bool = True
     clip_threshold: float = DEFAULT_CLIP_THRESHOLD
     seed: int = 0
+    observed: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int | np.integer):
@@ -94,6 +97,9 @@ class RefineOptions:
         if not isinstance(self.clip_check, bool | np.bool_):
             raise InvalidInput(f"clip_check must be a bool, got {self.clip_check!r}", field="options.clip_check")
         object.__setattr__(self, "clip_check", bool(self.clip_check))
+        if not isinstance(self.observed, bool | np.bool_):
+            raise InvalidInput(f"observed must be a bool, got {self.observed!r}", field="options.observed")
+        object.__setattr__(self, "observed", bool(self.observed))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int | np.integer) or not 0 <= self.seed < 2**64:
             raise InvalidInput(f"seed must be an integer in [0, 2^64), got {self.seed!r}", field="options.seed")
         object.__setattr__(self, "seed", int(self.seed))

@@ -521,8 +521,13 @@ def refine(
     rgb0, depth0, alpha0, bg = _first_render(g0, camera, target, depth_in, background)
     trust_depth = depth_in if ablation.depth_consistency else None
     trust = pixel_trust(depth0, alpha0, trust_depth, opts.depth_tolerance, opts.seed)
+    if opts.observed:  # a real photo: every covered pixel is trusted (the depth still aligns densification)
+        trust = _observed(trust, alpha0)
     before = weighted_mae(rgb0, target, trust.weight)
-    score, note, passed = _clip_check(clip if ablation.clip_check else None, opts, target, rgb0, ref)
+    if opts.observed:
+        score, note, passed = None, "CLIP check skipped: the view is a real photo (options.observed)", True
+    else:
+        score, note, passed = _clip_check(clip if ablation.clip_check else None, opts, target, rgb0, ref)
     if passed and float(trust.weight.sum()) <= 1e-6:
         passed, note = False, f"{note}; rejected: no pixel of the view is trusted (its geometry disagrees)"
     if not passed:
@@ -538,6 +543,8 @@ def refine(
         g0, conf = grown, np.concatenate([conf, np.zeros(added, np.float32)])
         _, depth0, alpha0 = _render_np(g0, camera, bg)
         regrown = pixel_trust(depth0, alpha0, trust_depth, opts.depth_tolerance, opts.seed)
+        if opts.observed:
+            regrown = _observed(regrown, alpha0)
         trust = trust._replace(weight=regrown.weight, object_mask=regrown.object_mask)  # the view's verdict stays
         before = weighted_mae(rgb0, target, trust.weight)  # the splat before the round, on the pixels fused
     g, share, seen = _fuse_round(g0, camera, target, trust, conf, opts, bg, depth0, alpha0, ablation, terms)
@@ -553,6 +560,12 @@ def refine(
         report.accepted_fraction, before, after, report.mean_confidence,
     )
     return RefineResult(from_tensors(g), new_conf, report)
+
+
+def _observed(trust: Trust, alpha: np.ndarray) -> Trust:
+    """The trust of a real photo (``options.observed``): the rendered alpha, geometric trust 1 everywhere."""
+    weight = np.clip(alpha, 0.0, 1.0).astype(np.float32)
+    return trust._replace(weight=weight, geometric=np.ones_like(weight))
 
 
 def _first_render(

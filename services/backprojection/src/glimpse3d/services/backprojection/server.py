@@ -17,6 +17,7 @@ from glimpse3d.services.backprojection.api import (
     RefineOptions,
     TrustedView,
 )
+from glimpse3d.services.backprojection.pose import PoseHint, find_pose
 from glimpse3d.v1 import backprojection_pb2, backprojection_pb2_grpc
 
 SERVICE_NAME = backprojection_pb2.DESCRIPTOR.services_by_name["Backprojection"].full_name
@@ -64,6 +65,30 @@ class BackprojectionServicer(backprojection_pb2_grpc.BackprojectionServicer):
             confidence=await self.rt.io.put_array(result.confidence),
             report=report,
         )
+
+    async def Pose(  # noqa: N802 - gRPC method name
+        self, request: backprojection_pb2.PoseRequest, context: grpc.aio.ServicerContext
+    ) -> backprojection_pb2.PoseResponse:
+        field = request.field or "image"
+        image = await self.rt.io.image(request.image, field)
+        splat = await self.rt.io.splat(request.splat, "splat")
+        mask = await self.rt.io.array(request.mask, f"{field}.mask", shape=image.shape[:2])
+        hint = None
+        if request.HasField("azimuth_deg"):
+            elevation = request.elevation_deg if request.HasField("elevation_deg") else None
+            try:
+                hint = PoseHint(request.azimuth_deg, elevation)
+            except InvalidInput as err:
+                raise InvalidInput(f"{field}: {err.message}", field=f"{field}.{err.field}") from None
+        elif request.HasField("elevation_deg"):
+            raise InvalidInput(f"{field}: an elevation hint needs an azimuth hint too", field=f"{field}.azimuth_deg")
+        fov = request.fov_y_deg or convert.DEFAULT_FOV_Y_DEG
+        found = await self.rt.limiter.run(find_pose, splat, image[..., :3], mask, hint, field=field, fov_y_deg=fov)
+        p = found.pose
+        return backprojection_pb2.PoseResponse(
+            camera=convert.camera_to_proto(found.camera), azimuth_deg=p.azimuth_deg, elevation_deg=p.elevation_deg,
+            roll_deg=p.roll_deg, distance=p.distance, silhouette_iou=found.iou,
+            photometric_error=found.photometric_error)
 
     async def _trusted_view(self, msg: backprojection_pb2.TrustedView, field: str) -> TrustedView:
         camera = convert.camera_from_proto(msg.camera, f"{field}.camera")

@@ -1,0 +1,110 @@
+"""Extra photos of the same object against ground truth: pose refinement and fusion as a real view.
+
+- :func:`surface_splat`: Gaussians on an object's true surface, coloured as the ground-truth renderer
+  shades it: a splat that explains every view, on which pose refinement can be measured apart from
+  reconstruction errors.
+- :func:`extra_view`: the ground-truth image of an object at an orbit position (an "extra photo").
+- :func:`extra_photo_gain`: held-out PSNR inside the mask of the product's first version (coarse splat,
+  the photo fused at its own camera) with and without one extra photo, posed from a hint and fused as a
+  real view: an MVCRM round with ``options.observed`` (every covered pixel trusted, confidence raised as
+  an observation), fused together with the input photo as a trusted view, as the gateway does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import trimesh
+
+from glimpse3d.core import convert
+from glimpse3d.core.cameras import Camera, orbit_camera
+from glimpse3d.core.feedback import background_colour
+from glimpse3d.core.splat import SH_C0, Splat
+from glimpse3d.research.coarse import Stages, coarse_splat, heldout_psnr, render_heldout
+from glimpse3d.research.groundtruth import AMBIENT, LIGHT_DIRECTION, GroundTruth, Raycaster, View
+from glimpse3d.research.objects import BenchmarkObject
+from glimpse3d.research.rounds import photo_confidence
+from glimpse3d.services.backprojection.api import RefineOptions, TrustedView
+from glimpse3d.services.backprojection.mvcrm import refine
+from glimpse3d.services.backprojection.pose import OrbitPose, PoseHint, PoseResult, find_pose
+
+SURFACE_OPACITY = 0.95
+
+
+def surface_splat(obj: BenchmarkObject, count: int = 16000, seed: int = 0) -> Splat:
+    """``count`` flat Gaussians (discs along the surface) uniformly on ``obj``'s surface, shaded as
+    :class:`Raycaster` shades it (Lambertian under the fixed light with outward normals, band-0 colour
+    only), each about half as wide as the spacing of the samples."""
+    mesh = obj.mesh
+    sampled = trimesh.sample.sample_surface(mesh, count, seed=seed)  # (points, face indices)
+    points, faces = np.asarray(sampled[0], np.float64), np.asarray(sampled[1])
+    bary = trimesh.triangles.points_to_barycentric(mesh.triangles[faces], points)
+    if obj.smooth:
+        normals = np.einsum("mk,mkc->mc", bary, mesh.vertex_normals[mesh.faces[faces]])
+    else:
+        normals = mesh.face_normals[faces]
+    normals = normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+    albedo = np.clip(obj.albedo(points, faces, bary), 0.0, 1.0)
+    rgb = albedo * (AMBIENT + (1 - AMBIENT) * np.clip(normals @ LIGHT_DIRECTION, 0.0, None))[:, None]
+    spacing = math.sqrt(float(mesh.area) / count)
+    n = len(points)
+    facing = np.where(normals[:, 2:3] < 0, -normals, normals)  # a disc has no side: turn +z onto +-n
+    quats = np.stack([1.0 + facing[:, 2], -facing[:, 1], facing[:, 0], np.zeros(n)], axis=1)
+    quats /= np.linalg.norm(quats, axis=1, keepdims=True)
+    scales = np.log(np.array([0.5, 0.5, 0.05]) * spacing)
+    sh = ((rgb - 0.5) / SH_C0)[:, None, :].astype(np.float32)
+    return Splat(points.astype(np.float32), quats.astype(np.float32), np.tile(scales, (n, 1)).astype(np.float32),
+                 np.full(n, math.log(SURFACE_OPACITY / (1 - SURFACE_OPACITY)), np.float32), sh)
+
+
+def extra_view(gt: GroundTruth, azimuth_deg: float, elevation_deg: float, obj: BenchmarkObject | None = None) -> View:
+    """The ground truth of ``obj`` (default: ``gt``'s object) at an orbit position, the input photo's size."""
+    cam = orbit_camera(azimuth_deg, elevation_deg, convert.DEFAULT_ORBIT_RADIUS, width=gt.input.camera.width,
+                       height=gt.input.camera.height, fov_y_deg=convert.DEFAULT_FOV_Y_DEG)
+    return Raycaster(obj or gt.obj).render(cam)
+
+
+def fuse_extra_photo(splat: Splat, confidence: np.ndarray | None, photo: np.ndarray, matte: np.ndarray,
+                     camera: Camera, stages: Stages, input_photo: TrustedView, seed: int = 0) -> Splat:
+    """An extra photo, posed at ``camera``, fused as the gateway fuses it: one MVCRM round with
+    ``options.observed`` (the photo's depth from the depth backend), together with the input photo and
+    the extra photo itself (inside its matte, full weight) as trusted views."""
+    depth = stages.depth.estimate(photo, camera).depth
+    own = TrustedView(photo, camera, matte)
+    result = refine(splat, photo, camera, depth, confidence, RefineOptions(seed=seed, observed=True),
+                    background=background_colour(photo, matte), trusted=[input_photo, own])
+    return result.splat
+
+
+@dataclass(frozen=True)
+class ExtraPhotoScore:
+    single_db: float  # held-out PSNR inside the mask, the photo alone
+    extra_db: float  # the same with the extra photo fused
+    pose: PoseResult
+
+
+def extra_photo_gain(gt: GroundTruth, stages: Stages, azimuth_deg: float = 180.0, elevation_deg: float = 15.0,
+                     hint_offset_deg: float | None = 20.0, seed: int = 0) -> ExtraPhotoScore:
+    """Held-out PSNR (inside the mask) of the first version with and without the ground truth at
+    (``azimuth_deg``, ``elevation_deg``) as an extra photo, posed from a hint ``hint_offset_deg`` off
+    (None: at its true camera, which separates the fusion's gain from the pose's error)."""
+    splat, matte = coarse_splat(gt, stages, seed=seed)
+    splat, confidence = photo_confidence(gt, stages, splat, seed)
+    single = heldout_psnr(render_heldout(stages, splat, gt), gt)["psnr_mask_db"]
+    view = extra_view(gt, azimuth_deg, elevation_deg)
+    photo = view.rgb_uint8
+    est = stages.depth.estimate(photo, view.camera)
+    if hint_offset_deg is None:
+        pose = PoseResult(OrbitPose(azimuth_deg, elevation_deg), view.camera, float("nan"), float("nan"))
+    else:
+        pose = find_pose(splat, photo, est.mask, PoseHint(azimuth_deg + hint_offset_deg, elevation_deg),
+                         field="extra_photos[0]")
+    fused = fuse_extra_photo(splat, confidence, photo, est.mask, pose.camera, stages,
+                             TrustedView(gt.input.rgb_uint8, gt.input.camera, matte), seed)
+    extra = heldout_psnr(render_heldout(stages, fused, gt), gt)["psnr_mask_db"]
+    return ExtraPhotoScore(single, extra, pose)
+
+
+__all__ = ["ExtraPhotoScore", "extra_photo_gain", "extra_view", "fuse_extra_photo", "surface_splat"]
