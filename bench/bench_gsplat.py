@@ -17,6 +17,8 @@ import logging
 import time
 from typing import Literal
 
+from bench.bench_raster import random_scene  # the same random degree-3 scene as the CPU comparison
+
 Backend = Literal["gsplat", "torch"]
 
 logger = logging.getLogger(__name__)
@@ -26,25 +28,6 @@ SCENES: tuple[tuple[int, int, tuple[Backend, ...]], ...] = (
     (100_000, 512, ("gsplat", "torch")), (1_000_000, 1024, ("gsplat",)))
 MAX_SAMPLES = 5
 TIME_BUDGET_S = 30.0  # per scene, after the warm-up
-
-
-def _scene(n: int, size: int, seed: int = 0):
-    import numpy as np
-
-    from glimpse3d.core.cameras import orbit_camera
-    from glimpse3d.core.splat import Splat
-
-    rng = np.random.default_rng(seed)
-    direction = rng.normal(size=(n, 3))
-    radius = rng.uniform(0.0, 1.0, (n, 1)) ** (1 / 3)
-    splat = Splat(
-        means=(direction / np.linalg.norm(direction, axis=1, keepdims=True) * radius).astype(np.float32),
-        quats=rng.normal(size=(n, 4)).astype(np.float32),
-        log_scales=np.log(rng.uniform(0.004, 0.02, (n, 3))).astype(np.float32),
-        opacity_logits=rng.normal(0.0, 2.0, n).astype(np.float32),
-        sh=(rng.normal(size=(n, 16, 3)) * 0.2).astype(np.float32),
-    )
-    return splat, orbit_camera(30.0, 20.0, 3.0, width=size, height=size)
 
 
 def _timed(fn) -> float:
@@ -104,7 +87,7 @@ def run() -> list[dict]:
     gpu = torch.cuda.get_device_name()
     rows: list[dict] = []
     for n, size, backends in SCENES:
-        splat, camera = _scene(n, size)
+        splat, camera = random_scene(n, size)
         g = to_tensors(splat, device="cuda", requires_grad=True)
         key = f"{n // 1000}k_{size}"
         for backend in backends:  # warm-up: kernel loading, allocator pools

@@ -44,7 +44,7 @@ TIME_BUDGET_S = 60.0
 _CHILD_TIMEOUT_S = 600
 
 
-def _scene(n: int, size: int, seed: int = 0):
+def random_scene(n: int, size: int, seed: int = 0):
     """A random degree-3 splat filling a unit ball, seen by an orbit camera 3 units away."""
     import numpy as np
 
@@ -145,7 +145,7 @@ def _timers(render):
 def _warm_up(renders: dict) -> None:
     from glimpse3d.core.render import to_tensors
 
-    small, small_cam = _scene(2_000, 64, seed=1)
+    small, small_cam = random_scene(2_000, 64, seed=1)
     for render in renders.values():  # one-time costs: lazy initialisation, numba's compilation
         _timers(render)[1](to_tensors(small, requires_grad=True), small_cam)
 
@@ -159,7 +159,7 @@ def _memory_child(backend: str) -> dict:
     render = _renderer(backend)
     _warm_up({backend: render})
     forward, forward_backward = _timers(render)
-    splat, camera = _scene(NUM_GAUSSIANS, SIZE)
+    splat, camera = random_scene(NUM_GAUSSIANS, SIZE)
     g = to_tensors(splat, requires_grad=True)
     base = _peak_rss_mib()
     fwd = forward(g, camera)
@@ -179,7 +179,7 @@ def _compare_child() -> dict:
     _warm_up(renders)
     results: dict = {"threads": torch.get_num_threads(), "backends": list(renders), "scenes": {}}
     for n, size in SCENES:
-        splat, camera = _scene(n, size)
+        splat, camera = random_scene(n, size)
         g = to_tensors(splat, requires_grad=True)
         times: dict[str, dict[str, list[float]]] = {name: {"fwd": [], "fwd_bwd": []} for name in renders}
         begin = time.perf_counter()

@@ -235,15 +235,14 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorResponse, "description": described[code]} for code in every}
 
 
-_UPLOAD_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {"multipart/form-data": {"schema": {
-            "type": "object",
-            "required": [PHOTO_FIELD],
-            "properties": {
-                PHOTO_FIELD: {"type": "string", "format": "binary",
-                              "description": f"PNG, JPEG or WebP, at most {MAX_IMAGE_BYTES} bytes"},
+def _multipart_body(properties: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI request body of a multipart upload: the photo, then ``properties``."""
+    photo = {"type": "string", "format": "binary", "description": f"PNG, JPEG or WebP, at most {MAX_IMAGE_BYTES} bytes"}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": [PHOTO_FIELD], "properties": {PHOTO_FIELD: photo, **properties}}}}}}
+
+
+_UPLOAD_BODY: dict[str, Any] = _multipart_body({
                 "display_name": {"type": "string", "maxLength": MAX_DISPLAY_NAME_CHARS},
                 "novel_views": {"type": "integer", "minimum": 0, "maximum": MAX_NUM_VIEWS,
                                 "description": "generated views fused before version 1 (0 = none)"},
@@ -268,27 +267,13 @@ _UPLOAD_BODY: dict[str, Any] = {
                 "extra_hints": {"type": "string", "description":
                                 "where each extra photo was taken, JSON [[azimuth, elevation] or [azimuth] or "
                                 "null, ...] in degrees (azimuth 0 = the photo's side); absent: searched"},
-            },
-        }}},
-    }
-}
-_ADD_PHOTO_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {"multipart/form-data": {"schema": {
-            "type": "object",
-            "required": [PHOTO_FIELD],
-            "properties": {
-                PHOTO_FIELD: {"type": "string", "format": "binary",
-                              "description": f"PNG, JPEG or WebP, at most {MAX_IMAGE_BYTES} bytes"},
+})
+_ADD_PHOTO_BODY: dict[str, Any] = _multipart_body({
                 "azimuth_deg": {"type": "number", "description": "hint: where it was taken (0 = the photo's side)"},
                 "elevation_deg": {"type": "number", "description": "hint: its elevation (needs azimuth_deg)"},
                 "request_id": {"type": "string", "maxLength": MAX_REQUEST_ID_CHARS,
                                "description": "idempotency key: a repeat does not add the photo twice"},
-            },
-        }}},
-    }
-}
+})
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 _EVENTS = {200: {"description": "`event: job` blocks whose data is a Job, heartbeat comments, then `event: end`",
                  "content": {"text/event-stream": {"schema": {"type": "string"}}}}}

@@ -1,8 +1,8 @@
 """Splat -> watertight, UV-mapped, textured triangle mesh (the pipeline of docs/mesh.md).
 
 1. Render colour, expected depth and alpha of the splat from ``views`` cameras spread over a sphere
-   around it with the project's rasterizer (the CPU path of :func:`glimpse3d.core.render.rasterize`,
-   with 8-pixel tiles).
+   around it with the project's rasterizer (:func:`glimpse3d.core.render.rasterize`: the compiled CPU
+   kernel when it is built).
 2. Fuse the depths into a truncated signed distance field on a voxel grid whose voxel is the
    splat's longest extent / ``resolution``, each depth weighted by how squarely its view sees the
    surface. Pixels the splat leaves transparent carve free space; voxels no view sees in front of a
@@ -55,7 +55,6 @@ MAX_FACES = 20_000  # the simplification tolerance doubles until the mesh has at
 SMOOTHING = (0.0, 0.75, 1.5)
 MIN_OPACITY = 0.05  # Gaussians fainter than this are left out of the renders and the bounds
 _FOV_Y_DEG = 40.0
-_TILE_SIZE = 8
 _SURFACE_ALPHA = 0.5  # a pixel at least this opaque shows a surface; less is free space
 _MIN_COMPONENT_AREA = 0.01  # components with less than this fraction of the total area are dropped
 
@@ -158,21 +157,13 @@ def render_views(splat: Splat, cameras: list[Camera]) -> list[View]:
     """Colour (un-premultiplied where alpha > 0), depth and alpha of ``splat`` in each camera."""
     import torch
 
-    from glimpse3d.core.render import to_tensors
-    from glimpse3d.core.render._torch_raster import render
+    from glimpse3d.core.render import rasterize, to_tensors
 
     gaussians = to_tensors(splat)
-    black = torch.zeros(3, dtype=gaussians.dtype)
     out = []
     with torch.no_grad():
-        for camera in cameras:
-            # rasterize()'s CPU path, with 8-pixel tiles: small Gaussians composite over a quarter of
-            # the pixels that 16-pixel tiles give them (the same images, several times faster here).
-            rgb_t, depth_t, alpha_t = render(
-                gaussians, torch.as_tensor(camera.world_to_camera, dtype=gaussians.dtype),
-                torch.as_tensor(camera.K, dtype=gaussians.dtype),
-                torch.as_tensor(camera.position, dtype=gaussians.dtype), (camera.width, camera.height), black,
-                splat.sh_degree, tile_size=_TILE_SIZE)
+        for camera in cameras:  # the compiled CPU kernel when it is built (make setup), else the torch path
+            rgb_t, depth_t, alpha_t = rasterize(gaussians, camera, background=(0.0, 0.0, 0.0))
             alpha = alpha_t.clamp(0.0, 1.0).numpy().astype(np.float32)
             rgb = rgb_t.numpy().astype(np.float32) / np.maximum(alpha, 1e-6)[..., None]
             depth = depth_t.numpy().astype(np.float32)
