@@ -265,7 +265,7 @@ def test_create_streams_events_until_succeeded(http, first):
     assert (v1["number"], v1["parent"], v1["kind"], v1["camera"], v1["report"]) == (1, None, "initial", None, None)
     assert v1["num_gaussians"] == v1["metrics"]["num_gaussians"] > 100 and v1["metrics"]["input_view_psnr_db"] > 10
     assert v1["downloads"] == {f: f"{API}/jobs/{first.id}/versions/1/download?format={f}&tenant={TENANT}"
-                               for f in ("ply", "splat", "glb")}
+                               for f in ("ply", "splat", "glb", "spz", "sog", "obj", "mesh-glb")}
 
     assert http.get(f"{API}/jobs/{first.id}").json() == job
     assert http.get(f"{API}/jobs/{first.id}/versions").json() == {"versions": job["versions"]}
@@ -428,7 +428,7 @@ def test_bad_tenant_and_unknown_endpoints(stack, http, first):
 
 
 @pytest.mark.parametrize(("number", "params", "status", "field"), [
-    ("1", {"format": "obj"}, 400, "format"), ("0", {}, 400, "number"), ("01", {}, 400, "number"),
+    ("1", {"format": "stl"}, 400, "format"), ("0", {}, 400, "number"), ("01", {}, 400, "number"),
     ("first", {}, 400, "number"), ("99", {}, 404, "number")])
 def test_download_rejects_bad_versions_and_formats(http, first, number, params, status, field):
     resp = http.get(f"{API}/jobs/{first.id}/versions/{number}/download", params=params)
