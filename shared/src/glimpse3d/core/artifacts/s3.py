@@ -212,26 +212,37 @@ class S3ArtifactStore(BaseArtifactStore):
 
     @contextmanager
     def _translate(self, action: str, target: str) -> Iterator[None]:
-        """Map minio / urllib3 failures to domain errors that name the endpoint and the object."""
+        """Map minio / urllib3 failures to domain errors that name the action and the object.
+
+        The S3 endpoint is infrastructure the callers of the API need not know: it goes into the log
+        line written here (for operators), never into the error's message, which reaches clients.
+        """
         try:
             yield
         except S3Error as exc:
             if exc.code in _NOT_FOUND_CODES:
                 what = "bucket" if exc.code == "NoSuchBucket" else "artifact"
                 raise NotFound(f"{action} {target}: {what} not found (S3 {exc.code})", field="uri") from exc
-            raise ArtifactStoreUnavailable(
-                f"{action} {target} at {self._endpoint} failed: S3 {exc.code}: {exc.message}") from exc
+            logger.warning("S3 at %s: %s %s failed: %s %s", self._endpoint, action, target, exc.code, exc.message)
+            raise ArtifactStoreUnavailable(f"{action} {target} failed: S3 {exc.code}: {exc.message}") from exc
         except MinioException as exc:
-            raise ArtifactStoreUnavailable(f"{action} {target} at {self._endpoint} failed: {exc}") from exc
+            logger.warning("S3 at %s: %s %s failed: %s", self._endpoint, action, target, exc)
+            raise ArtifactStoreUnavailable(f"{action} {target} failed: the artifact store's S3 "
+                                           f"answered {type(exc).__name__}") from exc
         except urllib3.exceptions.HTTPError as exc:
+            logger.warning("S3 at %s is unreachable (%s %s): %s", self._endpoint, action, target, exc)
             raise ArtifactStoreUnavailable(
-                f"S3 endpoint {self._endpoint} is unreachable ({action} {target}): {exc}") from exc
+                f"the artifact store's S3 endpoint is unreachable ({action} {target})") from exc
 
     # ---- bucket ---------------------------------------------------------------------------------
 
     def ensure_ready(self) -> None:
-        """Same as :meth:`ensure_bucket`; what servers call at start-up."""
-        self.ensure_bucket()
+        """:meth:`ensure_bucket`, what servers call at start-up: there the error reaches the operator
+        starting the server, so it names the S3 endpoint (errors during requests do not)."""
+        try:
+            self.ensure_bucket()
+        except ArtifactStoreUnavailable as exc:
+            raise ArtifactStoreUnavailable(f"{exc.message} (S3 endpoint {self._endpoint})") from exc
 
     def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist and install the lifecycle rule of temporary
@@ -355,7 +366,8 @@ class S3ArtifactStore(BaseArtifactStore):
             self._check_sha_metadata(key, response.headers)
             length = response.headers.get("content-length")
             if length is None:
-                raise ArtifactStoreUnavailable(f"S3 at {self._endpoint} sent {uri} without a Content-Length")
+                logger.warning("S3 at %s sent %s without a Content-Length", self._endpoint, uri)
+                raise ArtifactStoreUnavailable(f"the artifact store's S3 sent {uri} without a Content-Length")
             media_type = _media_type(response.headers.get("content-type"))
             yield Blob(int(length), media_type, self._stream(response, uri))
         finally:
