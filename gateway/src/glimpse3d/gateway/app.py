@@ -148,13 +148,20 @@ _CANCELLED_BY_CALLER = "cancelled by the caller"
 
 
 def create_request_hash(image: bytes | ArtifactRef, options: JobOptions, display_name: str,
-                        mask: bytes | None) -> str:
+                        mask: bytes | None, extra_photos: Sequence[ExtraPhoto] = ()) -> str:
     """The sha256 of a CreateJob request in canonical form (the same over gRPC and HTTP): the photo's
-    sha256 (or the artifact's uri and sha256), the mask's sha256, the options and the display name."""
+    sha256 (or the artifact's uri and sha256), the mask's sha256, the options, the display name and,
+    when there are any, each extra photo's sha256 and hint (absent otherwise, so the hashes of requests
+    without extra photos, stored before they existed, stay the same)."""
     photo = ({"uri": image.uri, "sha256": image.sha256} if isinstance(image, ArtifactRef)
              else {"sha256": hashlib.sha256(bytes(image)).hexdigest()})
-    return request_hash({"image": photo, "mask": hashlib.sha256(bytes(mask)).hexdigest() if mask else None,
-                         "options": options.to_json(), "display_name": display_name})
+    body = {"image": photo, "mask": hashlib.sha256(bytes(mask)).hexdigest() if mask else None,
+            "options": options.to_json(), "display_name": display_name}
+    if extra_photos:
+        body["extra_photos"] = [{"sha256": hashlib.sha256(bytes(p.image_data)).hexdigest(),
+                                 "azimuth_deg": p.azimuth_deg, "elevation_deg": p.elevation_deg}
+                                for p in extra_photos]
+    return request_hash(body)
 
 
 def _image_media_type(data: bytes) -> str:
@@ -321,7 +328,7 @@ class GatewayApp:
         check_text(display_name, MAX_DISPLAY_NAME_CHARS, "display_name")
         self._check_taking_work()
         options = options or JobOptions()
-        fingerprint = create_request_hash(image, options, display_name, mask) if request_id else ""
+        fingerprint = create_request_hash(image, options, display_name, mask, extra_photos) if request_id else ""
         if request_id and (existing := await self._db(self._store.find_by_request_id, tenant, request_id,
                                                       fingerprint)):
             return existing
