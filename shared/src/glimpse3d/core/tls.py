@@ -26,9 +26,10 @@ import logging
 import os
 import ssl
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 from cryptography import x509
@@ -221,6 +222,9 @@ def _stamp(paths: Sequence[Path | None]) -> _Stamp:
     return tuple(stamps)
 
 
+_T = TypeVar("_T")
+
+
 class _Watched:
     """TLS files re-read when their stamps change; ``_load`` reads them (ConfigError for a bad one)."""
 
@@ -235,9 +239,24 @@ class _Watched:
         stamp = _stamp(self._paths)
         return None if stamp == self._seen else stamp
 
-    def _failed(self, err: ConfigError | ssl.SSLError, setting: str) -> None:
-        logger.error("%s: the renewed TLS files cannot be used (%s); still serving the certificate read before",
-                     setting, err, extra={"setting": setting, "tls": self._what})
+    def _reload(self, build: Callable[[], _T], setting: str) -> _T | None:
+        """``build()`` when the files changed since last seen, else None. A bad file (ConfigError) is
+        logged naming its setting (``setting`` when the error names none) once, not at every handshake,
+        and gives None: the caller keeps what it had."""
+        if self._changed() is None:
+            return None
+        with self._lock:
+            stamp = self._changed()
+            if stamp is None:
+                return None
+            self._seen = stamp
+            try:
+                return build()
+            except ConfigError as err:
+                field = err.field or setting
+                logger.error("%s: the renewed TLS files cannot be used (%s); still serving the certificate read "
+                             "before", field, err, extra={"setting": field, "tls": self._what})
+                return None
 
     def _taken(self) -> None:
         self.reloads += 1
@@ -269,23 +288,12 @@ class ReloadingServerCredentials(_Watched):
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
         """The new configuration when the files changed and can be used, else None (keep the current)."""
-        if self._changed() is None:
+        material = self._reload(self._read, self._settings[0])
+        if material is None or material == self._material:
             return None
-        with self._lock:
-            stamp = self._changed()
-            if stamp is None:
-                return None
-            self._seen = stamp  # a bad file is reported once, not at every handshake
-            try:
-                material = self._read()
-            except ConfigError as err:
-                self._failed(err, err.field or self._settings[0])
-                return None
-            if material == self._material:
-                return None
-            self._material = material
-            self._taken()
-            return self._configuration(material)
+        self._material = material
+        self._taken()
+        return self._configuration(material)
 
     def credentials(self) -> grpc.ServerCredentials:
         # grpc documents a fetcher's None as "keep the current configuration"; typeshed omits it.
@@ -311,18 +319,11 @@ class ReloadingChannelCredentials(_Watched):
 
     def current(self) -> tuple[grpc.ChannelCredentials, int]:
         """The credentials to open channels with, and their generation (it moves at every reload)."""
-        if self._changed() is not None:
-            with self._lock:
-                stamp = self._changed()
-                if stamp is not None:
-                    self._seen = stamp
-                    try:
-                        self._credentials = channel_credentials(*self._files, settings=self._settings)
-                    except ConfigError as err:
-                        self._failed(err, err.field or self._settings[1])
-                    else:
-                        self.generation += 1
-                        self._taken()
+        renewed = self._reload(lambda: channel_credentials(*self._files, settings=self._settings), self._settings[1])
+        if renewed is not None:
+            self._credentials = renewed
+            self.generation += 1
+            self._taken()
         return self._credentials, self.generation
 
 
@@ -366,17 +367,10 @@ class ReloadingSSLContext(_Watched):
 
     def current(self) -> ssl.SSLContext | None:
         """The context new handshakes should use (None before :meth:`install`)."""
-        if self._changed() is not None:
-            with self._lock:
-                stamp = self._changed()
-                if stamp is not None:
-                    self._seen = stamp
-                    try:
-                        self._current = self._build()
-                    except ConfigError as err:
-                        self._failed(err, err.field or self._settings[0])
-                    else:
-                        self._taken()
+        renewed = self._reload(self._build, self._settings[0])
+        if renewed is not None:
+            self._current = renewed
+            self._taken()
         return self._current
 
     def _on_client_hello(self, connection: ssl.SSLObject | ssl.SSLSocket, server_name: str | None,

@@ -221,19 +221,12 @@ class FileArtifactStore(BaseArtifactStore):
         top = self._root / prefix
         if not top.is_dir():
             return 0
-        removed = 0
-        for path in sorted(top.rglob("*")):
-            if path.is_file() and not path.is_symlink() and path.suffix != ".json":
-                key = path.relative_to(self._root).as_posix()
-                try:
-                    sha256_of_key(key)
-                except InvalidInput:
-                    continue  # not an artifact; left alone
-                self._delete_key(key)
-                removed += 1
+        keys = self._list_prefix(prefix)  # artifacts only: anything else under the prefix is left alone
+        for key in keys:
+            self._delete_key(key)
         for directory in sorted((p for p in top.rglob("*") if p.is_dir()), reverse=True):
             with contextlib.suppress(OSError):  # a directory someone is writing into again stays
                 directory.rmdir()
         with contextlib.suppress(OSError):
             top.rmdir()
-        return removed
+        return len(keys)
