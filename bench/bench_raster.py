@@ -11,6 +11,8 @@ Two parts, each in a fresh child process:
   each ratio is measured side by side under the same machine load; times are the best of up to
   three calls of each (fewer on a slow machine). The backward pass is driven by
   ``rgb.mean() + depth.mean()``.
+  The comparison child also times the composite kernel alone (``CompositeCPU``'s forward and
+  backward calls on the scene's tile lists, no autograd, random dL/dsums), best of three.
 * memory, per backend at 100k / 512 px: the growth of the child's peak resident set size
   (``ru_maxrss``; Linux reports KiB) across its first forward call and across its first
   forward+backward call, from a baseline taken after a small warm-up render has paid one-time costs
@@ -169,6 +171,33 @@ def _memory_child(backend: str) -> dict:
             "forward_s": fwd, "forward_backward_s": fwd_bwd, "threads": torch.get_num_threads()}
 
 
+def _composite_kernel_times(g, camera) -> dict[str, float]:
+    """The composite kernel alone (``CompositeCPU``'s forward and backward calls) on the scene's
+    screen-space Gaussians and tile lists: best of MAX_SAMPLES calls each, in seconds."""
+    import torch
+
+    from glimpse3d.core.render import _cpu_raster, _torch_raster
+
+    viewmat, K, campos = (torch.tensor(a, dtype=g.dtype) for a in (camera.world_to_camera, camera.K, camera.position))
+    width, height, tile = camera.width, camera.height, _torch_raster.TILE_SIZE
+    with torch.no_grad():
+        feats, radii = _cpu_raster.screen_space(g, viewmat, K, campos, width, height, g.sh_degree)
+        b = _cpu_raster.bin_compiled(feats, radii, (-(-height // tile), -(-width // tile)), tile)
+    ext = _cpu_raster.kernel()
+    assert ext is not None
+    args = (feats.contiguous(), b.tiles, b.starts, b.counts, b.ids, width, height, tile)
+    grad = torch.randn(height, width, 5, generator=torch.Generator().manual_seed(0), dtype=feats.dtype)
+    fwd, bwd = [], []
+    for _ in range(MAX_SAMPLES):
+        start = time.perf_counter()
+        _, t_final, used = ext.forward(*args)
+        middle = time.perf_counter()
+        ext.backward(*args, grad, t_final, used)
+        fwd.append(middle - start)
+        bwd.append(time.perf_counter() - middle)
+    return {"fwd": min(fwd), "bwd": min(bwd)}
+
+
 def _compare_child() -> dict:
     """Best forward and forward+backward times per scene and backend, calls interleaved."""
     import torch
@@ -197,6 +226,8 @@ def _compare_child() -> dict:
             "samples": samples, "coverage": coverage,
             **{name: {k: min(v) for k, v in t.items()} for name, t in times.items()},
         }
+        if "cpu" in renders:
+            results["scenes"][f"{n // 1000}k_{size}"]["composite"] = _composite_kernel_times(g, camera)
     return results
 
 
@@ -232,6 +263,11 @@ def run() -> list[dict]:
             for kind in ("fwd", "fwd_bwd"):
                 rows.append({"name": f"raster_speedup_{name}_{kind}_{key}", "value": r["torch"][kind] / r[name][kind],
                              "unit": "x", "note": f"torch time / {name} time, {kind}, same run, calls interleaved"})
+        if "composite" in r:
+            for kind, label in (("fwd", "forward"), ("bwd", "backward")):
+                rows.append({"name": f"raster_cpu_composite_kernel_{kind}_{key}", "value": r["composite"][kind],
+                             "unit": "s", "note": f"the composite kernel's {label} call alone (no autograd), "
+                                                  f"{key}, {threads} threads, best of {MAX_SAMPLES}; random dL/dsums"})
         if "cpu_composite" in cmp["backends"]:
             for kind in ("fwd", "fwd_bwd"):
                 rows.append({"name": f"raster_speedup_fused_stages_{kind}_{key}",
