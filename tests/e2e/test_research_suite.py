@@ -141,8 +141,9 @@ def test_quick_run_writes_every_study_and_compare_diffs_runs(tmp_path, capsys) -
     assert {"ssim", "photo_psnr_db", "photo_consistency_db"} <= set(oracle[0])
     # Study 6: every variant but the CLIP check (no CLIP model) on the three feed kinds.
     variants = studies["ablations"]["variants"]
-    assert "no clip check" not in variants and len(variants) == 11
-    assert {"no trusted photo", "no round guard", "no trusted photo, no guard", "no densification"} <= set(variants)
+    assert "no clip check" not in variants and len(variants) == 12
+    assert {"no trusted photo", "no round guard", "no trusted photo, no guard", "no densification",
+            "no carving"} <= set(variants)
     assert all(set(v) == {"oracle", "classical", "adversarial"} for v in variants.values())
     assert results["targets"]["adversarial_damage_ratio"]["naive_damage_db"] > 0
     report = (run / "report.md").read_text()

@@ -8,10 +8,14 @@ mean offset ``delta`` (means = means0 + delta * s_i, s_i the Gaussian's geometri
 
 Loss, with n = number of object pixels in the view:
 
-    L = 1/n [ sum_p w_p rho(render_p - view_p) + sum_i a_i ||theta_i - theta_i^0||^2 ] + normal terms
+    L = 1/n [ sum_p w_p rho(render_p - view_p) + sum_p k_p alpha_p + sum_i a_i ||theta_i - theta_i^0||^2 ]
+        + normal terms
+
+``k_p`` (carving, mvcrm.py) weighs the rendered alpha where the view shows background.
 
 rho is the Charbonnier penalty averaged over the channels. Each trusted view (the input photo)
-adds ``lambda_t / n_t sum_p m_p rho(.)`` over its mask ``m``, normalised by its own object pixels.
+adds ``lambda_t / n_t [sum_p m_p rho(.) + sum_p k_p alpha_p]`` over its mask ``m`` (and its carving
+weights ``k``, when set), normalised by its own object pixels.
 ``a_i`` is the anchor strength (mvcrm.py). Every update is scaled per Gaussian by ``step_scale``
 in [0, 1] (mvcrm.py), so the trust weights act on the result, not only on the gradient direction.
 """
@@ -55,6 +59,7 @@ class TrustedTerm:
     normaliser: float  # its object pixels (>= 1)
     background: Tensor  # [3]
     weight: float
+    carve: Tensor | None = None  # [H, W] weight on the rendered alpha where the view shows background
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,7 @@ class FusionProblem:
     background: Tensor  # [3]
     normals: NormalTerms | None
     trusted: tuple[TrustedTerm, ...] = ()
+    carve: Tensor | None = None  # [H, W] weight on the rendered alpha where the view shows background
 
 
 class _Params:
@@ -124,6 +130,8 @@ def _normal_loss(p: _Params, terms: NormalTerms) -> Tensor:
 def _loss(p: _Params, prob: FusionProblem) -> Tensor:
     out = rasterize(p.gaussians(), prob.camera, background=prob.background)
     photo = (prob.pixel_weight[..., None] * charbonnier(out.rgb - prob.view)).sum() / 3.0  # channel mean
+    if prob.carve is not None:
+        photo = photo + (prob.carve * out.alpha).sum()
     loss = (photo + (prob.anchor * p.anchor_sq()).sum()) / prob.normaliser
     if prob.normals is not None and prob.normals.weight > 0 and prob.normals.active.numel() > 0:
         loss = loss + _normal_loss(p, prob.normals)
@@ -131,6 +139,8 @@ def _loss(p: _Params, prob: FusionProblem) -> Tensor:
         if term.weight > 0:
             seen = rasterize(p.gaussians(), term.camera, background=term.background)
             fit = (term.pixel_weight[..., None] * charbonnier(seen.rgb - term.view)).sum() / 3.0
+            if term.carve is not None:
+                fit = fit + (term.carve * seen.alpha).sum()
             loss = loss + term.weight * fit / term.normaliser
     return loss
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 from scipy import ndimage
+from scipy.spatial import KDTree
 from torch import Tensor
 
 from glimpse3d.core.cameras import Camera
@@ -61,6 +62,21 @@ GROW_DEPTH_MARGIN = 0.25  # new points must lie within the rendered object's dep
 GROW_OPACITY = 0.7
 GROW_TRUSTED_MARGIN_PX = 2.0  # a trusted view's mask, widened by this, bounds where new Gaussians may go
 GROW_SCALE = 0.7  # standard deviation of a new Gaussian, in units of the spacing of the pixels it stands for
+# Silhouette growth (see :func:`hull_view`): a view the splat barely covers is checked against the photo instead.
+HULL_MAX_COVER = 0.5  # the splat covers less than this share of the view's object pixels
+HULL_MIN_AGREE = 0.95  # ... and this share of them must see the trusted view's object along their rays
+HULL_SAMPLES = 128  # depths tried along each ray
+HULL_PROBE = 4096  # view pixels on which the agreement is measured
+HULL_INSET_PX = 2.0  # new Gaussians stay this far inside the trusted view's mask (their footprint must not spill)
+# Carving (see :func:`carve_weights`): background pixels of the view where the splat renders something.
+CARVE_EDGE_PX = 2.0  # only background pixels at least this far from the view's object carve
+CARVE_MAX_OVERHANG = 0.05  # the splat must cover all but this share of the view's inner object pixels
+CARVE_COVERED_ALPHA = 0.5  # rendered alpha from which a view pixel counts as covered by the splat
+CARVE_WEIGHT = 1.0  # weight of a carved pixel's rendered alpha, against a trusted pixel's colour error
+CARVE_SAMPLES = 96  # depths tried along a trusted view's ray when a carved Gaussian is moved
+CARVE_MIN_OPACITY = 0.05  # Gaussians below this opacity are left where they are
+CARVE_FADE = 0.02  # opacity of a carved Gaussian that no depth on its photo ray puts inside the view
+CARVE_SHOWN = 0.1  # observation strength in a trusted view above which a Gaussian is not moved (it shows)
 
 @dataclass(frozen=True)
 class Ablation:
@@ -72,7 +88,8 @@ class Ablation:
     parameters earlier rounds confirmed; footprint_weighting: every Gaussian's step is scaled by its
     trusted share only, not by how well the view shows it; confidence_accumulation: the round adds
     nothing to the per-Gaussian confidence (later rounds' anchors stay where they were); densification:
-    object pixels of the view that the splat does not cover grow no Gaussians (:func:`grow`).
+    object pixels of the view that the splat does not cover grow no Gaussians (:func:`grow`); carving:
+    background pixels of the view do not pull the splat's alpha down (:func:`carve_weights`).
     """
 
     depth_consistency: bool = True
@@ -82,6 +99,7 @@ class Ablation:
     footprint_weighting: bool = True
     confidence_accumulation: bool = True
     densification: bool = True
+    carving: bool = True
 
     @classmethod
     def without(cls, component: str) -> Ablation:
@@ -192,8 +210,16 @@ def _check_trusted(trusted: object, max_side: int | None) -> list[TrustedView]:
     return out
 
 
-def _trusted_term(t: TrustedView, device: torch.device) -> TrustedTerm:
-    """A trusted view as a fusion term, its render's background the image's own (median outside its mask)."""
+def _trusted_term(t: TrustedView, device: torch.device, carve: bool = False) -> TrustedTerm:
+    """A trusted view as a fusion term, its render's background the image's own (median outside its mask).
+
+    ``carve``: its background pixels, ``CARVE_EDGE_PX`` or more from its mask, pull the rendered alpha
+    down (weight ``CARVE_WEIGHT``), as a carving view's do (:func:`carve_weights`): the photo says that
+    nothing is there, so nothing a round grows or moves may show there."""
+    outside = None
+    if carve:
+        far = _distance_to(np.asarray(t.mask, np.float32) >= 0.5) >= CARVE_EDGE_PX
+        outside = torch.as_tensor((CARVE_WEIGHT * far).astype(np.float32), device=device)
     return TrustedTerm(
         camera=t.camera,
         view=torch.as_tensor(t.image, device=device),
@@ -201,6 +227,7 @@ def _trusted_term(t: TrustedView, device: torch.device) -> TrustedTerm:
         normaliser=float(max(1.0, float((t.mask >= 0.5).sum()))),
         background=torch.tensor(background_colour(t.image, t.mask), dtype=torch.float32, device=device),
         weight=t.weight,
+        carve=outside,
     )
 
 
@@ -297,18 +324,111 @@ def _distance_to(mask: np.ndarray) -> np.ndarray:
     return np.asarray(ndimage.distance_transform_edt(~mask), dtype=np.float64)
 
 
-def _seen_as_background(view: TrustedView, points: np.ndarray) -> np.ndarray:
-    """[M] bool: ``points`` that ``view`` sees in front of it, inside its frame, where its mask (widened by
-    ``GROW_TRUSTED_MARGIN_PX``) says there is no object."""
+def _mask_test(view: TrustedView, points: np.ndarray, margin_px: float) -> tuple[np.ndarray, np.ndarray]:
+    """([M] bool seen: in front of ``view`` and inside its frame, [M] bool on: seen and on its mask
+    widened by ``margin_px`` (narrowed when negative))."""
     uv, z = view.camera.project(points)
     h, w = view.mask.shape
     with np.errstate(invalid="ignore"):
         col, row = np.floor(uv[:, 0]), np.floor(uv[:, 1])
-        inside = (z > 0) & (col >= 0) & (col < w) & (row >= 0) & (row < h)
-    widened = _distance_to(np.asarray(view.mask, np.float32) >= 0.5) <= GROW_TRUSTED_MARGIN_PX  # [H, W]
-    out = np.zeros(len(points), bool)
-    out[inside] = ~widened[row[inside].astype(int), col[inside].astype(int)]
-    return out
+        seen = (z > 0) & (col >= 0) & (col < w) & (row >= 0) & (row < h)
+    mask = np.asarray(view.mask, np.float32) >= 0.5
+    allowed = _distance_to(mask) <= margin_px if margin_px >= 0 else _distance_to(~mask) > -margin_px  # [H, W]
+    on = np.zeros(len(points), bool)
+    on[seen] = allowed[row[seen].astype(int), col[seen].astype(int)]
+    return seen, on
+
+
+def _seen_as_background(view: TrustedView, points: np.ndarray) -> np.ndarray:
+    """[M] bool: ``points`` that ``view`` sees in front of it, inside its frame, where its mask (widened by
+    ``GROW_TRUSTED_MARGIN_PX``) says there is no object."""
+    seen, on = _mask_test(view, points, GROW_TRUSTED_MARGIN_PX)
+    return seen & ~on
+
+
+def _ray_depths(g: GaussianTensors, camera: Camera, samples: int) -> np.ndarray | None:
+    """[S] depths spanning the splat's Gaussians seen from ``camera``, widened by a quarter (None: none in front)."""
+    _, z = camera.project(g.means.detach().cpu().numpy())
+    front = z[z > 0]
+    if front.size == 0:
+        return None
+    near, far = float(front.min()), float(front.max())
+    pad = 0.25 * max(far - near, 1e-3 * far)
+    return np.linspace(max(near - pad, 1e-3 * far), far + pad, samples)
+
+
+def _hull_entry(camera: Camera, rows: np.ndarray, cols: np.ndarray, depths: np.ndarray,
+                trusted: Sequence[TrustedView], near_to: np.ndarray | None = None,
+                margin_px: float = GROW_TRUSTED_MARGIN_PX) -> np.ndarray:
+    """[M] a depth on each pixel's ray among ``depths`` that every trusted view sees, in its frame, on its
+    object (its mask widened by ``margin_px``, narrowed when negative); NaN where none does. Of those, the nearest
+    to the camera, or with ``near_to`` [K, 3] the one closest to any of those points (ties: the nearest)."""
+    m, k = len(rows), len(depths)
+    uv = np.stack([cols + 0.5, rows + 0.5], axis=1)
+    points = camera.unproject(np.repeat(uv, k, axis=0), np.tile(depths, m))  # [M * S, 3]
+    inside = np.ones(m * k, bool)
+    for view in trusted:  # a point outside a trusted view's frame is not confirmed by it
+        inside &= _mask_test(view, points, margin_px)[1]
+    if near_to is not None and len(near_to):
+        gap = np.full(m * k, np.inf)
+        gap[inside], _ = KDTree(near_to).query(points[inside])
+        pick = np.argmin(gap.reshape(m, k), axis=1)  # argmin takes the first (nearest) of equal gaps
+    else:
+        pick = np.argmax(inside.reshape(m, k), axis=1)
+    return np.where(inside.reshape(m, k).any(axis=1), depths[pick], np.nan)
+
+
+def hull_view(
+    g: GaussianTensors, camera: Camera, view_depth: np.ndarray, rendered_alpha: np.ndarray,
+    trusted: Sequence[TrustedView], seed: int = 0,
+) -> bool:
+    """Whether the view is checked against the trusted views' silhouettes instead of the splat.
+
+    A coarse splat lifted from one photo can be nearly flat: a table or an aeroplane seen edge-on
+    renders as a thin strip, against which neither the view's depth nor its outline can be compared
+    (the depth alignment fails, and a correct view overhangs the strip), so no view could ever widen
+    it. When the splat covers (rendered alpha >= 0.5) less than ``HULL_MAX_COVER`` of the view's object
+    pixels, the view is instead accepted when at least ``HULL_MIN_AGREE`` of its object pixels (a
+    sample of ``HULL_PROBE``) see every trusted view's object (the photo's matte) somewhere along
+    their rays: the view's outline is then consistent with the photo's, as the outlines of one
+    object seen from two cameras are. Without a trusted view there is nothing to check against.
+    """
+    if not trusted:
+        return False
+    obj = view_depth > 0
+    count = int(obj.sum())
+    if count < GROW_MIN_PIXELS or float((rendered_alpha[obj] >= CARVE_COVERED_ALPHA).mean()) >= HULL_MAX_COVER:
+        return False
+    depths = _ray_depths(g, camera, HULL_SAMPLES)
+    if depths is None:
+        return False
+    rows, cols = np.nonzero(obj)
+    if count > HULL_PROBE:
+        pick = np.random.default_rng(seed).choice(count, HULL_PROBE, replace=False)
+        rows, cols = rows[pick], cols[pick]
+    agree = float(np.isfinite(_hull_entry(camera, rows, cols, depths, trusted)).mean())
+    logger.debug("hull: cover below %.2f, agreement %.3f", HULL_MAX_COVER, agree)
+    return agree >= HULL_MIN_AGREE
+
+
+def silhouette_trust(trust: Trust, rendered_alpha: np.ndarray, view_depth: np.ndarray) -> Trust:
+    """The trust of a view accepted by :func:`hull_view`: the rendered alpha on the view's object, 0 off it."""
+    geo = (view_depth > 0).astype(np.float32)
+    alpha = np.clip(rendered_alpha, 0.0, 1.0).astype(np.float32)
+    return trust._replace(weight=alpha * geo, geometric=geo, object_mask=alpha > 0.5)
+
+
+def _pick(uncovered: np.ndarray, budget: int) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """(rows, cols, stride) of at most ``budget`` uncovered pixels on a grid of that stride (None: too few)."""
+    count = int(uncovered.sum())
+    if count < GROW_MIN_PIXELS or budget < GROW_MIN_PIXELS:
+        return None
+    stride = max(1, math.ceil(math.sqrt(count / budget)))
+    rows, cols = np.nonzero(uncovered)
+    pick = (rows % stride == 0) & (cols % stride == 0)
+    if int(pick.sum()) < GROW_MIN_PIXELS:
+        return None
+    return rows[pick][:budget], cols[pick][:budget], stride
 
 
 def grow(
@@ -320,6 +440,7 @@ def grow(
     rendered_alpha: np.ndarray,
     trust: Trust,
     trusted: Sequence[TrustedView] = (),
+    hull: bool = False,
 ) -> GaussianTensors | None:
     """New Gaussians for the view's object pixels that the splat leaves uncovered (None: none).
 
@@ -341,45 +462,58 @@ def grow(
     ``trusted`` view (the photo) sees outside its mask, widened by ``GROW_TRUSTED_MARGIN_PX``, is dropped:
     the photo is ground truth that nothing is there. The new Gaussians start with no confidence, so the
     fusion that follows fits them freely.
+
+    ``hull`` (a view :func:`hull_view` accepted against the photo's outline; the splat barely covers it,
+    so its depth cannot be aligned): each new Gaussian goes to the point of its ray that every trusted
+    view sees on its object (the visual hull of the photo's outline) and that is closest to the splat,
+    not to the view's depth: one photo's outline leaves a whole interval, and the part of the object
+    the splat already has (the photo's side) is the best guess of where along it the view's part is.
     """
-    align = trust.alignment
-    if align is None or not align.ok or trust.accepted_fraction < GROW_MIN_ACCEPTED:
-        return None
-    covered_depth = rendered_depth[trust.object_mask & (rendered_depth > 0)]
-    if covered_depth.size < GROW_MIN_PIXELS:
-        return None
-    aligned = align.scale * view_depth.astype(np.float64) + align.shift  # [H, W] in the splat's depth units
-    near, far = float(covered_depth.min()), float(covered_depth.max())
-    margin = GROW_DEPTH_MARGIN * max(far - near, 1e-3 * far)
-    inner = _distance_to(~trust.object_mask) > GROW_EDGE_PX  # [H, W] the render's object, edge off
-    overhang = float((view_depth[inner] <= 0).mean()) if inner.any() else 1.0
-    logger.debug("grow: accepted %.3f, overhang %.3f", trust.accepted_fraction, overhang)
-    if overhang > GROW_MAX_OVERHANG:
-        return None
     inside_view = np.asarray(ndimage.binary_erosion(view_depth > 0), dtype=bool)  # [H, W]
     away = _distance_to(trust.object_mask) >= GROW_EDGE_PX  # [H, W]
-    uncovered = inside_view & away & (rendered_alpha < GROW_MAX_ALPHA) & (aligned > max(near - margin, 1e-6)) \
-        & (aligned < far + margin)  # [H, W]
-    count = int(uncovered.sum())
     n = g.num_gaussians
     budget = min(int(GROW_MAX_FRACTION * n), MAX_GAUSSIANS - n)
-    if count < GROW_MIN_PIXELS or budget < GROW_MIN_PIXELS:
-        return None
-    stride = max(1, math.ceil(math.sqrt(count / budget)))
-    rows, cols = np.nonzero(uncovered)
-    pick = (rows % stride == 0) & (cols % stride == 0)
-    if int(pick.sum()) < GROW_MIN_PIXELS:
-        return None
-    rows, cols = rows[pick][:budget], cols[pick][:budget]
-    z = aligned[rows, cols]  # [M]
-    uv = np.stack([cols + 0.5, rows + 0.5], axis=1)
-    means = camera.unproject(uv, z)  # [M, 3]
-    keep = np.ones(len(z), bool)
-    for photo in trusted:
-        keep &= ~_seen_as_background(photo, means)
+    if hull:
+        depths = _ray_depths(g, camera, HULL_SAMPLES)
+        if depths is None:
+            return None
+        uncovered = inside_view & away & (rendered_alpha < GROW_MAX_ALPHA)  # [H, W]
+        picked = _pick(uncovered, budget)
+        if picked is None:
+            return None
+        rows, cols, stride = picked
+        z = _hull_entry(camera, rows, cols, depths, trusted,  # [M], NaN: no depth inside the photo's outline
+                        g.means.detach().cpu().numpy().astype(np.float64), -HULL_INSET_PX)
+        keep = np.isfinite(z)
+    else:
+        align = trust.alignment
+        if align is None or not align.ok or trust.accepted_fraction < GROW_MIN_ACCEPTED:
+            return None
+        covered_depth = rendered_depth[trust.object_mask & (rendered_depth > 0)]
+        if covered_depth.size < GROW_MIN_PIXELS:
+            return None
+        aligned = align.scale * view_depth.astype(np.float64) + align.shift  # [H, W] in the splat's depth units
+        near, far = float(covered_depth.min()), float(covered_depth.max())
+        margin = GROW_DEPTH_MARGIN * max(far - near, 1e-3 * far)
+        inner = _distance_to(~trust.object_mask) > GROW_EDGE_PX  # [H, W] the render's object, edge off
+        overhang = float((view_depth[inner] <= 0).mean()) if inner.any() else 1.0
+        logger.debug("grow: accepted %.3f, overhang %.3f", trust.accepted_fraction, overhang)
+        if overhang > GROW_MAX_OVERHANG:
+            return None
+        uncovered = inside_view & away & (rendered_alpha < GROW_MAX_ALPHA) & (aligned > max(near - margin, 1e-6)) \
+            & (aligned < far + margin)  # [H, W]
+        picked = _pick(uncovered, budget)
+        if picked is None:
+            return None
+        rows, cols, stride = picked
+        z = aligned[rows, cols]  # [M]
+        keep = np.ones(len(z), bool)
+        for photo in trusted:
+            keep &= ~_seen_as_background(photo, camera.unproject(np.stack([cols + 0.5, rows + 0.5], axis=1), z))
     if int(keep.sum()) < GROW_MIN_PIXELS:
         return None
-    rows, cols, z, means = rows[keep], cols[keep], z[keep], means[keep]
+    rows, cols, z = rows[keep], cols[keep], z[keep]
+    means = camera.unproject(np.stack([cols + 0.5, rows + 0.5], axis=1), z)  # [M, 3]
     sigma = GROW_SCALE * stride * z / math.sqrt(camera.fx * camera.fy)  # [M] world units
     opacity = GROW_OPACITY
     m = len(z)
@@ -396,6 +530,153 @@ def grow(
     return GaussianTensors(*(torch.cat([a, b]) for a, b in zip(
         (g.means, g.quats, g.log_scales, g.opacity_logits, g.sh),
         (new.means, new.quats, new.log_scales, new.opacity_logits, new.sh), strict=True)))
+
+
+def carve_weights(
+    view_depth: np.ndarray, rendered_alpha: np.ndarray, trust: Trust, hull: bool = False
+) -> np.ndarray | None:
+    """[H, W] weights of the view's background pixels that pull the splat's rendered alpha down (None: none).
+
+    Fusion weighs only pixels the view shows as object, so without this a view can never say "nothing
+    is here": a torus lifted from one photo as a thick disc stays a disc from the side however many
+    views show it thin. Each pixel the view shows as background, ``CARVE_EDGE_PX`` or more from its
+    object (soft edges and matte edges are not background), adds ``CARVE_WEIGHT`` times the rendered
+    alpha there to the fusion loss; the Gaussians that cover it fade or move.
+
+    Only a view that the splat contains carves: the depth alignment must have succeeded and the splat
+    must cover (rendered alpha >= ``CARVE_COVERED_ALPHA``) all but ``CARVE_MAX_OVERHANG`` of the view's
+    object pixels away from its edge. A view whose outline sticks out of the splat's (shifted, turned,
+    another object) is not a narrower view of the same thing and carves nothing. The trusted photo's
+    term keeps what the photo shows, and the anchor what earlier views confirmed. A view that
+    :func:`hull_view` accepted (``hull``) needs no depth alignment.
+    """
+    align = trust.alignment
+    if not hull and (align is None or not align.ok):
+        return None
+    obj = view_depth > 0  # [H, W]
+    inner = _distance_to(~obj) > GROW_EDGE_PX  # the view's object, edge off
+    if not inner.any():
+        return None
+    overhang = float((rendered_alpha[inner] < CARVE_COVERED_ALPHA).mean())
+    logger.debug("carve: overhang %.3f", overhang)
+    if overhang > CARVE_MAX_OVERHANG:
+        return None
+    carve = (_distance_to(obj) >= CARVE_EDGE_PX) & (rendered_alpha > EMPTY_ALPHA)  # [H, W]
+    if int(carve.sum()) < GROW_MIN_PIXELS:
+        return None
+    return (CARVE_WEIGHT * carve).astype(np.float32)
+
+
+def carve_gaussians(
+    g: GaussianTensors, camera: Camera, view_depth: np.ndarray, trusted: Sequence[TrustedView] = ()
+) -> tuple[GaussianTensors, np.ndarray, int]:
+    """Move or fade the Gaussians whose centres the view shows as background: (splat, moved [N] bool, faded).
+
+    A view the splat contains (:func:`carve_weights` says so) is a silhouette of the object: every
+    surface point projects inside it. A Gaussian whose centre projects ``CARVE_EDGE_PX`` or more
+    outside the view's object is therefore misplaced. With a trusted view (the photo), it slides along
+    the photo's ray through its centre to the nearest of ``CARVE_SAMPLES`` depths (over the splat's
+    depth range seen from the photo, widened by half) at which the view shows object, its size scaled
+    with its distance: what the photo sees of it stays where it is in the photo, only its distance
+    changes, which one photo cannot tell. Otherwise (no such depth, no trusted view) it fades to
+    opacity ``CARVE_FADE`` where it is.
+
+    The photo is ground truth, so it has the last word: a Gaussian it shows (see ``CARVE_SHOWN``) never
+    fades (a matte that misses a thin part must not erase it), a hidden one whose move would put it in
+    front of what the photo shows fades instead, and a shown one whose move would hide it stays. The
+    Gaussians the photo shows move only if the photo, rendered inside its mask, is no worse for it than
+    when they stay: along a ray the view's outline may leave two intervals, and the order of what the
+    photo sees can change. The fusion's carving term (:func:`carve_weights`) then trims what spills out.
+    """
+    obj = view_depth > 0
+    reach = _distance_to(obj)  # [H, W] pixels from the view's object
+    h, w = obj.shape
+    means = g.means.detach().cpu().numpy().astype(np.float64)  # [N, 3]
+    opacity = torch.sigmoid(g.opacity_logits.detach()).cpu().numpy()
+    n = len(means)
+
+    def outside(points: np.ndarray) -> np.ndarray:
+        uv, z = camera.project(points.reshape(-1, 3))
+        with np.errstate(invalid="ignore"):
+            col, row = np.floor(uv[:, 0]), np.floor(uv[:, 1])
+            framed = (z > 0) & (col >= 0) & (col < w) & (row >= 0) & (row < h)
+        out = np.zeros(len(uv), bool)
+        out[framed] = reach[row[framed].astype(int), col[framed].astype(int)] >= CARVE_EDGE_PX
+        return out.reshape(points.shape[:-1])
+
+    wrong = outside(means) & (opacity >= CARVE_MIN_OPACITY)  # [N]
+    if not wrong.any():
+        return g, np.zeros(n, bool), 0
+
+    def shown_in(splat: GaussianTensors) -> np.ndarray:
+        """[N] bool: Gaussians a trusted view shows (observation strength inside its mask > CARVE_SHOWN)."""
+        out = np.zeros(n, bool)
+        for t in trusted:
+            _, shown = footprints(splat, t.camera, torch.as_tensor(np.asarray(t.mask, np.float32), device=g.device))
+            out |= observation_strength(shown).cpu().numpy() > CARVE_SHOWN
+        return out
+
+    # Where each wrong Gaussian would go along the photo's ray (NaN: nowhere inside the view).
+    target = np.full((n, 3), np.nan)
+    ratio = np.ones(n)  # new / old distance from the photo
+    if trusted:
+        photo = trusted[0].camera
+        _, z_all = photo.project(means)
+        front = z_all[z_all > 0]
+        idx = np.nonzero(wrong & (z_all > 0))[0]
+        if front.size and idx.size:
+            near, far = float(front.min()), float(front.max())
+            pad = 0.5 * max(far - near, 1e-3 * far)
+            depths = np.linspace(max(near - pad, 1e-3 * far), far + pad, CARVE_SAMPLES)  # [S]
+            uv, z = photo.project(means[idx])  # [M, 2], [M]
+            rays = photo.unproject(np.repeat(uv, CARVE_SAMPLES, axis=0), np.tile(depths, len(idx)))
+            rays = rays.reshape(-1, CARVE_SAMPLES, 3)
+            inside = ~outside(rays)  # [M, S]
+            best = np.argmin(np.where(inside, np.abs(depths[None, :] - z[:, None]), np.inf), axis=1)
+            found = inside[np.arange(len(idx)), best]
+            target[idx[found]] = rays[np.nonzero(found)[0], best[found]]
+            ratio[idx[found]] = depths[best[found]] / z[found]
+
+    def build(move: np.ndarray, fade: np.ndarray) -> GaussianTensors:
+        means_new = np.where(move[:, None], target, means)
+        log_scales = g.log_scales.detach() + torch.as_tensor(np.log(np.where(move, ratio, 1.0)),
+                                                             dtype=g.log_scales.dtype, device=g.device)[:, None]
+        logits = g.opacity_logits.detach().clone()
+        logits[torch.as_tensor(np.nonzero(fade)[0], dtype=torch.long, device=logits.device)] = \
+            math.log(CARVE_FADE / (1 - CARVE_FADE))
+        return GaussianTensors(torch.as_tensor(means_new, dtype=g.means.dtype, device=g.device), g.quats,
+                               log_scales, logits, g.sh)
+
+    movable = wrong & np.isfinite(target[:, 0])
+    if not trusted:
+        return build(np.zeros(n, bool), wrong), np.zeros(n, bool), int(wrong.sum())
+    visible = shown_in(g)
+
+    def plan(move_visible: bool) -> tuple[GaussianTensors, np.ndarray, np.ndarray]:
+        move = movable & (move_visible | ~visible)
+        fade = wrong & ~movable & ~visible
+        after = shown_in(build(move, fade))
+        hidden_now = move & visible & ~after  # moved behind other Gaussians: the photo would lose it
+        phantom = move & ~visible & after  # moved in front of what the photo shows: both views disown it
+        move, fade = move & ~(hidden_now | phantom), fade | phantom
+        return build(move, fade), move, fade
+
+    hidden_only = plan(False)
+    candidates = [hidden_only]
+    if (movable & visible).any():
+        candidates.append(plan(True))
+
+    def photo_error(splat: GaussianTensors) -> float:
+        total = 0.0
+        for t in trusted:
+            bg = torch.tensor(background_colour(t.image, t.mask), dtype=torch.float32, device=g.device)
+            rgb, _, _ = _render_np(splat, t.camera, bg)
+            image = t.image.astype(np.float32) / 255.0 if t.image.dtype == np.uint8 else t.image.astype(np.float32)
+            total += weighted_mae(rgb, image[..., :3], np.asarray(t.mask, np.float32))
+        return total
+
+    out, move, fade = min(candidates, key=lambda c: photo_error(c[0]))  # ties: the hidden-only plan
+    return out, move, int(fade.sum())
 
 
 def _normal_terms(
@@ -520,9 +801,18 @@ def refine(
     g0 = to_tensors(splat, device)
     rgb0, depth0, alpha0, bg = _first_render(g0, camera, target, depth_in, background)
     trust_depth = depth_in if ablation.depth_consistency else None
-    trust = pixel_trust(depth0, alpha0, trust_depth, opts.depth_tolerance, opts.seed)
-    if opts.observed:  # a real photo: every covered pixel is trusted (the depth still aligns densification)
-        trust = _observed(trust, alpha0)
+    hull = ablation.densification and depth_in is not None and \
+        hull_view(g0, camera, depth_in, alpha0, trusted_views, opts.seed)
+
+    def view_trust(depth: np.ndarray, alpha: np.ndarray) -> Trust:
+        out = pixel_trust(depth, alpha, trust_depth, opts.depth_tolerance, opts.seed)
+        if opts.observed:  # a real photo: every covered pixel is trusted (the depth still aligns densification)
+            return _observed(out, alpha)
+        if hull and depth_in is not None:  # checked against the photo's outline: its depth cannot be aligned
+            return silhouette_trust(out, alpha, depth_in)
+        return out
+
+    trust = view_trust(depth0, alpha0)
     before = weighted_mae(rgb0, target, trust.weight)
     if opts.observed:
         score, note, passed = None, "CLIP check skipped: the view is a real photo (options.observed)", True
@@ -534,21 +824,32 @@ def refine(
         logger.info("MVCRM round rejected: %s", note)
         report = RefineReport(trust.accepted_fraction, before, before, score, note, True, 0, float(conf.mean()))
         return RefineResult(splat, conf, report)
-    terms = tuple(_trusted_term(t, g0.device) for t in trusted_views)
-    grown = grow(g0, camera, target, depth_in, depth0, alpha0, trust, trusted_views) \
+    terms = tuple(_trusted_term(t, g0.device, ablation.carving) for t in trusted_views)
+    grown = grow(g0, camera, target, depth_in, depth0, alpha0, trust, trusted_views, hull) \
         if ablation.densification and depth_in is not None else None
     if grown is not None:  # the fusion sees the grown splat, its new pixels trusted like any other
         added = grown.num_gaussians - g0.num_gaussians
         logger.info("MVCRM round: %d Gaussians grown on uncovered object pixels", added)
         g0, conf = grown, np.concatenate([conf, np.zeros(added, np.float32)])
         _, depth0, alpha0 = _render_np(g0, camera, bg)
-        regrown = pixel_trust(depth0, alpha0, trust_depth, opts.depth_tolerance, opts.seed)
-        if opts.observed:
-            regrown = _observed(regrown, alpha0)
+        regrown = view_trust(depth0, alpha0)
         trust = trust._replace(weight=regrown.weight, object_mask=regrown.object_mask)  # the view's verdict stays
         before = weighted_mae(rgb0, target, trust.weight)  # the splat before the round, on the pixels fused
-    g, share, seen = _fuse_round(g0, camera, target, trust, conf, opts, bg, depth0, alpha0, ablation, terms)
-    rgb1, _, _ = _render_np(g, camera, bg)
+    carve = carve_weights(depth_in, alpha0, trust, hull) if ablation.carving and depth_in is not None else None
+    if carve is not None and depth_in is not None:
+        g0, moved, faded = carve_gaussians(g0, camera, depth_in, trusted_views)
+        logger.info("MVCRM round: carving on %d background pixels, %d Gaussians moved, %d faded",
+                    int((carve > 0).sum()), int(moved.sum()), faded)
+        if moved.any() or faded:
+            _, depth0, alpha0 = _render_np(g0, camera, bg)
+            recarved = view_trust(depth0, alpha0)
+            trust = trust._replace(weight=recarved.weight, object_mask=recarved.object_mask)
+            carve = carve * (alpha0 > EMPTY_ALPHA)
+    g, share, seen = _fuse_round(g0, camera, target, trust, conf, opts, bg, depth0, alpha0, ablation, terms, carve)
+    rgb1, _, alpha1 = _render_np(g, camera, bg)
+    if carve is not None:
+        on = carve > 0
+        logger.debug("carve: alpha on carved pixels %.3f -> %.3f", float(alpha0[on].mean()), float(alpha1[on].mean()))
     after = weighted_mae(rgb1, target, trust.weight)
     gained = (share * seen).cpu().numpy() if ablation.confidence_accumulation else 0.0
     new_conf = (conf + gained).astype(np.float32)
@@ -595,11 +896,17 @@ def _fuse_round(
     alpha0: np.ndarray,
     ablation: Ablation = FULL_MVCRM,
     trusted: tuple[TrustedTerm, ...] = (),
+    carve: np.ndarray | None = None,
 ) -> tuple[GaussianTensors, Tensor, Tensor]:
-    """Footprints, anchor, normal terms and the fusion itself: (result, trusted share [N], seen [N])."""
+    """Footprints, anchor, normal terms and the fusion itself: (result, trusted share [N], seen [N]).
+
+    ``carve`` [H, W]: the view's background pixels that pull the rendered alpha down
+    (:func:`carve_weights`); a Gaussian's share counts them like trusted pixels, so the Gaussians
+    that cover them move."""
     dev = g0.device
     weight = torch.as_tensor(trust.weight, device=dev)  # [H, W]
-    cov, tru = footprints(g0, camera, weight)  # [N], [N]
+    carve_t = None if carve is None else torch.as_tensor(carve, device=dev)
+    cov, tru = footprints(g0, camera, weight if carve_t is None else (weight + carve_t).clamp(max=1.0))  # [N], [N]
     share = torch.where(cov > 1e-8, tru / cov.clamp(min=1e-8), 0.0).clamp(0.0, 1.0)  # [N]
     seen = observation_strength(cov)  # [N]
     step_scale = share * observation_strength(cov, STEP_FOOTPRINT) if ablation.footprint_weighting else share
@@ -615,6 +922,7 @@ def _fuse_round(
         background=bg,
         normals=normals,
         trusted=trusted,
+        carve=carve_t,
     )
     return fuse(g0, problem, opts.steps, opts.learning_rate), share, seen
 
