@@ -130,15 +130,15 @@ def test_a_side_view_widens_a_splat_lifted_as_a_slab(ellipsoid: Splat) -> None:
     plain = refine(slab, view, side, depth, None, OPTS, trusted=[photo], ablation=Ablation.without("densification"))
     covered = (render(grown.splat, side)[2][mask > 0] > 0.5).mean()
     without = (render(plain.splat, side)[2][mask > 0] > 0.5).mean()
-    # measured: the truth's side outline covered 0.28 without growth, 0.98 with it
+    # measured: the truth's side outline covered 0.28 without growth, 0.99 with it
     assert without < 0.4 and covered > 0.9, (without, covered)
     assert grown.splat.num_gaussians > slab.num_gaussians
-    # The new Gaussians lie inside the photo's outline: the photo is not made worse (measured -0.1 dB).
+    # The new Gaussians lie inside the photo's outline: the photo is not made worse (measured +0.03 dB).
     photo_grown = psnr_in(render(grown.splat, cam(0))[0], photo.image, photo.mask > 0)
     photo_plain = psnr_in(render(plain.splat, cam(0))[0], photo.image, photo.mask > 0)
     assert photo_grown > photo_plain - 0.5, (photo_grown, photo_plain)
     # Views neither the photo nor the side view is are closer to the truth inside its outline (measured
-    # +2.4 dB at azimuth 60, +1.3 dB at 120). Over the whole frame the back view loses 2.6 dB: the
+    # +2.2 dB at azimuth 60, +1.3 dB at 120). Over the whole frame the back view loses 2.6 dB: the
     # photo's outline is a perspective cone, wider behind the object than the object, and the new
     # Gaussians at the back lie on its edge (docs/backends/mvcrm.md).
     for azimuth in (60, 120):

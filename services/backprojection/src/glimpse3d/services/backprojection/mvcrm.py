@@ -67,7 +67,7 @@ HULL_MAX_COVER = 0.5  # the splat covers less than this share of the view's obje
 HULL_MIN_AGREE = 0.95  # ... and this share of them must see the trusted view's object along their rays
 HULL_SAMPLES = 128  # depths tried along each ray
 HULL_PROBE = 4096  # view pixels on which the agreement is measured
-HULL_INSET_PX = 2.0  # new Gaussians stay this far inside the trusted view's mask (their footprint must not spill)
+HULL_INSET_PX = 0.0  # new Gaussians go on the trusted view's mask itself, not on its widened margin
 # Carving (see :func:`carve_weights`): background pixels of the view where the splat renders something.
 CARVE_EDGE_PX = 2.0  # only background pixels at least this far from the view's object carve
 CARVE_MAX_OVERHANG = 0.05  # the splat must cover all but this share of the view's inner object pixels
