@@ -41,11 +41,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 VALIDATOR = REPO_ROOT / "web" / "node_modules" / "gltf-validator"
 BOX_EXTENTS = (1.2, 0.8, 0.6)
 HELD_OUT = [(20.0, 15.0), (110.0, -25.0), (200.0, 40.0), (290.0, 5.0)]  # none is a fusion view
-# Mean PSNR over the held-out views, inside both masks (docs/mesh.md has the figures). The target is
-# 25 dB; the box falls short of it: its opaque, coplanar discs are composited in depth order, so a
-# slanted view shows each stripe shifted by about a disc radius towards the camera - a view-dependent
-# shift that no single texture reproduces. These floors sit about 1 dB under the measured means.
-MIN_MEAN_PSNR_DB = {"ellipsoid": 24.0, "box": 22.0}
+# Mean PSNR over the held-out views, inside both masks (docs/mesh.md has the figures; measured 26.8
+# on the ellipsoid, 25.5 on the box). The target is 25 dB on both. The box is the harder case: its
+# opaque, coplanar discs are composited in depth order, so a slanted view shows each stripe shifted by
+# about a disc radius towards the camera, differently per view. These floors sit 0.5 dB under the means.
+MIN_MEAN_PSNR_DB = {"ellipsoid": 26.3, "box": 25.0}
 
 
 def _quats_to(normals: np.ndarray) -> np.ndarray:

@@ -4,16 +4,17 @@
    around it with the project's rasterizer (:func:`glimpse3d.core.render.rasterize`: the compiled CPU
    kernel when it is built).
 2. Fuse the depths into a truncated signed distance field on a voxel grid whose voxel is the
-   splat's longest extent / ``resolution``, each depth weighted by how squarely its view sees the
-   surface. Pixels the splat leaves transparent carve free space; voxels no view sees in front of a
-   surface count as inside, so the field is closed.
+   splat's longest extent / ``resolution``, every view's expected depth with the same weight, so that
+   the surface lies where the splat shows its colours (docs/mesh.md, "Figures"). Pixels the splat
+   leaves transparent carve free space; voxels no view sees in front of a surface count as inside, so
+   the field is closed.
 3. Extract the zero level set with marching cubes (scikit-image) and hand it to manifold3d, which
    checks that it is a closed 2-manifold, simplifies it (edges collapse within a quarter voxel, more
    while it has over MAX_FACES triangles) and splits it, so that specks can be dropped. A surface
    that would pinch when its vertices are welded by position is extracted again from a blurred field.
 4. Unwrap UVs with xatlas and bake the texture: every texel is mapped back to its 3D point, projected
    into each view, and takes the colour of the views that see it (the rendered depth agrees with the
-   point's depth), weighted by the cosine of the view angle and the pixel's alpha. Texels no
+   point's depth), weighted by the pixel's alpha: an average over the view directions. Texels no
    view sees take the colour of the nearest opaque Gaussian; empty texels take their nearest baked
    neighbour's colour so that bilinear filtering does not bleed the background into seams.
 
@@ -69,31 +70,12 @@ VIEW_DIRECTIONS /= np.linalg.norm(VIEW_DIRECTIONS, axis=1, keepdims=True)
 
 @dataclass(frozen=True)
 class View:
-    """One rendered view: the camera, un-premultiplied colour [H, W, 3], z-depth [H, W], alpha [H, W]
-    and the squared cosine [H, W] between each pixel's ray and the surface normal of the depth map."""
+    """One rendered view: the camera, un-premultiplied colour [H, W, 3], z-depth [H, W], alpha [H, W]."""
 
     camera: Camera
     rgb: np.ndarray
     depth: np.ndarray
     alpha: np.ndarray
-    facing: np.ndarray
-
-
-def _facing(camera: Camera, depth: np.ndarray) -> np.ndarray:
-    """cos^2 of the angle between each pixel's ray and the normal of the depth map's surface there.
-
-    The expected depth of a surface seen at a slant leans towards the camera (front-to-back
-    compositing weights the nearer of the overlapping Gaussians more), so fusion trusts a view in
-    proportion to how squarely it sees the surface; at silhouettes the depth jumps and the weight is ~0.
-    """
-    rays = camera.pixel_rays()  # [H, W, 3], z = 1
-    points = rays * depth[..., None]
-    du = np.gradient(points, axis=1)
-    dv = np.gradient(points, axis=0)
-    normal = np.cross(du, dv)
-    cos = np.abs((normal * rays).sum(-1)) / np.maximum(np.linalg.norm(normal, axis=-1) * np.linalg.norm(rays, axis=-1),
-                                                        1e-20)
-    return (cos**2).astype(np.float32)
 
 
 class _Clock:
@@ -167,7 +149,7 @@ def render_views(splat: Splat, cameras: list[Camera]) -> list[View]:
             alpha = alpha_t.clamp(0.0, 1.0).numpy().astype(np.float32)
             rgb = rgb_t.numpy().astype(np.float32) / np.maximum(alpha, 1e-6)[..., None]
             depth = depth_t.numpy().astype(np.float32)
-            out.append(View(camera, np.clip(rgb, 0.0, 1.0), depth, alpha, _facing(camera, depth)))
+            out.append(View(camera, np.clip(rgb, 0.0, 1.0), depth, alpha))
     return out
 
 
@@ -212,7 +194,14 @@ def _bilinear(image: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 def fuse_tsdf(views: list[View], origin: np.ndarray, voxel: float, shape: tuple[int, int, int]) -> np.ndarray:
     """Truncated signed distance [X, Y, Z] (in truncation units, + outside) of the voxel centres
     ``origin + voxel * index``: free space where a view sees through, the distance to the rendered
-    surface near it, -1 (inside) where no view saw the voxel."""
+    surface near it, -1 (inside) where no view saw the voxel.
+
+    Every view counts the same. The expected depth of a surface seen at a slant leans towards the
+    camera (front-to-back compositing weights the nearer of overlapping Gaussians more), and so does
+    the colour the splat shows there: the fused surface sits a little outside the Gaussians' centres,
+    where a texture seen from around the object matches the splat's renders best. Weighting each depth
+    by how squarely its view sees the surface (cos^2) put the surface on the centres instead, and the
+    mesh's renders then matched the splat's 0.9 (box) to 1.5 (ellipsoid) dB worse (docs/mesh.md)."""
     trunc = 3.0 * voxel
     axes = [origin[k] + voxel * np.arange(shape[k]) for k in range(3)]
     points = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3).astype(np.float32)
@@ -223,7 +212,7 @@ def fuse_tsdf(views: list[View], origin: np.ndarray, voxel: float, shape: tuple[
         free = inside & (view.alpha.reshape(-1)[pixel] < _SURFACE_ALPHA)
         sdf = (view.depth.reshape(-1)[pixel] - z) / np.float32(trunc)
         near = inside & ~free & (sdf >= -1.0)
-        w = np.where(free, np.float32(1.0), np.where(near, view.facing.reshape(-1)[pixel], np.float32(0.0)))
+        w = (free | near).astype(np.float32)  # free space and the surface near it, every view alike
         total += w * np.where(free, np.float32(1.0), np.clip(sdf, -1.0, 1.0))
         weight += w
     tsdf = np.where(weight > 1e-6, total / np.maximum(weight, 1e-12), np.float32(-1.0))
@@ -346,7 +335,11 @@ def bake_texture(vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray, views:
         pixel, inside = _pixel_of(view.camera, u, v, z)
         alpha = view.alpha.reshape(-1)[pixel]
         seen = inside & (alpha >= _SURFACE_ALPHA) & (np.abs(view.depth.reshape(-1)[pixel] - z) <= tolerance)
-        w = np.where(seen, cos[facing] * alpha, 0.0)
+        # Every view that sees the texel counts the same (by its alpha): the splat shows a view-dependent
+        # colour (its discs are composited nearest first), and the texture that matches it best from
+        # all round is the average over directions; weighting by the view's cosine favoured the views
+        # that see a face squarely, whose colours are shifted towards the face's centre.
+        w = np.where(seen, alpha, 0.0)
         # bilinear in premultiplied colour, so that pixels at the silhouette do not pull in the background
         premultiplied = _bilinear(np.concatenate([view.rgb * view.alpha[..., None], view.alpha[..., None]], -1),
                                   u[seen], v[seen])
