@@ -80,13 +80,17 @@ async def run_demo(stack: Stack, photo: Path, out: Path, artifacts_url: str, rou
                 job.ClearField("error")
         if job.state != glimpse3d_pb2.Job.SUCCEEDED or job.error.message:
             raise RuntimeError(f"{job.name} ended {glimpse3d_pb2.Job.State.Name(job.state)}: {job.error.message}")
+        t0 = time.perf_counter()
         for fmt in SPLAT_FORMATS:
             resp = await stub.Export(glimpse3d_pb2.ExportRequest(name=job.name, format=FORMATS[fmt]))
             download(resp.download_url, out / f"model.{fmt}")
+        metrics["timings_s"]["exports"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         size = job.versions[0].camera.intrinsics.width or 160
         rows = [await _turntable_row(stack, artifacts_url, v.splat, min(size, 160))
                 for v in (job.versions[0], job.versions[-1])]
         Image.fromarray(np.concatenate(rows, axis=0)).save(out / "turntable.png")
+        metrics["timings_s"]["turntable"] = time.perf_counter() - t0
     metrics["job"] = json_format.MessageToDict(job, preserving_proto_field_name=True)
     log.info("%s", summary_table(job))
     return metrics
@@ -107,8 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     ns.out.mkdir(parents=True, exist_ok=True)
     artifacts_url = (ns.state.resolve() / "artifacts").as_uri()
     log.info("starting the five services and the gateway (logs in %s)", ns.state)
+    t0 = time.perf_counter()
     with start_stack(ns.state, env={"GLIMPSE3D_ARTIFACTS_URL": artifacts_url}) as stack:
+        started = time.perf_counter() - t0
         metrics = asyncio.run(run_demo(stack, ns.photo, ns.out, artifacts_url, ns.rounds, ns.views, ns.resolution))
+        t0 = time.perf_counter()
+    metrics["timings_s"]["stack_start"] = started
+    metrics["timings_s"]["stack_stop"] = time.perf_counter() - t0
     (ns.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     log.info("all processes stopped. Files written:")
     for name in (*(f"model.{fmt}" for fmt in SPLAT_FORMATS), "turntable.png", "metrics.json"):
