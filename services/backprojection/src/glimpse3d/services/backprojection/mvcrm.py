@@ -67,7 +67,6 @@ HULL_MAX_COVER = 0.5  # the splat covers less than this share of the view's obje
 HULL_MIN_AGREE = 0.95  # ... and this share of them must see the trusted view's object along their rays
 HULL_SAMPLES = 128  # depths tried along each ray
 HULL_PROBE = 4096  # view pixels on which the agreement is measured
-HULL_INSET_PX = 0.0  # new Gaussians go on the trusted view's mask itself, not on its widened margin
 # Carving (see :func:`carve_weights`): background pixels of the view where the splat renders something.
 CARVE_EDGE_PX = 2.0  # only background pixels at least this far from the view's object carve
 CARVE_MAX_OVERHANG = 0.05  # the splat must cover all but this share of the view's inner object pixels
@@ -218,7 +217,7 @@ def _trusted_term(t: TrustedView, device: torch.device, carve: bool = False) -> 
     nothing is there, so nothing a round grows or moves may show there."""
     outside = None
     if carve:
-        far = _distance_to(np.asarray(t.mask, np.float32) >= 0.5) >= CARVE_EDGE_PX
+        far = _distance_to(t.mask >= 0.5) >= CARVE_EDGE_PX
         outside = torch.as_tensor((CARVE_WEIGHT * far).astype(np.float32), device=device)
     return TrustedTerm(
         camera=t.camera,
@@ -324,19 +323,23 @@ def _distance_to(mask: np.ndarray) -> np.ndarray:
     return np.asarray(ndimage.distance_transform_edt(~mask), dtype=np.float64)
 
 
-def _mask_test(view: TrustedView, points: np.ndarray, margin_px: float) -> tuple[np.ndarray, np.ndarray]:
-    """([M] bool seen: in front of ``view`` and inside its frame, [M] bool on: seen and on its mask
-    widened by ``margin_px`` (narrowed when negative))."""
-    uv, z = view.camera.project(points)
-    h, w = view.mask.shape
+def _lookup(camera: Camera, table: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """([M] bool seen: ``points`` in front of ``camera`` and inside its frame, [M] bool: seen and ``table``
+    [H, W] bool true at the pixel each lands on)."""
+    uv, z = camera.project(points)
+    h, w = table.shape
     with np.errstate(invalid="ignore"):
         col, row = np.floor(uv[:, 0]), np.floor(uv[:, 1])
         seen = (z > 0) & (col >= 0) & (col < w) & (row >= 0) & (row < h)
-    mask = np.asarray(view.mask, np.float32) >= 0.5
-    allowed = _distance_to(mask) <= margin_px if margin_px >= 0 else _distance_to(~mask) > -margin_px  # [H, W]
-    on = np.zeros(len(points), bool)
-    on[seen] = allowed[row[seen].astype(int), col[seen].astype(int)]
-    return seen, on
+    hit = np.zeros(len(points), bool)
+    hit[seen] = table[row[seen].astype(int), col[seen].astype(int)]
+    return seen, hit
+
+
+def _mask_test(view: TrustedView, points: np.ndarray, margin_px: float) -> tuple[np.ndarray, np.ndarray]:
+    """([M] bool seen: in front of ``view`` and inside its frame, [M] bool on: seen and on its mask
+    widened by ``margin_px``)."""
+    return _lookup(view.camera, _distance_to(view.mask >= 0.5) <= margin_px, points)
 
 
 def _seen_as_background(view: TrustedView, points: np.ndarray) -> np.ndarray:
@@ -346,14 +349,15 @@ def _seen_as_background(view: TrustedView, points: np.ndarray) -> np.ndarray:
     return seen & ~on
 
 
-def _ray_depths(g: GaussianTensors, camera: Camera, samples: int) -> np.ndarray | None:
-    """[S] depths spanning the splat's Gaussians seen from ``camera``, widened by a quarter (None: none in front)."""
+def _ray_depths(g: GaussianTensors, camera: Camera, samples: int, widen: float = 0.25) -> np.ndarray | None:
+    """[S] depths spanning the splat's Gaussians seen from ``camera``, the range widened by ``widen`` of
+    itself at both ends (None: no Gaussian in front of the camera)."""
     _, z = camera.project(g.means.detach().cpu().numpy())
     front = z[z > 0]
     if front.size == 0:
         return None
     near, far = float(front.min()), float(front.max())
-    pad = 0.25 * max(far - near, 1e-3 * far)
+    pad = widen * max(far - near, 1e-3 * far)
     return np.linspace(max(near - pad, 1e-3 * far), far + pad, samples)
 
 
@@ -361,7 +365,7 @@ def _hull_entry(camera: Camera, rows: np.ndarray, cols: np.ndarray, depths: np.n
                 trusted: Sequence[TrustedView], near_to: np.ndarray | None = None,
                 margin_px: float = GROW_TRUSTED_MARGIN_PX) -> np.ndarray:
     """[M] a depth on each pixel's ray among ``depths`` that every trusted view sees, in its frame, on its
-    object (its mask widened by ``margin_px``, narrowed when negative); NaN where none does. Of those, the nearest
+    object (its mask widened by ``margin_px``); NaN where none does. Of those, the nearest
     to the camera, or with ``near_to`` [K, 3] the one closest to any of those points (ties: the nearest)."""
     m, k = len(rows), len(depths)
     uv = np.stack([cols + 0.5, rows + 0.5], axis=1)
@@ -483,7 +487,7 @@ def grow(
             return None
         rows, cols, stride = picked
         z = _hull_entry(camera, rows, cols, depths, trusted,  # [M], NaN: no depth inside the photo's outline
-                        g.means.detach().cpu().numpy().astype(np.float64), -HULL_INSET_PX)
+                        g.means.detach().cpu().numpy().astype(np.float64), margin_px=0.0)
         keep = np.isfinite(z)
     else:
         align = trust.alignment
@@ -588,21 +592,13 @@ def carve_gaussians(
     when they stay: along a ray the view's outline may leave two intervals, and the order of what the
     photo sees can change. The fusion's carving term (:func:`carve_weights`) then trims what spills out.
     """
-    obj = view_depth > 0
-    reach = _distance_to(obj)  # [H, W] pixels from the view's object
-    h, w = obj.shape
+    background = _distance_to(view_depth > 0) >= CARVE_EDGE_PX  # [H, W] clearly off the view's object
     means = g.means.detach().cpu().numpy().astype(np.float64)  # [N, 3]
     opacity = torch.sigmoid(g.opacity_logits.detach()).cpu().numpy()
     n = len(means)
 
     def outside(points: np.ndarray) -> np.ndarray:
-        uv, z = camera.project(points.reshape(-1, 3))
-        with np.errstate(invalid="ignore"):
-            col, row = np.floor(uv[:, 0]), np.floor(uv[:, 1])
-            framed = (z > 0) & (col >= 0) & (col < w) & (row >= 0) & (row < h)
-        out = np.zeros(len(uv), bool)
-        out[framed] = reach[row[framed].astype(int), col[framed].astype(int)] >= CARVE_EDGE_PX
-        return out.reshape(points.shape[:-1])
+        return _lookup(camera, background, points.reshape(-1, 3))[1].reshape(points.shape[:-1])
 
     wrong = outside(means) & (opacity >= CARVE_MIN_OPACITY)  # [N]
     if not wrong.any():
@@ -612,7 +608,7 @@ def carve_gaussians(
         """[N] bool: Gaussians a trusted view shows (observation strength inside its mask > CARVE_SHOWN)."""
         out = np.zeros(n, bool)
         for t in trusted:
-            _, shown = footprints(splat, t.camera, torch.as_tensor(np.asarray(t.mask, np.float32), device=g.device))
+            _, shown = footprints(splat, t.camera, torch.as_tensor(t.mask, device=g.device))
             out |= observation_strength(shown).cpu().numpy() > CARVE_SHOWN
         return out
 
@@ -622,12 +618,9 @@ def carve_gaussians(
     if trusted:
         photo = trusted[0].camera
         _, z_all = photo.project(means)
-        front = z_all[z_all > 0]
         idx = np.nonzero(wrong & (z_all > 0))[0]
-        if front.size and idx.size:
-            near, far = float(front.min()), float(front.max())
-            pad = 0.5 * max(far - near, 1e-3 * far)
-            depths = np.linspace(max(near - pad, 1e-3 * far), far + pad, CARVE_SAMPLES)  # [S]
+        depths = _ray_depths(g, photo, CARVE_SAMPLES, widen=0.5)  # [S]
+        if depths is not None and idx.size:
             uv, z = photo.project(means[idx])  # [M, 2], [M]
             rays = photo.unproject(np.repeat(uv, CARVE_SAMPLES, axis=0), np.tile(depths, len(idx)))
             rays = rays.reshape(-1, CARVE_SAMPLES, 3)
@@ -671,8 +664,7 @@ def carve_gaussians(
         for t in trusted:
             bg = torch.tensor(background_colour(t.image, t.mask), dtype=torch.float32, device=g.device)
             rgb, _, _ = _render_np(splat, t.camera, bg)
-            image = t.image.astype(np.float32) / 255.0 if t.image.dtype == np.uint8 else t.image.astype(np.float32)
-            total += weighted_mae(rgb, image[..., :3], np.asarray(t.mask, np.float32))
+            total += weighted_mae(rgb, t.image, t.mask)  # TrustedView holds float RGB in [0, 1] and a float mask
         return total
 
     out, move, fade = min(candidates, key=lambda c: photo_error(c[0]))  # ties: the hidden-only plan
