@@ -28,11 +28,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from jwt.algorithms import RSAAlgorithm
+from service_harness import gateway_listeners
 from test_gateway_app import TestPipeline, expect_error, png
 
 from glimpse3d.core.artifacts import FileArtifactStore
 from glimpse3d.core.config import ConfigError, ServerConfig
-from glimpse3d.core.rpc import create_server
 from glimpse3d.gateway import auth as auth_module
 from glimpse3d.gateway import cli
 from glimpse3d.gateway.app import GatewayApp
@@ -46,9 +46,9 @@ from glimpse3d.gateway.auth import (
     is_loopback,
 )
 from glimpse3d.gateway.config import GatewayConfig
-from glimpse3d.gateway.http import HttpContext, HttpServer, create_app
+from glimpse3d.gateway.http import HttpContext
 from glimpse3d.gateway.server import serve
-from glimpse3d.gateway.servicer import SERVICE_NAME, Glimpse3DServicer
+from glimpse3d.gateway.servicer import Glimpse3DServicer
 from glimpse3d.gateway.store import JobStore
 from glimpse3d.v1 import glimpse3d_pb2, glimpse3d_pb2_grpc
 
@@ -140,32 +140,13 @@ async def gateway(config: GatewayConfig, tickets: TicketSigner | None = None) ->
     app = GatewayApp(config, store, artifacts, TestPipeline(artifacts))
     await app.start()
     tickets = tickets or TicketSigner()
-    server, port = create_server(
-        [(glimpse3d_pb2_grpc.add_Glimpse3DServicer_to_server, Glimpse3DServicer(app, tickets))],
-        [SERVICE_NAME],
-        metrics_port=None,
-        interceptors=[AuthInterceptor(auth)] if auth is not None else [],
-    )
-    await server.start()
-    await server.set_serving()
     context = HttpContext(app, artifacts, heartbeat_s=0.2, auth=auth, tickets=tickets)
-    http = HttpServer(
-        create_app(context, web_dir=Path(config.db_path).parent / "no-web"),
-        "127.0.0.1",
-        0,
-        streams=context.streams,
-        grace_s=1.0,
-    )
-    http_port = await http.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}", timeout=TIMEOUT)
     try:
-        yield Env(app, glimpse3d_pb2_grpc.Glimpse3DStub(channel), channel, client, context, f"127.0.0.1:{port}")
+        async with gateway_listeners(Glimpse3DServicer(app, tickets), context,
+                                     Path(config.db_path).parent / "no-web", TIMEOUT,
+                                     [AuthInterceptor(auth)] if auth is not None else []) as listeners:
+            yield Env(app, listeners.stub, listeners.channel, listeners.http, context, listeners.grpc_addr)
     finally:
-        await client.aclose()
-        await channel.close()
-        await http.stop()
-        await server.stop(0)
         await app.close()
         store.close()
 

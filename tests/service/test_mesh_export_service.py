@@ -24,19 +24,20 @@ import httpx2 as httpx
 import numpy as np
 import pytest
 import trimesh
+from service_harness import gateway_listeners
 from trimesh.visual import TextureVisuals
 
 from glimpse3d.core import convert, synthetic
 from glimpse3d.core.artifacts import TENANT_METADATA_KEY, FileArtifactStore, tenant_scope
 from glimpse3d.core.formats import splat_to_ply_bytes
-from glimpse3d.core.rpc import create_server, error_from_rpc
+from glimpse3d.core.rpc import error_from_rpc
 from glimpse3d.core.service import ServiceSettings, running_in_process
 from glimpse3d.gateway.app import GatewayApp, ProgressReporter
 from glimpse3d.gateway.config import GatewayConfig
-from glimpse3d.gateway.http import HttpContext, HttpServer, create_app
+from glimpse3d.gateway.http import HttpContext
 from glimpse3d.gateway.jobs import Job, VersionResult
 from glimpse3d.gateway.pipeline import ServiceClients, ServicePipeline
-from glimpse3d.gateway.servicer import SERVICE_NAME, Glimpse3DServicer
+from glimpse3d.gateway.servicer import Glimpse3DServicer
 from glimpse3d.gateway.store import JobStore
 from glimpse3d.services.reconstruction import server as recon_server
 from glimpse3d.v1 import glimpse3d_pb2, glimpse3d_pb2_grpc, reconstruction_pb2, reconstruction_pb2_grpc
@@ -184,24 +185,13 @@ async def gateway(tmp_path: Path) -> AsyncIterator[Env]:
         app = GatewayApp(config, jobs, artifacts, pipeline)
         await app.start()
         http_base: list[str] = []
-        server, grpc_port = create_server(
-            [(glimpse3d_pb2_grpc.add_Glimpse3DServicer_to_server,
-              Glimpse3DServicer(app, http_base=lambda: http_base[0] if http_base else None))],
-            [SERVICE_NAME], metrics_port=None)
-        await server.start()
+        servicer = Glimpse3DServicer(app, http_base=lambda: http_base[0] if http_base else None)
         context = HttpContext(app, artifacts, heartbeat_s=0.2)
-        http = HttpServer(create_app(context, web_dir=tmp_path / "no-web"), "127.0.0.1", 0,
-                          streams=context.streams, grace_s=1.0)
-        http_base.append(f"http://127.0.0.1:{await http.start()}")
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}")
-        client = httpx.AsyncClient(base_url=http_base[0], timeout=TIMEOUT)
         try:
-            yield Env(app, pipeline, glimpse3d_pb2_grpc.Glimpse3DStub(channel), client, artifacts)
+            async with gateway_listeners(servicer, context, tmp_path / "no-web", TIMEOUT) as listeners:
+                http_base.append(listeners.http_base)
+                yield Env(app, pipeline, listeners.stub, listeners.http, artifacts)
         finally:
-            await client.aclose()
-            await channel.close()
-            await http.stop()
-            await server.stop(0)
             await app.close()
             await clients.close()
             jobs.close()

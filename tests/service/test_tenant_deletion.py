@@ -21,15 +21,15 @@ import grpc
 import httpx2 as httpx
 import pytest
 from s3_server import S3Server, s3_server_fixture  # noqa: F401  (registers the s3_server fixture)
+from service_harness import gateway_listeners
 from test_gateway_app import TestPipeline, expect_error, png
 
 from glimpse3d.core.artifacts import ArtifactStore, FileArtifactStore, S3ArtifactStore, tenant_scope
-from glimpse3d.core.rpc import create_server
 from glimpse3d.gateway.app import GatewayApp
 from glimpse3d.gateway.auth import AuthInterceptor, TicketSigner, authenticator_from_config, create_key
 from glimpse3d.gateway.config import GatewayConfig
-from glimpse3d.gateway.http import HttpContext, HttpServer, create_app
-from glimpse3d.gateway.servicer import SERVICE_NAME, Glimpse3DServicer
+from glimpse3d.gateway.http import HttpContext
+from glimpse3d.gateway.servicer import Glimpse3DServicer
 from glimpse3d.gateway.store import JobStore
 from glimpse3d.v1 import glimpse3d_pb2, glimpse3d_pb2_grpc
 
@@ -73,23 +73,12 @@ async def gateway(tmp_path: Path, artifacts: ArtifactStore) -> AsyncIterator[Env
     app = GatewayApp(config, store, artifacts, pipeline)
     await app.start()
     tickets = TicketSigner()
-    servicer = Glimpse3DServicer(app, tickets)
-    server, port = create_server([(glimpse3d_pb2_grpc.add_Glimpse3DServicer_to_server, servicer)],
-                                 [SERVICE_NAME], metrics_port=None, interceptors=[AuthInterceptor(auth)])
-    await server.start()
     context = HttpContext(app, artifacts, heartbeat_s=0.2, auth=auth, tickets=tickets)
-    http = HttpServer(create_app(context, web_dir=tmp_path / "no-web"), "127.0.0.1", 0, streams=context.streams,
-                      grace_s=1.0)
-    http_port = await http.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}", timeout=TIMEOUT)
     try:
-        yield Env(glimpse3d_pb2_grpc.Glimpse3DStub(channel), client, pipeline, artifacts, keys, keys_file)
+        async with gateway_listeners(Glimpse3DServicer(app, tickets), context, tmp_path / "no-web", TIMEOUT,
+                                     [AuthInterceptor(auth)]) as listeners:
+            yield Env(listeners.stub, listeners.http, pipeline, artifacts, keys, keys_file)
     finally:
-        await client.aclose()
-        await channel.close()
-        await http.stop()
-        await server.stop(0)
         await app.close()
         store.close()
 
