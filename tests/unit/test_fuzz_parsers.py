@@ -346,13 +346,13 @@ def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     return out
 
 
-@st.composite
-def glb_json_mutations(draw: st.DrawFn) -> bytes:
-    """A valid GLB whose JSON has 1..3 values replaced by arbitrary JSON or deleted: wrong types,
-    dangling indices, negative or huge offsets, counts and strides."""
-    doc, blob = _glb_parts(draw(st.sampled_from(GLB_SEEDS)))
+def _mutate_json(draw: st.DrawFn, doc: dict) -> None:
+    """Replace 1..3 of ``doc``'s values (any depth) by arbitrary JSON, or delete them from their object."""
     for _ in range(draw(st.integers(1, 3))):
-        path = draw(st.sampled_from(_paths(doc)))
+        paths = _paths(doc)
+        if not paths:
+            break
+        path = draw(st.sampled_from(paths))
         parent = doc
         for key in path[:-1]:
             parent = parent[key]
@@ -360,8 +360,14 @@ def glb_json_mutations(draw: st.DrawFn) -> bytes:
             del parent[path[-1]]
         else:
             parent[path[-1]] = draw(JSON_VALUES)
-        if not _paths(doc):
-            break
+
+
+@st.composite
+def glb_json_mutations(draw: st.DrawFn) -> bytes:
+    """A valid GLB whose JSON has 1..3 values replaced by arbitrary JSON or deleted: wrong types,
+    dangling indices, negative or huge offsets, counts and strides."""
+    doc, blob = _glb_parts(draw(st.sampled_from(GLB_SEEDS)))
+    _mutate_json(draw, doc)
     return _glb(doc, blob)
 
 
@@ -408,18 +414,7 @@ def sog_mutations(draw: st.DrawFn) -> bytes:
         members[name] = draw(mutated([members[name]]))
         return _sog(members)
     meta = json.loads(members["meta.json"])
-    for _ in range(draw(st.integers(1, 3))):
-        paths = _paths(meta)
-        if not paths:
-            break
-        path = draw(st.sampled_from(paths))
-        parent = meta
-        for key in path[:-1]:
-            parent = parent[key]
-        if draw(st.booleans()) and isinstance(parent, dict):
-            del parent[path[-1]]
-        else:
-            parent[path[-1]] = draw(JSON_VALUES)
+    _mutate_json(draw, meta)
     members["meta.json"] = json.dumps(meta).encode()
     return _sog(members)
 
