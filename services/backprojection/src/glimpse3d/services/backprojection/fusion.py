@@ -18,18 +18,26 @@ adds ``lambda_t / n_t [sum_p m_p rho(.) + sum_p k_p alpha_p]`` over its mask ``m
 weights ``k``, when set), normalised by its own object pixels.
 ``a_i`` is the anchor strength (mvcrm.py). Every update is scaled per Gaussian by ``step_scale``
 in [0, 1] (mvcrm.py), so the trust weights act on the result, not only on the gradient direction.
+
+How the gradient is computed (a step is two renders and this bookkeeping, 60 times a round, and at
+these sizes torch's per-operation cost dominates the bookkeeping): autograd differentiates only
+through the rasterizer. Each image term computes its gradient in the same pass as its value
+(``_ImageFit``); the anchor and normal terms add their closed-form gradients after the backward
+pass (``_add_closed_form_grads``, ``normals.smoothing_grad``). tests/unit/test_fusion_grads.py
+checks the sum against autograd of L written out in full. Adam runs fused (one kernel per group).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from glimpse3d.core.cameras import Camera
 from glimpse3d.core.cancel import check_cancelled
-from glimpse3d.core.render import GaussianTensors, rasterize
+from glimpse3d.core.render import GaussianTensors, RenderOutput, rasterize
 from glimpse3d.services.backprojection import normals as nrm
 
 CHARBONNIER_EPS = 1e-3
@@ -104,45 +112,61 @@ class _Params:
         leaves = self.leaves
         return GaussianTensors(means, leaves["quats"], leaves["log_scales"], leaves["opacity_logits"], sh)
 
-    def anchor_sq(self) -> Tensor:
-        """[N] squared distance ||theta_i - theta_i^0||^2 summed over the optimised groups."""
-        total = torch.zeros_like(self.leaves["opacity_logits"])
-        for name, t in self.leaves.items():
-            total = total + (t - self.start[name]).square().reshape(t.shape[0], -1).sum(dim=1)
-        return total
+
+class _ImageFit(torch.autograd.Function):
+    """sum_p w_p mean_c rho(rgb_p - view_p) [+ sum_p k_p alpha_p], its gradient computed in the same pass.
+
+    The same value as writing the expression out in torch, with one pass over the image instead of
+    autograd's eight (the fusion loop is bound by per-operation cost at these sizes).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, rgb: Tensor, alpha: Tensor, view: Tensor, weight: Tensor, carve: Tensor | None) -> Tensor:
+        d = rgb - view  # [H, W, 3]
+        r = torch.sqrt(d * d + CHARBONNIER_EPS**2)
+        w = weight[..., None] / 3.0  # channel mean
+        value = (w * (r - CHARBONNIER_EPS)).sum()
+        if carve is not None:
+            value = value + (carve * alpha).sum()
+        ctx.save_for_backward(w * d / r, carve)
+        return value
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        grad_rgb, carve = ctx.saved_tensors
+        return grad * grad_rgb, None if carve is None else grad * carve, None, None, None
 
 
-def charbonnier(diff: Tensor) -> Tensor:
-    return torch.sqrt(diff * diff + CHARBONNIER_EPS**2) - CHARBONNIER_EPS
-
-
-def _normal_loss(p: _Params, terms: NormalTerms) -> Tensor:
-    quats = p.leaves["quats"].index_select(0, terms.active)  # [A, 4] (deterministic backward, see normals.py)
-    n = nrm.gaussian_normals(quats, p.leaves["log_scales"].index_select(0, terms.active))  # [A, 3]
-    loss = nrm.neighbour_loss(n, terms.neighbours, terms.flat)
-    w = terms.flat * terms.target_valid  # [A]
-    if bool(w.sum() > 0):
-        d = nrm.unoriented_disagreement(n, terms.target)  # [A]
-        loss = loss + (w * d).sum() / w.sum()
-    return terms.weight * loss
+def _image_fit(out: RenderOutput, view: Tensor, weight: Tensor, carve: Tensor | None) -> Tensor:
+    return _ImageFit.apply(out.rgb, out.alpha, view, weight, carve)
 
 
 def _loss(p: _Params, prob: FusionProblem) -> Tensor:
-    out = rasterize(p.gaussians(), prob.camera, background=prob.background)
-    photo = (prob.pixel_weight[..., None] * charbonnier(out.rgb - prob.view)).sum() / 3.0  # channel mean
-    if prob.carve is not None:
-        photo = photo + (prob.carve * out.alpha).sum()
-    loss = (photo + (prob.anchor * p.anchor_sq()).sum()) / prob.normaliser
-    if prob.normals is not None and prob.normals.weight > 0 and prob.normals.active.numel() > 0:
-        loss = loss + _normal_loss(p, prob.normals)
+    """The rendered terms of L (the photometric and carving terms of the view and the trusted views)."""
+    g = p.gaussians()
+    out = rasterize(g, prob.camera, background=prob.background)
+    loss = _image_fit(out, prob.view, prob.pixel_weight, prob.carve) / prob.normaliser
     for term in prob.trusted:
         if term.weight > 0:
-            seen = rasterize(p.gaussians(), term.camera, background=term.background)
-            fit = (term.pixel_weight[..., None] * charbonnier(seen.rgb - term.view)).sum() / 3.0
-            if term.carve is not None:
-                fit = fit + (term.carve * seen.alpha).sum()
-            loss = loss + term.weight * fit / term.normaliser
+            seen = rasterize(g, term.camera, background=term.background)
+            loss = loss + term.weight * _image_fit(seen, term.view, term.pixel_weight, term.carve) / term.normaliser
     return loss
+
+
+def _add_closed_form_grads(p: _Params, prob: FusionProblem, anchor: dict[str, Tensor],
+                           smoothing: nrm.Smoothing | None) -> None:
+    """Add the gradients of the anchor and normal terms of L, whose derivatives are written out here."""
+    with torch.no_grad():
+        for name, t in p.leaves.items():  # d/d theta of a_i ||theta_i - theta_i^0||^2 / n
+            g = anchor[name] * (t - p.start[name])
+            t.grad = g if t.grad is None else t.grad.add_(g)
+        if smoothing is not None and prob.normals is not None:
+            active = prob.normals.active
+            q = p.leaves["quats"]
+            log_scales = p.leaves["log_scales"].index_select(0, active)
+            g_q = nrm.smoothing_grad(q.index_select(0, active), log_scales, smoothing)
+            assert q.grad is not None
+            q.grad.index_add_(0, active, prob.normals.weight * g_q)
 
 
 def fuse(g0: GaussianTensors, prob: FusionProblem, steps: int, learning_rate: float) -> GaussianTensors:
@@ -152,18 +176,25 @@ def fuse(g0: GaussianTensors, prob: FusionProblem, steps: int, learning_rate: fl
     assert prob.view.shape[:2] == prob.pixel_weight.shape == (prob.camera.height, prob.camera.width)
     p = _Params(g0)
     groups = [{"params": [t], "lr": learning_rate * _LR_FACTORS[name]} for name, t in p.leaves.items()]
-    opt = torch.optim.Adam(groups)
+    opt = torch.optim.Adam(groups, fused=True)
+    shape = {name: (-1, *([1] * (t.ndim - 1))) for name, t in p.leaves.items()}
+    scale = {name: prob.step_scale.reshape(shape[name]) for name in p.leaves}
+    anchor = {name: (2.0 / prob.normaliser * prob.anchor).reshape(shape[name]) for name in p.leaves}
+    terms = prob.normals
+    smoothing = None
+    if terms is not None and terms.weight > 0 and terms.active.numel() > 0:
+        smoothing = nrm.smoothing(terms.neighbours, terms.flat, terms.target, terms.target_valid)
     for _ in range(steps):
         check_cancelled()  # a cancelled call stops here instead of fusing on
         opt.zero_grad(set_to_none=True)
         with torch.enable_grad():  # also when the caller runs under torch.no_grad()
             _loss(p, prob).backward()
+        _add_closed_form_grads(p, prob, anchor, smoothing)
         before = {name: t.detach().clone() for name, t in p.leaves.items()}
         opt.step()
         with torch.no_grad():
-            for name, t in p.leaves.items():
-                scale = prob.step_scale.reshape(-1, *([1] * (t.ndim - 1)))
-                t.copy_(before[name] + scale * (t - before[name]))
+            for name, t in p.leaves.items():  # theta <- before + s_i (adam(theta) - before)
+                t.sub_(before[name]).mul_(scale[name]).add_(before[name])
             off = p.leaves["offset"]
             off.mul_(MAX_OFFSET / off.norm(dim=1, keepdim=True).clamp(min=MAX_OFFSET))
     with torch.no_grad():

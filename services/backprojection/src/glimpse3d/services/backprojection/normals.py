@@ -118,3 +118,70 @@ def depth_normals(depth: Tensor, alpha: Tensor, rays: Tensor, cam_to_world_rot: 
         jump_v = (z[2:, 1:-1] - z[:-2, 1:-1]).abs() / z[1:-1, 1:-1].clamp(min=1e-6)
         valid[1:-1, 1:-1] = inner & (jump_u < 2 * _EDGE_JUMP) & (jump_v < 2 * _EDGE_JUMP)
     return normals @ cam_to_world_rot.T, valid
+
+
+
+class Smoothing(NamedTuple):
+    """The normal smoothing loss of a round with its constant weights precomputed (see ``smoothing_grad``)."""
+
+    neighbours: Tensor  # [M, k] neighbour rows
+    pair_weight: Tensor  # [M, k] w_i w_j, 0 where the neighbour is missing, divided by its sum
+    target: Tensor  # [M, 3] depth normals
+    target_weight: Tensor  # [M] w_i where the depth normal is valid, divided by its sum (all 0 when none)
+
+
+def smoothing(neighbours: Neighbours, weight: Tensor, target: Tensor, target_valid: Tensor) -> Smoothing:
+    """Set up ``neighbour_loss(n, neighbours, weight) + mean_w (1 - |n . target|)`` for ``smoothing_grad``."""
+    m, k = neighbours.index.shape
+    pair_w = weight[:, None] * weight.index_select(0, neighbours.index.reshape(-1)).view(m, k) * neighbours.valid
+    tw = weight * target_valid
+    tw_sum = tw.sum()
+    return Smoothing(
+        neighbours=neighbours.index,
+        pair_weight=pair_w / pair_w.sum().clamp(min=1e-8),
+        target=target,
+        target_weight=tw / tw_sum if bool(tw_sum > 0) else torch.zeros_like(tw),
+    )
+
+
+@torch.no_grad()
+def smoothing_grad(quats: Tensor, log_scales: Tensor, terms: Smoothing) -> Tensor:
+    """[M, 4] gradient in ``quats`` of the smoothing loss of ``gaussian_normals(quats, log_scales)``.
+
+    The same loss as ``neighbour_loss`` plus the depth-normal disagreement, differentiated by hand:
+    fusion needs only the gradient, and autograd's graph of these small per-Gaussian operations cost
+    more than the rest of a fusion step's bookkeeping together. Vectors are held component-major
+    ([3, M]) so that every operation runs over contiguous rows. |x| has gradient sign(x), 0 at 0, as
+    in autograd. Checked against autograd in the tests.
+    """
+    m = quats.shape[0]
+    norm = quats.norm(dim=1).clamp(min=1e-12)  # [M] (F.normalize's eps)
+    w, x, y, z = (quats / norm[:, None]).T.contiguous()  # each [M], the unit quaternion
+    axis = torch.argmin(log_scales, dim=1)  # [M] the normal is this column of R
+    cols = (
+        (1 - 2 * (y * y + z * z), 2 * (x * y + w * z), 2 * (x * z - w * y)),
+        (2 * (x * y - w * z), 1 - 2 * (x * x + z * z), 2 * (y * z + w * x)),
+        (2 * (x * z + w * y), 2 * (y * z - w * x), 1 - 2 * (x * x + y * y)),
+    )
+    is_col = [axis == c for c in range(3)]
+    rows = zip(*cols, strict=True)  # (R[r, 0], R[r, 1], R[r, 2]) for r = 0, 1, 2
+    n = torch.stack([torch.where(is_col[0], c0, torch.where(is_col[1], c1, c2)) for c0, c1, c2 in rows])
+    # d loss / d n [3, M]: the pair term from both ends of each pair, then the depth-normal term.
+    flat = terms.neighbours.reshape(-1)  # [M k]
+    k = terms.neighbours.shape[1]
+    nb = n.index_select(1, flat).view(3, m, k)  # [3, M, k]
+    coef = -terms.pair_weight * torch.sign((n[:, :, None] * nb).sum(dim=0))  # [M, k]
+    g_n = (coef * nb).sum(dim=2)  # [3, M] as the first of each pair
+    g_n.index_add_(1, flat, (coef * n[:, :, None]).view(3, m * k))  # as the second
+    target = terms.target.T  # [3, M]
+    g_n -= (terms.target_weight * torch.sign((n * target).sum(dim=0))) * target
+    # Through the column of R (entries R[r, c] of G = d loss / d R are g_n[r] in column ``axis``) ...
+    g = [[torch.where(is_col[c], g_n[r], 0.0) for c in range(3)] for r in range(3)]  # g[r][c]
+    gw = 2 * (z * (g[1][0] - g[0][1]) + y * (g[0][2] - g[2][0]) + x * (g[2][1] - g[1][2]))
+    gx = 2 * (y * (g[0][1] + g[1][0]) + z * (g[0][2] + g[2][0]) + w * (g[2][1] - g[1][2]) - 2 * x * (g[1][1] + g[2][2]))
+    gy = 2 * (x * (g[0][1] + g[1][0]) + z * (g[1][2] + g[2][1]) + w * (g[0][2] - g[2][0]) - 2 * y * (g[0][0] + g[2][2]))
+    gz = 2 * (x * (g[0][2] + g[2][0]) + y * (g[1][2] + g[2][1]) + w * (g[1][0] - g[0][1]) - 2 * z * (g[0][0] + g[1][1]))
+    g_q = torch.stack([gw, gx, gy, gz], dim=1)  # [M, 4] in the unit quaternion
+    q = torch.stack([w, x, y, z], dim=1)
+    # ... and the normalisation: drop the radial part, divide by |q|.
+    return (g_q - q * (q * g_q).sum(dim=1, keepdim=True)) / norm[:, None]
