@@ -520,3 +520,45 @@ def test_bad_gaussians_and_camera_name_the_field():
     with pytest.raises(InvalidInput) as err:
         rasterize([1, 2, 3], camera)
     assert err.value.field == "gaussians"
+
+
+# ------------------------------------------------------------------------------ resolving the sums
+
+
+def _resolve_by_autograd(sums, background):
+    """render()'s last step as plain expressions, for autograd to differentiate."""
+    alpha = sums[..., 4]
+    rgb = sums[..., :3] + (1.0 - alpha)[..., None] * background
+    covered = alpha > _torch_raster.MIN_DEPTH_ALPHA
+    depth = torch.where(covered, sums[..., 3] / torch.where(covered, alpha, 1.0), 0.0)
+    return rgb, depth, alpha
+
+
+@pytest.mark.parametrize("used", [("rgb",), ("alpha",), ("depth",), ("rgb", "depth", "alpha")])
+def test_the_resolve_step_has_the_gradients_of_its_expressions(used):
+    """_Resolve (one backward pass filling the sums' gradient) against autograd of the expressions, with
+    uncovered pixels (alpha 0) among them and a background that takes a gradient."""
+    gen = torch.Generator().manual_seed(len(used))
+    sums = torch.rand(9, 7, 5, generator=gen, dtype=torch.float64)
+    sums[2:4, 1:5] = 0.0  # no Gaussian reached these pixels: depth 0 and no depth gradient
+    upstream = {"rgb": torch.randn(9, 7, 3, generator=gen, dtype=torch.float64),
+                "depth": torch.randn(9, 7, generator=gen, dtype=torch.float64),
+                "alpha": torch.randn(9, 7, generator=gen, dtype=torch.float64)}
+    grads = []
+    for fn in (_torch_raster._Resolve.apply, _resolve_by_autograd):
+        s = sums.clone().requires_grad_(True)
+        bg = torch.tensor([0.2, 0.5, 0.9], dtype=torch.float64, requires_grad=True)
+        outs = dict(zip(("rgb", "depth", "alpha"), fn(s, bg), strict=True))
+        sum(float(0) + (outs[k] * upstream[k]).sum() for k in used).backward()
+        grads.append((s.grad, bg.grad))
+        values = outs
+    expected = _resolve_by_autograd(sums, torch.tensor([0.2, 0.5, 0.9], dtype=torch.float64))
+    for got, want in zip(values.values(), expected, strict=True):
+        torch.testing.assert_close(got.detach(), want, rtol=0, atol=0)
+    (got_s, got_bg), (want_s, want_bg) = grads
+    assert want_s.abs().max() > 0
+    torch.testing.assert_close(got_s, want_s, rtol=1e-12, atol=1e-12)
+    if "rgb" in used:
+        torch.testing.assert_close(got_bg, want_bg, rtol=1e-12, atol=1e-12)
+    else:
+        assert got_bg is None or float(got_bg.abs().max()) == 0.0

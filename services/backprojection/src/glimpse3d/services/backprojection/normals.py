@@ -144,44 +144,45 @@ def smoothing(neighbours: Neighbours, weight: Tensor, target: Tensor, target_val
     )
 
 
+# Column c of R(q) is column 0 of R for the quaternion with its vector part's axes cycled c times,
+# with the column's components cycled back: R(w, x, y, z) e_1 = C R(w, y, z, x) e_0, C (a, b, c) = (c, a, b).
+# So every normal is column 0 of a permuted quaternion, one formula for all three axes.
+_QUAT_ORDER = torch.tensor([[0, 1, 2, 3], [0, 2, 3, 1], [0, 3, 1, 2]])  # q' = q[order[c]]
+_QUAT_BACK = torch.argsort(_QUAT_ORDER, dim=1)  # q = q'[back[c]]
+_COLUMN_ORDER = torch.tensor([[0, 1, 2], [2, 0, 1], [1, 2, 0]])  # n = col0(q')[order[c]]
+_COLUMN_BACK = torch.argsort(_COLUMN_ORDER, dim=1)
+
+
 @torch.no_grad()
 def smoothing_grad(quats: Tensor, log_scales: Tensor, terms: Smoothing) -> Tensor:
     """[M, 4] gradient in ``quats`` of the smoothing loss of ``gaussian_normals(quats, log_scales)``.
 
     The same loss as ``neighbour_loss`` plus the depth-normal disagreement, differentiated by hand:
     fusion needs only the gradient, and autograd's graph of these small per-Gaussian operations cost
-    more than the rest of a fusion step's bookkeeping together. Vectors are held component-major
-    ([3, M]) so that every operation runs over contiguous rows. |x| has gradient sign(x), 0 at 0, as
+    more than the rest of a fusion step's bookkeeping together. |x| has gradient sign(x), 0 at 0, as
     in autograd. Checked against autograd in the tests.
     """
     m = quats.shape[0]
-    norm = quats.norm(dim=1).clamp(min=1e-12)  # [M] (F.normalize's eps)
-    w, x, y, z = (quats / norm[:, None]).T.contiguous()  # each [M], the unit quaternion
+    norm = quats.norm(dim=1, keepdim=True).clamp(min=1e-12)  # [M, 1] (F.normalize's eps)
     axis = torch.argmin(log_scales, dim=1)  # [M] the normal is this column of R
-    cols = (
-        (1 - 2 * (y * y + z * z), 2 * (x * y + w * z), 2 * (x * z - w * y)),
-        (2 * (x * y - w * z), 1 - 2 * (x * x + z * z), 2 * (y * z + w * x)),
-        (2 * (x * z + w * y), 2 * (y * z - w * x), 1 - 2 * (x * x + y * y)),
-    )
-    is_col = [axis == c for c in range(3)]
-    rows = zip(*cols, strict=True)  # (R[r, 0], R[r, 1], R[r, 2]) for r = 0, 1, 2
-    n = torch.stack([torch.where(is_col[0], c0, torch.where(is_col[1], c1, c2)) for c0, c1, c2 in rows])
+    quat_order = _QUAT_ORDER.to(quats.device).index_select(0, axis)  # [M, 4]
+    w, x, y, z = (quats / norm).gather(1, quat_order).T.contiguous()  # each [M]: the unit quaternion, permuted
+    col = torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y + w * z), 2 * (x * z - w * y)])  # [3, M] column 0
+    n = col.gather(0, _COLUMN_ORDER.to(quats.device).index_select(0, axis).T)  # [3, M] the normals
     # d loss / d n [3, M]: the pair term from both ends of each pair, then the depth-normal term.
     flat = terms.neighbours.reshape(-1)  # [M k]
     k = terms.neighbours.shape[1]
     nb = n.index_select(1, flat).view(3, m, k)  # [3, M, k]
-    coef = -terms.pair_weight * torch.sign((n[:, :, None] * nb).sum(dim=0))  # [M, k]
+    coef = terms.pair_weight * torch.sign((n[:, :, None] * nb).sum(dim=0))  # [M, k], the gradient's negative
     g_n = (coef * nb).sum(dim=2)  # [3, M] as the first of each pair
     g_n.index_add_(1, flat, (coef * n[:, :, None]).view(3, m * k))  # as the second
     target = terms.target.T  # [3, M]
-    g_n -= (terms.target_weight * torch.sign((n * target).sum(dim=0))) * target
-    # Through the column of R (entries R[r, c] of G = d loss / d R are g_n[r] in column ``axis``) ...
-    g = [[torch.where(is_col[c], g_n[r], 0.0) for c in range(3)] for r in range(3)]  # g[r][c]
-    gw = 2 * (z * (g[1][0] - g[0][1]) + y * (g[0][2] - g[2][0]) + x * (g[2][1] - g[1][2]))
-    gx = 2 * (y * (g[0][1] + g[1][0]) + z * (g[0][2] + g[2][0]) + w * (g[2][1] - g[1][2]) - 2 * x * (g[1][1] + g[2][2]))
-    gy = 2 * (x * (g[0][1] + g[1][0]) + z * (g[1][2] + g[2][1]) + w * (g[0][2] - g[2][0]) - 2 * y * (g[0][0] + g[2][2]))
-    gz = 2 * (x * (g[0][2] + g[2][0]) + y * (g[1][2] + g[2][1]) + w * (g[1][0] - g[0][1]) - 2 * z * (g[0][0] + g[1][1]))
-    g_q = torch.stack([gw, gx, gy, gz], dim=1)  # [M, 4] in the unit quaternion
-    q = torch.stack([w, x, y, z], dim=1)
+    g_n.addcmul_(terms.target_weight * torch.sign((n * target).sum(dim=0)), target)
+    # Back through column 0 of R(q') and the permutations ...
+    ga, gb, gc = g_n.neg_().gather(0, _COLUMN_BACK.to(quats.device).index_select(0, axis).T)  # each [M]
+    g_q = 2 * torch.stack([z * gb - y * gc, y * gb + z * gc, x * gb - w * gc - 2 * y * ga,
+                           w * gb + x * gc - 2 * z * ga], dim=1)  # [M, 4] in q'
+    g_q = g_q.gather(1, _QUAT_BACK.to(quats.device).index_select(0, axis))  # in the unit quaternion
+    q = quats / norm
     # ... and the normalisation: drop the radial part, divide by |q|.
-    return (g_q - q * (q * g_q).sum(dim=1, keepdim=True)) / norm[:, None]
+    return (g_q - q * (q * g_q).sum(dim=1, keepdim=True)) / norm
