@@ -549,7 +549,7 @@ def test_the_resolve_step_has_the_gradients_of_its_expressions(used):
         s = sums.clone().requires_grad_(True)
         bg = torch.tensor([0.2, 0.5, 0.9], dtype=torch.float64, requires_grad=True)
         outs = dict(zip(("rgb", "depth", "alpha"), fn(s, bg), strict=True))
-        sum(float(0) + (outs[k] * upstream[k]).sum() for k in used).backward()
+        torch.stack([(outs[k] * upstream[k]).sum() for k in used]).sum().backward()
         grads.append((s.grad, bg.grad))
         values = outs
     expected = _resolve_by_autograd(sums, torch.tensor([0.2, 0.5, 0.9], dtype=torch.float64))
