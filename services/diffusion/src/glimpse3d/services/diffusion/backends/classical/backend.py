@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import Field
 
 from glimpse3d.core.backend import BackendOptions
+from glimpse3d.core.images import decode_image, encode_png
 from glimpse3d.services.diffusion.api import DiffusionBackend, EnhanceRequest
 from glimpse3d.services.diffusion.colour import lab_to_rgb, prepare_reference, rgb_to_lab, transfer_to_photo
 
@@ -197,6 +198,17 @@ class ClassicalDiffusionBackend(DiffusionBackend):
     name = "classical"
     Options = ClassicalOptions
     options: ClassicalOptions
+
+    def _load(self) -> None:
+        """Nothing to download; one enhancement of a small synthetic view (with a reference and its
+        PNG round trip) pays OpenCV's and Pillow's first-use costs here, not in the first request
+        (measured: the first round's Enhance call took 157 ms against 51 ms for the next)."""
+        rng = np.random.default_rng(0)
+        view = (rng.random((48, 48, 3)) * 255).astype(np.uint8)
+        reference = decode_image(encode_png(np.roll(view, 5, axis=1)))
+        alpha = np.zeros((48, 48), np.float32)
+        alpha[8:40, 8:40] = 1.0
+        encode_png(enhance_view(EnhanceRequest(view, alpha * 2.0, alpha, reference, "", 0.5, 10, 5.0, 0)))
 
     def _describe_loaded(self) -> dict[str, Any]:
         return {"opencv": cv2.__version__}
