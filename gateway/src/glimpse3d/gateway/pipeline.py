@@ -518,7 +518,8 @@ class ServicePipeline:
         extra_depth = await self._depth(extra)
         await report(Stage.REFINE, 0.2, f"finding where {field} was taken from")
         splat = convert.artifact_to_proto(latest.splat)
-        pose = backprojection_pb2.PoseRequest(splat=splat, image=extra, mask=extra_depth.mask, field=field)
+        pose = backprojection_pb2.PoseRequest(splat=splat, image=extra, mask=extra_depth.mask, field=field,
+                                              known_mask=photo_depth.mask, known_camera=photo_depth.camera)
         if spec.hint_azimuth_deg is not None:
             pose.azimuth_deg = spec.hint_azimuth_deg
         if spec.hint_elevation_deg is not None:
