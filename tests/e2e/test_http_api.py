@@ -607,7 +607,8 @@ def test_embedded_stream_has_heartbeats_and_stopping_ends_it(embedded):
     port = embedded.loop.run(second.start())
     seen: list[str] = []
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60.0) as client:
-        job = create(client, display_name="stream")
+        # long enough (seconds) to outlast several 0.2 s heartbeats: a bare 64 px job can finish first
+        job = create(client, display_name="stream", novel_views=2, enhance_rounds=2)
         assert job.status_code == 201, job.text
         try:
             with client.stream("GET", f"{API}/jobs/{job.json()['id']}/events") as resp:
