@@ -178,7 +178,7 @@ def test_backprojection_refine(store, scene):
 def test_backprojection_pose_calibrated_at_a_known_view(store, scene):
     """Pose over gRPC, with mattes one pixel narrower than the splat's outline (as a real matte is against
     a splat whose Gaussians reach past the surface): uncalibrated the camera steps back about 3 %; with
-    the known view (the input photo's matte and camera) it lands within 1 % of the true distance."""
+    the known view (the input photo's matte and camera) the distance is calibrated to within 1 %."""
     splat, camera, _ = scene
     true = orbit_camera(40.0, 10.0, 2.7, width=SIZE, height=SIZE)
     rgba = render_image(splat, true, background=(0.9, 0.9, 0.9), rgba=True)

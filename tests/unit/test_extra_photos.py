@@ -14,7 +14,7 @@ from glimpse3d.research.coarse import Stages
 from glimpse3d.research.extra import extra_photo_gain, extra_view, surface_splat
 from glimpse3d.research.groundtruth import ground_truth
 from glimpse3d.research.objects import load_object
-from glimpse3d.services.backprojection.pose import OrbitPose, PoseHint, find_pose, silhouette_rim, widened
+from glimpse3d.services.backprojection.pose import KnownView, OrbitPose, PoseHint, find_pose, silhouette_scale
 
 SIDE = 96  # the pose tests (the ray-cast photo's silhouette is about a pixel narrower than the splat's)
 FUSION_SIDE = 64
@@ -49,34 +49,40 @@ def test_a_ground_truth_view_is_posed_from_a_hint_30_degrees_off(cache, stages, 
     splat = surface_splat(gt.obj)
     # The splat's silhouette is about a pixel wider than the ray-cast photo's object; uncalibrated, the
     # distance absorbs it (4-6 % at 96 px). Measured at the input photo, whose camera is known:
-    rim = silhouette_rim(splat, gt.input.camera, stages.depth.estimate(gt.input.rgb_uint8, gt.input.camera).mask)
-    assert 0.5 < rim < 2.0, rim
-    found = find_pose(splat, view.rgb_uint8, matte, PoseHint(*hint), rim_px=rim)
+    known = KnownView(gt.input.camera, stages.depth.estimate(gt.input.rgb_uint8, gt.input.camera).mask)
+    assert 1.03 < silhouette_scale(splat, known.camera, known.matte) < 1.2
+    found = find_pose(splat, view.rgb_uint8, matte, PoseHint(*hint), known=known)
     daz, delev, ddist = _errors(found, azimuth, elevation)
     assert daz < 5.0 and delev < 5.0, (daz, delev)
-    assert ddist < 0.02, ddist  # the target; measured 0.3 % (head) and 1.0 % (checker box)
+    assert ddist < 0.02, ddist  # the target; measured 0.9 % (head) and 0.1 % (checker box)
     assert found.iou > 0.9
 
 
-def test_the_outline_is_widened_by_the_rim_and_the_rim_is_measured_in_pixels() -> None:
-    yy, xx = np.mgrid[0:64, 0:64] + 0.5
-    disk = ((xx - 32) ** 2 + (yy - 32) ** 2 < 15.0**2).astype(np.float32)
-    previous = 0.0
-    for rim in (-2.0, -1.0, 1.0, 2.5):  # the ring added (removed) is that of a disk of radius 15 + rim
-        ring = float(widened(disk, rim).sum() - disk.sum())
-        assert abs(ring - np.pi * ((15.0 + rim) ** 2 - 15.0**2)) < 0.15 * abs(np.pi * ((15.0 + rim) ** 2 - 15.0**2))
-        assert ring > previous or rim < 0
-        previous = ring
-    np.testing.assert_array_equal(widened(disk, 0.0), disk)
-    # a splat against its own silhouette, then against that silhouette one pixel narrower
+def test_the_silhouette_scale_is_measured_where_the_camera_is_known() -> None:
     splat = surface_splat(ground_truth("head", SIDE).obj)
     cam = orbit_camera(30.0, 10.0, 2.7, width=SIDE, height=SIDE, fov_y_deg=40.0)
     own = rasterize(splat, cam).alpha.numpy() > 0.5
-    assert abs(silhouette_rim(splat, cam, own)) < 0.05
-    narrower = binary_erosion(own)  # every outline pixel removed: about one pixel narrower
-    assert 0.8 < silhouette_rim(splat, cam, narrower) < 1.3
+    assert silhouette_scale(splat, cam, own) == 1.0
+    narrower = binary_erosion(own)  # every outline pixel removed
+    assert silhouette_scale(splat, cam, narrower) == pytest.approx(own.sum() / narrower.sum())
     with pytest.raises(InvalidInput, match="known view's matte"):
-        silhouette_rim(splat, cam, own[:-1])
+        silhouette_scale(splat, cam, own[:-1])
+    with pytest.raises(InvalidInput, match="empty"):
+        silhouette_scale(splat, cam, np.zeros_like(own))
+
+
+def test_a_known_view_that_cannot_calibrate_is_ignored_and_a_misshapen_one_refused(cache) -> None:
+    splat = surface_splat(ground_truth("head", SIDE).obj)
+    cam = orbit_camera(0.0, 0.0, 2.7, width=SIDE, height=SIDE, fov_y_deg=40.0)
+    out = rasterize(splat, orbit_camera(150.0, 15.0, 2.7, width=SIDE, height=SIDE, fov_y_deg=40.0))
+    photo = np.round(np.clip(out.rgb.numpy(), 0, 1) * 255).astype(np.uint8)
+    plain = find_pose(splat, photo, out.alpha.numpy(), PoseHint(150.0, 15.0))
+    full = find_pose(splat, photo, out.alpha.numpy(), PoseHint(150.0, 15.0),
+                     known=KnownView(cam, np.ones((SIDE, SIDE), np.float32)))  # a matte of the whole image
+    assert full.pose == plain.pose
+    with pytest.raises(InvalidInput) as err:
+        find_pose(splat, photo, out.alpha.numpy(), PoseHint(150.0, 15.0), known=KnownView(cam, np.ones((8, 8))))
+    assert err.value.field == "known_mask"
 
 
 def test_a_photo_the_splat_explains_is_posed_within_2_percent_of_its_distance(cache):

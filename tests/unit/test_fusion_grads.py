@@ -135,10 +135,7 @@ def test_fusion_gradients_equal_autograd_of_the_whole_loss() -> None:
             got.leaves[name].add_(step)
     written_out_loss(expected, prob).backward()
     fusion._loss(got, prob).backward()
-    anchor = {name: (2.0 / prob.normaliser * prob.anchor).reshape(-1, *([1] * (t.ndim - 1)))
-              for name, t in got.leaves.items()}
-    smoothing = nrm.smoothing(terms.neighbours, terms.flat, terms.target, terms.target_valid)
-    fusion._add_closed_form_grads(got, prob, anchor, smoothing)
+    fusion._add_closed_form_grads(got, prob, fusion._closed_form(got, prob))  # fuse's own set-up
     for name, t in expected.leaves.items():
         assert t.grad is not None and got.leaves[name].grad is not None
         assert t.grad.abs().max() > 0, name

@@ -28,7 +28,7 @@ from glimpse3d.research.objects import BenchmarkObject
 from glimpse3d.research.rounds import photo_confidence
 from glimpse3d.services.backprojection.api import RefineOptions, TrustedView
 from glimpse3d.services.backprojection.mvcrm import refine
-from glimpse3d.services.backprojection.pose import OrbitPose, PoseHint, PoseResult, find_pose, silhouette_rim
+from glimpse3d.services.backprojection.pose import KnownView, OrbitPose, PoseHint, PoseResult, find_pose
 
 SURFACE_OPACITY = 0.95
 
@@ -99,9 +99,8 @@ def extra_photo_gain(gt: GroundTruth, stages: Stages, azimuth_deg: float = 180.0
     if hint_offset_deg is None:
         pose = PoseResult(OrbitPose(azimuth_deg, elevation_deg), view.camera, float("nan"), float("nan"))
     else:
-        rim = silhouette_rim(splat, gt.input.camera, matte)  # calibrated at the input photo, as the gateway does
         pose = find_pose(splat, photo, est.mask, PoseHint(azimuth_deg + hint_offset_deg, elevation_deg),
-                         field="extra_photos[0]", rim_px=rim * photo.shape[0] / gt.input.camera.height)
+                         field="extra_photos[0]", known=KnownView(gt.input.camera, matte))  # as the gateway does
     fused = fuse_extra_photo(splat, confidence, photo, est.mask, pose.camera, stages,
                              TrustedView(gt.input.rgb_uint8, gt.input.camera, matte), seed)
     extra = heldout_psnr(render_heldout(stages, fused, gt), gt)["psnr_mask_db"]

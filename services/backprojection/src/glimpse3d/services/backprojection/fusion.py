@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from glimpse3d.core.cameras import Camera
 from glimpse3d.core.cancel import check_cancelled
@@ -132,6 +133,7 @@ class _ImageFit(torch.autograd.Function):
         return value
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         grad_rgb, carve = ctx.saved_tensors
         return grad * grad_rgb, None if carve is None else grad * carve, None, None, None
@@ -153,20 +155,37 @@ def _loss(p: _Params, prob: FusionProblem) -> Tensor:
     return loss
 
 
-def _add_closed_form_grads(p: _Params, prob: FusionProblem, anchor: dict[str, Tensor],
-                           smoothing: nrm.Smoothing | None) -> None:
+@dataclass(frozen=True)
+class _ClosedForm:
+    """The anchor and normal terms of L, set up once per round for ``_add_closed_form_grads``."""
+
+    anchor: dict[str, Tensor]  # per group: 2 a_i / n, shaped to broadcast over the group's rows
+    smoothing: nrm.Smoothing | None
+
+
+def _closed_form(p: _Params, prob: FusionProblem) -> _ClosedForm:
+    anchor = {name: (2.0 / prob.normaliser * prob.anchor).to(t.dtype).reshape(-1, *([1] * (t.ndim - 1)))
+              for name, t in p.leaves.items()}
+    terms = prob.normals
+    smoothing = None
+    if terms is not None and terms.weight > 0 and terms.active.numel() > 0:
+        smoothing = nrm.smoothing(terms.neighbours, terms.flat, terms.target, terms.target_valid)
+    return _ClosedForm(anchor, smoothing)
+
+
+def _add_closed_form_grads(p: _Params, prob: FusionProblem, closed: _ClosedForm) -> None:
     """Add the gradients of the anchor and normal terms of L, whose derivatives are written out here."""
     with torch.no_grad():
         for name, t in p.leaves.items():  # d/d theta of a_i ||theta_i - theta_i^0||^2 / n
-            g = anchor[name] * (t - p.start[name])
+            g = closed.anchor[name] * (t - p.start[name])
             t.grad = g if t.grad is None else t.grad.add_(g)
-        if smoothing is not None and prob.normals is not None:
+        if closed.smoothing is not None and prob.normals is not None:
             active = prob.normals.active
             q = p.leaves["quats"]
             log_scales = p.leaves["log_scales"].index_select(0, active)
-            g_q = nrm.smoothing_grad(q.index_select(0, active), log_scales, smoothing)
+            g_q = nrm.smoothing_grad(q.index_select(0, active), log_scales, closed.smoothing)
             assert q.grad is not None
-            q.grad.index_add_(0, active, prob.normals.weight * g_q)
+            q.grad.index_add_(0, active, (prob.normals.weight * g_q).to(q.grad.dtype))
 
 
 def fuse(g0: GaussianTensors, prob: FusionProblem, steps: int, learning_rate: float) -> GaussianTensors:
@@ -177,19 +196,14 @@ def fuse(g0: GaussianTensors, prob: FusionProblem, steps: int, learning_rate: fl
     p = _Params(g0)
     groups = [{"params": [t], "lr": learning_rate * _LR_FACTORS[name]} for name, t in p.leaves.items()]
     opt = torch.optim.Adam(groups, fused=True)
-    shape = {name: (-1, *([1] * (t.ndim - 1))) for name, t in p.leaves.items()}
-    scale = {name: prob.step_scale.reshape(shape[name]) for name in p.leaves}
-    anchor = {name: (2.0 / prob.normaliser * prob.anchor).reshape(shape[name]) for name in p.leaves}
-    terms = prob.normals
-    smoothing = None
-    if terms is not None and terms.weight > 0 and terms.active.numel() > 0:
-        smoothing = nrm.smoothing(terms.neighbours, terms.flat, terms.target, terms.target_valid)
+    scale = {name: prob.step_scale.to(t.dtype).reshape(-1, *([1] * (t.ndim - 1))) for name, t in p.leaves.items()}
+    closed = _closed_form(p, prob)
     for _ in range(steps):
         check_cancelled()  # a cancelled call stops here instead of fusing on
         opt.zero_grad(set_to_none=True)
         with torch.enable_grad():  # also when the caller runs under torch.no_grad()
             _loss(p, prob).backward()
-        _add_closed_form_grads(p, prob, anchor, smoothing)
+        _add_closed_form_grads(p, prob, closed)
         before = {name: t.detach().clone() for name, t in p.leaves.items()}
         opt.step()
         with torch.no_grad():

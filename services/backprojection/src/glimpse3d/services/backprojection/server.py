@@ -17,7 +17,7 @@ from glimpse3d.services.backprojection.api import (
     RefineOptions,
     TrustedView,
 )
-from glimpse3d.services.backprojection.pose import PoseHint, find_pose, silhouette_rim
+from glimpse3d.services.backprojection.pose import KnownView, PoseHint, find_pose
 from glimpse3d.v1 import backprojection_pb2, backprojection_pb2_grpc
 
 SERVICE_NAME = backprojection_pb2.DESCRIPTOR.services_by_name["Backprojection"].full_name
@@ -83,18 +83,17 @@ class BackprojectionServicer(backprojection_pb2_grpc.BackprojectionServicer):
         elif request.HasField("elevation_deg"):
             raise InvalidInput(f"{field}: an elevation hint needs an azimuth hint too", field=f"{field}.azimuth_deg")
         fov = request.fov_y_deg or convert.DEFAULT_FOV_Y_DEG
-        rim = 0.0
+        known = None
         if request.HasField("known_mask") != request.HasField("known_camera"):
             missing = "known_camera" if request.HasField("known_mask") else "known_mask"
             raise InvalidInput(f"a known view needs both known_mask and known_camera; {missing} is missing",
                                field=missing)
         if request.HasField("known_camera"):
-            known = convert.camera_from_proto(request.known_camera, "known_camera")
-            known_mask = await self.rt.io.array(request.known_mask, "known_mask", shape=(known.height, known.width))
-            measured = await self.rt.limiter.run(silhouette_rim, splat, known, known_mask)
-            rim = measured * image.shape[0] / known.height  # pixels scale with the image's height (same fov)
+            camera = convert.camera_from_proto(request.known_camera, "known_camera")
+            known = KnownView(camera, await self.rt.io.array(request.known_mask, "known_mask",
+                                                             shape=(camera.height, camera.width)))
         found = await self.rt.limiter.run(find_pose, splat, image[..., :3], mask, hint, field=field, fov_y_deg=fov,
-                                          rim_px=rim)
+                                          known=known)
         p = found.pose
         return backprojection_pb2.PoseResponse(
             camera=convert.camera_to_proto(found.camera), azimuth_deg=p.azimuth_deg, elevation_deg=p.elevation_deg,
