@@ -13,6 +13,7 @@ import UploadPanel from "./components/UploadPanel.jsx";
 import VersionsPanel from "./components/VersionsPanel.jsx";
 import Viewer from "./components/Viewer.jsx";
 import { advanceTimeline, startsNewWork } from "./progress.js";
+import ErrorMessage from "./components/ErrorMessage.jsx";
 
 const defaultApi = createApi();
 const LINK_REFRESH_MS = 5 * 60 * 1000;
@@ -181,11 +182,7 @@ export default function App({ api = defaultApi }) {
         ) : (
           <UploadPanel createJob={createJob} previewMatte={canPreviewMatte ? previewMatte : null} />
         )}
-        {openError ? (
-          <p className="message message-error" role="alert">
-            {openError}
-          </p>
-        ) : null}
+        <ErrorMessage>{openError}</ErrorMessage>
         <ProgressPanel job={job} timeline={timeline} connection={connection} onCancel={cancel} />
         {job ? (
           <EnhancePanel

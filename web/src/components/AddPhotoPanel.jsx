@@ -3,6 +3,7 @@
 // the first photo's side, 180 = behind); unticked, the whole orbit is searched. See docs/extra-photos.md.
 
 import { useState } from "react";
+import ErrorMessage from "./ErrorMessage.jsx";
 
 /**
  * @param {{addPhoto: (file: File, hint: {azimuthDeg: number|null, elevationDeg: number|null}) => Promise<object>,
@@ -58,11 +59,7 @@ export default function AddPhotoPanel({ addPhoto, disabled = false }) {
           Add photo
         </button>
       </div>
-      {error ? (
-        <p className="message message-error" role="alert">
-          {error}
-        </p>
-      ) : null}
+      <ErrorMessage>{error}</ErrorMessage>
     </section>
   );
 }

@@ -5,6 +5,7 @@
 import { useState } from "react";
 
 import { cameraPayload } from "../camera.js";
+import ErrorMessage from "./ErrorMessage.jsx";
 
 const MAX_PROMPT_CHARS = 1000;
 
@@ -70,11 +71,7 @@ export default function EnhancePanel({ getView, enhance, disabled = false, pendi
           {pendingRounds === 1 ? "1 round in progress" : `${pendingRounds} rounds queued`}
         </p>
       ) : null}
-      {error ? (
-        <p className="message message-error" role="alert">
-          {error}
-        </p>
-      ) : null}
+      <ErrorMessage>{error}</ErrorMessage>
     </section>
   );
 }

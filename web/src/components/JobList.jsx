@@ -3,6 +3,7 @@
 import { useEffect, useState } from "react";
 
 import { formatTime, STATE_LABELS } from "../format.js";
+import ErrorMessage from "./ErrorMessage.jsx";
 
 /** @param {{api: object, refresh?: number}} props refresh: change it to list again */
 export default function JobList({ api, refresh = 0 }) {
@@ -25,11 +26,7 @@ export default function JobList({ api, refresh = 0 }) {
   }, [api, refresh]);
 
   if (error) {
-    return (
-      <p className="message message-error" role="alert">
-        Recent jobs are unavailable: {error}
-      </p>
-    );
+    return <ErrorMessage>Recent jobs are unavailable: {error}</ErrorMessage>;
   }
   if (jobs.length === 0) return null;
   return (

@@ -6,6 +6,7 @@
 import { useEffect, useState } from "react";
 
 import { percent } from "../format.js";
+import ErrorMessage from "./ErrorMessage.jsx";
 
 const MAX_POINTS = 64; // the gateway's limit (JobOptions.matte_points)
 const PREVIEW_DELAY_MS = 250;
@@ -103,11 +104,7 @@ export default function MatteEditor({ photoUrl, file, points, onPoints, previewM
           The matte looks wrong: {matte.warning} Click to mark what is object and what is background.
         </p>
       ) : null}
-      {error ? (
-        <p className="message message-error" role="alert">
-          {error}
-        </p>
-      ) : null}
+      <ErrorMessage>{error}</ErrorMessage>
     </div>
   );
 }

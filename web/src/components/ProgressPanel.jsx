@@ -2,6 +2,7 @@
 // (from the server-sent events), plus the job's error when a run or a round failed.
 
 import { percent, STATE_LABELS, stageLabel } from "../format.js";
+import ErrorMessage from "./ErrorMessage.jsx";
 
 const STATUS_MARK = { active: "…", done: "✓", failed: "✗" };
 
@@ -52,11 +53,7 @@ export default function ProgressPanel({ job, timeline, connection = "", onCancel
           ))}
         </ol>
       ) : null}
-      {job.error ? (
-        <p className="message message-error" role="alert">
-          {job.error.message || job.error.code}
-        </p>
-      ) : null}
+      <ErrorMessage>{job.error ? job.error.message || job.error.code : null}</ErrorMessage>
       {connection ? <p className="message message-note">{connection}</p> : null}
       {running && onCancel ? (
         <button type="button" onClick={onCancel}>

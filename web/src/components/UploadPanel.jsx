@@ -6,6 +6,7 @@ import { useEffect, useId, useRef, useState } from "react";
 
 import { formatBytes, MAX_NOVEL_VIEWS, validateOptions, validatePhoto } from "../upload.js";
 import MatteEditor from "./MatteEditor.jsx";
+import ErrorMessage from "./ErrorMessage.jsx";
 
 /**
  * @param {{createJob: (file: File, options: object) => Promise<object>, disabled?: boolean,
@@ -164,11 +165,7 @@ export default function UploadPanel({ createJob, disabled = false, previewMatte 
           <input inputMode="numeric" value={seed} onChange={(e) => setSeed(e.target.value)} placeholder="0" />
         </label>
       </div>
-      {error ? (
-        <p className="message message-error" role="alert">
-          {error}
-        </p>
-      ) : null}
+      <ErrorMessage>{error}</ErrorMessage>
       <button type="submit" className="primary" disabled={disabled || busy || !file}>
         {busy ? "Uploading…" : "Generate 3D"}
       </button>
