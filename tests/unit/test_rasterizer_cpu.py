@@ -197,3 +197,54 @@ def test_build_reports_a_missing_compiler(monkeypatch, tmp_path, capsys):
     assert build_ext.main([]) == 1
     assert build_ext.main(["--optional"]) == 0
     assert "no-such-compiler-g3d" in capsys.readouterr().err
+
+
+@needs_kernel
+def test_the_kernels_own_thread_count_is_independent_of_torchs_and_changes_nothing_but_speed():
+    """set_threads pins the kernels' OpenMP threads whatever torch's intra-op count is (what
+    configure_torch does for services that run torch single-threaded), with the same results."""
+    splat = random_splat(2000, seed=16, spread=0.6, scale_range=(0.01, 0.05), sh_degree=1)
+    camera = orbit_camera(20.0, 10.0, 2.5, width=80, height=64)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for torch_n, kernel_n in ((threads, 0), (1, 3), (1, 1)):
+            torch.set_num_threads(torch_n)
+            assert _cpu_raster.set_threads(kernel_n)
+            assert _cpu_raster.threads() == (kernel_n or torch_n)
+            g = to_tensors(splat, requires_grad=True)
+            out = rasterize(g, camera, backend="cpu")
+            (out.rgb.sum() + out.alpha.sum()).backward()
+            runs.append([out.rgb.detach(), *(getattr(g, f).grad for f in FIELDS)])
+    finally:
+        torch.set_num_threads(threads)
+        _cpu_raster.set_threads(0)
+    for run in runs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(runs[0], run, strict=True))
+    with pytest.raises(ValueError, match=r"0\.\.1024"):
+        _cpu_raster.set_threads(-1)
+
+
+@needs_kernel
+def test_configure_torch_keeps_the_kernels_on_torchs_default_threads():
+    from glimpse3d.core.service import ServiceSettings, configure_torch
+
+    threads = torch.get_num_threads()
+    try:
+        configure_torch(ServiceSettings(torch_threads=1))
+        assert torch.get_num_threads() == 1 and _cpu_raster.threads() == threads
+        configure_torch(ServiceSettings(torch_threads=1, raster_threads=3))
+        assert torch.get_num_threads() == 1 and _cpu_raster.threads() == 3
+    finally:
+        torch.set_num_threads(threads)
+        _cpu_raster.set_threads(0)
+
+
+def test_the_embedded_stack_runs_weight_free_services_with_single_threaded_torch():
+    from glimpse3d.gateway.stack import WEIGHT_FREE_TORCH_THREADS, service_environment
+
+    base = {"GLIMPSE3D_LOG_JSON": "true"}
+    assert service_environment(base, {})["GLIMPSE3D_TORCH_THREADS"] == WEIGHT_FREE_TORCH_THREADS == "1"
+    assert service_environment({**base, "GLIMPSE3D_TORCH_THREADS": "4"}, {})["GLIMPSE3D_TORCH_THREADS"] == "4"
+    assert "GLIMPSE3D_TORCH_THREADS" not in service_environment(base, {"GLIMPSE3D_BACKEND": "depth_anything"})
+    assert service_environment(base, {})["GLIMPSE3D_LOG_JSON"] == "true"

@@ -114,7 +114,7 @@ def test_artifact_io_names_the_field(tmp_path):
 
 
 @pytest.mark.parametrize(("field", "value"), [
-    ("max_concurrency", 0), ("max_waiting", -1), ("torch_threads", 999),
+    ("max_concurrency", 0), ("max_waiting", -1), ("torch_threads", 999), ("raster_threads", -1),
     ("backend_options", "{not json"), ("backend_options", "[1, 2]"), ("device", "gpu"), ("device", "cuda:x"),
 ])
 def test_settings_are_validated(field, value):

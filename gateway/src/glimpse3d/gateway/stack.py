@@ -96,6 +96,24 @@ class Stack:
         self.processes.clear()
 
 
+# torch's intra-op threads for a service left on its weight-free backend (an explicit
+# GLIMPSE3D_TORCH_THREADS wins; a learned backend keeps torch's default). Those backends run many small
+# torch operations around the compiled rasterizer (MVCRM's fusion, the lift's fit), which are faster on
+# one thread, while the rasterizer's kernels keep every core (glimpse3d.core.service.configure_torch).
+# Measured: one MVCRM round's fusion 2.41-2.69 s -> 2.12-2.27 s in process; make demo's generate 6.4-7.0 s
+# -> 5.6-5.7 s and its rounds 2.9-3.4 s -> 2.7-2.8 s (alternating runs, three each).
+WEIGHT_FREE_TORCH_THREADS = "1"
+
+
+def service_environment(base: dict[str, str], extra: dict[str, str]) -> dict[str, str]:
+    """A service's environment: the stack's, its own on top, and WEIGHT_FREE_TORCH_THREADS when it runs its
+    weight-free backend and no thread count is set."""
+    env = {**base, **extra}
+    if not env.get("GLIMPSE3D_BACKEND"):
+        env.setdefault("GLIMPSE3D_TORCH_THREADS", WEIGHT_FREE_TORCH_THREADS)
+    return env
+
+
 def _spawn(name: str, module: str, env: dict[str, str], state_dir: Path) -> tuple[subprocess.Popen, Path]:
     ready = state_dir / f"{name}.ready.json"
     with contextlib.suppress(FileNotFoundError):
@@ -141,7 +159,7 @@ def start_stack(state_dir: Path, *, env: dict[str, str] | None = None, timeout_s
         pending = {}
         for name, package in service_packages().items():
             extra = (service_env or {}).get(name, {})
-            proc, ready = _spawn(name, package, {**base, **extra}, state_dir)
+            proc, ready = _spawn(name, package, service_environment(base, extra), state_dir)
             stack.processes[name], pending[name] = proc, ready
         for name, ready in pending.items():
             announced = _wait_ready(name, stack.processes[name], ready, state_dir, timeout_s)

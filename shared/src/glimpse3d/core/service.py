@@ -73,6 +73,8 @@ class ServiceSettings(Settings):
     max_concurrency: calls computing at once (threads), 1..64.
     max_waiting: calls allowed to wait for a slot before RESOURCE_EXHAUSTED, 0..10000.
     torch_threads: intra-op threads for torch, 0 keeps torch's default.
+    raster_threads: threads of the compiled CPU rasterizer's kernels, 0: torch's default count (see
+        :func:`configure_torch`).
     artifact_max_bytes: largest artifact a request may make the service read.
     ready_file: when set, a JSON file {"port", "metrics_port"} written once the service is SERVING
         (lets launchers use port 0 without races).
@@ -87,6 +89,7 @@ class ServiceSettings(Settings):
     max_concurrency: int = 1
     max_waiting: int = 16
     torch_threads: int = 0
+    raster_threads: int = 0
     artifact_max_bytes: int = 512 * 1024 * 1024
     ready_file: Path | None = None
     model_dir: Path = DEFAULT_MODEL_DIR
@@ -105,6 +108,8 @@ class ServiceSettings(Settings):
             raise ConfigError(f"max_waiting must be in 0..10000, got {self.max_waiting}", field="max_waiting")
         if not 0 <= self.torch_threads <= 256:
             raise ConfigError(f"torch_threads must be in 0..256, got {self.torch_threads}", field="torch_threads")
+        if not 0 <= self.raster_threads <= 256:
+            raise ConfigError(f"raster_threads must be in 0..256, got {self.raster_threads}", field="raster_threads")
         if self.artifact_max_bytes < 1024:
             raise ConfigError("artifact_max_bytes must be at least 1024", field="artifact_max_bytes")
 
@@ -354,11 +359,20 @@ def _label_backend(runtime: ServiceRuntime, load: Callable[[], None]) -> None:
 
 
 def configure_torch(settings: ServiceSettings) -> None:
-    """Apply thread settings; only imports torch when the service uses it."""
-    if settings.torch_threads:
+    """Apply thread settings; only imports torch when the service uses it.
+
+    ``torch_threads`` sets torch's intra-op threads. The compiled CPU rasterizer's kernels keep the count
+    torch had before (its default: the cores), unless ``raster_threads`` names one: they scale with cores,
+    while the many small operations around them are faster single-threaded at these sizes (the embedded
+    stack runs the backprojection and reconstruction services with ``torch_threads`` 1)."""
+    if settings.torch_threads or settings.raster_threads:
         import torch
 
-        torch.set_num_threads(settings.torch_threads)
+        from glimpse3d.core.render import _cpu_raster
+
+        _cpu_raster.set_threads(settings.raster_threads or torch.get_num_threads())
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
 
 
 def write_ready_file(path: Path, port: int, metrics_port: int | None) -> None:

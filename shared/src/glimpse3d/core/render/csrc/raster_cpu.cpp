@@ -33,6 +33,12 @@
 #include <cstdint>
 #include <vector>
 
+// Threads of every kernel here (0: torch's intra-op count at the call). Set apart from torch's so that a
+// service can run torch's small per-operation work single-threaded and these kernels on every core.
+int g_kernel_threads = 0;
+
+int kernel_threads() { return g_kernel_threads > 0 ? g_kernel_threads : at::get_num_threads(); }
+
 namespace {
 
 constexpr int kF = 10;  // u, v, conic a, b, c, log opacity, r, g, b, depth
@@ -166,7 +172,7 @@ void column_centres(int64_t x0, int nx, scalar_t* xs) {
 template <typename scalar_t>
 void forward_kernel(const scalar_t* feats, const Lists& l, int64_t width, int64_t height, int64_t tile, int64_t cols,
                     scalar_t* out, scalar_t* t_final, int32_t* used_out) {
-  const int threads = at::get_num_threads();
+  const int threads = kernel_threads();
 #pragma omp parallel num_threads(threads)
   {
     std::vector<scalar_t> local;
@@ -236,7 +242,7 @@ void forward_kernel(const scalar_t* feats, const Lists& l, int64_t width, int64_
 template <typename scalar_t>
 void backward_kernel(const scalar_t* feats, const Lists& l, int64_t width, int64_t height, int64_t tile, int64_t cols,
                      const scalar_t* grad_out, const scalar_t* t_final, const int32_t* used_in, double* per_entry) {
-  const int threads = at::get_num_threads();
+  const int threads = kernel_threads();
 #pragma omp parallel num_threads(threads)
   {
     std::vector<scalar_t> local;
@@ -409,4 +415,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "(feats, tiles, starts, counts, ids, width, height, tile) -> (sums [H,W,5], T [H,W], used [H,W])");
   m.def("backward", &backward, "(..., grad_sums, T, used) -> grad feats [N, 10]");
   register_screen_space(m);
+  m.def("set_threads", [](int64_t n) {
+    TORCH_CHECK(n >= 0 && n <= 1024, "kernel threads must be in 0..1024, got ", n);
+    g_kernel_threads = static_cast<int>(n);
+  }, "threads of the kernels, 0 = torch's intra-op count at each call");
+  m.def("threads", &kernel_threads, "threads the kernels use now");
 }

@@ -24,6 +24,8 @@
 #include <cmath>
 #include <vector>
 
+int kernel_threads();  // raster_cpu.cpp
+
 namespace glimpse3d_screen {
 
 constexpr int kF = 10;
@@ -296,7 +298,7 @@ void forward_impl(const Inputs& in, int64_t width, int64_t height, int64_t sh_de
   const T *pl = in.logits.data_ptr<T>(), *psh = in.sh.data_ptr<T>();
   std::vector<T> rows(static_cast<size_t>(n) * (kF + 2));
   std::vector<uint8_t> kept(static_cast<size_t>(n), 0);
-  const int threads = at::get_num_threads();
+  const int threads = kernel_threads();
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t i = 0; i < n; ++i) {
     Projection<T> o;
@@ -351,7 +353,7 @@ void backward_impl(const Inputs& in, int64_t width, int64_t height, int64_t sh_d
   const int64_t* pk = keep.data_ptr<int64_t>();
   T *gm = g_means.data_ptr<T>(), *gq = g_quats.data_ptr<T>(), *gs = g_scales.data_ptr<T>();
   T *gl = g_logits.data_ptr<T>(), *gsh = g_sh.data_ptr<T>();
-  const int threads = at::get_num_threads();
+  const int threads = kernel_threads();
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t j = 0; j < v; ++j) {
     const int64_t i = pk[j];
