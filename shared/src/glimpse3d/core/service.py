@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -359,13 +360,15 @@ def _label_backend(runtime: ServiceRuntime, load: Callable[[], None]) -> None:
 
 
 def configure_torch(settings: ServiceSettings) -> None:
-    """Apply thread settings; only imports torch when the service uses it.
+    """Apply thread settings to torch when this process uses it: called once the backend has loaded, so
+    a service whose backend never imports torch (the weight-free depth and diffusion backends) does not
+    import it for this (about a second of CPU at start, per process).
 
     ``torch_threads`` sets torch's intra-op threads. The compiled CPU rasterizer's kernels keep the count
     torch had before (its default: the cores), unless ``raster_threads`` names one: they scale with cores,
     while the many small operations around them are faster single-threaded at these sizes (the embedded
     stack runs the backprojection and reconstruction services with ``torch_threads`` 1)."""
-    if settings.torch_threads or settings.raster_threads:
+    if (settings.torch_threads or settings.raster_threads) and "torch" in sys.modules:
         import torch
 
         from glimpse3d.core.render import _cpu_raster
@@ -373,6 +376,8 @@ def configure_torch(settings: ServiceSettings) -> None:
         _cpu_raster.set_threads(settings.raster_threads or torch.get_num_threads())
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
+        log.info("torch threads set", extra={"torch_threads": torch.get_num_threads(),
+                                             "raster_threads": _cpu_raster.threads()})
 
 
 def write_ready_file(path: Path, port: int, metrics_port: int | None) -> None:
@@ -411,8 +416,8 @@ async def serve(
     log.info("%s listening", name, extra={"port": port, "metrics_port": server.metrics_port})
 
     async def _load() -> None:
-        configure_torch(settings)
         await asyncio.to_thread(load)
+        configure_torch(settings)
         if settings.ready_file is not None:
             write_ready_file(settings.ready_file, port, server.metrics_port)
         log.info("%s ready", name, extra={"port": port})
