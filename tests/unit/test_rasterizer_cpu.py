@@ -142,6 +142,18 @@ def test_gradcheck_composite_kernel_float64():
     assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
+def _image_and_grads(splat, camera) -> list:
+    """The compiled path's image and the gradients of every field of rgb.sum() + depth.sum()."""
+    g = to_tensors(splat, requires_grad=True)
+    out = rasterize(g, camera, backend="cpu")
+    (out.rgb.sum() + out.depth.sum()).backward()
+    return [out.rgb.detach(), *(getattr(g, f).grad for f in FIELDS)]
+
+
+def _all_equal(runs: list) -> bool:
+    return all(torch.equal(a, b) for run in runs[1:] for a, b in zip(runs[0], run, strict=True))
+
+
 @needs_kernel
 def test_cpu_kernel_gradients_are_bit_identical_for_any_thread_count():
     splat = random_splat(3000, seed=15, spread=0.6, scale_range=(0.01, 0.05), sh_degree=1)
@@ -151,14 +163,10 @@ def test_cpu_kernel_gradients_are_bit_identical_for_any_thread_count():
     try:
         for n in (1, 3, 4):
             torch.set_num_threads(n)
-            g = to_tensors(splat, requires_grad=True)
-            out = rasterize(g, camera, backend="cpu")
-            (out.rgb.sum() + out.depth.sum()).backward()
-            runs.append([out.rgb.detach(), *(getattr(g, f).grad for f in FIELDS)])
+            runs.append(_image_and_grads(splat, camera))
     finally:
         torch.set_num_threads(threads)
-    for run in runs[1:]:
-        assert all(torch.equal(a, b) for a, b in zip(runs[0], run, strict=True))
+    assert _all_equal(runs)
 
 
 @needs_kernel
@@ -212,15 +220,11 @@ def test_the_kernels_own_thread_count_is_independent_of_torchs_and_changes_nothi
             torch.set_num_threads(torch_n)
             assert _cpu_raster.set_threads(kernel_n)
             assert _cpu_raster.threads() == (kernel_n or torch_n)
-            g = to_tensors(splat, requires_grad=True)
-            out = rasterize(g, camera, backend="cpu")
-            (out.rgb.sum() + out.alpha.sum()).backward()
-            runs.append([out.rgb.detach(), *(getattr(g, f).grad for f in FIELDS)])
+            runs.append(_image_and_grads(splat, camera))
     finally:
         torch.set_num_threads(threads)
         _cpu_raster.set_threads(0)
-    for run in runs[1:]:
-        assert all(torch.equal(a, b) for a, b in zip(runs[0], run, strict=True))
+    assert _all_equal(runs)
     with pytest.raises(ValueError, match=r"0\.\.1024"):
         _cpu_raster.set_threads(-1)
 
