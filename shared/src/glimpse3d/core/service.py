@@ -367,7 +367,7 @@ def configure_torch(settings: ServiceSettings) -> None:
     ``torch_threads`` sets torch's intra-op threads. The compiled CPU rasterizer's kernels keep the count
     torch had before (its default: the cores), unless ``raster_threads`` names one: they scale with cores,
     while the many small operations around them are faster single-threaded at these sizes (the embedded
-    stack runs the backprojection and reconstruction services with ``torch_threads`` 1)."""
+    stack runs every service on its weight-free backend with ``torch_threads`` 1: gateway.stack)."""
     if (settings.torch_threads or settings.raster_threads) and "torch" in sys.modules:
         import torch
 

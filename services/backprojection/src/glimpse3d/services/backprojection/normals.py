@@ -120,7 +120,6 @@ def depth_normals(depth: Tensor, alpha: Tensor, rays: Tensor, cam_to_world_rot: 
     return normals @ cam_to_world_rot.T, valid
 
 
-
 class Smoothing(NamedTuple):
     """The normal smoothing loss of a round with its constant weights precomputed (see ``smoothing_grad``)."""
 
@@ -166,7 +165,8 @@ def smoothing_grad(quats: Tensor, log_scales: Tensor, terms: Smoothing) -> Tenso
     norm = quats.norm(dim=1, keepdim=True).clamp(min=1e-12)  # [M, 1] (F.normalize's eps)
     axis = torch.argmin(log_scales, dim=1)  # [M] the normal is this column of R
     quat_order = _QUAT_ORDER.to(quats.device).index_select(0, axis)  # [M, 4]
-    w, x, y, z = (quats / norm).gather(1, quat_order).T.contiguous()  # each [M]: the unit quaternion, permuted
+    q = quats / norm  # [M, 4] the unit quaternion
+    w, x, y, z = q.gather(1, quat_order).T.contiguous()  # each [M]: permuted
     col = torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y + w * z), 2 * (x * z - w * y)])  # [3, M] column 0
     n = col.gather(0, _COLUMN_ORDER.to(quats.device).index_select(0, axis).T)  # [3, M] the normals
     # d loss / d n [3, M]: the pair term from both ends of each pair, then the depth-normal term.
@@ -183,6 +183,5 @@ def smoothing_grad(quats: Tensor, log_scales: Tensor, terms: Smoothing) -> Tenso
     g_q = 2 * torch.stack([z * gb - y * gc, y * gb + z * gc, x * gb - w * gc - 2 * y * ga,
                            w * gb + x * gc - 2 * z * ga], dim=1)  # [M, 4] in q'
     g_q = g_q.gather(1, _QUAT_BACK.to(quats.device).index_select(0, axis))  # in the unit quaternion
-    q = quats / norm
     # ... and the normalisation: drop the radial part, divide by |q|.
     return (g_q - q * (q * g_q).sum(dim=1, keepdim=True)) / norm

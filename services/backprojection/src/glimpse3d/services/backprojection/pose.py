@@ -236,15 +236,21 @@ def _level(rgb: np.ndarray, matte: np.ndarray, side: int, blur: float, fov_y_deg
                   torch.as_tensor(small_matte, dtype=torch.float32), blur)
 
 
+def _known_matte(matte: np.ndarray, camera: Camera) -> np.ndarray:
+    """``matte`` as float32, InvalidInput (field ``known_mask``) unless it is [H, W] of ``camera``'s size."""
+    m = np.asarray(matte, dtype=np.float32)
+    if m.shape != (camera.height, camera.width):
+        raise InvalidInput(f"the known view's matte has shape {list(m.shape)} but its camera is "
+                           f"{camera.width}x{camera.height}", field="known_mask")
+    return m
+
+
 @torch.no_grad()
 def silhouette_scale(splat: Splat, camera: Camera, matte: np.ndarray) -> float:
     """Area of the splat's alpha > 0.5 silhouette at ``camera`` over the area of ``matte`` [H, W] (> 0.5,
     the camera's size), within [1 / MAX_SILHOUETTE_SCALE, MAX_SILHOUETTE_SCALE]: how much larger the splat
     looks than the object, measured where the camera is known."""
-    m = np.asarray(matte) > 0.5
-    if m.shape != (camera.height, camera.width):
-        raise InvalidInput(f"the known view's matte is {m.shape[1]}x{m.shape[0]} but its camera is "
-                           f"{camera.width}x{camera.height}", field="known_mask")
+    m = _known_matte(matte, camera) > 0.5
     if not m.any():
         raise InvalidInput("the known view's matte is empty", field="known_mask")
     area = float((rasterize(splat, camera).alpha.numpy() > 0.5).sum())
@@ -258,10 +264,7 @@ def _usable(known: KnownView | None) -> KnownView | None:
         return None
     if not isinstance(known, KnownView):
         raise InvalidInput(f"known must be a KnownView, got {type(known).__name__}", field="known_mask")
-    m = np.asarray(known.matte, dtype=np.float32)
-    if m.shape != (known.camera.height, known.camera.width):
-        raise InvalidInput(f"known_mask is {m.shape[1] if m.ndim == 2 else '?'}x{m.shape[0]}, but the known "
-                           f"camera is {known.camera.width}x{known.camera.height}", field="known_mask")
+    m = _known_matte(known.matte, known.camera)
     inside = m > 0.5
     if not inside.any() or inside.all():
         logger.warning("the known view's matte is empty or covers the whole image: the distance is not calibrated")
