@@ -74,11 +74,18 @@ def test_an_extra_photo_adds_a_posed_version(call):
     # the same photo again: posed where the first one was taken (azimuth 0), whatever the hint said
     assert min(v2.metrics["pose_azimuth_deg"], 360.0 - v2.metrics["pose_azimuth_deg"]) < 5.0
     assert v2.HasField("camera") and v2.report.accepted_fraction > 0.5 and not v2.report.rejected
+    # it shows the side the first photo observed: nothing is re-lifted
+    assert v2.report.relift_replaced == v2.report.relift_added == 0 and v2.metrics["relift_replaced"] == 0.0
 
-    added = call("AddPhoto", pb.AddPhotoRequest(name=job.name, photo=pb.ExtraPhoto(image_data=SAMPLE_BYTES)))
+    # the photo mirrored, as a photo from behind: it shows the guessed back, which it replaces
+    back = _png(np.ascontiguousarray(np.asarray(Image.open(io.BytesIO(SAMPLE_BYTES)).convert("RGB"))[:, ::-1]))
+    added = call("AddPhoto", pb.AddPhotoRequest(name=job.name, photo=pb.ExtraPhoto(image_data=back, azimuth_deg=180.0)))
     assert added.name == job.name
     job = _wait(call, job.name)
     assert len(job.versions) == 3 and job.versions[2].metrics["extra_photo"] == 1.0, job.error
+    v3 = job.versions[2]
+    assert v3.report.relift_replaced > 0 and v3.report.relift_added > 0, v3.report
+    assert v3.metrics["relift_added"] == v3.report.relift_added
 
     blank = _png(np.full((RES, RES, 3), 255, np.uint8))
     call("AddPhoto", pb.AddPhotoRequest(name=job.name, photo=pb.ExtraPhoto(image_data=blank)))

@@ -171,6 +171,9 @@ def test_backprojection_refine(store, scene):
         await expect_invalid(stub.Refine(backprojection_pb2.RefineRequest(
             splat=splat_ref, view=view, camera=cam, confidence=put(
                 store, encode_npy(np.zeros(3, np.float32)), "application/x-npy"))), "confidence")
+        await expect_invalid(stub.Refine(backprojection_pb2.RefineRequest(  # only a real photo may re-lift
+            splat=splat_ref, view=view, camera=cam, options=backprojection_pb2.RefineOptions(relift=True))),
+            "options.relift")
 
     run_service("backprojection", store, scenario)
 

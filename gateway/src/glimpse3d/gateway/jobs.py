@@ -303,6 +303,8 @@ class RoundReport:
     rejected: bool = False
     steps: int = 0
     mean_confidence: float = 0.0
+    relift_replaced: int = 0
+    relift_added: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

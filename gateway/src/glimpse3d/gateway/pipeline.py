@@ -380,12 +380,13 @@ class ServicePipeline:
                       view: common_pb2.ArtifactRef, camera: common_pb2.Camera, reference: common_pb2.ArtifactRef,
                       seed: int, rendered_depth: common_pb2.ArtifactRef | None = None,
                       trusted: list[backprojection_pb2.TrustedView] | None = None, observed: bool = False,
-                      ) -> backprojection_pb2.RefineResponse:
+                      relift: bool = False) -> backprojection_pb2.RefineResponse:
         depth = await self._depth(view, camera)
         request = backprojection_pb2.RefineRequest(
             splat=splat, view=view, camera=camera, view_depth=depth.depth, reference=reference,
             confidence=confidence, rendered_depth=rendered_depth,
-            options=backprojection_pb2.RefineOptions(seed=seed, observed=observed), trusted_views=trusted or [],
+            options=backprojection_pb2.RefineOptions(seed=seed, observed=observed, relift=relift),
+            trusted_views=trusted or [],
         )
         return await self._call("backprojection", self.clients.backprojection.Refine, request,
                                 self.config.refine_deadline_s)
@@ -499,8 +500,9 @@ class ServicePipeline:
     async def _run_photo_round(self, job: Job, spec: RoundSpec, report: ProgressReporter) -> VersionResult:
         """An extra photo as a round: its matte from the depth service, its camera from the backprojection
         service's Pose (INVALID_ARGUMENT naming ``spec.photo_field`` when it cannot be posed), then one MVCRM
-        round with ``observed`` set (a real view: no trust discount), fused together with the input photo
-        and with the extra photo itself inside its matte as trusted views (docs/extra-photos.md)."""
+        round with ``observed`` set (a real view: no trust discount) and ``relift`` (the guessed part it
+        shows is replaced by the photo lifted on its depth), fused together with the input photo and with
+        the extra photo itself inside its matte as trusted views (docs/extra-photos.md)."""
         assert spec.photo is not None, "a photo round needs its photo"
         start = time.perf_counter()
         latest = job.versions[-1]
@@ -531,7 +533,7 @@ class ServicePipeline:
                    backprojection_pb2.TrustedView(image=extra, camera=posed.camera, mask=extra_depth.mask)]
         confidence = convert.artifact_to_proto(latest.confidence) if latest.confidence else None
         refined = await self._refine(splat, confidence, extra, posed.camera, image, spec.seed, trusted=trusted,
-                                     observed=True)
+                                     observed=True, relift=True)
         photo_metrics = await self._photo_metrics(refined.splat, image, photo_depth)
         await report(Stage.REFINE, 1.0, f"{field} fused")
         rep = report_from_proto(refined.report)
@@ -545,6 +547,7 @@ class ServicePipeline:
                      "pose_silhouette_iou": posed.silhouette_iou, "pose_photometric_error": posed.photometric_error,
                      "extra_photo_error_before": rep.photometric_error_before,
                      "extra_photo_error_after": rep.photometric_error_after,
+                     "relift_replaced": float(rep.relift_replaced), "relift_added": float(rep.relift_added),
                      **photo_metrics, "seconds": time.perf_counter() - start},
         )
 

@@ -67,13 +67,15 @@ def extra_view(gt: GroundTruth, azimuth_deg: float, elevation_deg: float, obj: B
 
 
 def fuse_extra_photo(splat: Splat, confidence: np.ndarray | None, photo: np.ndarray, matte: np.ndarray,
-                     camera: Camera, stages: Stages, input_photo: TrustedView, seed: int = 0) -> Splat:
+                     camera: Camera, stages: Stages, input_photo: TrustedView, seed: int = 0,
+                     relift: bool = True) -> Splat:
     """An extra photo, posed at ``camera``, fused as the gateway fuses it: one MVCRM round with
-    ``options.observed`` (the photo's depth from the depth backend), together with the input photo and
-    the extra photo itself (inside its matte, full weight) as trusted views."""
+    ``options.observed`` and ``options.relift`` (the photo's depth from the depth backend), together with
+    the input photo and the extra photo itself (inside its matte, full weight) as trusted views.
+    ``relift=False``: the round without the re-lift, for comparison."""
     depth = stages.depth.estimate(photo, camera).depth
     own = TrustedView(photo, camera, matte)
-    result = refine(splat, photo, camera, depth, confidence, RefineOptions(seed=seed, observed=True),
+    result = refine(splat, photo, camera, depth, confidence, RefineOptions(seed=seed, observed=True, relift=relift),
                     background=background_colour(photo, matte), trusted=[input_photo, own])
     return result.splat
 

@@ -70,7 +70,9 @@ class RefineOptions:
     service's default, see :meth:`from_proto`). clip_threshold in [0, 1]: cosine
     similarity below which the round is rejected. seed: makes the round deterministic. observed: the
     view is a real photo (an extra photo, posed), not an enhanced render: its pixels are trusted
-    wherever the splat covers them, whatever the depth says, and it gets no CLIP check.
+    wherever the splat covers them, whatever the depth says, and it gets no CLIP check. relift (only
+    with observed): the guessed Gaussians the photo shows (no photo has observed them) are replaced
+    by the photo lifted on its depth before the fusion (:mod:`.relift`).
     """
 
     steps: int = DEFAULT_STEPS
@@ -82,6 +84,7 @@ class RefineOptions:
     clip_threshold: float = DEFAULT_CLIP_THRESHOLD
     seed: int = 0
     observed: bool = False
+    relift: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int | np.integer):
@@ -100,6 +103,12 @@ class RefineOptions:
         if not isinstance(self.observed, bool | np.bool_):
             raise InvalidInput(f"observed must be a bool, got {self.observed!r}", field="options.observed")
         object.__setattr__(self, "observed", bool(self.observed))
+        if not isinstance(self.relift, bool | np.bool_):
+            raise InvalidInput(f"relift must be a bool, got {self.relift!r}", field="options.relift")
+        object.__setattr__(self, "relift", bool(self.relift))
+        if self.relift and not self.observed:
+            raise InvalidInput("relift needs observed: only a real photo may replace what the splat guessed",
+                               field="options.relift")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int | np.integer) or not 0 <= self.seed < 2**64:
             raise InvalidInput(f"seed must be an integer in [0, 2^64), got {self.seed!r}", field="options.seed")
         object.__setattr__(self, "seed", int(self.seed))
@@ -149,6 +158,8 @@ class RefineReport:
     clip_score: cosine similarity, None when the check did not run (clip_note says why).
     rejected: True when the round left the splat and the confidence unchanged.
     steps: fusion steps run (0 when rejected). mean_confidence: mean per-Gaussian confidence after.
+    relift_replaced / relift_added: Gaussians the re-lift removed and lifted from the photo
+    (``options.relift``; 0 when it did not run or found nothing to replace).
     """
 
     accepted_fraction: float
@@ -159,6 +170,8 @@ class RefineReport:
     rejected: bool
     steps: int
     mean_confidence: float
+    relift_replaced: int = 0
+    relift_added: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -56,7 +56,8 @@ class BackprojectionServicer(backprojection_pb2_grpc.BackprojectionServicer):
         report = backprojection_pb2.RefineReport(
             accepted_fraction=r.accepted_fraction, photometric_error_before=r.photometric_error_before,
             photometric_error_after=r.photometric_error_after, clip_note=r.clip_note, rejected=r.rejected,
-            steps=r.steps, mean_confidence=r.mean_confidence,
+            steps=r.steps, mean_confidence=r.mean_confidence, relift_replaced=r.relift_replaced,
+            relift_added=r.relift_added,
         )
         if r.clip_score is not None:
             report.clip_score = r.clip_score

@@ -21,7 +21,7 @@ from glimpse3d.core.errors import InvalidInput
 from glimpse3d.core.render import GaussianTensors, rasterize
 from glimpse3d.core.splat import Splat, rgb_to_sh0, sh0_to_rgb
 from glimpse3d.services.reconstruction.api import RenderedImage
-from glimpse3d.services.reconstruction.geometry import Layer
+from glimpse3d.core.lifting import Layer
 
 _MIN_MASK_PIXELS = 4
 

@@ -1,7 +1,7 @@
 """The weight-free ``lift`` reconstruction backend: one photo + depth + mask -> a closed coarse splat.
 
 The masked pixels, sampled on a grid sized to ``max_gaussians``, become flat Gaussians at their
-depth (:mod:`..geometry`); colours, opacities and in-plane scales are fitted through the rasterizer
+depth (:mod:`glimpse3d.core.lifting`); colours, opacities and in-plane scales are fitted through the rasterizer
 against the photo (:func:`~glimpse3d.services.reconstruction.common.fit_layer`); a back layer and
 rim walls close the object (:mod:`.closure`). ``seed`` picks the sub-pixel phase of the sampling
 grid, so the same inputs and seed give identical splats.
@@ -42,7 +42,7 @@ from glimpse3d.services.reconstruction.common import (
     input_view_psnr,
     prepare_inputs,
 )
-from glimpse3d.services.reconstruction.geometry import layers_to_splat, lift_layer, sample_grid
+from glimpse3d.core.lifting import layers_to_splat, lift_layer, sample_grid
 
 logger = logging.getLogger(__name__)
 

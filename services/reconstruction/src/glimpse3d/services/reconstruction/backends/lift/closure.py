@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from glimpse3d.core.cameras import Camera
-from glimpse3d.services.reconstruction.geometry import (
+from glimpse3d.core.lifting import (
     THIN,
     Layer,
     lift_layer,

@@ -51,7 +51,7 @@ from glimpse3d.services.reconstruction.common import (
     input_view_psnr,
     prepare_inputs,
 )
-from glimpse3d.services.reconstruction.geometry import Layer, layers_to_splat
+from glimpse3d.core.lifting import Layer, layers_to_splat
 
 logger = logging.getLogger(__name__)
 

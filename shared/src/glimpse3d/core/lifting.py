@@ -1,9 +1,12 @@
-"""Geometry shared by the lift backend's layers: flat Gaussians lifted from a depth map.
+"""Flat Gaussians lifted from a depth map: the lift backend's layers and the re-lift of an extra photo.
 
 A *layer* is a set of Gaussians that came from image samples (pixels). Each is a flat disc at the
 sample's unprojected position, oriented by the surface normal of the (smoothed) depth map and sized
 to the pixel footprint at its depth; the in-plane axis along the slant is stretched by
 1 / cos(angle to the view ray) (capped) so that surfaces seen at a grazing angle stay closed.
+
+Needs OpenCV (``opencv-python-headless``), which the services that lift (reconstruction,
+backprojection) install; the gateway never imports this module.
 """
 
 from __future__ import annotations
