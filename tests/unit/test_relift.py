@@ -14,9 +14,9 @@ from glimpse3d.core.cameras import Camera, orbit_camera
 from glimpse3d.core.errors import InvalidInput
 from glimpse3d.core.render import rasterize, to_tensors
 from glimpse3d.core.splat import SH_C0, Splat
-from glimpse3d.services.backprojection.api import RefineOptions
-from glimpse3d.services.backprojection.mvcrm import footprints, observation_strength, refine
-from glimpse3d.services.backprojection.relift import GUESSED_CONFIDENCE, relift
+from glimpse3d.services.backprojection.api import RefineOptions, TrustedView
+from glimpse3d.services.backprojection.mvcrm import footprints, observation_strength, observed_by_photos, refine
+from glimpse3d.services.backprojection.relift import relift
 
 SIDE = 64
 RED, BLUE, GREY = (0.85, 0.15, 0.1), (0.1, 0.2, 0.8), (0.5, 0.5, 0.5)
@@ -73,9 +73,12 @@ def test_the_guessed_back_is_replaced_at_the_photos_depth_in_its_colours(scene) 
     splat, conf, photo, depth, _ = scene
     back = _camera(180.0)
     _, rendered_depth, _ = _render(splat, back)
-    out = relift(to_tensors(splat, "cpu"), conf, _strength(splat, back), back, photo, depth, rendered_depth)
+    g = to_tensors(splat, "cpu")
+    guessed = ~observed_by_photos(g, [_camera(0.0)])
+    n_front = splat.num_gaussians // 2
+    assert not guessed[:n_front].any() and guessed[n_front:].all()  # the input photo shows the front only
+    out = relift(g, guessed, _strength(splat, back), back, photo, depth, rendered_depth)
     assert out is not None
-    n_front = int((conf >= GUESSED_CONFIDENCE).sum())
     assert out.kept[:n_front].all(), "an observed Gaussian was removed"
     assert not out.kept[n_front:].any(), "part of the guessed back the photo shows was kept"
     assert 0 < out.added <= out.removed
@@ -126,3 +129,30 @@ def test_relift_needs_an_observed_photo() -> None:
     with pytest.raises(InvalidInput) as e:
         RefineOptions(observed=True, relift=1)  # type: ignore[arg-type]
     assert e.value.field == "options.relift"
+
+
+def test_the_photos_cameras_not_the_confidence_tell_what_was_observed(scene) -> None:
+    """Enhancement rounds raise the guess's confidence too; with the input photo as a trusted view the
+    back photo still replaces it, and a camera of an earlier photo of the back protects what that shows."""
+    splat, conf, photo, depth, _ = scene
+    back, front_cam = _camera(180.0), _camera(0.0)
+    confirmed = np.full_like(conf, 0.6)  # as if rounds had confirmed everything
+    opts = RefineOptions(steps=5, observed=True, relift=True)
+    input_photo = _render(splat, front_cam)
+    matte = (input_photo[2] > 0.5).astype(np.float32)
+    trusted = [TrustedView(input_photo[0], front_cam, matte), TrustedView(photo, back, (depth > 0).astype(np.float32))]
+    blind = refine(splat, photo, back, depth, confirmed, opts, background=(1, 1, 1))
+    assert blind.report.relift_replaced == 0  # no photo camera known: the confidence decides
+    seen = refine(splat, photo, back, depth, confirmed, opts, background=(1, 1, 1), trusted=trusted)
+    assert seen.report.relift_replaced == splat.num_gaussians // 2
+    earlier = refine(splat, photo, back, depth, confirmed, opts, background=(1, 1, 1), trusted=trusted,
+                     photo_cameras=[orbit_camera(175.0, 5.0, 2.7, width=SIDE, height=SIDE, fov_y_deg=40.0)])
+    assert earlier.report.relift_replaced == 0
+
+
+def test_photo_cameras_must_be_cameras(scene) -> None:
+    splat, conf, photo, depth, _ = scene
+    with pytest.raises(InvalidInput) as e:
+        refine(splat, photo, _camera(180.0), depth, conf, RefineOptions(steps=1, observed=True, relift=True),
+               photo_cameras=["front"])  # type: ignore[list-item]
+    assert e.value.field == "photo_cameras[0]"

@@ -380,13 +380,14 @@ class ServicePipeline:
                       view: common_pb2.ArtifactRef, camera: common_pb2.Camera, reference: common_pb2.ArtifactRef,
                       seed: int, rendered_depth: common_pb2.ArtifactRef | None = None,
                       trusted: list[backprojection_pb2.TrustedView] | None = None, observed: bool = False,
-                      relift: bool = False) -> backprojection_pb2.RefineResponse:
+                      relift: bool = False, photo_cameras: Sequence[common_pb2.Camera] = (),
+                      ) -> backprojection_pb2.RefineResponse:
         depth = await self._depth(view, camera)
         request = backprojection_pb2.RefineRequest(
             splat=splat, view=view, camera=camera, view_depth=depth.depth, reference=reference,
             confidence=confidence, rendered_depth=rendered_depth,
             options=backprojection_pb2.RefineOptions(seed=seed, observed=observed, relift=relift),
-            trusted_views=trusted or [],
+            trusted_views=trusted or [], photo_cameras=photo_cameras,
         )
         return await self._call("backprojection", self.clients.backprojection.Refine, request,
                                 self.config.refine_deadline_s)
@@ -500,9 +501,10 @@ class ServicePipeline:
     async def _run_photo_round(self, job: Job, spec: RoundSpec, report: ProgressReporter) -> VersionResult:
         """An extra photo as a round: its matte from the depth service, its camera from the backprojection
         service's Pose (INVALID_ARGUMENT naming ``spec.photo_field`` when it cannot be posed), then one MVCRM
-        round with ``observed`` set (a real view: no trust discount) and ``relift`` (the guessed part it
-        shows is replaced by the photo lifted on its depth), fused together with the input photo and with
-        the extra photo itself inside its matte as trusted views (docs/extra-photos.md)."""
+        round with ``observed`` set (a real view: no trust discount) and ``relift`` (the part it shows that
+        neither the input photo nor an earlier extra photo shows is replaced by the photo lifted on its
+        depth), fused together with the input photo and with the extra photo itself inside its matte as
+        trusted views (docs/extra-photos.md)."""
         assert spec.photo is not None, "a photo round needs its photo"
         start = time.perf_counter()
         latest = job.versions[-1]
@@ -532,8 +534,10 @@ class ServicePipeline:
         trusted = [*self._trusted_photo(image, photo_depth),
                    backprojection_pb2.TrustedView(image=extra, camera=posed.camera, mask=extra_depth.mask)]
         confidence = convert.artifact_to_proto(latest.confidence) if latest.confidence else None
+        earlier = [convert.camera_to_proto(v.camera) for v in job.versions  # what earlier photos show stays
+                   if v.metrics.get("extra_photo") == 1.0 and v.camera is not None]
         refined = await self._refine(splat, confidence, extra, posed.camera, image, spec.seed, trusted=trusted,
-                                     observed=True, relift=True)
+                                     observed=True, relift=True, photo_cameras=earlier)
         photo_metrics = await self._photo_metrics(refined.splat, image, photo_depth)
         await report(Stage.REFINE, 1.0, f"{field} fused")
         rep = report_from_proto(refined.report)

@@ -88,10 +88,11 @@ class ExtraPhotoScore:
 
 
 def extra_photo_gain(gt: GroundTruth, stages: Stages, azimuth_deg: float = 180.0, elevation_deg: float = 15.0,
-                     hint_offset_deg: float | None = 20.0, seed: int = 0) -> ExtraPhotoScore:
+                     hint_offset_deg: float | None = 20.0, seed: int = 0, relift: bool = True) -> ExtraPhotoScore:
     """Held-out PSNR (inside the mask) of the first version with and without the ground truth at
     (``azimuth_deg``, ``elevation_deg``) as an extra photo, posed from a hint ``hint_offset_deg`` off
-    (None: at its true camera, which separates the fusion's gain from the pose's error)."""
+    (None: at its true camera, which separates the fusion's gain from the pose's error); ``relift``
+    as :func:`fuse_extra_photo`."""
     splat, matte = coarse_splat(gt, stages, seed=seed)
     splat, confidence = photo_confidence(gt, stages, splat, seed)
     single = heldout_psnr(render_heldout(stages, splat, gt), gt)["psnr_mask_db"]
@@ -104,7 +105,7 @@ def extra_photo_gain(gt: GroundTruth, stages: Stages, azimuth_deg: float = 180.0
         pose = find_pose(splat, photo, est.mask, PoseHint(azimuth_deg + hint_offset_deg, elevation_deg),
                          field="extra_photos[0]", known=KnownView(gt.input.camera, matte))  # as the gateway does
     fused = fuse_extra_photo(splat, confidence, photo, est.mask, pose.camera, stages,
-                             TrustedView(gt.input.rgb_uint8, gt.input.camera, matte), seed)
+                             TrustedView(gt.input.rgb_uint8, gt.input.camera, matte), seed, relift)
     extra = heldout_psnr(render_heldout(stages, fused, gt), gt)["psnr_mask_db"]
     return ExtraPhotoScore(single, extra, pose)
 

@@ -256,6 +256,7 @@ class BackprojectionBackend(Backend):
         *,
         background: Sequence[float] | None = None,
         trusted: Sequence[TrustedView] = (),
+        photo_cameras: Sequence[Any] = (),
     ) -> RefineResult:
         """One round; ``options=None`` uses :attr:`defaults`. Arguments as :func:`.mvcrm.refine`, which
         checks each of them (its :class:`InvalidInput` names the field)."""
@@ -263,7 +264,7 @@ class BackprojectionBackend(Backend):
         if not isinstance(opts, RefineOptions):
             raise InvalidInput(f"options must be RefineOptions, got {type(opts).__name__}", field="options")
         return self._run("refine", self._refine, splat, view, camera, view_depth, confidence, opts, reference,
-                         background=background, trusted=trusted)
+                         background=background, trusted=trusted, photo_cameras=photo_cameras)
 
     def _refine(
         self,
@@ -277,6 +278,7 @@ class BackprojectionBackend(Backend):
         *,
         background: Sequence[float] | None,
         trusted: Sequence[TrustedView],
+        photo_cameras: Sequence[Any] = (),
     ) -> RefineResult:
         raise NotImplementedError
 

@@ -38,7 +38,7 @@ from glimpse3d.services.backprojection.api import (
 )
 from glimpse3d.services.backprojection.confidence import Trust, pixel_trust, weighted_mae
 from glimpse3d.services.backprojection.fusion import FusionProblem, NormalTerms, TrustedTerm, fuse
-from glimpse3d.services.backprojection.relift import LIFTED_CONFIDENCE, relift
+from glimpse3d.services.backprojection.relift import GUESSED_CONFIDENCE, LIFTED_CONFIDENCE, OBSERVED_STRENGTH, relift
 
 logger = logging.getLogger(__name__)
 
@@ -229,6 +229,41 @@ def _trusted_term(t: TrustedView, device: torch.device, carve: bool = False) -> 
         weight=t.weight,
         carve=outside,
     )
+
+
+def _check_photo_cameras(cameras: object) -> list[Camera]:
+    if isinstance(cameras, Camera) or not isinstance(cameras, Sequence):
+        raise InvalidInput(f"photo_cameras must be a sequence of Camera, got {type(cameras).__name__}",
+                           field="photo_cameras")
+    for i, c in enumerate(cameras):
+        if not isinstance(c, Camera):
+            raise InvalidInput(f"photo_cameras[{i}] must be a Camera, got {type(c).__name__}",
+                               field=f"photo_cameras[{i}]")
+    return list(cameras)
+
+
+def _same_pose(a: Camera, b: Camera) -> bool:
+    """Whether two cameras stand at the same place looking the same way (their sizes may differ)."""
+    return bool(np.allclose(a.world_to_camera, b.world_to_camera, atol=1e-6))
+
+
+def _strength(g: GaussianTensors, camera: Camera) -> np.ndarray:
+    """[N] each Gaussian's :func:`observation_strength` in ``camera``'s view."""
+    cov, _ = footprints(g, camera, torch.ones(camera.height, camera.width, device=g.device))
+    return observation_strength(cov).cpu().numpy()
+
+
+def observed_by_photos(g: GaussianTensors, cameras: Sequence[Camera]) -> np.ndarray:
+    """[N] bool: the Gaussians some photo shows, an observation strength of at least
+    :data:`.relift.OBSERVED_STRENGTH` from one of ``cameras`` (the photos').
+
+    Geometry, not confidence, tells a photo's observation from a guess: enhancement rounds raise the
+    confidence of the far side too (after two rounds from behind, 86 % of the globe's Gaussians stood at
+    0.1 or more, and a back photo replaced 16 of them), but no photo shows it."""
+    seen = np.zeros(g.num_gaussians, bool)
+    for cam in cameras:
+        seen |= _strength(g, cam) >= OBSERVED_STRENGTH
+    return seen
 
 
 def _check_splat(splat: object) -> Splat:
@@ -761,6 +796,7 @@ def refine(
     max_side: int | None = None,
     ablation: Ablation = FULL_MVCRM,
     trusted: Sequence[TrustedView] = (),
+    photo_cameras: Sequence[Camera] = (),
 ) -> RefineResult:
     """Fuse one enhanced ``view`` [H, W, 3] seen from ``camera`` into ``splat`` (one MVCRM round).
 
@@ -777,6 +813,8 @@ def refine(
     research harness's ablation study (:class:`Ablation`); the default is the full module.
     ``trusted``: views fused together with ``view`` as ground truth (the gateway sends the input photo
     with its matte), each adding its own photometric term to the fusion loss (:mod:`.fusion`).
+    ``photo_cameras``: cameras of the object's other photos that are not trusted views; with
+    ``options.relift`` what they and the trusted views show is observed (:func:`observed_by_photos`).
     """
     if not isinstance(ablation, Ablation):
         raise InvalidInput(f"ablation must be an Ablation, got {type(ablation).__name__}", field="ablation")
@@ -791,6 +829,7 @@ def refine(
     conf = _check_confidence(confidence, splat.num_gaussians)
     ref = _check_reference(reference)
     trusted_views = _check_trusted(trusted, max_side)
+    cameras = _check_photo_cameras(photo_cameras)
     g0 = to_tensors(splat, device)
     rgb0, depth0, alpha0, bg = _first_render(g0, camera, target, depth_in, background)
     trust_depth = depth_in if ablation.depth_consistency else None
@@ -819,9 +858,9 @@ def refine(
         return RefineResult(splat, conf, report)
     replaced = added_by_relift = kept_by_relift = 0
     if opts.relift and depth_in is not None:  # a real photo replaces the guess it shows (.relift)
-        cov_all, _ = footprints(g0, camera, torch.ones(camera.height, camera.width, device=g0.device))
-        relifted = relift(g0, conf, observation_strength(cov_all).cpu().numpy(), camera, target, depth_in, depth0,
-                          opts.seed)
+        others = [t.camera for t in trusted_views if not _same_pose(t.camera, camera)] + cameras
+        guessed = ~observed_by_photos(g0, others) if others else conf < GUESSED_CONFIDENCE
+        relifted = relift(g0, guessed, _strength(g0, camera), camera, target, depth_in, depth0, opts.seed)
         if relifted is not None:
             g0, replaced, added_by_relift = relifted.gaussians, relifted.removed, relifted.added
             kept_by_relift = int(relifted.kept.sum())

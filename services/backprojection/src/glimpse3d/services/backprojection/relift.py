@@ -11,9 +11,12 @@ part is removed and the photo is lifted in its place, as flat discs on its own d
 by the photo. :func:`.mvcrm.refine` runs it for ``options.relift`` (the gateway's extra-photo
 rounds), and its fusion then fits only the lifted Gaussians (and any grown ones).
 
-- **Guessed**: confidence below :data:`GUESSED_CONFIDENCE`. One photo gives what it shows 0.35-0.57
-  (10th to 90th percentile on the globe's first version); the closure's back layer and rim walls
-  stay under 0.01.
+- **Guessed**: no other photo of the object shows it, an observation strength under
+  :data:`OBSERVED_STRENGTH` from each of their cameras (:func:`.mvcrm.observed_by_photos`: the input
+  photo, earlier extra photos). On the globe's first version the input photo shows its front 0.35-0.57
+  (10th to 90th percentile) and the closure's back layer and rim walls under 0.01. Without any other
+  photo's camera, confidence below :data:`GUESSED_CONFIDENCE` stands for it (a photo's round gives what
+  it shows its observation strength; but enhancement rounds raise the far side's confidence too).
 - **Shown by the photo**: observation strength (:func:`.mvcrm.observation_strength`) at least
   :data:`SHOWN_STRENGTH`. From behind, the globe's back layer scores 0.34 and more (90 %); its rim
   walls, seen edge-on, 0.14 and less (90 %): the walls stay and still bridge front and back.
@@ -49,6 +52,7 @@ from glimpse3d.core.splat import SH_C0
 
 logger = logging.getLogger(__name__)
 
+OBSERVED_STRENGTH = 0.1
 GUESSED_CONFIDENCE = 0.1
 SHOWN_STRENGTH = 0.2
 COVERED_ALPHA = 0.5
@@ -87,7 +91,7 @@ def _shares(g: GaussianTensors, camera: Camera, indicator: np.ndarray) -> tuple[
 
 def relift(
     g: GaussianTensors,
-    confidence: np.ndarray,
+    guessed: np.ndarray,
     strength: np.ndarray,
     camera: Camera,
     photo: np.ndarray,
@@ -97,10 +101,10 @@ def relift(
 ) -> Relifted | None:
     """Replace the guessed Gaussians ``photo`` [H, W, 3] (float, [0, 1]) shows by the photo lifted on
     its depth ``photo_depth`` [H, W] (camera z in world units, > 0 on the object); ``rendered_depth``
-    [H, W] is the splat's at the photo's camera, ``confidence`` [N] and ``strength`` [N] each Gaussian's
-    confidence and observation strength in the photo; ``seed`` the sampling grid's phase. None when
-    nothing qualifies (see the module docstring)."""
-    drop = (confidence < GUESSED_CONFIDENCE) & (strength >= SHOWN_STRENGTH)  # [N]
+    [H, W] is the splat's at the photo's camera, ``guessed`` [N] bool the Gaussians no other photo
+    shows, ``strength`` [N] each Gaussian's observation strength in this one; ``seed`` the sampling
+    grid's phase. None when nothing qualifies (see the module docstring)."""
+    drop = guessed & (strength >= SHOWN_STRENGTH)  # [N]
     if int(drop.sum()) < MIN_REPLACED:
         logger.info("relift: %d guessed Gaussians shown by the photo, fewer than %d; nothing re-lifted",
                     int(drop.sum()), MIN_REPLACED)
@@ -143,4 +147,4 @@ def relift(
     return Relifted(out, ~drop, m)
 
 
-__all__ = ["GUESSED_CONFIDENCE", "LIFTED_CONFIDENCE", "SHOWN_STRENGTH", "Relifted", "relift"]
+__all__ = ["GUESSED_CONFIDENCE", "LIFTED_CONFIDENCE", "OBSERVED_STRENGTH", "SHOWN_STRENGTH", "Relifted", "relift"]

@@ -48,9 +48,11 @@ class BackprojectionServicer(backprojection_pb2_grpc.BackprojectionServicer):
             confidence = await self.rt.io.array(request.confidence, "confidence", shape=(splat.num_gaussians,))
         reference = await self.rt.io.image(request.reference, "reference") if request.reference.uri else None
         trusted = [await self._trusted_view(t, f"trusted_views[{i}]") for i, t in enumerate(request.trusted_views)]
+        photo_cameras = [convert.camera_from_proto(c, f"photo_cameras[{i}]")
+                         for i, c in enumerate(request.photo_cameras)]
         result = await self.rt.limiter.run(
             self.backend.refine, splat, view[..., :3], camera, view_depth, confidence, options,
-            reference=None if reference is None else reference[..., :3], trusted=trusted,
+            reference=None if reference is None else reference[..., :3], trusted=trusted, photo_cameras=photo_cameras,
         )
         r = result.report
         report = backprojection_pb2.RefineReport(

@@ -113,6 +113,8 @@ class MVCRMBackend(BackprojectionBackend):
         *,
         background: Sequence[float] | None,
         trusted: Sequence[TrustedView],
+        photo_cameras: Sequence[Any] = (),
     ) -> RefineResult:
         return refine(splat, view, camera, view_depth, confidence, options, self.clip, reference,
-                      background=background, device=self.device, max_side=self.options.max_side, trusted=trusted)
+                      background=background, device=self.device, max_side=self.options.max_side, trusted=trusted,
+                      photo_cameras=photo_cameras)
