@@ -139,6 +139,18 @@ def test_the_back_view_as_an_extra_photo_raises_heldout_psnr(cache, stages):
     assert score.extra_db > score.single_db + 1.0, (score.single_db, score.extra_db)
 
 
+def test_the_back_photo_relifted_reshapes_what_fusion_alone_only_recolours(cache, tmp_path):
+    """The research CLI's extra-photo figures: on the checker box the re-lifted back photo gains
+    +1.6 dB (64 px), the same photo fused without the re-lift +0.6 dB."""
+    import json
+
+    from glimpse3d.research.__main__ import main
+
+    assert main(["extra", "--objects", "checker_box", "--resolution", str(FUSION_SIDE), "--out", str(tmp_path)]) == 0
+    row = json.loads((tmp_path / "extra.json").read_text())["checker_box"]
+    assert row["relift_gain_db"] > 1.2 and row["relift_gain_db"] > row["fused_gain_db"] + 0.5, row
+
+
 def test_an_observed_view_is_fused_where_its_depth_disagrees(cache, stages):
     from glimpse3d.research.coarse import coarse_splat
     from glimpse3d.services.backprojection.api import RefineOptions

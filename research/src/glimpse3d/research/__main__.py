@@ -11,7 +11,7 @@
       render (or load from the cache) every object's views and write a contact sheet
   coarse [--objects A B] [--resolution N] [--out DIR] [--depth B] [--reconstruction B]
       the coarse splat of each object's input view, scored on the 16 held-out views
-  extra [--objects A B] [--resolution N] [--hint-offset DEG] [--out DIR]
+  extra [--objects A B] [--resolution N] [--hint-offset DEG] [--true-depth] [--out DIR]
       the ground truth's back view (azimuth 180, elevation 15) as an extra photo: held-out PSNR in the
       mask of the first version with and without it, re-lifted and not (docs/extra-photos.md)
 """
@@ -85,8 +85,10 @@ def _extra(args: argparse.Namespace) -> int:
         gt = ground_truth(name, args.resolution)
         row: dict[str, float | str] = {}
         try:
-            relifted = extra_photo_gain(gt, stages, hint_offset_deg=args.hint_offset, relift=True)
-            fused = extra_photo_gain(gt, stages, hint_offset_deg=args.hint_offset, relift=False)
+            relifted = extra_photo_gain(gt, stages, hint_offset_deg=args.hint_offset, relift=True,
+                                        true_depth=args.true_depth)
+            fused = extra_photo_gain(gt, stages, hint_offset_deg=args.hint_offset, relift=False,
+                                     true_depth=args.true_depth)
         except Glimpse3DError as err:  # the photo could not be posed from the hint: reported, not fatal
             results[name] = {"refused": str(err)}
             print(f"| {name} | | refused: {err} | | |", flush=True)
@@ -160,6 +162,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--resolution", type=int, default=128)
     e.add_argument("--hint-offset", type=float, default=None,
                    help="pose the photo from a hint this many degrees off in azimuth (default: its true camera)")
+    e.add_argument("--true-depth", action="store_true",
+                   help="fuse the photo with its ground-truth depth, not the depth backend's (what better depth gives)")
     e.add_argument("--out", type=Path, default=Path("research/out"))
     r = sub.add_parser("run", help="the six studies (make research)")
     size = r.add_mutually_exclusive_group()

@@ -68,12 +68,14 @@ def extra_view(gt: GroundTruth, azimuth_deg: float, elevation_deg: float, obj: B
 
 def fuse_extra_photo(splat: Splat, confidence: np.ndarray | None, photo: np.ndarray, matte: np.ndarray,
                      camera: Camera, stages: Stages, input_photo: TrustedView, seed: int = 0,
-                     relift: bool = True) -> Splat:
+                     relift: bool = True, depth: np.ndarray | None = None) -> Splat:
     """An extra photo, posed at ``camera``, fused as the gateway fuses it: one MVCRM round with
     ``options.observed`` and ``options.relift`` (the photo's depth from the depth backend), together with
     the input photo and the extra photo itself (inside its matte, full weight) as trusted views.
-    ``relift=False``: the round without the re-lift, for comparison."""
-    depth = stages.depth.estimate(photo, camera).depth
+    ``relift=False``: the round without the re-lift, for comparison; ``depth``: the photo's depth in
+    place of the depth backend's (the ground truth's, to measure what a better depth would give)."""
+    if depth is None:
+        depth = stages.depth.estimate(photo, camera).depth
     own = TrustedView(photo, camera, matte)
     result = refine(splat, photo, camera, depth, confidence, RefineOptions(seed=seed, observed=True, relift=relift),
                     background=background_colour(photo, matte), trusted=[input_photo, own])
@@ -88,11 +90,12 @@ class ExtraPhotoScore:
 
 
 def extra_photo_gain(gt: GroundTruth, stages: Stages, azimuth_deg: float = 180.0, elevation_deg: float = 15.0,
-                     hint_offset_deg: float | None = 20.0, seed: int = 0, relift: bool = True) -> ExtraPhotoScore:
+                     hint_offset_deg: float | None = 20.0, seed: int = 0, relift: bool = True,
+                     true_depth: bool = False) -> ExtraPhotoScore:
     """Held-out PSNR (inside the mask) of the first version with and without the ground truth at
     (``azimuth_deg``, ``elevation_deg``) as an extra photo, posed from a hint ``hint_offset_deg`` off
     (None: at its true camera, which separates the fusion's gain from the pose's error); ``relift``
-    as :func:`fuse_extra_photo`."""
+    as :func:`fuse_extra_photo`; ``true_depth``: the extra photo fused with its ground-truth depth."""
     splat, matte = coarse_splat(gt, stages, seed=seed)
     splat, confidence = photo_confidence(gt, stages, splat, seed)
     single = heldout_psnr(render_heldout(stages, splat, gt), gt)["psnr_mask_db"]
@@ -105,7 +108,8 @@ def extra_photo_gain(gt: GroundTruth, stages: Stages, azimuth_deg: float = 180.0
         pose = find_pose(splat, photo, est.mask, PoseHint(azimuth_deg + hint_offset_deg, elevation_deg),
                          field="extra_photos[0]", known=KnownView(gt.input.camera, matte))  # as the gateway does
     fused = fuse_extra_photo(splat, confidence, photo, est.mask, pose.camera, stages,
-                             TrustedView(gt.input.rgb_uint8, gt.input.camera, matte), seed, relift)
+                             TrustedView(gt.input.rgb_uint8, gt.input.camera, matte), seed, relift,
+                             view.depth if true_depth else None)
     extra = heldout_psnr(render_heldout(stages, fused, gt), gt)["psnr_mask_db"]
     return ExtraPhotoScore(single, extra, pose)
 
