@@ -85,8 +85,9 @@ def test_the_guessed_back_is_replaced_at_the_photos_depth_in_its_colours(scene) 
     new = slice(int(out.kept.sum()), None)
     z = out.gaussians.means[new, 2].numpy()
     assert abs(float(np.median(z)) + 0.25) < 0.01, np.median(z)  # the photo's depth, not the guess's -0.05
-    colour = (out.gaussians.sh[new, 0, :].numpy() * SH_C0 + 0.5).mean(axis=0)
-    assert np.abs(colour - np.array(BLUE)).max() < 0.05, colour
+    colour = out.gaussians.sh[new, 0, :].numpy() * SH_C0 + 0.5  # [M, 3]
+    # every one blue, those at the outline too (the photo's edge pixels are blends with its white background)
+    assert np.abs(colour - np.array(BLUE)).max() < 0.05, np.abs(colour - np.array(BLUE)).max()
 
 
 def test_the_relifted_round_reproduces_the_photo_and_leaves_the_observed_side(scene) -> None:

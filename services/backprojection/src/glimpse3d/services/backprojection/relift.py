@@ -44,6 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from glimpse3d.core.cameras import Camera
 from glimpse3d.core.lifting import lift_layer, sample_grid
@@ -60,6 +61,7 @@ MIN_REPLACED = 16
 MAX_DEPTH_RATIO = 1.5  # the photo's depth against the splat's, medians over the pixels both cover
 FOOTPRINT = 0.6  # disc standard deviation in grid spacings (the lift backend's default)
 OPACITY = 0.95
+RIM_PX = 2  # photo pixels this close to the object's edge take an inner pixel's colour
 LIFTED_CONFIDENCE = 1.0
 
 
@@ -87,6 +89,18 @@ def _shares(g: GaussianTensors, camera: Camera, indicator: np.ndarray) -> tuple[
     alpha = out.alpha.cpu().numpy().astype(np.float64)
     share = np.where(alpha > 1e-6, out.rgb[..., 0].cpu().numpy() / np.maximum(alpha, 1e-6), 0.0)
     return alpha.astype(np.float32), np.clip(share, 0.0, 1.0).astype(np.float32)
+
+
+def _inner_colours(photo: np.ndarray, obj: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+    """[M, 3] the photo's colour at ``pixels`` [M, 2], those within ``RIM_PX`` of the object's edge taking
+    the colour of the nearest pixel further in: edge pixels are blends with the background, and a disc
+    lifted there shows that blend as a light seam from the side."""
+    inner = ndimage.binary_erosion(obj, iterations=RIM_PX)
+    if not inner.any():
+        return np.clip(photo[pixels[:, 0], pixels[:, 1]], 0.0, 1.0).astype(np.float32)
+    _, (rows, cols) = ndimage.distance_transform_edt(~inner, return_indices=True)  # nearest inner pixel
+    at = (rows[pixels[:, 0], pixels[:, 1]], cols[pixels[:, 0], pixels[:, 1]])
+    return np.clip(photo[at], 0.0, 1.0).astype(np.float32)
 
 
 def relift(
@@ -126,7 +140,7 @@ def relift(
     # as many as were removed at most: the splat never grows past its size (nor MAX_GAUSSIANS) here
     pixels, spacing = sample_grid(target, int(drop.sum()), np.random.default_rng(seed))  # [M, 2] (row, col)
     depth = np.where(obj, photo_depth, 0.0).astype(np.float32)
-    colours = np.clip(photo[pixels[:, 0], pixels[:, 1]], 0.0, 1.0).astype(np.float32)  # [M, 3]
+    colours = _inner_colours(photo, obj, pixels)  # [M, 3]
     layer = lift_layer(depth, obj, colours, pixels, FOOTPRINT * spacing, camera)
     m, dev, dt = len(layer), g.means.device, g.means.dtype
     sh = torch.zeros((m, g.sh.shape[1], 3), dtype=dt, device=dev)
