@@ -85,6 +85,8 @@ def test_an_extra_photo_adds_a_posed_version(call):
     assert len(job.versions) == 3 and job.versions[2].metrics["extra_photo"] == 1.0, job.error
     v3 = job.versions[2]
     assert v3.report.relift_replaced > 0 and v3.report.relift_added > 0, v3.report
+    assert v3.metrics["pose_hint_kept"] == 1.0 and v3.metrics["pose_azimuth_deg"] == pytest.approx(180.0, abs=1e-3)
+    assert v2.metrics["pose_hint_kept"] == 0.0  # the front: the input photo showed it, the splat decides
     assert v3.metrics["relift_added"] == v3.report.relift_added
 
     blank = _png(np.full((RES, RES, 3), 255, np.uint8))

@@ -174,6 +174,8 @@ def test_backprojection_refine(store, scene):
         await expect_invalid(stub.Refine(backprojection_pb2.RefineRequest(  # only a real photo may re-lift
             splat=splat_ref, view=view, camera=cam, options=backprojection_pb2.RefineOptions(relift=True))),
             "options.relift")
+        await expect_invalid(stub.Refine(backprojection_pb2.RefineRequest(
+            splat=splat_ref, view=view, camera=cam, photo_cameras=[common_pb2.Camera()])), "photo_cameras[0]")
 
     run_service("backprojection", store, scenario)
 
@@ -205,6 +207,9 @@ def test_backprojection_pose_calibrated_at_a_known_view(store, scene):
         assert plain.distance / 2.7 - 1.0 > 0.02, plain.distance
         assert abs(calibrated.distance / 2.7 - 1.0) < 0.01, calibrated.distance
         assert abs(calibrated.azimuth_deg - 40.0) < 2.0 and abs(calibrated.elevation_deg - 10.0) < 2.0
+        assert not calibrated.hint_kept  # the known view shows most of what this view shows
+        await expect_invalid(stub.Pose(request(known_mask=known_mask, known_camera=known_camera,
+                                               photo_cameras=[common_pb2.Camera()])), "photo_cameras[0]")
         await expect_invalid(stub.Pose(request(known_mask=known_mask)), "known_camera")
         await expect_invalid(stub.Pose(request(known_camera=known_camera)), "known_mask")
         await expect_invalid(stub.Pose(request(known_mask=mask, known_camera=convert.camera_to_proto(

@@ -522,8 +522,11 @@ class ServicePipeline:
         extra_depth = await self._depth(extra)
         await report(Stage.REFINE, 0.2, f"finding where {field} was taken from")
         splat = convert.artifact_to_proto(latest.splat)
+        earlier = [convert.camera_to_proto(v.camera) for v in job.versions  # what earlier photos show is observed
+                   if v.metrics.get("extra_photo") == 1.0 and v.camera is not None]
         pose = backprojection_pb2.PoseRequest(splat=splat, image=extra, mask=extra_depth.mask, field=field,
-                                              known_mask=photo_depth.mask, known_camera=photo_depth.camera)
+                                              known_mask=photo_depth.mask, known_camera=photo_depth.camera,
+                                              photo_cameras=earlier)
         if spec.hint_azimuth_deg is not None:
             pose.azimuth_deg = spec.hint_azimuth_deg
         if spec.hint_elevation_deg is not None:
@@ -534,8 +537,6 @@ class ServicePipeline:
         trusted = [*self._trusted_photo(image, photo_depth),
                    backprojection_pb2.TrustedView(image=extra, camera=posed.camera, mask=extra_depth.mask)]
         confidence = convert.artifact_to_proto(latest.confidence) if latest.confidence else None
-        earlier = [convert.camera_to_proto(v.camera) for v in job.versions  # what earlier photos show stays
-                   if v.metrics.get("extra_photo") == 1.0 and v.camera is not None]
         refined = await self._refine(splat, confidence, extra, posed.camera, image, spec.seed, trusted=trusted,
                                      observed=True, relift=True, photo_cameras=earlier)
         photo_metrics = await self._photo_metrics(refined.splat, image, photo_depth)
@@ -549,6 +550,7 @@ class ServicePipeline:
                      "pose_azimuth_deg": posed.azimuth_deg, "pose_elevation_deg": posed.elevation_deg,
                      "pose_roll_deg": posed.roll_deg, "pose_distance": posed.distance,
                      "pose_silhouette_iou": posed.silhouette_iou, "pose_photometric_error": posed.photometric_error,
+                     "pose_hint_kept": float(posed.hint_kept),
                      "extra_photo_error_before": rep.photometric_error_before,
                      "extra_photo_error_after": rep.photometric_error_after,
                      "relift_replaced": float(rep.relift_replaced), "relift_added": float(rep.relift_added),

@@ -8,13 +8,14 @@ fused as a real photo, held-out PSNR rose by only 0.5 dB on the research harness
 1.7 dB on its globe (docs/extra-photos.md). :func:`relift` does for the photo what the lift backend
 did for the first one: where the photo shows a part of the splat that no photo has observed, that
 part is removed and the photo is lifted in its place, as flat discs on its own depth map, coloured
-by the photo. :func:`.mvcrm.refine` runs it for ``options.relift`` (the gateway's extra-photo
-rounds), and its fusion then fits only the lifted Gaussians (and any grown ones).
+by the photo (pixels at its outline, blends with the background, take an inner pixel's colour).
+:func:`.mvcrm.refine` runs it for ``options.relift`` (the gateway's extra-photo rounds), and its
+fusion then fits only the lifted Gaussians (and any grown ones).
 
 - **Guessed**: no other photo of the object shows it, an observation strength under
   :data:`OBSERVED_STRENGTH` from each of their cameras (:func:`.mvcrm.observed_by_photos`: the input
-  photo, earlier extra photos). On the globe's first version the input photo shows its front 0.35-0.57
-  (10th to 90th percentile) and the closure's back layer and rim walls under 0.01. Without any other
+  photo, earlier extra photos). On the globe's first version the input photo shows its front 0.38-0.57
+  (10th to 90th percentile) and the closure's back layer and rim walls under 0.01 (90 %). Without any other
   photo's camera, confidence below :data:`GUESSED_CONFIDENCE` stands for it (a photo's round gives what
   it shows its observation strength; but enhancement rounds raise the far side's confidence too).
 - **Shown by the photo**: observation strength (:func:`.mvcrm.observation_strength`) at least
@@ -29,8 +30,9 @@ rounds), and its fusion then fits only the lifted Gaussians (and any grown ones)
 - **Depth as it comes**: the depth service's depth is camera z in world units (depth.proto), the
   frame the splat is in. It is not aligned to the splat's rendered depth: that depth is the guess
   being replaced, and aligning to it would copy the guess's shape back (tests/unit/test_relift.py).
-  Measured on the research harness's ten objects, the photo's depth as it comes and the same
-  aligned to the guess gave the same mean gain (+1.44 / +1.43 dB; docs/extra-photos.md).
+  Measured on the research harness's ten objects (with an earlier version of this module), the
+  photo's depth as it comes and the same aligned to the guess gave the same mean gain (+1.44 /
+  +1.43 dB; docs/extra-photos.md).
 
 Nothing is re-lifted (and the round goes on as a plain observed round) when fewer than
 :data:`MIN_REPLACED` Gaussians qualify, or when the photo's depth and the splat's disagree by more
@@ -61,7 +63,7 @@ MIN_REPLACED = 16
 MAX_DEPTH_RATIO = 1.5  # the photo's depth against the splat's, medians over the pixels both cover
 FOOTPRINT = 0.6  # disc standard deviation in grid spacings (the lift backend's default)
 OPACITY = 0.95
-RIM_PX = 2  # photo pixels this close to the object's edge take an inner pixel's colour
+RIM_PX = 1  # photo pixels on the object's edge take the nearest inner pixel's colour (1 px: measured against 2-4)
 LIFTED_CONFIDENCE = 1.0
 
 
@@ -79,7 +81,7 @@ class Relifted:
         return int((~self.kept).sum())
 
 
-def _shares(g: GaussianTensors, camera: Camera, indicator: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def alpha_shares(g: GaussianTensors, camera: Camera, indicator: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(alpha [H, W], share [H, W] of that alpha made by the Gaussians where ``indicator`` [N] is true)."""
     sh = torch.zeros_like(g.sh)  # [N, K, 3]; band 0 = the indicator as a grey level, higher bands 0
     sh[:, 0, :] = (torch.as_tensor(indicator, dtype=g.sh.dtype, device=g.sh.device)[:, None] - 0.5) / SH_C0
@@ -124,7 +126,7 @@ def relift(
                     int(drop.sum()), MIN_REPLACED)
         return None
     obj = photo_depth > 0  # [H, W]
-    alpha, share = _shares(g, camera, drop)
+    alpha, share = alpha_shares(g, camera, drop)
     covered = obj & (alpha > COVERED_ALPHA) & (rendered_depth > 0)
     if int(covered.sum()) < MIN_REPLACED:
         logger.info("relift: the splat covers %d of the photo's object pixels; nothing re-lifted", int(covered.sum()))
@@ -161,4 +163,5 @@ def relift(
     return Relifted(out, ~drop, m)
 
 
-__all__ = ["GUESSED_CONFIDENCE", "LIFTED_CONFIDENCE", "OBSERVED_STRENGTH", "SHOWN_STRENGTH", "Relifted", "relift"]
+__all__ = ["GUESSED_CONFIDENCE", "LIFTED_CONFIDENCE", "OBSERVED_STRENGTH", "SHOWN_STRENGTH", "Relifted", "alpha_shares",
+           "relift"]

@@ -95,13 +95,15 @@ class BackprojectionServicer(backprojection_pb2_grpc.BackprojectionServicer):
             camera = convert.camera_from_proto(request.known_camera, "known_camera")
             known = KnownView(camera, await self.rt.io.array(request.known_mask, "known_mask",
                                                              shape=(camera.height, camera.width)))
+        photo_cameras = [convert.camera_from_proto(c, f"photo_cameras[{i}]")
+                         for i, c in enumerate(request.photo_cameras)]
         found = await self.rt.limiter.run(find_pose, splat, image[..., :3], mask, hint, field=field, fov_y_deg=fov,
-                                          known=known)
+                                          known=known, photo_cameras=photo_cameras)
         p = found.pose
         return backprojection_pb2.PoseResponse(
             camera=convert.camera_to_proto(found.camera), azimuth_deg=p.azimuth_deg, elevation_deg=p.elevation_deg,
             roll_deg=p.roll_deg, distance=p.distance, silhouette_iou=found.iou,
-            photometric_error=found.photometric_error)
+            photometric_error=found.photometric_error, hint_kept=found.hint_kept)
 
     async def _trusted_view(self, msg: backprojection_pb2.TrustedView, field: str) -> TrustedView:
         camera = convert.camera_from_proto(msg.camera, f"{field}.camera")
