@@ -70,7 +70,7 @@ def _strength(splat: Splat, camera: Camera) -> np.ndarray:
 
 
 def test_the_guessed_back_is_replaced_at_the_photos_depth_in_its_colours(scene) -> None:
-    splat, conf, photo, depth, _ = scene
+    splat, _, photo, depth, _ = scene
     back = _camera(180.0)
     _, rendered_depth, _ = _render(splat, back)
     g = to_tensors(splat, "cpu")

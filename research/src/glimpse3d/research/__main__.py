@@ -83,7 +83,6 @@ def _extra(args: argparse.Namespace) -> int:
     print("|---|---|---|---|---|")
     for name in args.objects:
         gt = ground_truth(name, args.resolution)
-        row: dict[str, float | str] = {}
         try:
             relifted = extra_photo_gain(gt, stages, hint_offset_deg=args.hint_offset, relift=True,
                                         true_depth=args.true_depth)
@@ -93,17 +92,20 @@ def _extra(args: argparse.Namespace) -> int:
             results[name] = {"refused": str(err)}
             print(f"| {name} | | refused: {err} | | |", flush=True)
             continue
-        row = {"single_db": relifted.single_db, "relift_gain_db": relifted.extra_db - relifted.single_db,
-               "fused_gain_db": fused.extra_db - fused.single_db, "pose_azimuth_deg": relifted.pose.pose.azimuth_deg,
-               "pose_elevation_deg": relifted.pose.pose.elevation_deg}
+        row: dict[str, float | str] = {
+            "single_db": relifted.single_db, "relift_gain_db": relifted.extra_db - relifted.single_db,
+            "fused_gain_db": fused.extra_db - fused.single_db, "pose_azimuth_deg": relifted.pose.pose.azimuth_deg,
+            "pose_elevation_deg": relifted.pose.pose.elevation_deg, "pose_hint_kept": float(relifted.pose.hint_kept)}
         results[name] = row
         print(f"| {name} | {row['single_db']:.2f} | {row['relift_gain_db']:+.2f} | {row['fused_gain_db']:+.2f} | "
               f"{row['pose_azimuth_deg']:.1f}, {row['pose_elevation_deg']:.1f} |", flush=True)
     scored = [r for r in results.values() if "refused" not in r]
     if scored:
-        mean = {k: float(np.mean([float(r[k]) for r in scored])) for k in ("relift_gain_db", "fused_gain_db")}
+        mean: dict[str, float | str] = {k: float(np.mean([float(r[k]) for r in scored]))
+                                        for k in ("relift_gain_db", "fused_gain_db")}
         results["mean"] = mean
-        print(f"| mean of {len(scored)} | | {mean['relift_gain_db']:+.2f} | {mean['fused_gain_db']:+.2f} | |")
+        relifted_mean, fused_mean = float(mean["relift_gain_db"]), float(mean["fused_gain_db"])
+        print(f"| mean of {len(scored)} | | {relifted_mean:+.2f} | {fused_mean:+.2f} | |")
     (args.out / "extra.json").write_text(json.dumps(results, indent=2))
     return 0
 

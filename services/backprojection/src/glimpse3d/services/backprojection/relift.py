@@ -97,11 +97,12 @@ def _inner_colours(photo: np.ndarray, obj: np.ndarray, pixels: np.ndarray) -> np
     """[M, 3] the photo's colour at ``pixels`` [M, 2], those within ``RIM_PX`` of the object's edge taking
     the colour of the nearest pixel further in: edge pixels are blends with the background, and a disc
     lifted there shows that blend as a light seam from the side."""
-    inner = ndimage.binary_erosion(obj, iterations=RIM_PX)
+    inner = np.asarray(ndimage.binary_erosion(obj, iterations=RIM_PX), dtype=bool)
     if not inner.any():
         return np.clip(photo[pixels[:, 0], pixels[:, 1]], 0.0, 1.0).astype(np.float32)
-    _, (rows, cols) = ndimage.distance_transform_edt(~inner, return_indices=True)  # nearest inner pixel
-    at = (rows[pixels[:, 0], pixels[:, 1]], cols[pixels[:, 0], pixels[:, 1]])
+    out = ndimage.distance_transform_edt(~inner, return_distances=False, return_indices=True)
+    nearest = np.asarray(out)  # [2, H, W] (row, col) of the nearest inner pixel
+    at = (nearest[0][pixels[:, 0], pixels[:, 1]], nearest[1][pixels[:, 0], pixels[:, 1]])
     return np.clip(photo[at], 0.0, 1.0).astype(np.float32)
 
 

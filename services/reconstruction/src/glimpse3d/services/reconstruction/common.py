@@ -18,10 +18,10 @@ from glimpse3d.core.backend import BackendOptions
 from glimpse3d.core.cameras import Camera
 from glimpse3d.core.cancel import check_cancelled
 from glimpse3d.core.errors import InvalidInput
+from glimpse3d.core.lifting import Layer
 from glimpse3d.core.render import GaussianTensors, rasterize
 from glimpse3d.core.splat import Splat, rgb_to_sh0, sh0_to_rgb
 from glimpse3d.services.reconstruction.api import RenderedImage
-from glimpse3d.core.lifting import Layer
 
 _MIN_MASK_PIXELS = 4
 

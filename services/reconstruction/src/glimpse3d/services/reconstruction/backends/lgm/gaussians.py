@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from glimpse3d.core.lifting import rotmat_to_quat
 from glimpse3d.core.splat import Splat, rgb_to_sh0
 from glimpse3d.services.reconstruction.backends.lgm.rays import Similarity
 from glimpse3d.services.reconstruction.backends.lgm.unet import OUT_CHANNELS, activate
-from glimpse3d.core.lifting import rotmat_to_quat
 
 logger = logging.getLogger(__name__)
 

@@ -18,6 +18,7 @@ import torch
 from pydantic import Field
 
 from glimpse3d.core.cameras import Camera, orbit_camera
+from glimpse3d.core.lifting import layers_to_splat, lift_layer, sample_grid
 from glimpse3d.core.models import warm_optimizer
 from glimpse3d.core.render import rasterize
 from glimpse3d.core.splat import Splat
@@ -42,7 +43,6 @@ from glimpse3d.services.reconstruction.common import (
     input_view_psnr,
     prepare_inputs,
 )
-from glimpse3d.core.lifting import layers_to_splat, lift_layer, sample_grid
 
 logger = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ from glimpse3d.core.backend import LearnedBackend, LearnedOptions
 from glimpse3d.core.cameras import Camera
 from glimpse3d.core.cancel import check_cancelled
 from glimpse3d.core.errors import FailedPrecondition
+from glimpse3d.core.lifting import Layer, layers_to_splat
 from glimpse3d.core.splat import Splat
 from glimpse3d.services.reconstruction.api import (
     MAX_FIT_STEPS,
@@ -51,7 +52,6 @@ from glimpse3d.services.reconstruction.common import (
     input_view_psnr,
     prepare_inputs,
 )
-from glimpse3d.core.lifting import Layer, layers_to_splat
 
 logger = logging.getLogger(__name__)
 
