@@ -30,6 +30,16 @@ describe("metric formats", () => {
     ]);
   });
 
+  it("labels a photo round's re-lift and pose", () => {
+    const rows = metricRows({ relift_replaced: 3357, relift_added: 3152, pose_hint_kept: 1 });
+    expect(rows.map((r) => [r.label, r.value])).toEqual([
+      ["Guessed Gaussians the photo replaced", "3,357"],
+      ["Gaussians lifted from the photo", "3,152"],
+      ["Pose: your hint kept (a side no photo had shown)", "yes"],
+    ]);
+    expect(metricRows({ pose_hint_kept: 0 })[0].value).toBe("no");
+  });
+
   it("shows a missing value as a dash and keeps unknown metrics", () => {
     const rows = metricRows({ zeta_score: 0.5, accepted_fraction: null });
     expect(rows).toEqual([
