@@ -378,3 +378,24 @@ def test_novel_views_take_the_photos_frame(tmp_path):
     assert [(c.width, c.height) for c in cams] == [(96, 54)] * 2
     assert all(c.fy == pytest.approx(photo.fy) for c in cams)
     assert [round(_angles(c)[0]) for c in cams] == [120, 240]
+
+
+def test_only_extra_photo_versions_that_were_not_rejected_count_as_photos():
+    """The cameras whose views the re-lift treats as observed: extra-photo versions, not enhancement
+    rounds, and not a photo round whose fusion was rejected."""
+    from datetime import UTC, datetime
+
+    from glimpse3d.core.artifacts import ArtifactRef
+    from glimpse3d.gateway.jobs import RoundReport, Version
+    from glimpse3d.gateway.pipeline import photo_cameras
+
+    splat = ArtifactRef("file:///splat.ply", "0" * 64, 1, "application/x-glimpse3d-splat+ply")
+
+    def version(n: int, az: float, metrics: dict[str, float], rejected: bool = False) -> Version:
+        cam = orbit_camera(az, 10.0, 2.7, width=32, height=32)
+        return Version("job", n, splat, None, cam, RoundReport(rejected=rejected), metrics, datetime.now(UTC))
+
+    versions = [version(2, 40.0, {"accepted_fraction": 1.0}), version(3, 180.0, {"extra_photo": 1.0}),
+                version(4, 90.0, {"extra_photo": 1.0}, rejected=True)]
+    cams = photo_cameras(versions)
+    assert len(cams) == 1 and np.allclose(cams[0].position, versions[1].camera.position)

@@ -123,6 +123,13 @@ def test_a_photo_of_the_observed_side_relifts_nothing(scene) -> None:
     assert out.splat.num_gaussians == splat.num_gaussians
 
 
+def test_relift_needs_the_photos_depth(scene) -> None:
+    splat, conf, photo, _, _ = scene
+    with pytest.raises(InvalidInput) as e:
+        refine(splat, photo, _camera(180.0), None, conf, RefineOptions(steps=1, observed=True, relift=True))
+    assert e.value.field == "view_depth"
+
+
 def test_relift_needs_an_observed_photo() -> None:
     with pytest.raises(InvalidInput) as e:
         RefineOptions(relift=True)

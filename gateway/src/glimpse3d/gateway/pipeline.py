@@ -49,7 +49,7 @@ from glimpse3d.core.tls import ReloadingChannelCredentials
 from glimpse3d.gateway.app import ProgressReporter
 from glimpse3d.gateway.config import GatewayConfig
 from glimpse3d.gateway.convert import points_to_proto, report_from_proto
-from glimpse3d.gateway.jobs import Job, MattePoint, RoundSpec, VersionResult
+from glimpse3d.gateway.jobs import Job, MattePoint, RoundSpec, Version, VersionResult
 from glimpse3d.gateway.stageretry import HealthCheck, StageRetryPolicy, call_stage
 from glimpse3d.gateway.states import Stage
 from glimpse3d.v1 import (
@@ -195,6 +195,13 @@ def separation_deg(a: Camera, b: Camera) -> float:
     if na < 1e-12 or nb < 1e-12:
         return 0.0
     return math.degrees(math.acos(float(np.clip(pa @ pb / (na * nb), -1.0, 1.0))))
+
+
+def photo_cameras(versions: Sequence[Version]) -> list[Camera]:
+    """The cameras of the versions an extra photo made (metric ``extra_photo``) and whose round was not
+    rejected: the photos whose views count as observed (the re-lift never replaces what they show)."""
+    return [v.camera for v in versions if v.metrics.get("extra_photo") == 1.0 and v.camera is not None
+            and not (v.report is not None and v.report.rejected)]
 
 
 def pick_least_confident_view(means: np.ndarray, confidence: np.ndarray | None,
@@ -522,8 +529,7 @@ class ServicePipeline:
         extra_depth = await self._depth(extra)
         await report(Stage.REFINE, 0.2, f"finding where {field} was taken from")
         splat = convert.artifact_to_proto(latest.splat)
-        earlier = [convert.camera_to_proto(v.camera) for v in job.versions  # what earlier photos show is observed
-                   if v.metrics.get("extra_photo") == 1.0 and v.camera is not None]
+        earlier = [convert.camera_to_proto(c) for c in photo_cameras(job.versions)]  # what they show is observed
         pose = backprojection_pb2.PoseRequest(splat=splat, image=extra, mask=extra_depth.mask, field=field,
                                               known_mask=photo_depth.mask, known_camera=photo_depth.camera,
                                               photo_cameras=earlier)

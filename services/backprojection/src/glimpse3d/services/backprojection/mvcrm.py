@@ -830,6 +830,8 @@ def refine(
     ref = _check_reference(reference)
     trusted_views = _check_trusted(trusted, max_side)
     cameras = _check_photo_cameras(photo_cameras)
+    if opts.relift and depth_in is None:
+        raise InvalidInput("relift needs the view's depth (view_depth): the photo is lifted on it", field="view_depth")
     g0 = to_tensors(splat, device)
     rgb0, depth0, alpha0, bg = _first_render(g0, camera, target, depth_in, background)
     trust_depth = depth_in if ablation.depth_consistency else None

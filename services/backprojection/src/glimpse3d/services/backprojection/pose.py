@@ -66,6 +66,12 @@ HINT_STEP_DEG = 15.0
 # has shown (the rest is a guess, e.g. the lift's back layer) keeps the hint's angles (see find_pose).
 MIN_OBSERVED_SHARE = 0.5
 HINT_DEFAULT_ELEVATION_DEG = 15.0  # where a hint without an elevation is looked at from, for that share
+# ... unless the pose searched as usual explains the photo clearly better: an outline IoU higher by this
+# much, or a colour error under 1 / HINT_MAX_ERROR_RATIO of the hint's. Measured (docs/extra-photos.md):
+# true-shape splats, 30 degrees off, IoU +0.080..+0.215 and error ratio 2.4..8.6; the coarse splat's back,
+# 20 degrees off, IoU -0.007..+0.036 and ratio 1.03..1.68.
+HINT_MAX_IOU_GAIN = 0.05
+HINT_MAX_ERROR_RATIO = 2.0
 CANDIDATES = 3
 MAX_ELEVATION_DEG = 80.0
 # Elevations searched without an elevation hint: photos are taken from about level to well above.
@@ -433,6 +439,17 @@ def _observed_share(g: GaussianTensors, hint: PoseHint, photo_cameras: Sequence[
     return float((alpha * share).sum() / max(float(alpha.sum()), 1e-6))
 
 
+def _check_cameras(cameras: object) -> list[Camera]:
+    if isinstance(cameras, Camera) or not isinstance(cameras, Sequence):
+        raise InvalidInput(f"photo_cameras must be a sequence of Camera, got {type(cameras).__name__}",
+                           field="photo_cameras")
+    for i, c in enumerate(cameras):
+        if not isinstance(c, Camera):
+            raise InvalidInput(f"photo_cameras[{i}] must be a Camera, got {type(c).__name__}",
+                               field=f"photo_cameras[{i}]")
+    return list(cameras)
+
+
 def _search(g: GaussianTensors, starts: list[OrbitPose], window: _Window, levels: list[_Level], search: _Level,
             bg: Tensor, distance: float) -> dict[str, Tensor]:
     """The best pose from ``starts``: each aligned and ranked at the search size, the best ``CANDIDATES``
@@ -452,7 +469,7 @@ def _search(g: GaussianTensors, starts: list[OrbitPose], window: _Window, levels
 def _hint_pose(g: GaussianTensors, hint: PoseHint, window: _Window, levels: list[_Level], search: _Level,
                bg: Tensor, distance: float, known: KnownView | None) -> OrbitPose:
     """The pose at the hint's azimuth (and elevation, when given; else searched within the window), roll and
-    look-at offset refined, at the known view's distance from the object (else ``distance``).
+    look-at offset refined, at the known view's distance from the object (else the distance refined).
 
     A guessed side's outline does not tell the distance either: the coarse head's back, seen from 15 degrees
     up, fitted 3.6 % too close, and its re-lifted photo gained 2.4 dB instead of 4.3. The photo is taken to
@@ -463,7 +480,7 @@ def _hint_pose(g: GaussianTensors, hint: PoseHint, window: _Window, levels: list
     starts = [c for c in _starts(hint) if abs((c.azimuth_deg - hint.azimuth_deg + 180.0) % 360.0 - 180.0) < 1e-6
               and (hint.elevation_deg is None or c.elevation_deg == hint.elevation_deg)]
     pose = _pose(_search(g, starts, pinned, levels, search, bg, distance))
-    return replace(pose, distance=float(np.linalg.norm(known.camera.position)) if known is not None else distance)
+    return pose if known is None else replace(pose, distance=float(np.linalg.norm(known.camera.position)))
 
 
 def _starts(hint: PoseHint | None) -> list[OrbitPose]:
@@ -506,13 +523,18 @@ def find_pose(
 
     ``photo_cameras``: cameras of earlier photos besides ``known``'s. With a hint, when less than
     ``MIN_OBSERVED_SHARE`` of the splat's silhouette at the hint's angles comes from Gaussians a photo
-    (``known`` or these) shows, the view looks at a guessed side, whose outline and blurred colours fit
-    many poses: the hint's azimuth (and elevation, when given) is kept, and the distance, roll, look-at
-    offset (and elevation) are refined as usual; ``PoseResult.hint_kept`` says so. Measured on the coarse
-    splat's back views, 20 degrees off: docs/extra-photos.md."""
+    (``known`` or these) shows, the view looks at a side no photo has shown, whose outline may fit many
+    poses (the lift's guessed back). The pose at the hint's azimuth (and elevation, when given), roll and
+    look-at refined, standing at ``known``'s distance, is then kept unless it explains the photo's outline
+    with IoU under ``min_iou``, or the pose searched as usual explains it clearly better
+    (``HINT_MAX_IOU_GAIN``, ``HINT_MAX_ERROR_RATIO``); ``PoseResult.hint_kept`` says which. Measured on
+    the coarse splat's back views, 20 degrees off, and on true-shape splats 30 degrees off:
+    docs/extra-photos.md."""
     if hint is not None and not isinstance(hint, PoseHint):
         raise InvalidInput(f"hint must be a PoseHint, got {type(hint).__name__}", field=f"{field}.hint")
     rgb, m = _check_inputs(image, matte, field)
+    photo_cameras = _check_cameras(photo_cameras)
+    shown_from = ([known.camera] if isinstance(known, KnownView) else []) + photo_cameras  # before _usable
     known = _usable(known)
     g = to_tensors(splat)
     g = GaussianTensors(g.means.detach(), g.quats.detach(), g.log_scales.detach(), g.opacity_logits.detach(),
@@ -522,21 +544,24 @@ def find_pose(
     search = _level(rgb, m, SEARCH_SIDE, 0.0, fov_y_deg)
     dev, dt = g.device, g.dtype
     window = _Window.of(hint)
-    cameras = ([known.camera] if known is not None else []) + list(photo_cameras)
-    if hint is not None and cameras:
-        share = _observed_share(g, hint, cameras, search, bg)
+    kept: tuple[OrbitPose, float, float] | None = None  # (pose, IoU, colour error) at the hint's angles
+    if hint is not None and shown_from:
+        share = _observed_share(g, hint, shown_from, search, bg)
         logger.info("%s: %.0f%% of the splat's outline at the hint comes from what a photo showed", field, 100 * share)
         if share < MIN_OBSERVED_SHARE:
-            kept = _hint_pose(g, hint, window, levels, search, bg, distance, known)
-            iou, err = _scores(g, _params(kept, dev, dt), levels[-1], bg)
-            if iou >= min_iou:
-                logger.info("%s: a side no photo has shown; the hint's angles are kept (IoU %.3f)", field, iou)
-                h, w = m.shape
-                return PoseResult(kept, kept.camera(w, h, fov_y_deg), iou, err, hint_kept=True)
-            logger.info("%s: at the hint's angles the splat covers the photo's object with IoU %.3f only; "
-                        "searching around the hint", field, iou)
+            at_hint = _hint_pose(g, hint, window, levels, search, bg, distance, known)
+            kept = (at_hint, *_scores(g, _params(at_hint, dev, dt), levels[-1], bg))
     best = _search(g, _starts(hint), window, levels, search, bg, distance)
     iou, err = _scores(g, best, levels[-1], bg)
+    h, w = m.shape
+    if kept is not None:
+        pose_k, iou_k, err_k = kept
+        if iou_k >= min_iou and iou - iou_k < HINT_MAX_IOU_GAIN and err < HINT_MAX_ERROR_RATIO * err_k:
+            logger.info("%s: a side no photo has shown, and the pose searched explains it no better (IoU %.3f vs "
+                        "%.3f, error %.3f vs %.3f): the hint's angles are kept", field, iou, iou_k, err, err_k)
+            return PoseResult(pose_k, pose_k.camera(w, h, fov_y_deg), iou_k, err_k, hint_kept=True)
+        logger.info("%s: the pose searched explains the photo better than the hint's (IoU %.3f vs %.3f, error %.3f vs "
+                    "%.3f)", field, iou, iou_k, err, err_k)
     pose = _pose(best)
     if known is not None:
         scale = _known_scale(splat, known, levels[-1].camera)
@@ -550,7 +575,6 @@ def find_pose(
             f"{field}: no camera pose found: at the best pose (azimuth {pose.azimuth_deg:.0f}, elevation "
             f"{pose.elevation_deg:.0f} degrees) the model covers the photo's object with a silhouette IoU of "
             f"{iou:.2f}, under {min_iou:.2f}; is it a photo of the same object?", field=field)
-    h, w = m.shape
     return PoseResult(pose, pose.camera(w, h, fov_y_deg), iou, err)
 
 

@@ -145,6 +145,10 @@ def relift(
     depth = np.where(obj, photo_depth, 0.0).astype(np.float32)
     colours = _inner_colours(photo, obj, pixels)  # [M, 3]
     layer = lift_layer(depth, obj, colours, pixels, FOOTPRINT * spacing, camera)
+    if len(layer) == 0:  # the grid missed a thin region: nothing to put in place of what would go
+        logger.info("relift: no grid sample fell on the %d photo pixels to replace; nothing re-lifted",
+                    int(target.sum()))
+        return None
     m, dev, dt = len(layer), g.means.device, g.means.dtype
     sh = torch.zeros((m, g.sh.shape[1], 3), dtype=dt, device=dev)
     sh[:, 0, :] = torch.as_tensor((layer.colors - 0.5) / SH_C0, dtype=dt, device=dev)
