@@ -38,7 +38,13 @@ from glimpse3d.services.backprojection.api import (
 )
 from glimpse3d.services.backprojection.confidence import Trust, pixel_trust, weighted_mae
 from glimpse3d.services.backprojection.fusion import FusionProblem, NormalTerms, TrustedTerm, fuse
-from glimpse3d.services.backprojection.relift import GUESSED_CONFIDENCE, LIFTED_CONFIDENCE, OBSERVED_STRENGTH, relift
+from glimpse3d.services.backprojection.relift import (
+    GUESSED_CONFIDENCE,
+    LIFTED_CONFIDENCE,
+    OBSERVED_STRENGTH,
+    check_photo_cameras,
+    relift,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -229,17 +235,6 @@ def _trusted_term(t: TrustedView, device: torch.device, carve: bool = False) -> 
         weight=t.weight,
         carve=outside,
     )
-
-
-def _check_photo_cameras(cameras: object) -> list[Camera]:
-    if isinstance(cameras, Camera) or not isinstance(cameras, Sequence):
-        raise InvalidInput(f"photo_cameras must be a sequence of Camera, got {type(cameras).__name__}",
-                           field="photo_cameras")
-    for i, c in enumerate(cameras):
-        if not isinstance(c, Camera):
-            raise InvalidInput(f"photo_cameras[{i}] must be a Camera, got {type(c).__name__}",
-                               field=f"photo_cameras[{i}]")
-    return list(cameras)
 
 
 def _same_pose(a: Camera, b: Camera) -> bool:
@@ -829,7 +824,7 @@ def refine(
     conf = _check_confidence(confidence, splat.num_gaussians)
     ref = _check_reference(reference)
     trusted_views = _check_trusted(trusted, max_side)
-    cameras = _check_photo_cameras(photo_cameras)
+    cameras = check_photo_cameras(photo_cameras)
     if opts.relift and depth_in is None:
         raise InvalidInput("relift needs the view's depth (view_depth): the photo is lifted on it", field="view_depth")
     g0 = to_tensors(splat, device)

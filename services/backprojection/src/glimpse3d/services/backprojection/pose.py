@@ -45,6 +45,7 @@ from glimpse3d.core.feedback import background_colour
 from glimpse3d.core.images import resize_longest
 from glimpse3d.core.render import GaussianTensors, quat_to_rotmat, rasterize, to_tensors
 from glimpse3d.core.splat import Splat
+from glimpse3d.services.backprojection.relift import check_photo_cameras
 
 logger = logging.getLogger(__name__)
 
@@ -439,17 +440,6 @@ def _observed_share(g: GaussianTensors, hint: PoseHint, photo_cameras: Sequence[
     return float((alpha * share).sum() / max(float(alpha.sum()), 1e-6))
 
 
-def _check_cameras(cameras: object) -> list[Camera]:
-    if isinstance(cameras, Camera) or not isinstance(cameras, Sequence):
-        raise InvalidInput(f"photo_cameras must be a sequence of Camera, got {type(cameras).__name__}",
-                           field="photo_cameras")
-    for i, c in enumerate(cameras):
-        if not isinstance(c, Camera):
-            raise InvalidInput(f"photo_cameras[{i}] must be a Camera, got {type(c).__name__}",
-                               field=f"photo_cameras[{i}]")
-    return list(cameras)
-
-
 def _search(g: GaussianTensors, starts: list[OrbitPose], window: _Window, levels: list[_Level], search: _Level,
             bg: Tensor, distance: float) -> dict[str, Tensor]:
     """The best pose from ``starts``: each aligned and ranked at the search size, the best ``CANDIDATES``
@@ -533,7 +523,7 @@ def find_pose(
     if hint is not None and not isinstance(hint, PoseHint):
         raise InvalidInput(f"hint must be a PoseHint, got {type(hint).__name__}", field=f"{field}.hint")
     rgb, m = _check_inputs(image, matte, field)
-    photo_cameras = _check_cameras(photo_cameras)
+    photo_cameras = check_photo_cameras(photo_cameras)
     shown_from = ([known.camera] if isinstance(known, KnownView) else []) + photo_cameras  # before _usable
     known = _usable(known)
     g = to_tensors(splat)

@@ -42,6 +42,7 @@ than :data:`MAX_DEPTH_RATIO` (medians over the pixels both cover): a depth not i
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +50,7 @@ import torch
 from scipy import ndimage
 
 from glimpse3d.core.cameras import Camera
+from glimpse3d.core.errors import InvalidInput
 from glimpse3d.core.lifting import lift_layer, sample_grid
 from glimpse3d.core.render import GaussianTensors, rasterize
 from glimpse3d.core.splat import SH_C0
@@ -79,6 +81,19 @@ class Relifted:
     @property
     def removed(self) -> int:
         return int((~self.kept).sum())
+
+
+def check_photo_cameras(cameras: object) -> list[Camera]:
+    """``cameras`` as a list of :class:`Camera` (the other photos' cameras), or InvalidInput naming the
+    first that is not one."""
+    if isinstance(cameras, Camera) or not isinstance(cameras, Sequence):
+        raise InvalidInput(f"photo_cameras must be a sequence of Camera, got {type(cameras).__name__}",
+                           field="photo_cameras")
+    for i, c in enumerate(cameras):
+        if not isinstance(c, Camera):
+            raise InvalidInput(f"photo_cameras[{i}] must be a Camera, got {type(c).__name__}",
+                               field=f"photo_cameras[{i}]")
+    return list(cameras)
 
 
 def alpha_shares(g: GaussianTensors, camera: Camera, indicator: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -169,4 +184,4 @@ def relift(
 
 
 __all__ = ["GUESSED_CONFIDENCE", "LIFTED_CONFIDENCE", "OBSERVED_STRENGTH", "SHOWN_STRENGTH", "Relifted", "alpha_shares",
-           "relift"]
+           "check_photo_cameras", "relift"]
