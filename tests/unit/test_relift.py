@@ -164,3 +164,27 @@ def test_photo_cameras_must_be_cameras(scene) -> None:
         refine(splat, photo, _camera(180.0), depth, conf, RefineOptions(steps=1, observed=True, relift=True),
                photo_cameras=["front"])  # type: ignore[list-item]
     assert e.value.field == "photo_cameras[0]"
+
+
+def test_guesses_that_stay_take_the_colour_of_the_photo_whose_surface_they_lie_at() -> None:
+    """A wall between the first photo's front and a later photo's back: its end at the front takes the
+    front photo's colour, a point deep behind that surface keeps its own, as does one outside the photo's
+    object."""
+    from glimpse3d.services.backprojection.relift import PhotoView, recolour_near_photos
+
+    front = _plane(0.25, RED)
+    probes = _join(*(_plane(z, GREY, half=0.01, n=1) for z in (0.24, -0.6)),
+                   Splat(np.array([[0.8, 0.0, 0.24]], np.float32), front.quats[:1], front.log_scales[:1],
+                         front.opacity_logits[:1], ((np.array(GREY, np.float32) - 0.5) / SH_C0)[None, None, :]))
+    splat = _join(front, probes)
+    cam = _camera(0.0)
+    photo, _, alpha = _render(front, cam)
+    green = np.where(alpha[..., None] > 0.5, np.array([0.1, 0.8, 0.2], np.float32), photo)  # the photo says green
+    out = recolour_near_photos(to_tensors(splat, "cpu"), np.arange(front.num_gaussians, splat.num_gaussians),
+                               [PhotoView(green, (alpha > 0.5).astype(np.float32), cam)])
+    colour = out.sh[front.num_gaussians:, 0, :].numpy() * SH_C0 + 0.5  # [3, 3]
+    np.testing.assert_allclose(colour[0], [0.1, 0.8, 0.2], atol=0.02)  # at the surface: the photo's colour
+    np.testing.assert_allclose(colour[1], GREY, atol=1e-4)  # far behind it
+    np.testing.assert_allclose(colour[2], GREY, atol=1e-4)  # outside the photo's object
+    before = to_tensors(splat, "cpu").sh[:front.num_gaussians].numpy()
+    np.testing.assert_allclose(out.sh[:front.num_gaussians].numpy(), before)  # only the index is recoloured

@@ -42,6 +42,7 @@ from glimpse3d.services.backprojection.relift import (
     GUESSED_CONFIDENCE,
     LIFTED_CONFIDENCE,
     OBSERVED_STRENGTH,
+    PhotoView,
     check_photo_cameras,
     relift,
 )
@@ -857,7 +858,8 @@ def refine(
     if opts.relift and depth_in is not None:  # a real photo replaces the guess it shows (.relift)
         others = [t.camera for t in trusted_views if not _same_pose(t.camera, camera)] + cameras
         guessed = ~observed_by_photos(g0, others) if others else conf < GUESSED_CONFIDENCE
-        relifted = relift(g0, guessed, _strength(g0, camera), camera, target, depth_in, depth0, opts.seed)
+        photos = [PhotoView(t.image, t.mask, t.camera) for t in trusted_views if not _same_pose(t.camera, camera)]
+        relifted = relift(g0, guessed, _strength(g0, camera), camera, target, depth_in, depth0, opts.seed, photos)
         if relifted is not None:
             g0, replaced, added_by_relift = relifted.gaussians, relifted.removed, relifted.added
             kept_by_relift = int(relifted.kept.sum())

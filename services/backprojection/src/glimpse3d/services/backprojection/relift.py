@@ -65,6 +65,7 @@ MIN_REPLACED = 16
 MAX_DEPTH_RATIO = 1.5  # the photo's depth against the splat's, medians over the pixels both cover
 FOOTPRINT = 0.6  # disc standard deviation in grid spacings (the lift backend's default)
 OPACITY = 0.95
+RECOLOUR_SIGMA = 0.2  # recolour_near_photos' reach, in splat sizes (measured against 0.1 and 0.4)
 RIM_PX = 1  # photo pixels on the object's edge take the nearest inner pixel's colour (1 px: measured against 2-4)
 LIFTED_CONFIDENCE = 1.0
 
@@ -130,12 +131,14 @@ def relift(
     photo_depth: np.ndarray,
     rendered_depth: np.ndarray,
     seed: int = 0,
+    others: Sequence[PhotoView] = (),
 ) -> Relifted | None:
     """Replace the guessed Gaussians ``photo`` [H, W, 3] (float, [0, 1]) shows by the photo lifted on
     its depth ``photo_depth`` [H, W] (camera z in world units, > 0 on the object); ``rendered_depth``
     [H, W] is the splat's at the photo's camera, ``guessed`` [N] bool the Gaussians no other photo
     shows, ``strength`` [N] each Gaussian's observation strength in this one; ``seed`` the sampling
-    grid's phase. None when nothing qualifies (see the module docstring)."""
+    grid's phase; ``others`` the other photos (the input photo), for :func:`recolour_near_photos`. None
+    when nothing qualifies (see the module docstring)."""
     drop = guessed & (strength >= SHOWN_STRENGTH)  # [N]
     if int(drop.sum()) < MIN_REPLACED:
         logger.info("relift: %d guessed Gaussians shown by the photo, fewer than %d; nothing re-lifted",
@@ -178,10 +181,71 @@ def relift(
     old = (g.means, g.quats, g.log_scales, g.opacity_logits, g.sh)
     add = (new.means, new.quats, new.log_scales, new.opacity_logits, new.sh)
     out = GaussianTensors(*(torch.cat([a.detach()[keep], b]) for a, b in zip(old, add, strict=True)))
-    logger.info("relift: %d guessed Gaussians replaced by %d lifted from the photo (%d pixels, depth ratio %.3f)",
-                int(drop.sum()), m, int(target.sum()), ratio)
+    rest = np.flatnonzero(guessed[~drop])  # positions in ``out`` of the guessed Gaussians that stay
+    out = recolour_near_photos(out, rest, [PhotoView(photo, obj.astype(np.float32), camera), *others])
+    logger.info("relift: %d guessed Gaussians replaced by %d lifted from the photo (%d pixels, depth ratio %.3f); "
+                "%d others recoloured near the photos", int(drop.sum()), m, int(target.sum()), ratio, len(rest))
     return Relifted(out, ~drop, m)
 
 
-__all__ = ["GUESSED_CONFIDENCE", "LIFTED_CONFIDENCE", "OBSERVED_STRENGTH", "SHOWN_STRENGTH", "Relifted", "alpha_shares",
-           "check_photo_cameras", "relift"]
+@dataclass(frozen=True, eq=False)
+class PhotoView:
+    """A photo of the object: ``image`` [H, W, 3] float in [0, 1], ``mask`` [H, W] (>= 0.5 on the object),
+    seen from ``camera``."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    camera: Camera
+
+
+def recolour_near_photos(g: GaussianTensors, index: np.ndarray, photos: Sequence[PhotoView]) -> GaussianTensors:
+    """``g`` with the Gaussians at ``index`` (guesses that stay: the rim walls between the first photo's
+    front and the new photo's side) recoloured towards the photos near whose visible surface they lie.
+
+    Each photo's weight is ``exp(-(d / sigma)^2)``, ``d`` how far behind the splat's surface in that photo
+    (its rendered depth at the Gaussian's pixel) the Gaussian lies, ``sigma`` ``RECOLOUR_SIGMA`` times the
+    splat's size; the colour is the photo's at the nearest pixel at least ``RIM_PX`` inside its object.
+    What the weights leave (1 - their sum, when positive) keeps the old colour. A wall's end at the first
+    photo's rim takes that photo's colours, its end at the new photo's rim the new photo's."""
+    if index.size == 0 or not photos:
+        return g
+    means = g.means[index].detach().cpu().numpy().astype(np.float64)  # [M, 3]
+    lo, hi = np.percentile(g.means.detach().cpu().numpy(), [1.0, 99.0], axis=0)
+    sigma = RECOLOUR_SIGMA * max(float(np.max(hi - lo)), 1e-6)
+    old = g.sh[index, 0, :].detach().cpu().numpy().astype(np.float64) * SH_C0 + 0.5  # [M, 3]
+    num, den = np.zeros_like(old), np.zeros(len(index))
+    for photo in photos:
+        cam = photo.camera
+        with torch.no_grad():
+            surface = rasterize(g, cam, background=torch.zeros(3, dtype=g.sh.dtype, device=g.sh.device))
+        depth = surface.depth.cpu().numpy()
+        uv, z = cam.project(means)  # [M, 2] (u, v) px, [M] camera z
+        uv = np.nan_to_num(uv, nan=-1.0, posinf=-1.0, neginf=-1.0)  # a point in the camera's plane: outside
+        cols, rows = np.floor(uv[:, 0]).astype(int), np.floor(uv[:, 1]).astype(int)
+        inside = (z > 0) & (cols >= 0) & (cols < cam.width) & (rows >= 0) & (rows < cam.height)
+        cols, rows = np.clip(cols, 0, cam.width - 1), np.clip(rows, 0, cam.height - 1)
+        obj = photo.mask >= 0.5
+        on = inside & obj[rows, cols] & (depth[rows, cols] > 0)
+        behind = np.clip(z - depth[rows, cols], 0.0, None)
+        w = np.where(on, np.exp(-np.square(behind / sigma)), 0.0)  # [M]
+        num += w[:, None] * _inner_colours(photo.image, obj, np.stack([rows, cols], axis=1))
+        den += w
+    keep = np.clip(1.0 - den, 0.0, None)
+    colour = (num + keep[:, None] * old) / np.maximum(den + keep, 1e-12)[:, None]
+    sh = g.sh.detach().clone()
+    sh[index, 0, :] = torch.as_tensor((colour - 0.5) / SH_C0, dtype=sh.dtype, device=sh.device)
+    return GaussianTensors(g.means, g.quats, g.log_scales, g.opacity_logits, sh)
+
+
+__all__ = [
+    "GUESSED_CONFIDENCE",
+    "LIFTED_CONFIDENCE",
+    "OBSERVED_STRENGTH",
+    "SHOWN_STRENGTH",
+    "PhotoView",
+    "Relifted",
+    "alpha_shares",
+    "check_photo_cameras",
+    "recolour_near_photos",
+    "relift",
+]
