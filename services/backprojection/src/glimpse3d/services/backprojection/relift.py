@@ -27,6 +27,8 @@ fusion then fits only the lifted Gaussians (and any grown ones).
   each a disc of 0.6 grid spacings at the photo's depth, facing along the depth map's normal,
   opacity 0.95 (the lift backend's defaults). They start with the confidence
   :data:`LIFTED_CONFIDENCE`, so the fusion's anchor keeps them near where the photo put them.
+- **Guesses that stay** (the rim walls between the first photo's front and this photo's side) take
+  the colour of the photo near whose visible surface they lie (:func:`recolour_near_photos`).
 - **Depth as it comes**: the depth service's depth is camera z in world units (depth.proto), the
   frame the splat is in. It is not aligned to the splat's rendered depth: that depth is the guess
   being replaced, and aligning to it would copy the guess's shape back (tests/unit/test_relift.py).
