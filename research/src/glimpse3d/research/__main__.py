@@ -14,6 +14,9 @@
   extra [--objects A B] [--resolution N] [--hint-offset DEG] [--true-depth] [--out DIR]
       the ground truth's back view (azimuth 180, elevation 15) as an extra photo: held-out PSNR in the
       mask of the first version with and without it, re-lifted and not (docs/extra-photos.md)
+  identity [--objects A B] [--resolution N] [--hint-offset DEG] [--out DIR]
+      every object's back view posed against every object's first version, as an extra photo is posed:
+      own photos refused, other objects' photos accepted (docs/extra-photos.md)
 """
 
 from __future__ import annotations
@@ -138,6 +141,32 @@ def _tuple(values: list[str] | None) -> tuple[str, ...] | None:
     return tuple(values) if values else None
 
 
+def _identity(args: argparse.Namespace) -> int:
+    from glimpse3d.research.coarse import Stages
+    from glimpse3d.research.extra import photo_identity
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    matrix = photo_identity([ground_truth(n, args.resolution) for n in args.objects], Stages.load(),
+                            hint_offset_deg=args.hint_offset)
+    print("| first version / back photo of | " + " | ".join(matrix.names) + " |")
+    print("|---" * (len(matrix.names) + 1) + "|")
+    for model in matrix.names:
+        cells = [f"{c.iou:.2f}{' (hint)' if c.hint_kept else ''}" if c.accepted else "refused"
+                 for c in (matrix.cells[model][p] for p in matrix.names)]
+        print(f"| {model} | " + " | ".join(cells) + " |")
+    pairs = len(matrix.names) * (len(matrix.names) - 1)
+    print(f"own photo refused: {len(matrix.false_refusals)} of {len(matrix.names)} {matrix.false_refusals}; "
+          f"another object's accepted: {len(matrix.false_acceptances)} of {pairs}")
+    out = {"hint_offset_deg": args.hint_offset, "false_refusals": matrix.false_refusals,
+           "false_acceptances": [list(pair) for pair in matrix.false_acceptances],
+           "false_refusal_rate": matrix.false_refusal_rate, "false_acceptance_rate": matrix.false_acceptance_rate,
+           "cells": {m: {p: {"accepted": c.accepted, "iou": c.iou if c.accepted else None, "hint_kept": c.hint_kept,
+                             "azimuth_deg": c.azimuth_deg if c.accepted else None, "refusal": c.refusal}
+                         for p, c in row.items()} for m, row in matrix.cells.items()}}
+    (args.out / "identity.json").write_text(json.dumps(out, indent=2))
+    return 0
+
+
 def _compare(args: argparse.Namespace) -> int:
     from glimpse3d.research.report import format_compare, load_results
 
@@ -167,6 +196,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--true-depth", action="store_true",
                    help="fuse the photo with its ground-truth depth, not the depth backend's (what better depth gives)")
     e.add_argument("--out", type=Path, default=Path("research/out"))
+    i = sub.add_parser("identity", help="which back photos the pose check accepts, of the same object and of others")
+    i.add_argument("--objects", nargs="+", choices=OBJECT_NAMES, default=list(OBJECT_NAMES))
+    i.add_argument("--resolution", type=int, default=128)
+    i.add_argument("--hint-offset", type=float, default=20.0, help="the hint's azimuth error in degrees")
+    i.add_argument("--out", type=Path, default=Path("research/out"))
     r = sub.add_parser("run", help="the six studies (make research)")
     size = r.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="smoke run: one object at 64 px (about 2 minutes)")
@@ -194,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.getLogger("glimpse3d.services").setLevel(logging.WARNING)  # one line per MVCRM round is too many here
     try:
-        return {"objects": _objects, "coarse": _coarse, "extra": _extra, "run": _run,
+        return {"objects": _objects, "coarse": _coarse, "extra": _extra, "identity": _identity, "run": _run,
                 "compare": _compare}[args.command](args)
     except Glimpse3DError as err:  # bad input or a missing asset: one line, exit status 2
         print(f"glimpse3d.research: {err}", file=sys.stderr)

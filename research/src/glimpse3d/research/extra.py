@@ -4,6 +4,9 @@
   shades it: a splat that explains every view, on which pose refinement can be measured apart from
   reconstruction errors.
 - :func:`extra_view`: the ground-truth image of an object at an orbit position (an "extra photo").
+- :func:`photo_identity`: each object's back photo posed against each object's first version, as the
+  gateway poses an extra photo: which photos of the same object are refused, and which photos of
+  another object are accepted (the pose's outline check is the product's only identity test).
 - :func:`extra_photo_gain`: held-out PSNR inside the mask of the product's first version (coarse splat,
   the photo fused at its own camera) with and without one extra photo, posed from a hint and fused as a
   real view: an MVCRM round with ``options.observed`` (every covered pixel trusted, confidence raised as
@@ -13,6 +16,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +24,7 @@ import trimesh
 
 from glimpse3d.core import convert
 from glimpse3d.core.cameras import Camera, orbit_camera
+from glimpse3d.core.errors import InvalidInput
 from glimpse3d.core.feedback import background_colour
 from glimpse3d.core.splat import SH_C0, Splat
 from glimpse3d.research.coarse import Stages, coarse_splat, heldout_psnr, render_heldout
@@ -114,4 +119,74 @@ def extra_photo_gain(gt: GroundTruth, stages: Stages, azimuth_deg: float = 180.0
     return ExtraPhotoScore(single, extra, pose)
 
 
-__all__ = ["ExtraPhotoScore", "extra_photo_gain", "extra_view", "fuse_extra_photo", "surface_splat"]
+@dataclass(frozen=True)
+class IdentityCell:
+    """One photo posed against one first version: accepted (with the pose's IoU, whether the hint was
+    kept, the azimuth found) or refused (``refusal``: the error's message)."""
+
+    accepted: bool
+    iou: float = float("nan")
+    hint_kept: bool = False
+    azimuth_deg: float = float("nan")
+    refusal: str = ""
+
+
+@dataclass(frozen=True)
+class IdentityMatrix:
+    """``cells[model][photo]``: the back photo of object ``photo`` posed against ``model``'s first version."""
+
+    names: list[str]
+    cells: dict[str, dict[str, IdentityCell]]
+
+    @property
+    def false_refusals(self) -> list[str]:
+        """Objects whose own back photo was refused."""
+        return [n for n in self.names if not self.cells[n][n].accepted]
+
+    @property
+    def false_acceptances(self) -> list[tuple[str, str]]:
+        """(model, photo) pairs of different objects where the photo was accepted."""
+        return [(m, p) for m in self.names for p in self.names if m != p and self.cells[m][p].accepted]
+
+    @property
+    def false_refusal_rate(self) -> float:
+        return len(self.false_refusals) / len(self.names)
+
+    @property
+    def false_acceptance_rate(self) -> float:
+        pairs = len(self.names) * (len(self.names) - 1)
+        return len(self.false_acceptances) / pairs if pairs else float("nan")
+
+
+def photo_identity(gts: Sequence[GroundTruth], stages: Stages, azimuth_deg: float = 180.0,
+                   elevation_deg: float = 15.0, hint_offset_deg: float = 20.0, seed: int = 0) -> IdentityMatrix:
+    """Every object's ground truth at (``azimuth_deg``, ``elevation_deg``) posed against every object's
+    first version (the coarse splat with the photo fused) from a hint ``hint_offset_deg`` off in azimuth,
+    as the gateway poses a first extra photo (the input photo's camera and matte known, no earlier photo):
+    the diagonal should be accepted, the rest refused."""
+    names = [gt.obj.name for gt in gts]
+    if len(set(names)) != len(names):
+        raise InvalidInput(f"objects must differ, got {names}", field="objects")
+    photos = {}
+    for gt in gts:
+        view = extra_view(gt, azimuth_deg, elevation_deg)
+        photos[gt.obj.name] = (view.rgb_uint8, stages.depth.estimate(view.rgb_uint8, view.camera).mask)
+    hint = PoseHint(azimuth_deg + hint_offset_deg, elevation_deg)
+    cells: dict[str, dict[str, IdentityCell]] = {}
+    for gt in gts:
+        splat, matte = coarse_splat(gt, stages, seed=seed)
+        splat, _ = photo_confidence(gt, stages, splat, seed)
+        row: dict[str, IdentityCell] = {}
+        for name, (rgb, mask) in photos.items():
+            try:
+                found = find_pose(splat, rgb, mask, hint, field=name, known=KnownView(gt.input.camera, matte))
+            except InvalidInput as err:
+                row[name] = IdentityCell(False, refusal=str(err))
+                continue
+            row[name] = IdentityCell(True, found.iou, found.hint_kept, found.pose.azimuth_deg)
+        cells[gt.obj.name] = row
+    return IdentityMatrix(names, cells)
+
+
+__all__ = ["ExtraPhotoScore", "IdentityCell", "IdentityMatrix", "extra_photo_gain", "extra_view", "fuse_extra_photo",
+           "photo_identity", "surface_splat"]
