@@ -160,6 +160,22 @@ def test_another_objects_view_is_refused_naming_the_field(cache, stages):
     assert err.value.field == "extra_photos[1]"
 
 
+@pytest.mark.parametrize(("name", "azimuth", "elevation", "hint"), [
+    ("head", 180.0, 15.0, 240.0),
+    ("checker_box", 90.0, 20.0, 150.0),
+])
+def test_a_hint_further_off_than_its_window_is_refused_not_posed_at_the_edge(cache, stages, name, azimuth, elevation,
+                                                                            hint):
+    """60 degrees off, the true pose lies beyond the hint's 45-degree window; the search then ends on the
+    window's edge with a high IoU (0.99 and 0.91 at 96 px), 15 degrees from the truth. That is not a pose."""
+    gt = ground_truth(name, SIDE)
+    view = extra_view(gt, azimuth, elevation)
+    matte = stages.depth.estimate(view.rgb_uint8, view.camera).mask
+    with pytest.raises(InvalidInput, match="no camera pose found near the hint") as err:
+        find_pose(surface_splat(gt.obj), view.rgb_uint8, matte, PoseHint(hint, elevation), field="extra_photos[0]")
+    assert err.value.field == "extra_photos[0]"
+
+
 def test_the_identity_instrument_finds_refused_own_photos_and_accepted_other_objects(cache, stages):
     """Known answers at 64 px (docs/extra-photos.md has all ten objects at 128 px): against its first
     version the head's back keeps its hint; the table's photo is refused by the head and the globe; the

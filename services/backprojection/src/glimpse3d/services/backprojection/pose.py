@@ -14,8 +14,11 @@ fine: ``LEVELS`` renders from a 32-pixel, blurred image (a wide basin) up to the
 Start: with a hint, a grid of poses within ``HINT_SEARCH_DEG`` of it; without, ``SEARCH_AZIMUTHS`` x
 ``SEARCH_ELEVATIONS`` over the whole orbit; each scored by silhouette IoU at 32 pixels, the best
 ``CANDIDATES`` refined at the coarsest level and the best of those refined to the end. A photo whose
-final silhouette IoU stays under ``MIN_POSE_IOU`` (another object, a view the splat cannot explain) or
-whose matte is empty is refused with :class:`InvalidInput` naming ``field``.
+final silhouette IoU stays under ``MIN_POSE_IOU`` (another object, a view the splat cannot explain), whose
+pose searched from a hint ends on the edge of the hint's window (``HINT_EDGE_DEG``: the best fit lies
+beyond it), or whose matte is empty is refused with :class:`InvalidInput` naming ``field``. Against a
+first version's guessed back these checks cannot tell round objects apart: ``python -m glimpse3d.research
+identity`` measures how often they accept another object's photo (docs/extra-photos.md).
 
 Distance calibration: a splat's alpha > 0.5 silhouette is usually larger than the object's (Gaussians
 reach past the surface at the rim, and the rasterizer's low-pass adds to it), so the pose that best
@@ -63,6 +66,11 @@ SEARCH_AZIMUTHS = 12
 SEARCH_ELEVATIONS = (-15.0, 10.0, 35.0)
 HINT_SEARCH_DEG = 45.0  # with a hint, the pose stays within this of its azimuth (and half of it of its elevation)
 HINT_STEP_DEG = 15.0
+# A pose searched from a hint that ends this close to the window's azimuth edge did not find a minimum near
+# the hint: the best fit lies beyond the window, so the hint is wrong or the photo shows another object, and
+# the photo is refused. Against first versions (research identity, docs/extra-photos.md) this refused 12 of
+# 27 other objects' photos that the outline check accepted, and none of the ten objects' own.
+HINT_EDGE_DEG = 1.0
 # With a hint, a view in which less than this share of the rendered silhouette comes from what a photo
 # has shown (the rest is a guess, e.g. the lift's back layer) keeps the hint's angles (see find_pose).
 MIN_OBSERVED_SHARE = 0.5
@@ -553,6 +561,14 @@ def find_pose(
         logger.info("%s: the pose searched explains the photo better than the hint's (IoU %.3f vs %.3f, error %.3f vs "
                     "%.3f)", field, iou, iou_k, err, err_k)
     pose = _pose(best)
+    if window.azimuth is not None and hint is not None:
+        off = abs((pose.azimuth_deg - hint.azimuth_deg + 180.0) % 360.0 - 180.0)
+        if off >= HINT_SEARCH_DEG - HINT_EDGE_DEG:
+            raise InvalidInput(
+                f"{field}: no camera pose found near the hint (azimuth {hint.azimuth_deg:.0f} degrees): the best fit "
+                f"within {HINT_SEARCH_DEG:.0f} degrees of it is at the edge ({pose.azimuth_deg:.0f}, IoU {iou:.2f}), "
+                "so the photo fits no pose near the hint; is the hint right, and is it a photo of the same object?",
+                field=field)
     if known is not None:
         scale = _known_scale(splat, known, levels[-1].camera)
         logger.info("%s: the splat's silhouette is %.3f times the known view's matte; distance %.3f -> %.3f",
