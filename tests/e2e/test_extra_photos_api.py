@@ -95,6 +95,17 @@ def test_an_extra_photo_adds_a_posed_version(call):
     assert len(job.versions) == 3 and job.HasField("error")  # refused: no version added
     assert "photo" in job.error.message, job.error
 
+    # back to version 2 (before the back photo): the back photo's camera is no longer one of the job's
+    # photos there, so the same photo again re-lifts the same guessed back
+    call("RestoreVersion", pb.RestoreVersionRequest(name=f"{job.name}/versions/2", request_id=uuid.uuid4().hex))
+    job = _wait(call, job.name)
+    v4 = job.versions[3]
+    assert v4.metrics["restored_from"] == 2.0 and v4.splat.sha256 == v2.splat.sha256 and not job.HasField("error")
+    call("AddPhoto", pb.AddPhotoRequest(name=job.name, photo=pb.ExtraPhoto(image_data=back, azimuth_deg=180.0)))
+    job = _wait(call, job.name)
+    v5 = job.versions[4]
+    assert v5.metrics["pose_hint_kept"] == 1.0 and v5.report.relift_replaced == v3.report.relift_replaced > 0, v5
+
 
 @pytest.mark.parametrize(("photos", "field"), [
     ([pb.ExtraPhoto(image_data=SAMPLE_BYTES)] * 9, "extra_photos"),
@@ -136,6 +147,18 @@ def test_extra_photos_over_http(stack):
         assert added.status_code == 202, added.text
         job = _poll(client, job["id"])
         assert len(job["versions"]) == 3, job
+
+        restored = client.post(f"/api/v1/jobs/{job['id']}/versions/1/restore", json={"request_id": "undo"})
+        assert restored.status_code == 202, restored.text
+        job = _poll(client, job["id"])
+        last = job["versions"][-1]
+        assert (len(job["versions"]), last["kind"], last["parent"], last["camera"]) == (4, "restore", 1, None), last
+        assert last["metrics"]["restored_from"] == 1.0
+        for number, status, field in (("9", 404, "number"), ("latest", 400, "number"), ("0", 400, "number")):
+            bad = client.post(f"/api/v1/jobs/{job['id']}/versions/{number}/restore")
+            assert bad.status_code == status and bad.json()["error"]["field"] == field, bad.text
+        missing = client.post("/api/v1/jobs/nojob/versions/1/restore")
+        assert missing.status_code == 404 and missing.json()["error"]["field"] == "job_id", missing.text
 
         bad = client.post("/api/v1/jobs", files=[*files, ("extra_photos", ("x.png", b"junk", "image/png"))],
                           data={"resolution": str(RES)})

@@ -69,6 +69,13 @@ def test_cli_generate_enhance_export_jobs(stack, tmp_path):
     assert v3.num_gaussians >= v1.num_gaussians  # a round may grow Gaussians (MVCRM densification), at the end
     assert not np.allclose(v1.sh, v3.sh[:v1.num_gaussians])  # the rounds changed the splat; version 1 stayed readable
 
+    restored = cli(stack, "--quiet", "restore", f"{job}/versions/1")
+    assert restored.returncode == 0, restored.stderr
+    assert f"{job}/versions/4: a copy of version 1" in restored.stdout
+    assert cli_export(stack, job, tmp_path / "v4.ply").read_bytes() == (tmp_path / "v1.ply").read_bytes()
+    missing = cli(stack, "restore", f"{job}/versions/9")
+    assert missing.returncode == 2 and "versions/9 not found (NOT_FOUND)" in missing.stderr, missing.stderr
+
     jobs = cli(stack, "jobs")
     assert jobs.returncode == 0 and job in jobs.stdout
 

@@ -181,7 +181,7 @@ def gateway_requests(server: Server) -> st.SearchStrategy[tuple[str, Any, str]]:
         **{
             f"glimpse3d.v1.{m}.name": names
             for m in ("GetJobRequest", "CancelJobRequest", "EnhanceRequest", "ExportRequest", "WatchJobRequest",
-                      "AddPhotoRequest")
+                      "AddPhotoRequest", "RestoreVersionRequest")
         },
     }
     methods = {
@@ -194,6 +194,7 @@ def gateway_requests(server: Server) -> st.SearchStrategy[tuple[str, Any, str]]:
         "PreviewMatte": glimpse3d_pb2.PreviewMatteRequest,
         "WatchJob": glimpse3d_pb2.WatchJobRequest,
         "AddPhoto": glimpse3d_pb2.AddPhotoRequest,
+        "RestoreVersion": glimpse3d_pb2.RestoreVersionRequest,
     }
     return st.sampled_from(sorted(methods)).flatmap(
         lambda m: st.tuples(st.just(m), messages(methods[m], over), TENANTS)

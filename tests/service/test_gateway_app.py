@@ -444,6 +444,61 @@ def test_enhance_rounds(tmp_path: Path) -> None:
     run(body)
 
 
+def test_restore_goes_on_from_an_earlier_version(tmp_path: Path) -> None:
+    """RestoreVersion adds a copy of an earlier version (the same stored splat and confidence, its own
+    figures, metric restored_from) without calling the pipeline; the next round starts from that copy."""
+    async def body() -> None:
+        async with gateway(tmp_path) as env:
+            job = await wait_for(env, (await create(env)).name, is_done)
+            await env.stub.Enhance(PB.EnhanceRequest(name=job.name, auto=True, seed=1), metadata=md())
+            two = await wait_for(env, job.name, lambda j: j.done and len(j.versions) == 2)
+            calls = len(env.pipeline.calls)
+            req = PB.RestoreVersionRequest(name=f"{job.name}/versions/1", request_id="undo-1")
+            await env.stub.RestoreVersion(req, metadata=md())
+            await env.stub.RestoreVersion(req, metadata=md())  # the same request id: no second copy
+            three = await wait_for(env, job.name, lambda j: j.done and len(j.versions) == 3)
+            first, restored = three.versions[0], three.versions[2]
+            assert restored.splat.sha256 == first.splat.sha256 != two.versions[1].splat.sha256
+            assert restored.metrics["restored_from"] == 1.0
+            assert restored.metrics["input_view_psnr_db"] == first.metrics["input_view_psnr_db"]
+            assert "seconds" not in restored.metrics and not restored.HasField("report")
+            assert not restored.HasField("camera") and len(env.pipeline.calls) == calls  # no model work
+            await env.stub.Enhance(PB.EnhanceRequest(name=job.name, auto=True, seed=1), metadata=md())
+            four = await wait_for(env, job.name, lambda j: j.done and len(j.versions) == 4)
+            assert four.versions[3].splat.sha256 == two.versions[1].splat.sha256  # version 1 enhanced again
+            for name, code, field in (
+                (f"{job.name}/versions/9", grpc.StatusCode.NOT_FOUND, "name"),
+                (job.name, grpc.StatusCode.INVALID_ARGUMENT, "name"),
+                ("jobs/missing/versions/1", grpc.StatusCode.NOT_FOUND, None),
+                ("versions/1", grpc.StatusCode.INVALID_ARGUMENT, "name"),
+            ):
+                await expect_error(env.stub.RestoreVersion(PB.RestoreVersionRequest(name=name), metadata=md()),
+                                   code, field)
+            await expect_error(env.stub.RestoreVersion(PB.RestoreVersionRequest(name=f"{job.name}/versions/1"),
+                                                       metadata=md("other")), grpc.StatusCode.NOT_FOUND)
+
+    run(body)
+
+
+def test_lineage_follows_restores() -> None:
+    from datetime import UTC, datetime
+
+    from glimpse3d.gateway.jobs import Version, lineage
+
+    ref = ArtifactRef("file:///x", "0" * 64, 1, PLY)
+
+    def v(n: int, **metrics: float) -> Version:
+        return Version("j", n, ref, None, None, None, metrics, datetime.now(UTC))
+
+    chain = [v(1), v(2), v(3), v(4, restored_from=2), v(5), v(6, restored_from=5), v(7, restored_from=1), v(8)]
+    assert [x.number for x in lineage(chain[:3])] == [1, 2, 3]
+    assert [x.number for x in lineage(chain[:5])] == [1, 2, 4, 5]
+    assert [x.number for x in lineage(chain[:6])] == [1, 2, 4, 5, 6]
+    assert [x.number for x in lineage(chain)] == [1, 7, 8]
+    assert lineage([]) == []
+    assert [x.number for x in lineage([v(1), v(2, restored_from=2)])] == [1, 2]  # a bad mark cannot loop
+
+
 def test_failed_and_cancelled_rounds_keep_versions(tmp_path: Path) -> None:
     async def body() -> None:
         async with gateway(tmp_path) as env:

@@ -53,7 +53,7 @@ def test_services_and_methods():
     api = glimpse3d_pb2.DESCRIPTOR.services_by_name["Glimpse3D"]
     assert set(api.methods_by_name) == {
         "CreateJob", "GetJob", "ListJobs", "WatchJob", "CancelJob", "Enhance", "Export", "PreviewMatte",
-        "DeleteTenantData", "AddPhoto",
+        "DeleteTenantData", "AddPhoto", "RestoreVersion",
     }
     assert api.methods_by_name["WatchJob"].server_streaming
     assert not api.methods_by_name["GetJob"].server_streaming

@@ -146,6 +146,14 @@ export default function App({ api = defaultApi }) {
     watch(job.id);
   }
 
+  async function restore(number) {
+    const next = await api.restore(job.id, number);
+    setSelected(null);
+    setCompareWith(null);
+    applyJob(next);
+    watch(job.id);
+  }
+
   async function cancel() {
     try {
       applyJob(await api.cancel(job.id));
@@ -202,6 +210,7 @@ export default function App({ api = defaultApi }) {
             if (n === compareWith) setCompareWith(null);
           }}
           onCompare={setCompareWith}
+          onRestore={canEnhance ? restore : null}
         />
         <ExportPanel job={job} version={shown} />
         {job ? null : <JobList api={api} refresh={jobsVersion} />}

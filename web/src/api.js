@@ -150,6 +150,10 @@ export function createApi({ base = API_BASE, fetch: fetchImpl, EventSource: Even
     enhance(id, body) {
       return postJson(`${jobPath(id)}/enhance`, body);
     },
+    /** POST /jobs/{id}/versions/{n}/restore: a copy of version n becomes the latest; later rounds go on from it. */
+    restore(id, number) {
+      return postJson(`${jobPath(id)}/versions/${number}/restore`, {});
+    },
     cancel(id) {
       return postJson(`${jobPath(id)}/cancel`, {});
     },

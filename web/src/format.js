@@ -41,6 +41,7 @@ const METRICS = {
   relift_replaced: ["Guessed Gaussians the photo replaced", (v) => Math.round(v).toLocaleString("en-US")],
   relift_added: ["Gaussians lifted from the photo", (v) => Math.round(v).toLocaleString("en-US")],
   pose_hint_kept: ["Pose: your hint kept (a side no photo had shown)", (v) => (v ? "yes" : "no")],
+  restored_from: ["A copy of version", (v) => `v${Math.round(v)}`],
   input_view_psnr_db: ["Input view PSNR vs photo", (v) => `${fixed(1)(v)} dB`],
   input_view_psnr_change_db: ["Input view PSNR change", (v) => `${v >= 0 ? "+" : ""}${fixed(2)(v)} dB`],
   input_view_ssim: ["Input view SSIM vs photo", fixed(3)],

@@ -104,6 +104,14 @@ describe("createApi", () => {
     expect(JSON.parse(init.body)).toEqual({ auto: true });
   });
 
+  it("posts a restore of a version", async () => {
+    const fetch = vi.fn(async () => jsonResponse(202, job({ pending_rounds: 1 })));
+    await createApi({ fetch }).restore("j1", 2);
+    const [url, init] = fetch.mock.calls[0];
+    expect(url).toBe("/api/v1/jobs/j1/versions/2/restore");
+    expect(init.method).toBe("POST");
+  });
+
   it("builds download and photo URLs", () => {
     const api = createApi({ fetch: vi.fn() });
     expect(api.downloadUrl("j1", 3, "ply")).toBe("/api/v1/jobs/j1/versions/3/download?format=ply");

@@ -1,4 +1,4 @@
-import { fireEvent, render, screen, within } from "@testing-library/react";
+import { fireEvent, render, screen, waitFor, within } from "@testing-library/react";
 import { describe, expect, it, vi } from "vitest";
 
 import ExportPanel from "../src/components/ExportPanel.jsx";
@@ -102,6 +102,35 @@ describe("VersionsPanel", () => {
     render(<VersionsPanel versions={[initialVersion(), rejected]} selected={2} compareWith={null} onSelect={() => {}} onCompare={() => {}} />);
     expect(screen.getByRole("button", { name: /v2/ }).textContent).toContain("rejected · accepted 83.3%");
     expect(screen.getByText("CLIP similarity 0.41 below 0.8")).toBeTruthy();
+  });
+
+  it("goes on from an earlier version, and labels a restored one", async () => {
+    const restoredVersion = {
+      ...initialVersion(),
+      number: 3,
+      parent: 1,
+      kind: "restore",
+      metrics: { input_view_psnr_db: 27.25, restored_from: 1 },
+    };
+    const all = [initialVersion(), enhanceVersion(), restoredVersion];
+    const onRestore = vi.fn().mockRejectedValueOnce(new Error("version jobs/j1/versions/1 not found")).mockResolvedValue();
+    const { rerender } = render(
+      <VersionsPanel versions={all} selected={3} compareWith={null} onSelect={() => {}} onCompare={() => {}} onRestore={onRestore} />,
+    );
+    expect(screen.getByRole("button", { name: /^v3/ }).textContent).toContain("v3 · restored from v1");
+    expect(metricsShown()).toMatchObject({ restored_from: "v1" });
+    expect(screen.queryByRole("button", { name: /Go on from/ })).toBeNull(); // the latest: nothing to go back to
+    rerender(
+      <VersionsPanel versions={all} selected={2} compareWith={null} onSelect={() => {}} onCompare={() => {}} onRestore={onRestore} />,
+    );
+    fireEvent.click(screen.getByRole("button", { name: "Go on from v2" }));
+    expect(onRestore).toHaveBeenCalledWith(2);
+    expect((await screen.findByRole("alert")).textContent).toBe("version jobs/j1/versions/1 not found");
+    fireEvent.click(screen.getByRole("button", { name: "Go on from v2" }));
+    await waitFor(() => expect(screen.queryByRole("alert")).toBeNull());
+    expect(onRestore).toHaveBeenCalledTimes(2);
+    rerender(<VersionsPanel versions={all} selected={2} compareWith={null} onSelect={() => {}} onCompare={() => {}} />);
+    expect(screen.queryByRole("button", { name: /Go on from/ })).toBeNull(); // no rounds can start
   });
 
   it("has no comparison with a single version, and nothing at all without versions", () => {

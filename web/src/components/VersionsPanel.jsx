@@ -3,13 +3,20 @@
 // and after) and every version's figures against the photo (PSNR and SSIM at the photo's camera inside
 // the matte, with the round's change, and the consistency of the turned views with the photo), which a
 // round cannot improve by construction.
-// Picking a version shows it; "Compare with" puts another version beside it behind a slider.
+// Picking a version shows it; "Compare with" puts another version beside it behind a slider. "Go on from
+// vN" (an earlier version, when rounds can start) adds a copy of it as the latest version: later rounds
+// start from it, and nothing is deleted.
+
+import { useState } from "react";
 
 import { errorChange, formatTime, metricRows, percent } from "../format.js";
+import ErrorMessage from "./ErrorMessage.jsx";
 
 function num(v) {
   return typeof v === "number" && Number.isFinite(v);
 }
+
+const KIND_LABELS = { initial: "initial", enhance: "enhanced", restore: "restored" };
 
 function summary(version) {
   const m = version.metrics ?? {};
@@ -42,9 +49,12 @@ function summary(version) {
 
 /**
  * @param {{versions: object[], selected: number|null, compareWith: number|null,
- *          onSelect: (n: number) => void, onCompare: (n: number|null) => void}} props
+ *          onSelect: (n: number) => void, onCompare: (n: number|null) => void,
+ *          onRestore?: ((n: number) => void) | null}} props
  */
-export default function VersionsPanel({ versions, selected, compareWith, onSelect, onCompare }) {
+export default function VersionsPanel({ versions, selected, compareWith, onSelect, onCompare, onRestore = null }) {
+  const [restoreError, setRestoreError] = useState("");
+  const [restoring, setRestoring] = useState(false);
   if (!versions || versions.length === 0) return null;
   const current = versions.find((v) => v.number === selected) ?? versions[versions.length - 1];
   const newestFirst = versions.slice().reverse();
@@ -62,7 +72,7 @@ export default function VersionsPanel({ versions, selected, compareWith, onSelec
               onClick={() => onSelect(v.number)}
             >
               <span className="version-title">
-                v{v.number} · {v.kind === "enhance" ? "enhanced" : "initial"}
+                v{v.number} · {KIND_LABELS[v.kind] ?? v.kind}
                 {v.parent ? ` from v${v.parent}` : ""}
               </span>
               <span className="version-time">{formatTime(v.create_time)}</span>
@@ -71,6 +81,27 @@ export default function VersionsPanel({ versions, selected, compareWith, onSelec
           </li>
         ))}
       </ul>
+      {onRestore && current.number !== versions[versions.length - 1].number ? (
+        <button
+          type="button"
+          className="button restore-button"
+          disabled={restoring}
+          onClick={async () => {
+            setRestoreError("");
+            setRestoring(true);
+            try {
+              await onRestore(current.number);
+            } catch (err) {
+              setRestoreError(err.message);
+            } finally {
+              setRestoring(false);
+            }
+          }}
+        >
+          Go on from v{current.number}
+        </button>
+      ) : null}
+      <ErrorMessage>{restoreError}</ErrorMessage>
       <h3>v{current.number} metrics</h3>
       {current.report?.clip_note ? <p className="hint">{current.report.clip_note}</p> : null}
       <dl className="metrics" data-testid="metrics">

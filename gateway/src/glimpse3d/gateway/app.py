@@ -33,7 +33,15 @@ from prometheus_client import Counter as MetricCounter
 from glimpse3d.core.artifacts import ArtifactRef, ArtifactStore
 from glimpse3d.core.cameras import Camera, check_sees, check_view_camera
 from glimpse3d.core.decodegate import process_gate
-from glimpse3d.core.errors import Cancelled, FailedPrecondition, InvalidInput, NotFound, RoundRejected, Unavailable
+from glimpse3d.core.errors import (
+    Cancelled,
+    FailedPrecondition,
+    InvalidInput,
+    NotFound,
+    RoundRejected,
+    Unavailable,
+    shorten,
+)
 from glimpse3d.core.formats import DEFAULT_FORMAT, SplatFormat, get_format, read_ply
 from glimpse3d.core.images import MAX_IMAGE_BYTES, decode_image, encode_png, resize_longest
 from glimpse3d.gateway.config import GatewayConfig
@@ -58,6 +66,7 @@ from glimpse3d.gateway.jobs import (
     job_name,
     parse_export_name,
     parse_job_name,
+    restored,
     version_name,
 )
 from glimpse3d.gateway.store import DatabaseUnavailable, JobStore, RoundOutcome, request_hash
@@ -455,6 +464,20 @@ class GatewayApp:
         spec = await self._photo_round(photo, "photo", request_id)
         return await self._request_round(tenant, job_id, spec)
 
+    async def restore_version(self, tenant: str, name: str, *, request_id: str = "") -> Job:
+        """Queue going back to an earlier version (``jobs/{id}/versions/{n}``): a round that adds a copy of
+        it as the latest version, from which later rounds go on. NOT_FOUND for a version that does not exist."""
+        check_tenant(tenant)
+        job_id, number = parse_export_name(name)
+        if number is None:
+            raise InvalidInput(f"name must name a version, 'jobs/{{job_id}}/versions/{{n}}', got {shorten(name)}",
+                               field="name")
+        spec = RoundSpec(restore_version=number, request_id=request_id)
+        self._check_taking_work()
+        job = await self._db(self._store.get_job, tenant, job_id)
+        self._pick_version(job, number)  # NOT_FOUND when it does not exist
+        return await self._request_round(tenant, job_id, spec)
+
     async def _photo_round(self, photo: ExtraPhoto, field: str, request_id: str = "") -> RoundSpec:
         """The round of an extra photo: its image checked (InvalidInput naming ``field``) and stored."""
         # the hint is checked first (cheap), then the image is decoded once to refuse a bad one now
@@ -696,7 +719,10 @@ class GatewayApp:
                 return
             plan.start_piece(len(job.pending_rounds))
             try:
-                result = await self._pipeline.run_round(job, spec, report)
+                if spec.restore_version is not None:  # no model work: a copy of an earlier version
+                    result = restored(job, spec.restore_version)
+                else:
+                    result = await self._pipeline.run_round(job, spec, report)
             except RoundRejected as err:  # no version; the rounds behind it still run
                 job = await self._db(self._store.skip_round, job_id, JobError.from_exception(err))
                 plan.done += 1

@@ -4,6 +4,7 @@
                        [--mask FILE] --out DIR
     glimpse3d enhance JOB [--azimuth A --elevation E] [--prompt P] [--strength S]
     glimpse3d add-photo JOB PHOTO [--azimuth A [--elevation E]]
+    glimpse3d restore JOB/versions/N
     glimpse3d export JOB --format ply|splat|glb [--out FILE]
     glimpse3d jobs
 
@@ -256,6 +257,17 @@ async def cmd_add_photo(stub: glimpse3d_pb2_grpc.Glimpse3DStub, ns: argparse.Nam
           f"{m.get('pose_silhouette_iou', float('nan')):.3f}); fused as a real view")
 
 
+async def cmd_restore(stub: glimpse3d_pb2_grpc.Glimpse3DStub, ns: argparse.Namespace) -> None:
+    job = await stub.RestoreVersion(glimpse3d_pb2.RestoreVersionRequest(name=_job_name(ns.version),
+                                                                        request_id=str(uuid.uuid4())))
+    job = await watch(stub, job.name, quiet=ns.quiet)
+    _check_done(job)
+    if job.error.message:
+        raise CliError(f"{job.name}: the version was not restored: {job.error.message}")
+    v = job.versions[-1]
+    print(f"{v.name}: a copy of version {v.metrics.get('restored_from', float('nan')):.0f}; later rounds go on from it")
+
+
 async def cmd_export(stub: glimpse3d_pb2_grpc.Glimpse3DStub, ns: argparse.Namespace) -> None:
     name = _job_name(ns.job)
     dest = ns.out or Path(f"{name.replace('/', '_')}.{ns.format}")
@@ -334,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("photo", type=Path)
     a.add_argument("--azimuth", type=float, help="hint: where it was taken, degrees (0 = the first photo's side)")
     a.add_argument("--elevation", type=float, help="hint: elevation in degrees (needs --azimuth)")
+    r = sub.add_parser("restore", help="go back to an earlier version: later rounds go on from a copy of it")
+    r.add_argument("version", help="jobs/ID/versions/N (or ID/versions/N)")
     x = sub.add_parser("export", help="download a version in a file format")
     x.add_argument("job", help="job id, jobs/ID or jobs/ID/versions/N")
     x.add_argument("--format", required=True, choices=sorted(FORMATS))
@@ -342,8 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-COMMANDS = {"generate": cmd_generate, "enhance": cmd_enhance, "add-photo": cmd_add_photo, "export": cmd_export,
-            "jobs": cmd_jobs}
+COMMANDS = {"generate": cmd_generate, "enhance": cmd_enhance, "add-photo": cmd_add_photo, "restore": cmd_restore,
+            "export": cmd_export, "jobs": cmd_jobs}
 
 
 def channel_credentials(ns: argparse.Namespace) -> grpc.ChannelCredentials | None:

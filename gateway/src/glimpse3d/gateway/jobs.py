@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -19,7 +19,7 @@ import numpy as np
 from glimpse3d.core.artifacts import ArtifactRef
 from glimpse3d.core.artifacts.base import check_tenant_name
 from glimpse3d.core.cameras import Camera
-from glimpse3d.core.errors import InvalidInput, shorten
+from glimpse3d.core.errors import InvalidInput, NotFound, shorten
 from glimpse3d.core.rpc.errors import reason_and_field, to_rpc_status
 from glimpse3d.gateway.states import JobState
 
@@ -241,7 +241,8 @@ class RoundSpec:
 
     With ``photo`` (an extra photo of the object, stored) the round fuses that photo instead of an
     enhanced view, posed from the hint (``hint_azimuth_deg``/``hint_elevation_deg``, None: searched);
-    ``photo_field`` is how errors name it (``extra_photos[i]`` or ``photo``)."""
+    ``photo_field`` is how errors name it (``extra_photos[i]`` or ``photo``). With ``restore_version``
+    the round computes nothing: the new version is a copy of that earlier one (:func:`lineage`)."""
 
     camera: Camera | None = None
     prompt: str = ""
@@ -252,9 +253,15 @@ class RoundSpec:
     photo_field: str = "photo"
     hint_azimuth_deg: float | None = None
     hint_elevation_deg: float | None = None
+    restore_version: int | None = None
 
     def __post_init__(self) -> None:
         check_text(self.prompt, MAX_PROMPT_CHARS, "prompt")
+        if self.restore_version is not None and not (isinstance(self.restore_version, int)
+                                                     and not isinstance(self.restore_version, bool)
+                                                     and self.restore_version >= 1):
+            raise InvalidInput(f"the version to restore must be a number from 1, got {shorten(self.restore_version)}",
+                               field="name")
         if not (isinstance(self.strength, int | float) and math.isfinite(self.strength)
                 and 0.0 <= self.strength <= 1.0):
             raise InvalidInput(f"strength must be in [0, 1], got {shorten(self.strength)}", field="strength")
@@ -277,7 +284,8 @@ class RoundSpec:
                 "prompt": self.prompt, "strength": self.strength, "seed": self.seed,
                 "request_id": self.request_id,
                 "photo": None if self.photo is None else artifact_to_json(self.photo), "photo_field": self.photo_field,
-                "hint_azimuth_deg": self.hint_azimuth_deg, "hint_elevation_deg": self.hint_elevation_deg}
+                "hint_azimuth_deg": self.hint_azimuth_deg, "hint_elevation_deg": self.hint_elevation_deg,
+                "restore_version": self.restore_version}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RoundSpec:
@@ -287,7 +295,7 @@ class RoundSpec:
                    strength=data["strength"], seed=data["seed"], request_id=data["request_id"],
                    photo=None if photo is None else artifact_from_json(photo),
                    photo_field=data.get("photo_field", "photo"), hint_azimuth_deg=data.get("hint_azimuth_deg"),
-                   hint_elevation_deg=data.get("hint_elevation_deg"))
+                   hint_elevation_deg=data.get("hint_elevation_deg"), restore_version=data.get("restore_version"))
 
 
 @dataclass(frozen=True)
@@ -339,6 +347,40 @@ class Version:
     @property
     def name(self) -> str:
         return version_name(self.job_id, self.number)
+
+
+RESTORED_FROM = "restored_from"  # the metric of a version made by RestoreVersion: the number it copies
+# What a restored version copies of the version it restores: the splat's own figures against the photo
+# (the same splat, so the same figures), not those of the round that made it.
+RESTORED_METRICS = frozenset({
+    "num_gaussians", "photo_psnr_db", "photo_consistency_db", "photo_consistency_coverage", "input_view_psnr_db",
+    "input_view_ssim", "matte_coverage", "matte_border_fraction", "matte_fragments", "matte_implausible"})
+
+
+def restored(job: Job, number: int) -> VersionResult:
+    """The version a RestoreVersion round adds: a copy of version ``number`` (the same stored splat and
+    confidence, its figures against the photo), marked ``restored_from``; later rounds go on from it
+    (:func:`lineage`). NOT_FOUND when the job has no such version."""
+    if not 1 <= number <= len(job.versions):
+        raise NotFound(f"version {version_name(job.id, number)} not found", field="name")
+    source = job.versions[number - 1]
+    kept = {k: v for k, v in source.metrics.items() if k in RESTORED_METRICS}
+    return VersionResult(splat=source.splat, confidence=source.confidence, camera=None, report=None,
+                         metrics={**kept, RESTORED_FROM: float(number)})
+
+
+def lineage(versions: Sequence[Version]) -> list[Version]:
+    """The versions the latest one descends from, oldest first, itself included: a version restored from
+    version n (metric ``restored_from``) descends from n, not from the version before it. What later rounds
+    take from earlier versions (the cameras of extra photos, the views already enhanced) comes from these."""
+    out: list[Version] = []
+    i = len(versions) - 1
+    while i >= 0:
+        v = versions[i]
+        out.append(v)
+        restored = v.metrics.get(RESTORED_FROM)
+        i = int(restored) - 1 if restored is not None and 1 <= restored < v.number else i - 1
+    return out[::-1]
 
 
 @dataclass(frozen=True)

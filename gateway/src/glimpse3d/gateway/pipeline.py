@@ -49,7 +49,7 @@ from glimpse3d.core.tls import ReloadingChannelCredentials
 from glimpse3d.gateway.app import ProgressReporter
 from glimpse3d.gateway.config import GatewayConfig
 from glimpse3d.gateway.convert import points_to_proto, report_from_proto
-from glimpse3d.gateway.jobs import Job, MattePoint, RoundSpec, Version, VersionResult
+from glimpse3d.gateway.jobs import Job, MattePoint, RoundSpec, Version, VersionResult, lineage
 from glimpse3d.gateway.stageretry import HealthCheck, StageRetryPolicy, call_stage
 from glimpse3d.gateway.states import Stage
 from glimpse3d.v1 import (
@@ -502,7 +502,7 @@ class ServicePipeline:
         conf = None
         if latest.confidence is not None:
             conf = decode_npy(await asyncio.to_thread(self.artifacts.get, latest.confidence), field="confidence")
-        used = [v.camera for v in job.versions if v.camera is not None]
+        used = [v.camera for v in lineage(job.versions) if v.camera is not None]
         return pick_least_confident_view(splat.means, conf, photo, used, self._rejected.get(job.id, []))
 
     async def _run_photo_round(self, job: Job, spec: RoundSpec, report: ProgressReporter) -> VersionResult:
@@ -529,7 +529,7 @@ class ServicePipeline:
         extra_depth = await self._depth(extra)
         await report(Stage.REFINE, 0.2, f"finding where {field} was taken from")
         splat = convert.artifact_to_proto(latest.splat)
-        earlier = [convert.camera_to_proto(c) for c in photo_cameras(job.versions)]  # what they show is observed
+        earlier = [convert.camera_to_proto(c) for c in photo_cameras(lineage(job.versions))]  # observed
         pose = backprojection_pb2.PoseRequest(splat=splat, image=extra, mask=extra_depth.mask, field=field,
                                               known_mask=photo_depth.mask, known_camera=photo_depth.camera,
                                               photo_cameras=earlier)

@@ -178,6 +178,14 @@ class Glimpse3DServicer(glimpse3d_pb2_grpc.Glimpse3DServicer):
             )
         return job_to_proto(job)
 
+    async def RestoreVersion(
+        self, request: glimpse3d_pb2.RestoreVersionRequest, context: grpc.aio.ServicerContext
+    ) -> glimpse3d_pb2.Job:
+        tenant = tenant_of(context)
+        with tenant_scope(tenant):
+            job = await self._app.restore_version(tenant, request.name, request_id=request.request_id)
+        return job_to_proto(job)
+
     async def Export(
         self, request: glimpse3d_pb2.ExportRequest, context: grpc.aio.ServicerContext
     ) -> glimpse3d_pb2.ExportResponse:

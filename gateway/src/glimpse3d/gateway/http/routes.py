@@ -53,6 +53,7 @@ from glimpse3d.gateway.http.schemas import (
     JobList,
     JobOut,
     MattePreviewOut,
+    RestoreRequest,
     TenantDeletionOut,
     VersionList,
 )
@@ -96,6 +97,7 @@ _CREATE_FIELDS = {"image_data": PHOTO_FIELD, "image": PHOTO_FIELD, "options.num_
                      for i in range(MAX_EXTRA_PHOTOS) for name in ("image_data", "azimuth_deg", "elevation_deg")}}
 _JOB_FIELDS = {"name": "job_id"}
 _ENHANCE_FIELDS = {"name": "job_id", "view": "camera"}
+_RESTORE_FIELDS = {"name": "number"}
 _ADD_PHOTO_FIELDS = {"name": "job_id", "photo.image_data": PHOTO_FIELD, "photo.azimuth_deg": "azimuth_deg",
                      "photo.elevation_deg": "elevation_deg"}
 _IMMUTABLE = "private, max-age=31536000, immutable"
@@ -417,6 +419,24 @@ def api_router() -> APIRouter:
         with renamed_fields(_ADD_PHOTO_FIELDS), tenant_scope(tenant):
             job = await ctx.gateway.add_photo(tenant, job_name_of(job_id), photo,
                                               request_id=form.text.get("request_id", ""))
+            return await ctx.job_json(job)
+
+    @router.post("/jobs/{job_id}/versions/{number}/restore", status_code=202, response_model=JobOut,
+                 tags=["versions"], responses=_errors(400, 404, 409, 429))
+    async def restore_version(job_id: str, number: str, ctx: Context, tenant: Tenant,
+                              body: RestoreRequest | None = None) -> JobOut:
+        """Go back to an earlier version: a version that is a copy of it is added (``kind`` restore, its
+        ``parent`` the version restored), and later rounds go on from it. Nothing is deleted."""
+        wanted = _version_number(number)
+        if wanted is None:
+            raise InvalidInput("number must be the version to restore (1, 2, ...), not 'latest'", field="number")
+        with renamed_fields(_JOB_FIELDS):
+            job = await ctx.gateway.get_job(tenant, job_name_of(job_id))
+        if wanted > len(job.versions):
+            raise NotFound(f"version {version_name(job.id, wanted)} not found", field="number")
+        with renamed_fields(_RESTORE_FIELDS), tenant_scope(tenant):
+            job = await ctx.gateway.restore_version(tenant, version_name(job.id, wanted),
+                                                    request_id=body.request_id if body is not None else "")
             return await ctx.job_json(job)
 
     @router.post("/jobs/{job_id}/cancel", response_model=JobOut, tags=["jobs"], responses=_errors(400, 404))

@@ -103,9 +103,11 @@ class Downloads(create_model("_DownloadFields", **_DOWNLOAD_FIELDS)):
 
 class VersionOut(BaseModel):
     number: int
-    parent: int | None = Field(description="the version this one refined; null for version 1")
-    kind: Literal["initial", "enhance"]
-    camera: CameraOut | None = Field(description="the enhancement round's view; null for version 1")
+    parent: int | None = Field(description="the version this one refined (or, restored, copies); null for version 1")
+    kind: Literal["initial", "enhance", "restore"] = Field(
+        description="initial: version 1; enhance: a round (an enhanced view or an extra photo); restore: a copy of "
+                    "an earlier version (its parent), from which later rounds go on")
+    camera: CameraOut | None = Field(description="the round's view; null for version 1 and a restored version")
     metrics: dict[str, float | None] = Field(
         description="every per-version metric of the gateway and the round report's numbers")
     num_gaussians: int | None
@@ -190,6 +192,10 @@ class MattePreviewOut(BaseModel):
 
 
 # ---- requests -------------------------------------------------------------------------------------
+
+
+class RestoreRequest(_Request):
+    request_id: str = Field("", max_length=MAX_REQUEST_ID_CHARS, description="repeating it restores no second time")
 
 
 class EnhanceRequest(_Request):
