@@ -177,6 +177,13 @@ def test_workspace_end_to_end(e2e: dict) -> None:
         assert (ARTIFACTS / name).stat().st_size > 1000, name
 
 
+def test_going_on_from_version_1_adds_a_copy_of_it(e2e: dict) -> None:
+    assert e2e["versions_after_restore"][0].startswith("v3 · restored from v1")
+    versions = _versions(e2e)
+    assert (versions[2]["kind"], versions[2]["parent"], versions[2]["metrics"]["restored_from"]) == ("restore", 1, 1.0)
+    assert _splat(e2e, 3).means.tobytes() == _splat(e2e, 1).means.tobytes()
+
+
 def test_downloaded_ply_is_the_latest_version(e2e: dict) -> None:
     data = Path(e2e["ply"]["path"]).read_bytes()
     assert data[:4] == b"ply\n"

@@ -325,6 +325,20 @@ async function run(page, result) {
   result.ply = { path: plyPath, suggested: file.suggestedFilename(), size: fs.statSync(plyPath).size, head };
   check(head === "ply", `the download starts with ${JSON.stringify(head)}`);
   log(`downloaded ${result.ply.suggested} (${result.ply.size} bytes)`);
+
+  // Go on from version 1: a copy of it becomes version 3, the one on screen.
+  await page.getByLabel("Compare v2 with").selectOption("");
+  await page.locator('[data-testid="versions"] button[data-version="1"]').click();
+  const restoreAnswer = page.waitForResponse((r) => r.url().endsWith("/versions/1/restore") && r.request().method() === "POST");
+  await page.getByRole("button", { name: "Go on from v1" }).click();
+  check((await restoreAnswer).status() === 202, "the restore was accepted");
+  await viewerReady(page, 3);
+  result.versions_after_restore = await page.$$eval('[data-testid="versions"] button', (b) => b.map((x) => x.textContent));
+  check(result.versions_after_restore.length === 3, `versions after the restore: ${result.versions_after_restore.length}`);
+  check(result.versions_after_restore[0].includes("v3 · restored from v1"), `newest: ${result.versions_after_restore[0]}`);
+  check((await page.getByRole("button", { name: /Go on from/ }).count()) === 0, "no restore offered for the latest");
+  await page.screenshot({ path: path.join(OUT, "restored.png") });
+  log("version 1 restored as version 3");
 }
 
 async function main() {

@@ -40,6 +40,15 @@ describe("metric formats", () => {
     expect(metricRows({ pose_hint_kept: 0 })[0].value).toBe("no");
   });
 
+  it("labels the matte check", () => {
+    const rows = metricRows({ matte_border_fraction: 0.125, matte_fragments: 2, matte_implausible: 1 });
+    expect(rows.map((r) => [r.label, r.value])).toEqual([
+      ["Photo border covered by the matte", "12.5%"],
+      ["Matte pieces", "2"],
+      ["Matte looks wrong", "yes"],
+    ]);
+  });
+
   it("shows a missing value as a dash and keeps unknown metrics", () => {
     const rows = metricRows({ zeta_score: 0.5, accepted_fraction: null });
     expect(rows).toEqual([
