@@ -22,7 +22,7 @@ from google.rpc import error_details_pb2
 from glimpse3d.core.artifacts import ArtifactRef, FileArtifactStore, content_key, tenant_scope
 from glimpse3d.core.cameras import orbit_camera
 from glimpse3d.core.convert import artifact_to_proto
-from glimpse3d.core.errors import RoundRejected, Unavailable
+from glimpse3d.core.errors import InvalidInput, RoundRejected, Unavailable
 from glimpse3d.core.formats import read_ply, read_splat, splat_to_ply_bytes
 from glimpse3d.core.formats.glb import gaussians_to_splat, read_glb_gaussians
 from glimpse3d.core.images import encode_png
@@ -478,6 +478,21 @@ def test_restore_goes_on_from_an_earlier_version(tmp_path: Path) -> None:
                                                        metadata=md("other")), grpc.StatusCode.NOT_FOUND)
 
     run(body)
+
+
+def test_a_restore_round_round_trips_and_other_rounds_keep_their_request_hash() -> None:
+    """Stored request hashes identify retries across releases: an enhance round's must not change because
+    rounds can now restore (the literal is the hash from before RestoreVersion existed)."""
+    from glimpse3d.gateway.store.jobs import round_request_hash
+
+    enhance = RoundSpec(seed=3, prompt="p", request_id="a")
+    assert round_request_hash(enhance) == "2d3bd82d7ca8eb94621ab3525f47f7c4e28468532b5141c9b98b2ee509f32a17"
+    restore = RoundSpec(restore_version=2, request_id="a")
+    assert RoundSpec.from_json(restore.to_json()) == restore and RoundSpec.from_json(enhance.to_json()) == enhance
+    assert round_request_hash(restore) != round_request_hash(RoundSpec(restore_version=1, request_id="a"))
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(InvalidInput, match="version to restore"):
+            RoundSpec(restore_version=bad)  # type: ignore[arg-type]
 
 
 def test_lineage_follows_restores() -> None:

@@ -280,12 +280,14 @@ class RoundSpec:
                                field=f"{self.photo_field}.azimuth_deg")
 
     def to_json(self) -> dict[str, Any]:
-        return {"camera": None if self.camera is None else camera_to_json(self.camera),
-                "prompt": self.prompt, "strength": self.strength, "seed": self.seed,
-                "request_id": self.request_id,
-                "photo": None if self.photo is None else artifact_to_json(self.photo), "photo_field": self.photo_field,
-                "hint_azimuth_deg": self.hint_azimuth_deg, "hint_elevation_deg": self.hint_elevation_deg,
-                "restore_version": self.restore_version}
+        out = {"camera": None if self.camera is None else camera_to_json(self.camera),
+               "prompt": self.prompt, "strength": self.strength, "seed": self.seed,
+               "request_id": self.request_id,
+               "photo": None if self.photo is None else artifact_to_json(self.photo), "photo_field": self.photo_field,
+               "hint_azimuth_deg": self.hint_azimuth_deg, "hint_elevation_deg": self.hint_elevation_deg}
+        if self.restore_version is not None:  # absent otherwise: the stored request hashes of other rounds stay valid
+            out["restore_version"] = self.restore_version
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RoundSpec:
