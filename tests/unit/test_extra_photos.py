@@ -193,6 +193,8 @@ def test_the_identity_instrument_finds_refused_own_photos_and_accepted_other_obj
     assert matrix.false_refusal_rate == pytest.approx(1 / 3) and matrix.false_acceptance_rate == pytest.approx(2 / 6)
     with pytest.raises(InvalidInput, match="objects must differ"):
         photo_identity([ground_truth("head", FUSION_SIDE)] * 2, stages)
+    with pytest.raises(InvalidInput, match="at least two objects"):
+        photo_identity([ground_truth("head", FUSION_SIDE)], stages)
 
 
 def test_a_bad_hint_is_refused():

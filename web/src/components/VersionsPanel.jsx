@@ -4,8 +4,8 @@
 // the matte, with the round's change, and the consistency of the turned views with the photo), which a
 // round cannot improve by construction.
 // Picking a version shows it; "Compare with" puts another version beside it behind a slider. "Go on from
-// vN" (an earlier version, when rounds can start) adds a copy of it as the latest version: later rounds
-// start from it, and nothing is deleted.
+// vN" (an earlier version, while the job takes rounds) queues a round that adds a copy of it as the latest
+// version, after any rounds already queued: later rounds start from it, and nothing is deleted.
 
 import { useState } from "react";
 

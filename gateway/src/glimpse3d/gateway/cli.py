@@ -258,14 +258,17 @@ async def cmd_add_photo(stub: glimpse3d_pb2_grpc.Glimpse3DStub, ns: argparse.Nam
 
 
 async def cmd_restore(stub: glimpse3d_pb2_grpc.Glimpse3DStub, ns: argparse.Namespace) -> None:
-    job = await stub.RestoreVersion(glimpse3d_pb2.RestoreVersionRequest(name=_job_name(ns.version),
-                                                                        request_id=str(uuid.uuid4())))
+    name = _job_name(ns.version)
+    job = await stub.RestoreVersion(glimpse3d_pb2.RestoreVersionRequest(name=name, request_id=str(uuid.uuid4())))
+    before = len(job.versions)
+    number = float(name.rsplit("/", 1)[-1])
     job = await watch(stub, job.name, quiet=ns.quiet)
     _check_done(job)
-    if job.error.message:
-        raise CliError(f"{job.name}: the version was not restored: {job.error.message}")
-    v = job.versions[-1]
-    print(f"{v.name}: a copy of version {v.metrics.get('restored_from', float('nan')):.0f}; later rounds go on from it")
+    # rounds queued before this one may add versions first; a restore itself cannot fail once queued
+    copies = [v for v in job.versions[before:] if v.metrics.get("restored_from") == number]
+    if not copies:
+        raise CliError(f"{job.name}: the version was not restored: {job.error.message or 'no copy was added'}")
+    print(f"{copies[-1].name}: a copy of version {number:.0f}; later rounds go on from it")
 
 
 async def cmd_export(stub: glimpse3d_pb2_grpc.Glimpse3DStub, ns: argparse.Namespace) -> None:

@@ -371,6 +371,15 @@ def restored(job: Job, number: int) -> VersionResult:
                          metrics={**kept, RESTORED_FROM: float(number)})
 
 
+def restored_from(version: Version) -> int | None:
+    """The number of the earlier version ``version`` is a copy of (metric ``restored_from``), or None:
+    not a restored version, or a mark that names no earlier version."""
+    value = version.metrics.get(RESTORED_FROM)
+    if value is None or not math.isfinite(value) or value != int(value) or not 1 <= value < version.number:
+        return None
+    return int(value)
+
+
 def lineage(versions: Sequence[Version]) -> list[Version]:
     """The versions the latest one descends from, oldest first, itself included: a version restored from
     version n (metric ``restored_from``) descends from n, not from the version before it. What later rounds
@@ -380,8 +389,8 @@ def lineage(versions: Sequence[Version]) -> list[Version]:
     while i >= 0:
         v = versions[i]
         out.append(v)
-        restored = v.metrics.get(RESTORED_FROM)
-        i = int(restored) - 1 if restored is not None and 1 <= restored < v.number else i - 1
+        source = restored_from(v)
+        i = source - 1 if source is not None else i - 1
     return out[::-1]
 
 

@@ -165,6 +165,9 @@ def photo_identity(gts: Sequence[GroundTruth], stages: Stages, azimuth_deg: floa
     as the gateway poses a first extra photo (the input photo's camera and matte known, no earlier photo):
     the diagonal should be accepted, the rest refused."""
     names = [gt.obj.name for gt in gts]
+    if len(names) < 2:
+        raise InvalidInput(f"at least two objects are needed (one photo of another object each), got {names}",
+                           field="objects")
     if len(set(names)) != len(names):
         raise InvalidInput(f"objects must differ, got {names}", field="objects")
     photos = {}

@@ -31,7 +31,7 @@ from glimpse3d.gateway.http.schemas import (
     RoundReportOut,
     VersionOut,
 )
-from glimpse3d.gateway.jobs import DEFAULT_TENANT, RESTORED_FROM, Job, JobError, Version
+from glimpse3d.gateway.jobs import DEFAULT_TENANT, Job, JobError, Version, restored_from
 
 API_PREFIX = "/api/v1"
 _MIN_NORM = 1e-9
@@ -142,8 +142,7 @@ def version_to_json(version: Version, tenant: str, num_gaussians: int | None = N
     if "num_gaussians" in metrics and math.isfinite(metrics["num_gaussians"]):
         num_gaussians = int(metrics["num_gaussians"])
     report = version.report
-    restored = version.metrics.get(RESTORED_FROM)
-    restored = int(restored) if restored is not None and math.isfinite(restored) else None
+    restored = restored_from(version)
     return VersionOut(
         number=version.number,
         parent=restored if restored is not None else version.number - 1 if version.number > 1 else None,

@@ -97,7 +97,6 @@ _CREATE_FIELDS = {"image_data": PHOTO_FIELD, "image": PHOTO_FIELD, "options.num_
                      for i in range(MAX_EXTRA_PHOTOS) for name in ("image_data", "azimuth_deg", "elevation_deg")}}
 _JOB_FIELDS = {"name": "job_id"}
 _ENHANCE_FIELDS = {"name": "job_id", "view": "camera"}
-_RESTORE_FIELDS = {"name": "number"}
 _ADD_PHOTO_FIELDS = {"name": "job_id", "photo.image_data": PHOTO_FIELD, "photo.azimuth_deg": "azimuth_deg",
                      "photo.elevation_deg": "elevation_deg"}
 _IMMUTABLE = "private, max-age=31536000, immutable"
@@ -434,7 +433,7 @@ def api_router() -> APIRouter:
             job = await ctx.gateway.get_job(tenant, job_name_of(job_id))
         if wanted > len(job.versions):
             raise NotFound(f"version {version_name(job.id, wanted)} not found", field="number")
-        with renamed_fields(_RESTORE_FIELDS), tenant_scope(tenant):
+        with renamed_fields(_JOB_FIELDS), tenant_scope(tenant):  # the version was checked above
             job = await ctx.gateway.restore_version(tenant, version_name(job.id, wanted),
                                                     request_id=body.request_id if body is not None else "")
             return await ctx.job_json(job)
