@@ -220,6 +220,26 @@ def test_the_back_photo_relifted_reshapes_what_fusion_alone_only_recolours(cache
     assert row["relift_gain_db"] > 1.2 and row["relift_gain_db"] > row["fused_gain_db"] + 0.5, row
 
 
+def test_several_extra_photos_are_added_one_after_the_other(cache, tmp_path):
+    """``extra --views``: the photos are fused in order, each re-lift knowing the earlier photos' cameras;
+    the gain after the first is the one-photo gain (the same round on the same splat)."""
+    import json
+
+    from glimpse3d.research.__main__ import main
+
+    args = ["extra", "--objects", "checker_box", "--resolution", str(FUSION_SIDE)]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    assert main([*args, "--views", "180,15", "90,15", "--out", str(tmp_path / "two")]) == 0
+    one = json.loads((tmp_path / "one" / "extra.json").read_text())["checker_box"]
+    two = json.loads((tmp_path / "two" / "extra.json").read_text())["checker_box"]
+    assert two["relift_gain_after_1_db"] == pytest.approx(one["relift_gain_db"], abs=1e-9)
+    assert "relift_gain_after_1_db" not in one
+    assert two["relift_gain_db"] > two["relift_gain_after_1_db"] + 0.3, two  # the side photo adds what it shows
+    with pytest.raises(SystemExit) as err:
+        main([*args, "--views", "180"])
+    assert err.value.code == 2
+
+
 def test_an_observed_view_is_fused_where_its_depth_disagrees(cache, stages):
     from glimpse3d.research.coarse import coarse_splat
     from glimpse3d.services.backprojection.api import RefineOptions

@@ -11,9 +11,10 @@
       render (or load from the cache) every object's views and write a contact sheet
   coarse [--objects A B] [--resolution N] [--out DIR] [--depth B] [--reconstruction B]
       the coarse splat of each object's input view, scored on the 16 held-out views
-  extra [--objects A B] [--resolution N] [--hint-offset DEG] [--true-depth] [--out DIR]
-      the ground truth's back view (azimuth 180, elevation 15) as an extra photo: held-out PSNR in the
-      mask of the first version with and without it, re-lifted and not (docs/extra-photos.md)
+  extra [--objects A B] [--resolution N] [--hint-offset DEG] [--true-depth] [--views AZ,EL ...] [--out DIR]
+      the ground truth's back view (azimuth 180, elevation 15; or the --views, one after the other) as
+      extra photos: held-out PSNR in the mask of the first version with and without them, re-lifted and
+      not (docs/extra-photos.md)
   identity [--objects A B] [--resolution N] [--hint-offset DEG] [--out DIR]
       every object's back view posed against every object's first version, as an extra photo is posed:
       own photos refused, other objects' photos accepted (docs/extra-photos.md)
@@ -82,15 +83,17 @@ def _extra(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     stages = Stages.load()
     results: dict[str, dict[str, float | str]] = {}
-    print("| object | single photo (dB) | + back photo, re-lifted | + back photo, fused only | pose (az, el) |")
+    added = "+ back photo" if not args.views else f"+ {len(args.views)} photos"
+    steps = "" if not args.views or len(args.views) < 2 else " (after each photo)"
+    print(f"| object | single photo (dB) | {added}, re-lifted{steps} | {added}, fused only | last pose (az, el) |")
     print("|---|---|---|---|---|")
     for name in args.objects:
         gt = ground_truth(name, args.resolution)
         try:
             relifted = extra_photo_gain(gt, stages, hint_offset_deg=args.hint_offset, relift=True,
-                                        true_depth=args.true_depth)
+                                        true_depth=args.true_depth, views=args.views)
             fused = extra_photo_gain(gt, stages, hint_offset_deg=args.hint_offset, relift=False,
-                                     true_depth=args.true_depth)
+                                     true_depth=args.true_depth, views=args.views)
         except Glimpse3DError as err:  # the photo could not be posed from the hint: reported, not fatal
             results[name] = {"refused": str(err)}
             print(f"| {name} | | refused: {err} | | |", flush=True)
@@ -99,8 +102,12 @@ def _extra(args: argparse.Namespace) -> int:
             "single_db": relifted.single_db, "relift_gain_db": relifted.extra_db - relifted.single_db,
             "fused_gain_db": fused.extra_db - fused.single_db, "pose_azimuth_deg": relifted.pose.pose.azimuth_deg,
             "pose_elevation_deg": relifted.pose.pose.elevation_deg, "pose_hint_kept": float(relifted.pose.hint_kept)}
+        for k, step_db in enumerate(relifted.steps_db[:-1]):  # with several photos: the gain after each
+            row[f"relift_gain_after_{k + 1}_db"] = step_db - relifted.single_db
         results[name] = row
-        print(f"| {name} | {row['single_db']:.2f} | {row['relift_gain_db']:+.2f} | {row['fused_gain_db']:+.2f} | "
+        each = [relifted_step - relifted.single_db for relifted_step in relifted.steps_db]
+        gains = " → ".join(f"{g:+.2f}" for g in each) if len(each) > 1 else f"{row['relift_gain_db']:+.2f}"
+        print(f"| {name} | {row['single_db']:.2f} | {gains} | {row['fused_gain_db']:+.2f} | "
               f"{row['pose_azimuth_deg']:.1f}, {row['pose_elevation_deg']:.1f} |", flush=True)
     scored = [r for r in results.values() if "refused" not in r]
     if scored:
@@ -174,6 +181,17 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _orbit_position(text: str) -> tuple[float, float]:
+    """"AZ,EL" in degrees -> (azimuth, elevation); elevation within [-80, 80]."""
+    try:
+        azimuth, elevation = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected AZ,EL in degrees, got {text!r}") from None
+    if not (np.isfinite(azimuth) and np.isfinite(elevation) and -80.0 <= elevation <= 80.0):
+        raise argparse.ArgumentTypeError(f"expected a finite azimuth and an elevation in [-80, 80], got {text!r}")
+    return azimuth, elevation
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m glimpse3d.research", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -195,6 +213,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="pose the photo from a hint this many degrees off in azimuth (default: its true camera)")
     e.add_argument("--true-depth", action="store_true",
                    help="fuse the photo with its ground-truth depth, not the depth backend's (what better depth gives)")
+    e.add_argument("--views", nargs="+", type=_orbit_position, metavar="AZ,EL",
+                   help="several extra photos, added in this order (default: one, 180,15)")
     e.add_argument("--out", type=Path, default=Path("research/out"))
     i = sub.add_parser("identity", help="which back photos the pose check accepts, of the same object and of others")
     i.add_argument("--objects", nargs="+", choices=OBJECT_NAMES, default=list(OBJECT_NAMES))

@@ -73,50 +73,64 @@ def extra_view(gt: GroundTruth, azimuth_deg: float, elevation_deg: float, obj: B
 
 def fuse_extra_photo(splat: Splat, confidence: np.ndarray | None, photo: np.ndarray, matte: np.ndarray,
                      camera: Camera, stages: Stages, input_photo: TrustedView, seed: int = 0,
-                     relift: bool = True, depth: np.ndarray | None = None) -> Splat:
+                     relift: bool = True, depth: np.ndarray | None = None,
+                     photo_cameras: Sequence[Camera] = ()) -> tuple[Splat, np.ndarray]:
     """An extra photo, posed at ``camera``, fused as the gateway fuses it: one MVCRM round with
     ``options.observed`` and ``options.relift`` (the photo's depth from the depth backend), together with
-    the input photo and the extra photo itself (inside its matte, full weight) as trusted views.
-    ``relift=False``: the round without the re-lift, for comparison; ``depth``: the photo's depth in
-    place of the depth backend's (the ground truth's, to measure what a better depth would give)."""
+    the input photo and the extra photo itself (inside its matte, full weight) as trusted views;
+    ``photo_cameras``: the cameras of earlier extra photos (what they show is not re-lifted). Returns the
+    splat and its confidence. ``relift=False``: the round without the re-lift, for comparison; ``depth``:
+    the photo's depth in place of the depth backend's (the ground truth's, to measure what a better depth
+    would give)."""
     if depth is None:
         depth = stages.depth.estimate(photo, camera).depth
     own = TrustedView(photo, camera, matte)
     result = refine(splat, photo, camera, depth, confidence, RefineOptions(seed=seed, observed=True, relift=relift),
-                    background=background_colour(photo, matte), trusted=[input_photo, own])
-    return result.splat
+                    background=background_colour(photo, matte), trusted=[input_photo, own],
+                    photo_cameras=photo_cameras)
+    return result.splat, result.confidence
 
 
 @dataclass(frozen=True)
 class ExtraPhotoScore:
     single_db: float  # held-out PSNR inside the mask, the photo alone
-    extra_db: float  # the same with the extra photo fused
-    pose: PoseResult
+    extra_db: float  # the same with the extra photos fused (all of them)
+    pose: PoseResult  # the last photo's
+    steps_db: tuple[float, ...] = ()  # held-out PSNR after each extra photo, in order
 
 
 def extra_photo_gain(gt: GroundTruth, stages: Stages, azimuth_deg: float = 180.0, elevation_deg: float = 15.0,
                      hint_offset_deg: float | None = 20.0, seed: int = 0, relift: bool = True,
-                     true_depth: bool = False) -> ExtraPhotoScore:
+                     true_depth: bool = False, views: Sequence[tuple[float, float]] | None = None) -> ExtraPhotoScore:
     """Held-out PSNR (inside the mask) of the first version with and without the ground truth at
     (``azimuth_deg``, ``elevation_deg``) as an extra photo, posed from a hint ``hint_offset_deg`` off
     (None: at its true camera, which separates the fusion's gain from the pose's error); ``relift``
-    as :func:`fuse_extra_photo`; ``true_depth``: the extra photo fused with its ground-truth depth."""
+    as :func:`fuse_extra_photo`; ``true_depth``: the extra photo fused with its ground-truth depth.
+    ``views``: several extra photos instead, (azimuth, elevation) each, added one after the other as
+    AddPhoto adds them (each posed against the splat so far, earlier photos' cameras known)."""
     splat, matte = coarse_splat(gt, stages, seed=seed)
     splat, confidence = photo_confidence(gt, stages, splat, seed)
     single = heldout_psnr(render_heldout(stages, splat, gt), gt)["psnr_mask_db"]
-    view = extra_view(gt, azimuth_deg, elevation_deg)
-    photo = view.rgb_uint8
-    est = stages.depth.estimate(photo, view.camera)
-    if hint_offset_deg is None:
-        pose = PoseResult(OrbitPose(azimuth_deg, elevation_deg), view.camera, float("nan"), float("nan"))
-    else:
-        pose = find_pose(splat, photo, est.mask, PoseHint(azimuth_deg + hint_offset_deg, elevation_deg),
-                         field="extra_photos[0]", known=KnownView(gt.input.camera, matte))  # as the gateway does
-    fused = fuse_extra_photo(splat, confidence, photo, est.mask, pose.camera, stages,
-                             TrustedView(gt.input.rgb_uint8, gt.input.camera, matte), seed, relift,
-                             view.depth if true_depth else None)
-    extra = heldout_psnr(render_heldout(stages, fused, gt), gt)["psnr_mask_db"]
-    return ExtraPhotoScore(single, extra, pose)
+    input_photo = TrustedView(gt.input.rgb_uint8, gt.input.camera, matte)
+    cameras: list[Camera] = []
+    steps: list[float] = []
+    pose: PoseResult | None = None
+    for i, (azimuth, elevation) in enumerate(views if views else [(azimuth_deg, elevation_deg)]):
+        view = extra_view(gt, azimuth, elevation)
+        photo = view.rgb_uint8
+        est = stages.depth.estimate(photo, view.camera)
+        if hint_offset_deg is None:
+            pose = PoseResult(OrbitPose(azimuth, elevation), view.camera, float("nan"), float("nan"))
+        else:  # as the gateway does
+            pose = find_pose(splat, photo, est.mask, PoseHint(azimuth + hint_offset_deg, elevation),
+                             field=f"extra_photos[{i}]", known=KnownView(gt.input.camera, matte),
+                             photo_cameras=cameras)
+        splat, confidence = fuse_extra_photo(splat, confidence, photo, est.mask, pose.camera, stages, input_photo,
+                                             seed, relift, view.depth if true_depth else None, cameras)
+        cameras.append(pose.camera)
+        steps.append(heldout_psnr(render_heldout(stages, splat, gt), gt)["psnr_mask_db"])
+    assert pose is not None
+    return ExtraPhotoScore(single, steps[-1], pose, tuple(steps))
 
 
 @dataclass(frozen=True)
