@@ -561,7 +561,7 @@ def find_pose(
         logger.info("%s: the pose searched explains the photo better than the hint's (IoU %.3f vs %.3f, error %.3f vs "
                     "%.3f)", field, iou, iou_k, err, err_k)
     pose = _pose(best)
-    if window.azimuth is not None and hint is not None:
+    if hint is not None:  # the window is the hint's
         off = abs((pose.azimuth_deg - hint.azimuth_deg + 180.0) % 360.0 - 180.0)
         if off >= HINT_SEARCH_DEG - HINT_EDGE_DEG:
             raise InvalidInput(
